@@ -1,0 +1,477 @@
+//! `NodeModel`: for every service port, what it means on this node — its VIPs, its
+//! NodePort, which endpoints serve it — derived purely from `ClusterState`, the node's
+//! identity and the effective config. Engines render this and never re-derive it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use switchyard_crd::EffectiveConfig;
+
+use crate::state::ClusterState;
+
+/// The label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name as the kernel tools spell it (`tcp`, `udp`, `sctp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> IpFamily {
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> IpFamily {
+        IpFamily::of(&net.addr())
+    }
+}
+
+/// `namespace/name:port/protocol` — the identity of one service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's `name` (empty for a single unnamed port).
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}:{}/{}",
+            self.namespace, self.name, self.port, self.protocol
+        )
+    }
+}
+
+/// One backend of a service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The endpoint runs on this node.
+    pub local: bool,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(&self.ip)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+        }
+    }
+}
+
+/// What one service port means on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub cluster_ips: Vec<IpAddr>,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// `externalTrafficPolicy: Local` (only meaningful for externally reachable ports).
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    pub health_check_node_port: Option<u16>,
+    /// Endpoints for traffic handled with Cluster semantics, sorted.
+    pub cluster_endpoints: Vec<Endpoint>,
+    /// Endpoints on this node, for Local traffic policies, sorted.
+    pub local_endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// Whether traffic from outside the cluster can reach this port by a NodePort, an
+    /// external IP or a load-balancer IP.
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// Endpoints for traffic to the cluster IPs (internal traffic policy applied).
+    pub fn internal_endpoints(&self) -> &[Endpoint] {
+        if self.internal_policy_local {
+            &self.local_endpoints
+        } else {
+            &self.cluster_endpoints
+        }
+    }
+
+    /// Endpoints for traffic to NodePorts, external IPs and LB IPs.
+    pub fn external_endpoints(&self) -> &[Endpoint] {
+        if self.external_policy_local {
+            &self.local_endpoints
+        } else {
+            &self.cluster_endpoints
+        }
+    }
+
+    /// All VIPs (cluster, external, load balancer) of one family.
+    pub fn vips(&self, family: IpFamily) -> impl Iterator<Item = &IpAddr> {
+        self.cluster_ips
+            .iter()
+            .chain(&self.external_ips)
+            .chain(&self.load_balancer_ips)
+            .filter(move |ip| IpFamily::of(ip) == family)
+    }
+
+    /// Whether the service has any address in this family.
+    pub fn has_family(&self, family: IpFamily) -> bool {
+        self.cluster_ips.iter().any(|ip| IpFamily::of(ip) == family)
+    }
+}
+
+/// Everything an engine needs to program this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeModel {
+    pub node_name: String,
+    /// The node's primary InternalIPs (one per family), from its Node object.
+    pub node_ips: Vec<IpAddr>,
+    /// Destination addresses that accept NodePort traffic (CIDRs; a primary node IP
+    /// is a host-length prefix). Engines also require the address to be local.
+    pub node_port_addresses: Vec<IpNet>,
+    /// Pod CIDRs; traffic from outside them to a cluster IP is masqueraded. Empty: no
+    /// local-traffic detector.
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    pub services: BTreeMap<ServicePortName, ServicePort>,
+}
+
+impl NodeModel {
+    /// Builds the model for `node_name` from the state and config. Objects in `state`
+    /// have been validated by their source; anything still unusable is left out.
+    pub fn build(state: &ClusterState, node_name: &str, config: &EffectiveConfig) -> NodeModel {
+        let node = state.node(node_name);
+        let node_ips = node.map(primary_node_ips).unwrap_or_default();
+        let mut node_port_addresses: Vec<IpNet> = config.node_port_cidrs.clone();
+        if config.node_port_primary || config.node_port_cidrs.is_empty() {
+            node_port_addresses.extend(node_ips.iter().map(|ip| IpNet::from(*ip)));
+        }
+        node_port_addresses.sort();
+        node_port_addresses.dedup();
+
+        let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in state.endpoint_slices() {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+            if let Some(svc) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                slices_by_service
+                    .entry((ns, svc.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+
+        let mut services = BTreeMap::new();
+        for svc in state.services() {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+            let name = svc.metadata.name.as_deref().unwrap_or("");
+            let slices = slices_by_service
+                .get(&(ns, name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for sp in service_ports(svc, slices, node_name) {
+                services.insert(sp.name.clone(), sp);
+            }
+        }
+
+        NodeModel {
+            node_name: node_name.to_string(),
+            node_ips,
+            node_port_addresses,
+            cluster_cidrs: config.cluster_cidrs.clone(),
+            masquerade_all: config.masquerade_all,
+            services,
+        }
+    }
+
+    /// Node-wide settings (everything but the services) differ.
+    pub fn globals_differ(&self, other: &NodeModel) -> bool {
+        self.node_name != other.node_name
+            || self.node_ips != other.node_ips
+            || self.node_port_addresses != other.node_port_addresses
+            || self.cluster_cidrs != other.cluster_cidrs
+            || self.masquerade_all != other.masquerade_all
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.services
+            .values()
+            .map(|s| s.cluster_endpoints.len())
+            .sum()
+    }
+}
+
+/// The first InternalIP of each family, in the order the Node lists them.
+fn primary_node_ips(node: &Node) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for a in addresses.iter().filter(|a| a.type_ == "InternalIP") {
+        if let Ok(ip) = a.address.parse::<IpAddr>() {
+            if !ips.iter().any(|i| IpFamily::of(i) == IpFamily::of(&ip)) {
+                ips.push(ip);
+            }
+        }
+    }
+    ips
+}
+
+/// Whether kube-proxy programs this Service at all: not headless, not ExternalName.
+pub fn is_proxied(svc: &Service) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return false;
+    }
+    match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => false,
+        Some(_) => true,
+    }
+}
+
+fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = items
+        .into_iter()
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The service ports of one Service with their endpoints on this node.
+fn service_ports(svc: &Service, slices: &[&EndpointSlice], node_name: &str) -> Vec<ServicePort> {
+    if !is_proxied(svc) {
+        return Vec::new();
+    }
+    let spec = svc.spec.as_ref().expect("checked by is_proxied");
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let mut cluster_ips = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => parse_ips(ips),
+        _ => parse_ips(spec.cluster_ip.iter()),
+    };
+    cluster_ips.dedup();
+    let external_ips = parse_ips(spec.external_ips.iter().flatten());
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let load_balancer_ips = if type_ == "LoadBalancer" {
+        parse_ips(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
+                .filter_map(|ing| ing.ip.as_ref()),
+        )
+    } else {
+        Vec::new()
+    };
+    let mut load_balancer_source_ranges: Vec<IpNet> = if load_balancer_ips.is_empty() {
+        Vec::new()
+    } else {
+        spec.load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .filter_map(|r| r.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
+            .collect()
+    };
+    load_balancer_source_ranges.sort();
+    load_balancer_source_ranges.dedup();
+    let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10800)
+    });
+    let node_ports_allowed = matches!(type_, "NodePort" | "LoadBalancer");
+
+    let mut out = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP")) else {
+            continue;
+        };
+        let Ok(port_number) = u16::try_from(port.port) else {
+            continue;
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        let node_port = port
+            .node_port
+            .filter(|_| node_ports_allowed)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        let mut sp = ServicePort {
+            name: ServicePortName {
+                namespace: ns.clone(),
+                name: name.clone(),
+                port: port_name.clone(),
+                protocol,
+            },
+            protocol,
+            port: port_number,
+            cluster_ips: cluster_ips.clone(),
+            node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            load_balancer_source_ranges: load_balancer_source_ranges.clone(),
+            external_policy_local: false,
+            internal_policy_local,
+            affinity_timeout,
+            health_check_node_port: None,
+            cluster_endpoints: Vec::new(),
+            local_endpoints: Vec::new(),
+        };
+        sp.external_policy_local = external_policy_local && sp.externally_accessible();
+        if sp.external_policy_local {
+            sp.health_check_node_port = spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+        }
+        let all = slice_endpoints(slices, &port_name, protocol, node_name);
+        sp.cluster_endpoints = all.iter().filter(|e| e.ready).cloned().collect();
+        sp.local_endpoints = sp
+            .cluster_endpoints
+            .iter()
+            .filter(|e| e.local)
+            .cloned()
+            .collect();
+        out.push(sp);
+    }
+    out
+}
+
+/// Every endpoint of the slices whose port named `port_name` has `protocol`, with
+/// duplicates (the same address in two slices) removed.
+fn slice_endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: Protocol,
+    node_name: &str,
+) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for slice in slices {
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        let Some(port) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")) == Some(protocol)
+        }) else {
+            continue;
+        };
+        let Some(port_number) = port
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let Some(ip) = ep
+                .addresses
+                .first()
+                .and_then(|a| a.trim().parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let cond = ep.conditions.as_ref();
+            // As upstream: a nil `ready` means ready; nil `serving` follows `ready`.
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let local = ep.node_name.as_deref() == Some(node_name);
+            let e = Endpoint {
+                ip,
+                port: port_number,
+                local,
+                ready,
+                serving,
+                terminating,
+            };
+            if !out.iter().any(|o| o.ip == e.ip && o.port == e.port) {
+                out.push(e);
+            }
+        }
+    }
+    out.sort();
+    out
+}
