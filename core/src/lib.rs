@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+pub mod selection;
 pub mod state;
 pub mod validation;
 
