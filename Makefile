@@ -1,0 +1,36 @@
+# Switchyard: the two commands a newcomer runs are `make demo` and `make test`.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: all deps build demo test lint unit kernel bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+# A sandboxed node (network namespaces) with three echo pods, programmed by the real agent.
+demo: deps
+	$(CARGO) build --release -p switchyard -p switchyard-e2e --bins
+	SWITCHYARD_BIN=$(CURDIR)/target/release/switchyard $(CURDIR)/target/release/demo
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck scripts/*.sh .ci/run
+
+# Everything: lint, unit and property tests, kernel tests, scenarios against the real binary.
+test: lint
+	$(CARGO) build --workspace --bins
+	SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard $(CARGO) test --workspace --no-fail-fast
+
+bench: deps
+	$(CARGO) build --release --workspace --bins --benches
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean
