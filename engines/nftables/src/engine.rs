@@ -1,0 +1,140 @@
+//! `NftablesEngine`: the `ProxyEngine` for nftables. Each sync is one `nft -f -`
+//! transaction covering both tables; a full sync atomically replaces both tables, a
+//! partial one rewrites only the changed service ports. Any failure makes the next sync
+//! a full one.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use switchyard_core::{ChangeSet, Drift, EngineError, NodeModel, ProxyEngine, SyncReport};
+use switchyard_crd::Mode;
+
+use crate::{
+    apply,
+    record::Applied,
+    render::{render_full_with_record, render_partial},
+    ruleset::{Family, TABLE},
+    verify,
+};
+
+/// How the engine runs `nft`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftOptions {
+    /// Run `nft` inside this network namespace (`ip netns exec NAME nft`).
+    pub netns: Option<String>,
+    /// The `nft` binary.
+    pub nft_path: String,
+}
+
+impl Default for NftOptions {
+    fn default() -> Self {
+        NftOptions {
+            netns: None,
+            nft_path: "nft".to_string(),
+        }
+    }
+}
+
+/// The nftables dataplane engine.
+#[derive(Debug)]
+pub struct NftablesEngine {
+    options: NftOptions,
+    /// What the kernel holds, as far as the engine knows; `None` before the first
+    /// successful sync and after a failure or cleanup (so the next sync is full).
+    applied: Option<Applied>,
+}
+
+impl NftablesEngine {
+    pub fn new(options: NftOptions) -> NftablesEngine {
+        NftablesEngine {
+            options,
+            applied: None,
+        }
+    }
+
+    pub fn options(&self) -> &NftOptions {
+        &self.options
+    }
+
+    /// Whether the next sync will rewrite everything whatever it is asked.
+    pub fn next_sync_is_full(&self) -> bool {
+        self.applied.is_none()
+    }
+}
+
+#[async_trait]
+impl ProxyEngine for NftablesEngine {
+    fn mode(&self) -> Mode {
+        Mode::Nftables
+    }
+
+    async fn sync(
+        &mut self,
+        model: &NodeModel,
+        changes: &ChangeSet,
+    ) -> Result<SyncReport, EngineError> {
+        let full = changes.full || self.applied.is_none();
+        if full {
+            let (text, applied) = render_full_with_record(model);
+            // Forget the record first: if applying fails, the next sync is full.
+            self.applied = None;
+            let start = Instant::now();
+            apply::transaction(&self.options, &text).await?;
+            let apply_time = start.elapsed();
+            let rules = applied.rule_count();
+            self.applied = Some(applied);
+            tracing::debug!(bytes = text.len(), ?apply_time, "nftables full sync");
+            return Ok(SyncReport {
+                full: true,
+                service_ports_written: model.services.len(),
+                service_ports_removed: changes.removed.len(),
+                rules,
+                apply_time,
+            });
+        }
+        let mut applied = self.applied.take().expect("checked above");
+        let partial = render_partial(model, changes, &applied);
+        let start = Instant::now();
+        if !partial.text.is_empty() {
+            // On error `self.applied` stays `None`: the next sync is full.
+            apply::transaction(&self.options, &partial.text).await?;
+        }
+        let apply_time = start.elapsed();
+        tracing::debug!(
+            bytes = partial.text.len(),
+            ?apply_time,
+            "nftables partial sync"
+        );
+        partial.commit(&mut applied);
+        let rules = applied.rule_count();
+        self.applied = Some(applied);
+        Ok(SyncReport {
+            full: false,
+            service_ports_written: changes.added.len() + changes.changed.len(),
+            service_ports_removed: changes.removed.len(),
+            rules,
+            apply_time,
+        })
+    }
+
+    async fn verify(&mut self, _model: &NodeModel) -> Result<Drift, EngineError> {
+        match &self.applied {
+            None => Ok(Drift::Found(
+                "no successful sync since start, failure or cleanup".to_string(),
+            )),
+            Some(applied) => verify::verify(&self.options, applied).await,
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<(), EngineError> {
+        self.applied = None;
+        let mut text = String::new();
+        for family in Family::BOTH {
+            let fam = family.nft();
+            text.push_str(&format!(
+                "add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n"
+            ));
+        }
+        apply::transaction(&self.options, &text).await
+    }
+}

@@ -1,0 +1,802 @@
+//! Text generation: the whole ruleset of both tables (`render_full`) and the partial
+//! transaction that rewrites only some service ports (`render_partial`). Both are pure
+//! functions of the model (and, for partial, of the record of what was applied); they
+//! also return the record the kernel will hold once the text is applied.
+//!
+//! Per service port and family (upstream kube-proxy's layout):
+//! - `svc-H` (Cluster policy) and `local-H` (Local policy): masquerade marking for
+//!   cluster IP traffic, affinity checks, then `numgen random` over endpoint chains;
+//! - `ext-H`: entry for NodePort, external IP and LB IP traffic;
+//! - `fw-H`: LoadBalancerSourceRanges;
+//! - `ep-E`: hairpin masquerade, affinity update, DNAT; `aff-E`: affinity set.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    fmt::{self, Write as _},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use switchyard_core::{ChangeSet, Endpoint, NodeModel, ServicePort, ServicePortName};
+
+use crate::{
+    record::{Applied, Element, FamilyRecord, PortObjects},
+    ruleset::{self, collapse, Family, MapKind, PortChains, TABLE},
+};
+
+/// The node-wide settings of one family, prepared once per render.
+struct FamilyCtx {
+    family: Family,
+    masquerade_all: bool,
+    /// `{ a, b }` of this family's cluster CIDRs, empty when there are none.
+    cluster_cidrs: String,
+    node_ips: Vec<IpAddr>,
+    node_port_nets: Vec<IpNet>,
+}
+
+impl FamilyCtx {
+    fn new(model: &NodeModel, family: Family) -> FamilyCtx {
+        let cidrs = collapse(
+            model
+                .cluster_cidrs
+                .iter()
+                .filter(|n| family.has_net(n))
+                .copied(),
+        );
+        FamilyCtx {
+            family,
+            masquerade_all: model.masquerade_all,
+            cluster_cidrs: set_literal(cidrs.iter()),
+            node_ips: model
+                .node_ips
+                .iter()
+                .filter(|ip| family.has(ip))
+                .copied()
+                .collect(),
+            node_port_nets: collapse(
+                model
+                    .node_port_addresses
+                    .iter()
+                    .filter(|n| family.has_net(n))
+                    .copied(),
+            ),
+        }
+    }
+}
+
+/// `{ a, b, c }`, or empty for no items.
+fn set_literal<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let mut out = String::new();
+    for item in items {
+        out.push_str(if out.is_empty() { "{ " } else { ", " });
+        let _ = write!(out, "{item}");
+    }
+    if !out.is_empty() {
+        out.push_str(" }");
+    }
+    out
+}
+
+/// Whether chains are written inside a `table { }` block or as commands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Block,
+    Commands,
+}
+
+/// Writes chains and their rules, counting rules. In `Commands` style, chain and set
+/// creation go to `decl` and rules to `body`, so every chain exists before any rule
+/// refers to it.
+struct ChainText<'a> {
+    style: Style,
+    family: Family,
+    decl: &'a mut String,
+    body: &'a mut String,
+    chain: String,
+    open: bool,
+    rules: usize,
+}
+
+impl<'a> ChainText<'a> {
+    fn new(style: Style, family: Family, decl: &'a mut String, body: &'a mut String) -> Self {
+        ChainText {
+            style,
+            family,
+            decl,
+            body,
+            chain: String::new(),
+            open: false,
+            rules: 0,
+        }
+    }
+
+    /// Starts `name`; returns the rule count of the previous chain, if one was open.
+    fn chain(&mut self, name: &str, objects: &mut PortObjects) {
+        self.close(objects);
+        match self.style {
+            Style::Block => {
+                let _ = writeln!(self.body, "\tchain {name} {{");
+            }
+            Style::Commands => {
+                let fam = self.family.nft();
+                let _ = writeln!(self.decl, "add chain {fam} {TABLE} {name}");
+                let _ = writeln!(self.decl, "flush chain {fam} {TABLE} {name}");
+            }
+        }
+        self.chain.clear();
+        self.chain.push_str(name);
+        self.open = true;
+        self.rules = 0;
+    }
+
+    fn rule(&mut self, args: fmt::Arguments<'_>) {
+        match self.style {
+            Style::Block => {
+                let _ = writeln!(self.body, "\t\t{args}");
+            }
+            Style::Commands => {
+                let _ = writeln!(
+                    self.body,
+                    "add rule {} {TABLE} {} {args}",
+                    self.family.nft(),
+                    self.chain
+                );
+            }
+        }
+        self.rules += 1;
+    }
+
+    fn close(&mut self, objects: &mut PortObjects) {
+        if self.open {
+            if self.style == Style::Block {
+                self.body.push_str("\t}\n");
+            }
+            objects.chains.push((self.chain.clone(), self.rules));
+            self.open = false;
+        }
+    }
+
+    fn affinity_set(&mut self, name: &str, timeout: u32, objects: &mut PortObjects) {
+        self.close(objects);
+        let addr = self.family.addr_type();
+        match self.style {
+            Style::Block => {
+                let _ = writeln!(
+                    self.body,
+                    "\tset {name} {{\n\t\ttype {addr}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}"
+                );
+            }
+            Style::Commands => {
+                let _ = writeln!(
+                    self.decl,
+                    "add set {} {TABLE} {name} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}",
+                    self.family.nft()
+                );
+            }
+        }
+        objects.sets.push(name.to_string());
+    }
+}
+
+/// The verdict sending a packet to `reject-chain`.
+const REJECT: &str = "goto reject-chain";
+
+/// Renders one service port into `chains`, returning everything it owns. A port with no
+/// cluster IP of this family owns nothing in this family's table.
+fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) -> PortObjects {
+    let mut objects = PortObjects::default();
+    let fam = ctx.family;
+    let ipx = fam.nft();
+    let cluster_ips: Vec<&IpAddr> = sp.cluster_ips.iter().filter(|ip| fam.has(ip)).collect();
+    if cluster_ips.is_empty() {
+        return objects;
+    }
+    let names = PortChains::new(&sp.name);
+    let proto = sp.protocol.as_str();
+    let port = sp.port;
+    let cluster: Vec<&Endpoint> = sp
+        .cluster_endpoints
+        .iter()
+        .filter(|e| fam.has(&e.ip))
+        .collect();
+    let local: Vec<&Endpoint> = sp
+        .local_endpoints
+        .iter()
+        .filter(|e| fam.has(&e.ip))
+        .collect();
+    let external_ips: Vec<&IpAddr> = sp.external_ips.iter().filter(|ip| fam.has(ip)).collect();
+    let lb_ips: Vec<&IpAddr> = sp
+        .load_balancer_ips
+        .iter()
+        .filter(|ip| fam.has(ip))
+        .collect();
+    let externally = sp.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
+    let internal_local = sp.internal_policy_local;
+    let external_local = sp.external_policy_local && externally;
+
+    let has_endpoints = !cluster.is_empty() || !local.is_empty();
+    let uses_cluster = !cluster.is_empty() && (!internal_local || externally);
+    let uses_local = !local.is_empty() && (internal_local || external_local);
+    let has_internal = has_endpoints
+        && if internal_local {
+            !local.is_empty()
+        } else {
+            !cluster.is_empty()
+        };
+    let has_external = has_endpoints
+        && if external_local {
+            !local.is_empty()
+        } else {
+            !cluster.is_empty()
+        };
+    let uses_external = has_endpoints && externally;
+    let uses_firewall = !lb_ips.is_empty() && !sp.load_balancer_source_ranges.is_empty();
+    let no_endpoints_verdict = if has_endpoints { "drop" } else { REJECT };
+
+    let svc_chain = names.service();
+    let local_chain = names.local();
+    let ext_chain = names.external();
+    let fw_chain = names.firewall();
+    let internal_chain = if internal_local {
+        &local_chain
+    } else {
+        &svc_chain
+    };
+
+    // Map elements.
+    let mut element = |kind: MapKind, key: String, value: String| {
+        // An address can be both an external and an LB IP: one element per key.
+        if !objects
+            .elements
+            .iter()
+            .any(|e| e.kind == kind && e.key == key)
+        {
+            objects.elements.push(Element { kind, key, value });
+        }
+    };
+    for ip in &cluster_ips {
+        element(MapKind::ClusterIps, ip.to_string(), String::new());
+        let key = format!("{ip} . {proto} . {port}");
+        if has_internal {
+            element(MapKind::ServiceIps, key, format!("goto {internal_chain}"));
+        } else {
+            element(
+                MapKind::NoEndpointServices,
+                key,
+                no_endpoints_verdict.to_string(),
+            );
+        }
+    }
+    for ip in external_ips.iter().chain(&lb_ips) {
+        let key = format!("{ip} . {proto} . {port}");
+        if has_endpoints {
+            element(
+                MapKind::ServiceIps,
+                key.clone(),
+                format!("goto {ext_chain}"),
+            );
+        }
+        if !has_external {
+            element(
+                MapKind::NoEndpointServices,
+                key,
+                no_endpoints_verdict.to_string(),
+            );
+        }
+    }
+    if uses_firewall {
+        for ip in &lb_ips {
+            element(
+                MapKind::FirewallIps,
+                format!("{ip} . {proto} . {port}"),
+                format!("goto {fw_chain}"),
+            );
+        }
+    }
+    if let Some(node_port) = sp.node_port {
+        let key = format!("{proto} . {node_port}");
+        if has_endpoints {
+            element(
+                MapKind::ServiceNodePorts,
+                key.clone(),
+                format!("goto {ext_chain}"),
+            );
+        }
+        if !has_external {
+            element(
+                MapKind::NoEndpointNodePorts,
+                key,
+                no_endpoints_verdict.to_string(),
+            );
+        }
+    }
+
+    // Endpoint chains (and affinity sets) for every endpoint some policy chain uses.
+    let mut endpoints: Vec<&Endpoint> = Vec::new();
+    if uses_cluster {
+        endpoints.extend(&cluster);
+    }
+    if uses_local {
+        endpoints.extend(&local);
+    }
+    endpoints.sort_by_key(|e| (e.ip, e.port));
+    endpoints.dedup_by_key(|e| (e.ip, e.port));
+    let affinity = sp.affinity_timeout;
+    let affinity_name = |ep: &Endpoint| {
+        let mut name = names.affinity(ep);
+        if let Some(t) = affinity {
+            // A changed timeout is a new set: nft cannot change a set's timeout.
+            let _ = write!(name, "-{t}");
+        }
+        name
+    };
+    for ep in &endpoints {
+        let chain = names.endpoint(ep);
+        let aff = affinity.map(|t| (affinity_name(ep), t));
+        if let Some((set, timeout)) = &aff {
+            chains.affinity_set(set, *timeout, &mut objects);
+        }
+        chains.chain(&chain, &mut objects);
+        chains.rule(format_args!(
+            "{ipx} saddr {} jump {}",
+            ep.ip,
+            ruleset::MARK_MASQ_CHAIN
+        ));
+        if let Some((set, _)) = &aff {
+            chains.rule(format_args!("update @{set} {{ {ipx} saddr }}"));
+        }
+        chains.rule(format_args!("meta l4proto {proto} dnat to {ep}"));
+    }
+
+    // Policy chains.
+    let policy_chains = [
+        (uses_cluster, &svc_chain, &cluster, !internal_local),
+        (uses_local, &local_chain, &local, internal_local),
+    ];
+    for (used, chain, eps, is_internal) in policy_chains {
+        if !used {
+            continue;
+        }
+        chains.chain(chain, &mut objects);
+        if is_internal && has_internal {
+            for ip in &cluster_ips {
+                if ctx.masquerade_all {
+                    chains.rule(format_args!(
+                        "{ipx} daddr {ip} {proto} dport {port} jump {}",
+                        ruleset::MARK_MASQ_CHAIN
+                    ));
+                } else if !ctx.cluster_cidrs.is_empty() {
+                    chains.rule(format_args!(
+                        "{ipx} daddr {ip} {proto} dport {port} {ipx} saddr != {} jump {}",
+                        ctx.cluster_cidrs,
+                        ruleset::MARK_MASQ_CHAIN
+                    ));
+                }
+            }
+        }
+        if affinity.is_some() {
+            for ep in eps.iter() {
+                chains.rule(format_args!(
+                    "{ipx} saddr @{} goto {}",
+                    affinity_name(ep),
+                    names.endpoint(ep)
+                ));
+            }
+        }
+        let mut vmap = String::with_capacity(eps.len() * 28);
+        for (i, ep) in eps.iter().enumerate() {
+            if i > 0 {
+                vmap.push_str(", ");
+            }
+            let _ = write!(vmap, "{i} : goto {}", names.endpoint(ep));
+        }
+        chains.rule(format_args!(
+            "numgen random mod {} vmap {{ {vmap} }}",
+            eps.len()
+        ));
+    }
+
+    // External chain.
+    if uses_external {
+        chains.chain(&ext_chain, &mut objects);
+        if !external_local {
+            chains.rule(format_args!("jump {}", ruleset::MARK_MASQ_CHAIN));
+        } else {
+            if uses_cluster && !ctx.cluster_cidrs.is_empty() {
+                // Pod traffic to an external address is treated as cluster traffic.
+                chains.rule(format_args!(
+                    "{ipx} saddr {} goto {svc_chain}",
+                    ctx.cluster_cidrs
+                ));
+            }
+            // Node traffic: its source is a local address, so masquerade it.
+            chains.rule(format_args!(
+                "fib saddr type local jump {}",
+                ruleset::MARK_MASQ_CHAIN
+            ));
+            if uses_cluster {
+                chains.rule(format_args!("fib saddr type local goto {svc_chain}"));
+            }
+        }
+        if has_external {
+            let target = if external_local {
+                &local_chain
+            } else {
+                &svc_chain
+            };
+            chains.rule(format_args!("goto {target}"));
+        }
+    }
+
+    // Firewall chain.
+    if uses_firewall {
+        chains.chain(&fw_chain, &mut objects);
+        let ranges: Vec<IpNet> = sp
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|n| fam.has_net(n))
+            .copied()
+            .collect();
+        let allow_from_node = ranges
+            .iter()
+            .any(|r| ctx.node_ips.iter().any(|ip| r.contains(ip)));
+        let mut sources = ranges;
+        if allow_from_node {
+            sources.extend(lb_ips.iter().map(|ip| IpNet::from(**ip)));
+        }
+        let sources = collapse(sources);
+        if sources.is_empty() {
+            chains.rule(format_args!("drop"));
+        } else {
+            chains.rule(format_args!(
+                "{ipx} saddr != {} drop",
+                set_literal(sources.iter())
+            ));
+        }
+    }
+    chains.close(&mut objects);
+    objects
+}
+
+/// The fixed part of a family's table: base chains, top-level chains, declarations of
+/// maps and sets (their elements are written by the caller). Chain rule counts go to
+/// `record`.
+fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
+    let ipx = ctx.family.nft();
+    let mut count = |name: &str, rules: usize| {
+        record.chains.insert(name.to_string(), rules);
+    };
+    for base in ruleset::BASE_CHAINS {
+        let _ = writeln!(
+            out,
+            "\tchain {} {{\n\t\ttype {} hook {} priority {}; policy accept;",
+            base.name, base.kind, base.hook, base.priority
+        );
+        let mut rules = 0;
+        for (from, cond, to) in ruleset::JUMPS {
+            if *from == base.name {
+                let _ = writeln!(out, "\t\t{cond}jump {to}");
+                rules += 1;
+            }
+        }
+        out.push_str("\t}\n");
+        count(base.name, rules);
+    }
+    let no_localhost = match ctx.family {
+        Family::Ip => "ip daddr != 127.0.0.0/8",
+        Family::Ip6 => "ip6 daddr != ::1",
+    };
+    let fixed: [(&str, &[String]); 8] = [
+        (
+            ruleset::SERVICES_CHAIN,
+            &[
+                format!("{ipx} daddr . meta l4proto . th dport vmap @service-ips"),
+                format!(
+                    "fib daddr type local {no_localhost} {ipx} daddr @{} meta l4proto . th dport vmap @service-nodeports",
+                    ruleset::NODEPORT_IPS_SET
+                ),
+            ],
+        ),
+        (
+            ruleset::MASQUERADING_CHAIN,
+            &[
+                format!("meta mark & {} == 0 return", ruleset::MASQUERADE_MARK),
+                format!("meta mark set meta mark xor {}", ruleset::MASQUERADE_MARK),
+                "masquerade fully-random".to_string(),
+            ],
+        ),
+        (
+            ruleset::MARK_MASQ_CHAIN,
+            &[format!("meta mark set meta mark or {}", ruleset::MASQUERADE_MARK)],
+        ),
+        (ruleset::REJECT_CHAIN, &["reject".to_string()]),
+        (
+            ruleset::SERVICE_ENDPOINTS_CHECK_CHAIN,
+            &[format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @no-endpoint-services"
+            )],
+        ),
+        (
+            ruleset::NODEPORT_ENDPOINTS_CHECK_CHAIN,
+            &[format!(
+                "fib daddr type local {no_localhost} {ipx} daddr @{} meta l4proto . th dport vmap @no-endpoint-nodeports",
+                ruleset::NODEPORT_IPS_SET
+            )],
+        ),
+        (
+            ruleset::FIREWALL_CHECK_CHAIN,
+            &[format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @firewall-ips"
+            )],
+        ),
+        (
+            ruleset::CLUSTER_IPS_CHECK_CHAIN,
+            &[format!("{ipx} daddr @{} reject", ruleset::CLUSTER_IPS_SET)],
+        ),
+    ];
+    for (name, rules) in fixed {
+        let _ = writeln!(out, "\tchain {name} {{");
+        for r in rules {
+            let _ = writeln!(out, "\t\t{r}");
+        }
+        out.push_str("\t}\n");
+        count(name, rules.len());
+    }
+    let _ = write!(
+        out,
+        "\tset {} {{\n\t\ttype {}\n\t\tflags interval\n\t\tauto-merge\n",
+        ruleset::NODEPORT_IPS_SET,
+        ctx.family.addr_type()
+    );
+    if !ctx.node_port_nets.is_empty() {
+        let _ = writeln!(
+            out,
+            "\t\telements = {}",
+            set_literal(ctx.node_port_nets.iter())
+        );
+    }
+    out.push_str("\t}\n");
+}
+
+/// Renders one family's full table into `out`, returning its record.
+fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> FamilyRecord {
+    let ctx = FamilyCtx::new(model, family);
+    let mut record = FamilyRecord::default();
+    let fam = family.nft();
+    let _ = writeln!(out, "add table {fam} {TABLE}\ndelete table {fam} {TABLE}");
+    let _ = writeln!(out, "table {fam} {TABLE} {{");
+    render_fixed(&ctx, out, &mut record);
+
+    let mut elements: [String; MapKind::ALL.len()] = Default::default();
+    let mut unused = String::new();
+    for sp in model.services.values() {
+        let mut chains = ChainText::new(Style::Block, family, &mut unused, &mut *out);
+        let objects = render_port(&ctx, sp, &mut chains);
+        for e in &objects.elements {
+            if record.head(e.kind, &e.key).is_none() {
+                let buf = &mut elements[e.kind.index()];
+                if !buf.is_empty() {
+                    buf.push_str(", ");
+                }
+                buf.push_str(&e.key);
+                if e.kind.is_map() {
+                    buf.push_str(" : ");
+                    buf.push_str(&e.value);
+                }
+            }
+            // `insert_port` below records the claim; `head` sees earlier ports only.
+        }
+        record.insert_port(&sp.name, objects);
+    }
+    for kind in MapKind::ALL {
+        let keyword = if kind.is_map() { "map" } else { "set" };
+        let _ = write!(
+            out,
+            "\t{keyword} {} {{\n\t\ttype {}\n",
+            kind.name(),
+            kind.type_decl(family)
+        );
+        let buf = &elements[kind.index()];
+        if !buf.is_empty() {
+            let _ = writeln!(out, "\t\telements = {{ {buf} }}");
+        }
+        out.push_str("\t}\n");
+    }
+    out.push_str("}\n");
+    record
+}
+
+/// The whole ruleset of both tables, as one `nft -f` transaction that atomically
+/// replaces whatever tables were there.
+pub fn render_full(model: &NodeModel) -> String {
+    render_full_with_record(model).0
+}
+
+/// `render_full`, and the record of what the kernel holds once it is applied.
+pub fn render_full_with_record(model: &NodeModel) -> (String, Applied) {
+    let mut out = String::with_capacity(4096 + model.services.len() * 1200);
+    let mut applied = Applied::default();
+    for family in Family::BOTH {
+        applied.families[family.index()] = render_family_full(model, family, &mut out);
+    }
+    (out, applied)
+}
+
+/// A partial transaction and what it changes in the record.
+pub struct Partial {
+    /// The nft input; empty when nothing needs to change.
+    pub text: String,
+    /// Per family, the touched service ports and what each now owns.
+    pub ports: [Vec<(ServicePortName, PortObjects)>; 2],
+}
+
+impl Partial {
+    /// Brings `applied` to what the kernel holds after `text` was applied.
+    pub fn commit(self, applied: &mut Applied) {
+        for (record, ports) in applied.families.iter_mut().zip(self.ports) {
+            for (name, _) in &ports {
+                record.remove_port(name);
+            }
+            for (name, objects) in ports {
+                record.insert_port(&name, objects);
+            }
+        }
+    }
+}
+
+/// Renders a transaction rewriting only the service ports `changes` names (added,
+/// changed or removed), against `applied`, the record of what the kernel holds.
+pub fn render_partial(model: &NodeModel, changes: &ChangeSet, applied: &Applied) -> Partial {
+    let touched: BTreeSet<&ServicePortName> = changes
+        .added
+        .iter()
+        .chain(&changes.changed)
+        .chain(&changes.removed)
+        .collect();
+    let mut text = String::new();
+    let mut ports: [Vec<(ServicePortName, PortObjects)>; 2] = Default::default();
+    for family in Family::BOTH {
+        let record = &applied.families[family.index()];
+        let ctx = FamilyCtx::new(model, family);
+        ports[family.index()] = render_family_partial(&ctx, model, &touched, record, &mut text);
+    }
+    Partial { text, ports }
+}
+
+fn render_family_partial(
+    ctx: &FamilyCtx,
+    model: &NodeModel,
+    touched: &BTreeSet<&ServicePortName>,
+    record: &FamilyRecord,
+    text: &mut String,
+) -> Vec<(ServicePortName, PortObjects)> {
+    let fam = ctx.family.nft();
+    let mut decl = String::new();
+    let mut body = String::new();
+    let mut new_ports = Vec::with_capacity(touched.len());
+    for name in touched {
+        let objects = match model.services.get(*name) {
+            Some(sp) => {
+                let mut chains = ChainText::new(Style::Commands, ctx.family, &mut decl, &mut body);
+                render_port(ctx, sp, &mut chains)
+            }
+            None => PortObjects::default(),
+        };
+        new_ports.push(((*name).clone(), objects));
+    }
+
+    let touched_owner = |n: &ServicePortName| touched.contains(n);
+    // Keys whose kernel value may change: every key a touched port claimed or claims.
+    let mut dirty: Vec<(MapKind, &str)> = Vec::new();
+    let mut seen: HashSet<(MapKind, &str)> = HashSet::new();
+    let mut first_new: HashMap<(MapKind, &str), &str> = HashMap::new();
+    for name in touched {
+        if let Some(old) = record.ports.get(*name) {
+            for e in &old.elements {
+                if seen.insert((e.kind, &e.key)) {
+                    dirty.push((e.kind, &e.key));
+                }
+            }
+        }
+    }
+    for (_, objects) in &new_ports {
+        for e in &objects.elements {
+            first_new.entry((e.kind, &e.key)).or_insert(&e.value);
+            if seen.insert((e.kind, &e.key)) {
+                dirty.push((e.kind, &e.key));
+            }
+        }
+    }
+    let mut deletes: [String; MapKind::ALL.len()] = Default::default();
+    let mut adds: [String; MapKind::ALL.len()] = Default::default();
+    for (kind, key) in dirty {
+        let claims = record.claims.get(&(kind, key.to_string()));
+        let before = claims.and_then(|c| c.first()).map(|(_, v)| v.as_str());
+        let after = claims
+            .and_then(|c| c.iter().find(|(n, _)| !touched_owner(n)))
+            .map(|(_, v)| v.as_str())
+            .or_else(|| first_new.get(&(kind, key)).copied());
+        if before == after {
+            continue;
+        }
+        if before.is_some() {
+            let buf = &mut deletes[kind.index()];
+            if !buf.is_empty() {
+                buf.push_str(", ");
+            }
+            buf.push_str(key);
+        }
+        if let Some(value) = after {
+            let buf = &mut adds[kind.index()];
+            if !buf.is_empty() {
+                buf.push_str(", ");
+            }
+            buf.push_str(key);
+            if kind.is_map() {
+                buf.push_str(" : ");
+                buf.push_str(value);
+            }
+        }
+    }
+
+    // Chains and sets a touched port owned and no longer owns.
+    let mut kept_chains: HashSet<&str> = HashSet::new();
+    let mut kept_sets: HashSet<&str> = HashSet::new();
+    for (_, objects) in &new_ports {
+        kept_chains.extend(objects.chains.iter().map(|(c, _)| c.as_str()));
+        kept_sets.extend(objects.sets.iter().map(String::as_str));
+    }
+    let mut stale_chains: Vec<&str> = Vec::new();
+    let mut stale_sets: Vec<&str> = Vec::new();
+    for name in touched {
+        if let Some(old) = record.ports.get(*name) {
+            stale_chains.extend(
+                old.chains
+                    .iter()
+                    .map(|(c, _)| c.as_str())
+                    .filter(|c| !kept_chains.contains(c)),
+            );
+            stale_sets.extend(
+                old.sets
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !kept_sets.contains(s)),
+            );
+        }
+    }
+
+    // Order: create chains and sets; drop elements pointing at old chains; fill chains;
+    // add elements; empty, then delete, chains and sets nothing refers to any more.
+    text.push_str(&decl);
+    for kind in MapKind::ALL {
+        let buf = &deletes[kind.index()];
+        if !buf.is_empty() {
+            let _ = writeln!(
+                text,
+                "delete element {fam} {TABLE} {} {{ {buf} }}",
+                kind.name()
+            );
+        }
+    }
+    text.push_str(&body);
+    for kind in MapKind::ALL {
+        let buf = &adds[kind.index()];
+        if !buf.is_empty() {
+            let _ = writeln!(
+                text,
+                "add element {fam} {TABLE} {} {{ {buf} }}",
+                kind.name()
+            );
+        }
+    }
+    for chain in &stale_chains {
+        let _ = writeln!(text, "flush chain {fam} {TABLE} {chain}");
+    }
+    for chain in &stale_chains {
+        let _ = writeln!(text, "delete chain {fam} {TABLE} {chain}");
+    }
+    for set in &stale_sets {
+        let _ = writeln!(text, "delete set {fam} {TABLE} {set}");
+    }
+    new_ports
+}
