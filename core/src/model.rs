@@ -19,6 +19,8 @@ use crate::state::ClusterState;
 
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label naming its zone, matched against EndpointSlice zone hints.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -103,6 +105,9 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// Topology hints from the EndpointSlice (`hints.forZones`, `hints.forNodes`).
+    pub zone_hints: Vec<String>,
+    pub node_hints: Vec<String>,
 }
 
 impl Endpoint {
@@ -208,6 +213,11 @@ impl NodeModel {
     pub fn build(state: &ClusterState, node_name: &str, config: &EffectiveConfig) -> NodeModel {
         let node = state.node(node_name);
         let node_ips = node.map(primary_node_ips).unwrap_or_default();
+        let zone = node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(ZONE_LABEL))
+            .map(String::as_str)
+            .unwrap_or("");
         let mut node_port_addresses: Vec<IpNet> = config.node_port_cidrs.clone();
         if config.node_port_primary || config.node_port_cidrs.is_empty() {
             node_port_addresses.extend(node_ips.iter().map(|ip| IpNet::from(*ip)));
@@ -239,7 +249,7 @@ impl NodeModel {
                 .get(&(ns, name))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            for sp in service_ports(svc, slices, node_name) {
+            for sp in service_ports(svc, slices, node_name, zone) {
                 services.insert(sp.name.clone(), sp);
             }
         }
@@ -313,7 +323,12 @@ fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
 }
 
 /// The service ports of one Service with their endpoints on this node.
-fn service_ports(svc: &Service, slices: &[&EndpointSlice], node_name: &str) -> Vec<ServicePort> {
+fn service_ports(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node_name: &str,
+    zone: &str,
+) -> Vec<ServicePort> {
     if !is_proxied(svc) {
         return Vec::new();
     }
@@ -407,13 +422,14 @@ fn service_ports(svc: &Service, slices: &[&EndpointSlice], node_name: &str) -> V
                 .filter(|p| *p != 0);
         }
         let all = slice_endpoints(slices, &port_name, protocol, node_name);
-        sp.cluster_endpoints = all.iter().filter(|e| e.ready).cloned().collect();
-        sp.local_endpoints = sp
-            .cluster_endpoints
-            .iter()
-            .filter(|e| e.local)
-            .cloned()
-            .collect();
+        let (cluster, local) = categorize(
+            &all,
+            sp.internal_policy_local || sp.external_policy_local,
+            node_name,
+            zone,
+        );
+        sp.cluster_endpoints = cluster;
+        sp.local_endpoints = local;
         out.push(sp);
     }
     out
@@ -459,6 +475,21 @@ fn slice_endpoints(
             let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
             let local = ep.node_name.as_deref() == Some(node_name);
+            let hints = ep.hints.as_ref();
+            let mut zone_hints: Vec<String> = hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect();
+            zone_hints.sort();
+            let mut node_hints: Vec<String> = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect();
+            node_hints.sort();
             let e = Endpoint {
                 ip,
                 port: port_number,
@@ -466,6 +497,8 @@ fn slice_endpoints(
                 ready,
                 serving,
                 terminating,
+                zone_hints,
+                node_hints,
             };
             if !out.iter().any(|o| o.ip == e.ip && o.port == e.port) {
                 out.push(e);
@@ -474,4 +507,242 @@ fn slice_endpoints(
     }
     out.sort();
     out
+}
+
+/// Topology routing chosen from the endpoints' hints, as upstream's
+/// `topologyModeFromHints`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every ready endpoint is usable.
+    Any,
+    /// Only endpoints hinted for this node.
+    SameNode,
+    /// Only endpoints hinted for this node's zone.
+    SameZone,
+}
+
+/// Hints are used only when every ready endpoint carries them and at least one names
+/// this node (node hints, preferred) or its zone.
+fn topology(endpoints: &[Endpoint], node_name: &str, zone: &str) -> Topology {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
+    }
+    let all_node_hints = ready.iter().all(|e| !e.node_hints.is_empty());
+    if all_node_hints
+        && ready
+            .iter()
+            .any(|e| e.node_hints.iter().any(|n| n == node_name))
+    {
+        return Topology::SameNode;
+    }
+    let all_zone_hints = ready.iter().all(|e| !e.zone_hints.is_empty());
+    if all_zone_hints
+        && !zone.is_empty()
+        && ready.iter().any(|e| e.zone_hints.iter().any(|z| z == zone))
+    {
+        return Topology::SameZone;
+    }
+    Topology::Any
+}
+
+/// Splits a service port's endpoints into the cluster set (ready, topology-filtered;
+/// serving+terminating when none is ready) and, when a Local policy applies, the local
+/// set (local ready; local serving+terminating when none is ready) — upstream's
+/// `CategorizeEndpoints`. The cluster set is always computed: an empty one means the
+/// service has no usable endpoint anywhere.
+fn categorize(
+    endpoints: &[Endpoint],
+    uses_local: bool,
+    node_name: &str,
+    zone: &str,
+) -> (Vec<Endpoint>, Vec<Endpoint>) {
+    let topo = topology(endpoints, node_name, zone);
+    let usable_here = |e: &Endpoint| match topo {
+        Topology::Any => true,
+        Topology::SameNode => e.node_hints.iter().any(|n| n == node_name),
+        Topology::SameZone => e.zone_hints.iter().any(|z| z == zone),
+    };
+    let mut cluster: Vec<Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.ready && usable_here(e))
+        .cloned()
+        .collect();
+    if cluster.is_empty() {
+        cluster = endpoints
+            .iter()
+            .filter(|e| e.serving && e.terminating)
+            .cloned()
+            .collect();
+    }
+    if !uses_local {
+        return (cluster, Vec::new());
+    }
+    let mut local: Vec<Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.local && e.ready)
+        .cloned()
+        .collect();
+    if local.is_empty() {
+        local = endpoints
+            .iter()
+            .filter(|e| e.local && e.serving && e.terminating)
+            .cloned()
+            .collect();
+    }
+    (cluster, local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Object;
+
+    fn state(yaml: &str) -> ClusterState {
+        let mut st = ClusterState::default();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            let o = match v["kind"].as_str().unwrap() {
+                "Service" => Object::Service(Box::new(serde_json::from_value(v).unwrap())),
+                "EndpointSlice" => {
+                    Object::EndpointSlice(Box::new(serde_json::from_value(v).unwrap()))
+                }
+                "Node" => Object::Node(Box::new(serde_json::from_value(v).unwrap())),
+                k => panic!("{k}"),
+            };
+            st.upsert(o);
+        }
+        st
+    }
+
+    const NODE: &str = "kind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: za}}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.2}, {type: InternalIP, address: 192.168.0.3}, {type: InternalIP, address: '2001:db8::1'}]}\n";
+
+    fn build(yaml: &str) -> NodeModel {
+        NodeModel::build(
+            &state(&format!("{NODE}---\n{yaml}")),
+            "n1",
+            &EffectiveConfig::default(),
+        )
+    }
+
+    fn eps(list: &[Endpoint]) -> Vec<String> {
+        list.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn cluster_ip_ports_and_endpoints() {
+        let m = build(
+            "kind: Service\nmetadata: {name: s, namespace: ns}\nspec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80, targetPort: web}, {name: dns, port: 53, protocol: UDP, targetPort: 5353}]}\n---\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], conditions: {ready: true}, nodeName: n1}\n- {addresses: [10.1.0.2], conditions: {ready: false}}\n- {addresses: [10.1.0.3]}\nports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]\n",
+        );
+        assert_eq!(
+            m.node_ips,
+            vec![
+                "192.168.0.2".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(m.services.len(), 2);
+        let http = m.services.values().find(|s| s.port == 80).unwrap();
+        assert_eq!(http.protocol, Protocol::Tcp);
+        assert_eq!(
+            eps(&http.cluster_endpoints),
+            ["10.1.0.1:8080", "10.1.0.3:8080"]
+        );
+        assert!(http.cluster_endpoints[0].local);
+        let dns = m.services.values().find(|s| s.port == 53).unwrap();
+        assert_eq!(dns.protocol, Protocol::Udp);
+        assert_eq!(
+            eps(&dns.cluster_endpoints),
+            ["10.1.0.1:5353", "10.1.0.3:5353"]
+        );
+        // Default nodePortAddresses: the primary node IPs.
+        assert_eq!(m.node_port_addresses.len(), 2);
+    }
+
+    #[test]
+    fn headless_and_external_name_are_ignored() {
+        let m = build(
+            "kind: Service\nmetadata: {name: h, namespace: ns}\nspec: {clusterIP: None, ports: [{port: 80}]}\n---\nkind: Service\nmetadata: {name: e, namespace: ns}\nspec: {type: ExternalName, externalName: example.com, ports: [{port: 80}]}\n",
+        );
+        assert!(m.services.is_empty());
+    }
+
+    #[test]
+    fn node_ports_only_for_node_port_and_lb_types() {
+        let m = build(
+            "kind: Service\nmetadata: {name: a, namespace: ns}\nspec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}\n---\nkind: Service\nmetadata: {name: b, namespace: ns}\nspec: {type: ClusterIP, clusterIP: 10.96.0.2, ports: [{port: 80, nodePort: 30081}]}\n",
+        );
+        let ports: Vec<Option<u16>> = m.services.values().map(|s| s.node_port).collect();
+        assert_eq!(ports, vec![Some(30080), None]);
+    }
+
+    const TERMINATING: &str = "kind: Service\nmetadata: {name: s, namespace: ns}\nspec: {type: NodePort, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30080}]}\n---\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], conditions: {ready: false, serving: true, terminating: true}, nodeName: n1}\n- {addresses: [10.1.0.2], conditions: {ready: true}, nodeName: n2}\n- {addresses: [10.1.0.3], conditions: {ready: false, serving: false, terminating: true}, nodeName: n1}\nports: [{port: 80}]\n";
+
+    #[test]
+    fn terminating_fallback_is_separate_for_cluster_and_local() {
+        let m = build(TERMINATING);
+        let sp = m.services.values().next().unwrap();
+        assert!(sp.external_policy_local);
+        assert_eq!(eps(&sp.cluster_endpoints), ["10.1.0.2:80"]);
+        assert_eq!(
+            eps(&sp.local_endpoints),
+            ["10.1.0.1:80"],
+            "local ready none: serving+terminating"
+        );
+        assert_eq!(eps(sp.external_endpoints()), ["10.1.0.1:80"]);
+        assert_eq!(eps(sp.internal_endpoints()), ["10.1.0.2:80"]);
+
+        let all_terminating = TERMINATING.replace(
+            "conditions: {ready: true}, nodeName: n2",
+            "conditions: {ready: false, serving: false}, nodeName: n2",
+        );
+        let m = build(&all_terminating);
+        let sp = m.services.values().next().unwrap();
+        assert_eq!(eps(&sp.cluster_endpoints), ["10.1.0.1:80"]);
+    }
+
+    const HINTED: &str = "kind: Service\nmetadata: {name: s, namespace: ns}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n---\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], hints: {forZones: [{name: za}]}}\n- {addresses: [10.1.0.2], hints: {forZones: [{name: zb}]}}\n- {addresses: [10.1.0.3], hints: {forZones: [{name: za}]}}\nports: [{port: 80}]\n";
+
+    #[test]
+    fn zone_hints_used_only_when_complete_and_matching() {
+        let sp = build(HINTED).services.into_values().next().unwrap();
+        assert_eq!(eps(&sp.cluster_endpoints), ["10.1.0.1:80", "10.1.0.3:80"]);
+        // One endpoint without hints: topology off.
+        let partial = HINTED.replace(", hints: {forZones: [{name: zb}]}", "");
+        let sp = build(&partial).services.into_values().next().unwrap();
+        assert_eq!(sp.cluster_endpoints.len(), 3);
+        // No endpoint for this zone: topology off.
+        let other = HINTED.replace("name: za", "name: zc");
+        let sp = build(&other).services.into_values().next().unwrap();
+        assert_eq!(sp.cluster_endpoints.len(), 3);
+        // Node hints win when every endpoint has them and one names this node.
+        let nodes = HINTED
+            .replace(
+                "forZones: [{name: za}]}",
+                "forZones: [{name: za}], forNodes: [{name: n2}]}",
+            )
+            .replace(
+                "forZones: [{name: zb}]}",
+                "forZones: [{name: zb}], forNodes: [{name: n1}]}",
+            );
+        let sp = build(&nodes).services.into_values().next().unwrap();
+        assert_eq!(eps(&sp.cluster_endpoints), ["10.1.0.2:80"]);
+    }
+
+    #[test]
+    fn load_balancer_ips_skip_proxy_mode_and_session_affinity_defaults() {
+        let m = build(
+            "kind: Service\nmetadata: {name: s, namespace: ns}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.1, sessionAffinity: ClientIP, loadBalancerSourceRanges: [' 203.0.113.0/25 '], ports: [{port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 1.2.3.4}, {ip: 5.6.7.8, ipMode: Proxy}]}}\n",
+        );
+        let sp = m.services.values().next().unwrap();
+        assert_eq!(
+            sp.load_balancer_ips,
+            vec!["1.2.3.4".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            sp.load_balancer_source_ranges,
+            vec!["203.0.113.0/25".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(sp.affinity_timeout, Some(10800));
+    }
 }

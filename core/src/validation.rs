@@ -222,6 +222,35 @@ fn validate_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
     }
     let Some(v6) = family else { return Ok(()) };
     for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+        let hints = ep.hints.as_ref();
+        let zones = hints
+            .and_then(|h| h.for_zones.as_ref())
+            .into_iter()
+            .flatten();
+        let mut seen_zones: Vec<&str> = Vec::new();
+        for (j, z) in zones.enumerate() {
+            if z.name.is_empty() || seen_zones.contains(&z.name.as_str()) {
+                return Err((
+                    format!("endpoints[{i}].hints.forZones[{j}].name"),
+                    format!("zone {:?} is empty or named twice", z.name),
+                ));
+            }
+            seen_zones.push(&z.name);
+        }
+        let nodes = hints
+            .and_then(|h| h.for_nodes.as_ref())
+            .into_iter()
+            .flatten();
+        let mut seen_nodes: Vec<&str> = Vec::new();
+        for (j, n) in nodes.enumerate() {
+            if n.name.is_empty() || seen_nodes.contains(&n.name.as_str()) {
+                return Err((
+                    format!("endpoints[{i}].hints.forNodes[{j}].name"),
+                    format!("node {:?} is empty or named twice", n.name),
+                ));
+            }
+            seen_nodes.push(&n.name);
+        }
         if ep.addresses.is_empty() {
             return Err((format!("endpoints[{i}].addresses"), "empty".into()));
         }
@@ -287,6 +316,16 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.field, field, "{spec}");
         }
+    }
+
+    #[test]
+    fn zone_named_twice_in_hints_is_invalid() {
+        let slice: EndpointSlice = serde_yaml::from_str(
+            "metadata: {name: s, namespace: n}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1], hints: {forZones: [{name: a}, {name: a}]}}]",
+        )
+        .unwrap();
+        let err = validate(&Object::EndpointSlice(Box::new(slice))).unwrap_err();
+        assert_eq!(err.field, "endpoints[0].hints.forZones[1].name");
     }
 
     #[test]
