@@ -34,56 +34,57 @@ pub struct BaseChain {
     pub priority: &'static str,
 }
 
-/// As upstream: filter chains run before DNAT so they see the original destination;
+/// As upstream (numeric: nft 1.0.6 only names `dstnat` for prerouting; dstnat = -100,
+/// srcnat = 100): filter chains run before DNAT so they see the original destination;
 /// `filter-output-post-dnat` runs after it, for `cluster-ips-check`.
 pub const BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
         name: "filter-prerouting",
         kind: "filter",
         hook: "prerouting",
-        priority: "dstnat - 10",
+        priority: "-110",
     },
     BaseChain {
         name: "filter-input",
         kind: "filter",
         hook: "input",
-        priority: "dstnat - 10",
+        priority: "-110",
     },
     BaseChain {
         name: "filter-forward",
         kind: "filter",
         hook: "forward",
-        priority: "dstnat - 10",
+        priority: "-110",
     },
     BaseChain {
         name: "filter-output",
         kind: "filter",
         hook: "output",
-        priority: "dstnat - 10",
+        priority: "-110",
     },
     BaseChain {
         name: "filter-output-post-dnat",
         kind: "filter",
         hook: "output",
-        priority: "dstnat + 10",
+        priority: "-90",
     },
     BaseChain {
         name: "nat-prerouting",
         kind: "nat",
         hook: "prerouting",
-        priority: "dstnat",
+        priority: "-100",
     },
     BaseChain {
         name: "nat-output",
         kind: "nat",
         hook: "output",
-        priority: "dstnat",
+        priority: "-100",
     },
     BaseChain {
         name: "nat-postrouting",
         kind: "nat",
         hook: "postrouting",
-        priority: "srcnat",
+        priority: "100",
     },
 ];
 

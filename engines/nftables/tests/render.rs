@@ -22,7 +22,7 @@ fn cluster_ip_service() {
     let l = lines(&text);
     assert!(l.contains(&"add table ip switchyard"));
     assert!(l.contains(&"delete table ip6 switchyard"));
-    assert!(l.contains(&"type nat hook prerouting priority dstnat; policy accept;"));
+    assert!(l.contains(&"type nat hook prerouting priority -100; policy accept;"));
     assert!(l.contains(&"ip daddr . meta l4proto . th dport vmap @service-ips"));
     assert!(l.contains(&"meta mark set meta mark or 0x4000"));
     assert!(l.contains(&"masquerade fully-random"));

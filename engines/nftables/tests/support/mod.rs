@@ -24,6 +24,8 @@ pub fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
+        zone_hints: vec![],
+        node_hints: vec![],
     }
 }
 

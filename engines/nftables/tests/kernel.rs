@@ -1,0 +1,282 @@
+//! Kernel tests: the engine programs a private network namespace. Need root.
+
+mod support;
+
+use std::time::Instant;
+
+use support::{netns::*, *};
+use switchyard_core::{ChangeSet, Drift, ProxyEngine};
+use switchyard_nftables::{render_full, NftOptions, NftablesEngine};
+
+macro_rules! need_root {
+    ($name:expr) => {
+        if !have_root($name) {
+            return;
+        }
+    };
+}
+
+fn two_services() -> switchyard_core::NodeModel {
+    let mut web = service(
+        "web",
+        &["172.16.0.10", "fd00:96::10"],
+        80,
+        vec![
+            ep("10.0.0.5", 8080, true),
+            ep("10.0.1.5", 8080, false),
+            ep("fd00:10::5", 8080, true),
+        ],
+    );
+    web.node_port = Some(30080);
+    web.affinity_timeout = Some(300);
+    let empty = service("empty", &["172.16.0.11"], 443, vec![]);
+    model(vec![web, empty])
+}
+
+#[tokio::test]
+async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
+    need_root!("sync_programs_maps_and_partial_removes_endpoint_chain");
+    let ns = Netns::new();
+    let mut engine = NftablesEngine::new(ns.options());
+    let m1 = two_services();
+    let report = engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    assert!(report.full);
+    assert!(report.rules > 0);
+    let (ok, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    assert!(ok, "{v4}");
+    assert!(v4.contains("172.16.0.10 . tcp . 80 : goto svc-"), "{v4}");
+    assert!(
+        v4.contains("172.16.0.11 . tcp . 443 : goto reject-chain"),
+        "{v4}"
+    );
+    assert!(v4.contains("tcp . 30080 : goto ext-"), "{v4}");
+    assert!(v4.contains("dnat to 10.0.1.5:8080"));
+    let (ok, v6) = ns.nft(&["list", "table", "ip6", "switchyard"], "");
+    assert!(ok, "{v6}");
+    assert!(v6.contains("dnat to [fd00:10::5]:8080"), "{v6}");
+    assert!(!v6.contains("172.16.0.11"));
+    assert_eq!(engine.verify(&m1).await.unwrap(), Drift::None);
+
+    // Remove one endpoint: a partial sync deletes its chain.
+    let mut m2 = m1.clone();
+    let web = m2.services.get_mut(&spn("default", "web", "http")).unwrap();
+    web.cluster_endpoints
+        .retain(|e| e.ip.to_string() != "10.0.1.5");
+    let changes = ChangeSet::between(&m1, &m2);
+    assert!(!changes.full);
+    let start = Instant::now();
+    let report = engine.sync(&m2, &changes).await.unwrap();
+    eprintln!("partial sync: {:?}", start.elapsed());
+    assert!(!report.full);
+    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    assert!(!v4.contains("10.0.1.5"), "{v4}");
+    assert!(v4.contains("numgen random mod 1"), "{v4}");
+    assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+
+    // Endpoints of the empty service appear; then the service goes away.
+    let mut m3 = m2.clone();
+    let empty = m3
+        .services
+        .get_mut(&spn("default", "empty", "http"))
+        .unwrap();
+    empty.cluster_endpoints = vec![ep("10.0.2.1", 8443, false)];
+    engine
+        .sync(&m3, &ChangeSet::between(&m2, &m3))
+        .await
+        .unwrap();
+    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    assert!(v4.contains("172.16.0.11 . tcp . 443 : goto svc-"), "{v4}");
+    assert!(
+        !v4.contains("reject-chain,") && !v4.contains(": goto reject-chain }"),
+        "{v4}"
+    );
+    assert_eq!(engine.verify(&m3).await.unwrap(), Drift::None);
+    let mut m4 = m3.clone();
+    m4.services.remove(&spn("default", "web", "http"));
+    engine
+        .sync(&m4, &ChangeSet::between(&m3, &m4))
+        .await
+        .unwrap();
+    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    assert!(!v4.contains("172.16.0.10"), "{v4}");
+    assert!(!v4.contains("aff-"), "{v4}");
+    assert_eq!(engine.verify(&m4).await.unwrap(), Drift::None);
+    let (_, v6) = ns.nft(&["list", "table", "ip6", "switchyard"], "");
+    assert!(!v6.contains("chain svc-"), "{v6}");
+}
+
+#[tokio::test]
+async fn verify_finds_drift_and_sync_restores() {
+    need_root!("verify_finds_drift_and_sync_restores");
+    let ns = Netns::new();
+    let mut engine = NftablesEngine::new(ns.options());
+    let m = two_services();
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+
+    // Deleted table.
+    assert!(ns.nft(&["delete", "table", "ip", "switchyard"], "").0);
+    let Drift::Found(what) = engine.verify(&m).await.unwrap() else {
+        panic!("no drift after deleting the table")
+    };
+    assert!(what.contains("table ip switchyard"), "{what}");
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+
+    // Flushed chain.
+    let (_, listing) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let svc = listing
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("chain svc-"))
+        .map(|rest| format!("svc-{}", rest.trim_end_matches(" {")))
+        .unwrap();
+    assert!(ns.nft(&["flush", "chain", "ip", "switchyard", &svc], "").0);
+    let Drift::Found(what) = engine.verify(&m).await.unwrap() else {
+        panic!("no drift after flushing {svc}")
+    };
+    assert!(what.contains(&svc), "{what}");
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+
+    // Removed map element.
+    assert!(
+        ns.nft(
+            &[
+                "delete",
+                "element",
+                "ip",
+                "switchyard",
+                "no-endpoint-services",
+                "{ 172.16.0.11 . tcp . 443 }"
+            ],
+            ""
+        )
+        .0
+    );
+    let Drift::Found(what) = engine.verify(&m).await.unwrap() else {
+        panic!("no drift after deleting an element")
+    };
+    assert!(what.contains("no-endpoint-services"), "{what}");
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+
+    // Deleted chain (an endpoint chain needs its referrers gone first: delete the IPv6
+    // table's whole content instead, via the table).
+    assert!(ns.nft(&["delete", "table", "ip6", "switchyard"], "").0);
+    assert!(matches!(engine.verify(&m).await.unwrap(), Drift::Found(_)));
+
+    // Cleanup leaves no switchyard table, whether or not they exist.
+    engine.cleanup().await.unwrap();
+    engine.cleanup().await.unwrap();
+    let (_, all) = ns.nft(&["list", "ruleset"], "");
+    assert!(!all.contains("switchyard"), "{all}");
+}
+
+#[tokio::test]
+async fn failed_sync_keeps_rules_and_next_sync_is_full() {
+    need_root!("failed_sync_keeps_rules_and_next_sync_is_full");
+    let ns = Netns::new();
+    let mut engine = NftablesEngine::new(ns.options());
+    let m1 = two_services();
+    engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    let (_, before) = ns.nft(&["list", "ruleset"], "");
+
+    // A fake nft that fails.
+    let fake = std::env::temp_dir().join(format!("sy-fake-nft-{}", std::process::id()));
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncat >/dev/null\necho 'Error: injected' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let mut failing = NftablesEngine::new(NftOptions {
+        netns: Some(ns.name.clone()),
+        nft_path: fake.to_string_lossy().into_owned(),
+    });
+    assert!(failing.sync(&m1, &ChangeSet::full(&m1)).await.is_err());
+    assert!(failing.next_sync_is_full());
+
+    // A change the kernel refuses, through the real engine: a partial sync fails...
+    let mut m2 = m1.clone();
+    let web = m2.services.get_mut(&spn("default", "web", "http")).unwrap();
+    web.cluster_endpoints.clear();
+    web.local_endpoints.clear();
+    // ...because someone deleted the element it needs to delete.
+    assert!(
+        ns.nft(
+            &[
+                "delete",
+                "element",
+                "ip",
+                "switchyard",
+                "service-ips",
+                "{ 172.16.0.10 . tcp . 80 }"
+            ],
+            ""
+        )
+        .0
+    );
+    let (_, tampered) = ns.nft(&["list", "ruleset"], "");
+    let err = engine.sync(&m2, &ChangeSet::between(&m1, &m2)).await;
+    assert!(err.is_err(), "partial sync should fail");
+    let (_, after) = ns.nft(&["list", "ruleset"], "");
+    assert_eq!(tampered, after, "a failed sync changed the kernel");
+    assert_ne!(before, after);
+    assert!(engine.next_sync_is_full());
+    // The next sync is full even when asked for a partial one, and repairs everything.
+    let report = engine
+        .sync(&m2, &ChangeSet::between(&m1, &m2))
+        .await
+        .unwrap();
+    assert!(report.full);
+    assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+    let _ = std::fs::remove_file(fake);
+}
+
+#[tokio::test]
+async fn scale_timings() {
+    need_root!("scale_timings");
+    let ns = Netns::new();
+    let count: usize = std::env::var("SY_NFT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let m1 = big_model(count, 5);
+    let start = Instant::now();
+    let text = render_full(&m1);
+    let render = start.elapsed();
+    let mut engine = NftablesEngine::new(ns.options());
+    let start = Instant::now();
+    engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    let full = start.elapsed();
+    let mut m2 = m1.clone();
+    let sp = m2.services.values_mut().nth(count / 2).unwrap();
+    sp.cluster_endpoints.pop();
+    let changes = ChangeSet::between(&m1, &m2);
+    let start = Instant::now();
+    let report = engine.sync(&m2, &changes).await.unwrap();
+    let partial = start.elapsed();
+    assert!(!report.full);
+    if let Ok(dir) = std::env::var("SY_NFT_DUMP") {
+        let applied = switchyard_nftables::render_full(&m1);
+        std::fs::write(format!("{dir}/full.nft"), applied).unwrap();
+        let mut m3 = m2.clone();
+        let sp = m3.services.values_mut().nth(count / 3).unwrap();
+        sp.cluster_endpoints.pop();
+        let (_, rec) = switchyard_nftables::render::render_full_with_record(&m2);
+        let p = switchyard_nftables::render_partial(&m3, &ChangeSet::between(&m2, &m3), &rec);
+        std::fs::write(format!("{dir}/full2.nft"), render_full(&m2)).unwrap();
+        std::fs::write(format!("{dir}/partial.nft"), p.text).unwrap();
+    }
+    let start = Instant::now();
+    assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+    let verify = start.elapsed();
+    eprintln!(
+        "scale {count} x 5: render {render:?} ({} bytes), full sync {full:?}, partial sync {partial:?}, verify {verify:?}",
+        text.len()
+    );
+}
