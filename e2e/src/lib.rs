@@ -1,1 +1,24 @@
-//! placeholder
+//! Switchyard's end-to-end harness: a sandboxed node in private network namespaces, echo
+//! pods, traffic probes, and the runner for the packet-flow scenario files shared by every
+//! engine (`../shared/scenarios/`, `e2e/scenarios/`). It drives the real `switchyard run`
+//! binary and never touches the host's own network configuration.
+//!
+//! - [`netns`]: named network namespaces and running code inside them
+//! - [`sandbox`]: the node / external / pod topology and the agent running in it
+//! - [`echo`]: echo servers naming the endpoint and the source they saw
+//! - [`probe`]: one TCP/UDP request from a source role, classified
+//! - [`agent`]: the agent process, its log and `/healthz`
+//! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
+//! - [`scenario`]: scenario files, playing their flows, the report
+
+pub mod agent;
+pub mod echo;
+pub mod manifests;
+pub mod netns;
+pub mod probe;
+pub mod sandbox;
+pub mod scenario;
+
+pub use probe::{Outcome, Proto, Source};
+pub use sandbox::{require_root, Sandbox};
+pub use scenario::{Runner, Scenario, ScenarioReport};

@@ -1,0 +1,522 @@
+//! The sandboxed node: private network namespaces wired as DESIGN.md "Sandbox topology" —
+//! a node namespace (bridge `cbr0`, uplink, forwarding), an "external" namespace playing
+//! the outside world, a `pod` client and one namespace per endpoint pod running echo
+//! servers — plus the agent running inside the node namespace. Everything is deleted on
+//! drop; the host's own network is never touched.
+//!
+//! Pods get host addresses (/32, /128) with an on-link default route via the bridge
+//! (10.0.0.1, fd00:10::1), so pod-to-pod and pod-to-service traffic is always routed by the
+//! node (as with routed CNIs) and reply traffic passes the node's conntrack.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Once,
+    },
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::{
+    agent::{Agent, DEFAULT_HEALTHZ},
+    echo::EchoServer,
+    manifests::ManifestDir,
+    netns::{run_cmd, NetNs},
+    probe::{self, Outcome, Proto, Source},
+};
+
+/// The node under test.
+pub const NODE_NAME: &str = "test-node";
+/// The node's primary IPv4 address (uplink), the `node` source.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+/// The node's primary IPv6 address (uplink), the `node6` source.
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The bridge address, the pods' default gateway.
+pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const BRIDGE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1);
+/// The `pod` / `pod6` client.
+pub const POD_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const POD_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2);
+/// External sources behind the uplink.
+pub const EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const EXT_BLOCKED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 130);
+pub const EXT_IP6: Ipv6Addr = Ipv6Addr::new(0x2600, 0x5200, 0, 0, 0, 0, 0, 1);
+
+/// Node uplink addresses (address/prefix).
+const UPLINK_ADDRS: [&str; 5] = [
+    "192.168.0.2/24",
+    "192.168.1.2/24",
+    "192.168.99.11/32",
+    "2001:db8::1/64",
+    "2001:db8:1::2/64",
+];
+/// The external router's side of the uplink.
+const ROUTER_ADDRS: [&str; 4] = [
+    "192.168.0.1/24",
+    "192.168.1.1/24",
+    "2001:db8::ff/64",
+    "2001:db8:1::1/64",
+];
+const ROUTER_IP: &str = "192.168.0.1";
+const ROUTER_IP6: &str = "2001:db8::ff";
+
+static NEXT_SANDBOX: AtomicUsize = AtomicUsize::new(0);
+static STALE_CLEANUP: Once = Once::new();
+
+/// Whether this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// For tests needing root: true if root; otherwise panics when `CI=true`, else prints a
+/// loud SKIPPED line and returns false.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root (network namespaces, nftables); CI=true so this is a failure");
+    }
+    eprintln!("\n*** SKIPPED: {test} needs root (network namespaces, nftables) ***\n");
+    false
+}
+
+/// One pod namespace on `cbr0`.
+struct Pod {
+    // Field order matters: echo sockets close before the namespace goes away.
+    _echo: Option<EchoServer>,
+    ns: NetNs,
+    ips: Vec<IpAddr>,
+}
+
+/// The sandboxed node with its outside world and pods. See the module doc.
+pub struct Sandbox {
+    // Drop order: agent, pods, client, ext, node.
+    agent: Option<Agent>,
+    pods: Vec<Pod>,
+    client: Pod,
+    ext: NetNs,
+    node: NetNs,
+    logs: ManifestDir,
+    prefix: String,
+    next_pod: usize,
+}
+
+impl Sandbox {
+    /// Builds the node, external and `pod` client namespaces.
+    pub fn new() -> Result<Sandbox> {
+        if !is_root() {
+            bail!("the sandbox needs root (network namespaces, nftables)");
+        }
+        STALE_CLEANUP.call_once(remove_stale_namespaces);
+        let prefix = format!(
+            "sye-{}-{}",
+            std::process::id(),
+            NEXT_SANDBOX.fetch_add(1, Ordering::SeqCst)
+        );
+        let node = NetNs::create(&format!("{prefix}-node"))?;
+        for (k, v) in [
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv4.icmp_ratelimit", "0"),
+            ("net.ipv6.icmp.ratelimit", "0"),
+        ] {
+            node.sysctl(k, v)?;
+        }
+        node.ip(&[
+            "link",
+            "add",
+            "cbr0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        node.ip(&["addr", "add", "10.0.0.1/8", "dev", "cbr0"])?;
+        node.ip(&["addr", "add", "fd00:10::1/32", "dev", "cbr0", "nodad"])?;
+        node.ip(&["link", "set", "cbr0", "up"])?;
+
+        let ext = NetNs::create(&format!("{prefix}-ext"))?;
+        for (k, v) in [
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            ext.sysctl(k, v)?;
+        }
+        node.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ext.name(),
+        ])?;
+        for a in UPLINK_ADDRS {
+            add_addr(&node, a, "uplink")?;
+        }
+        node.ip(&["link", "set", "uplink", "up"])?;
+        for a in ROUTER_ADDRS {
+            add_addr(&ext, a, "eth0")?;
+        }
+        for a in ["203.0.113.2/32", "203.0.113.130/32", "2600:5200::1/128"] {
+            add_addr(&ext, a, "lo")?;
+        }
+        ext.ip(&["link", "set", "eth0", "up"])?;
+        // The outside world sends everything (VIPs, LB IPs, external IPs) to the node...
+        ext.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
+        ext.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &NODE_IP6.to_string(),
+        ])?;
+        // ...and the node's default route points back at it.
+        node.ip(&["route", "add", "default", "via", ROUTER_IP])?;
+        node.ip(&["-6", "route", "add", "default", "via", ROUTER_IP6])?;
+
+        let logs = ManifestDir::new_temp("logs")?;
+        let client = make_pod(
+            &node,
+            &format!("{prefix}-pod"),
+            "pclient",
+            &[POD_CLIENT_IP.into(), POD_CLIENT_IP6.into()],
+            &[],
+        )?;
+        Ok(Sandbox {
+            agent: None,
+            pods: Vec::new(),
+            client,
+            ext,
+            node,
+            logs,
+            prefix,
+            next_pod: 0,
+        })
+    }
+
+    /// The node namespace (where the agent runs and programs the dataplane).
+    pub fn node_ns(&self) -> &NetNs {
+        &self.node
+    }
+
+    /// The external-world namespace.
+    pub fn ext_ns(&self) -> &NetNs {
+        &self.ext
+    }
+
+    /// Adds a pod namespace owning `ips` with echo servers on TCP and UDP for every port.
+    pub fn add_pod(&mut self, ips: &[IpAddr], ports: &[u16]) -> Result<()> {
+        for ip in ips {
+            if self.owner_of(*ip).is_some() {
+                bail!("address {ip} already belongs to a sandbox namespace");
+            }
+        }
+        let n = self.next_pod;
+        self.next_pod += 1;
+        let pod = make_pod(
+            &self.node,
+            &format!("{}-p{n}", self.prefix),
+            &format!("p{n}"),
+            ips,
+            ports,
+        )?;
+        self.pods.push(pod);
+        Ok(())
+    }
+
+    /// Removes the pod owning `ip` (its echo servers stop, its namespace goes away).
+    pub fn remove_pod(&mut self, ip: IpAddr) -> Result<()> {
+        let at = self
+            .pods
+            .iter()
+            .position(|p| p.ips.contains(&ip))
+            .ok_or_else(|| anyhow!("no pod owns {ip}"))?;
+        self.pods.remove(at);
+        Ok(())
+    }
+
+    /// Resolves a flow `src`: `pod`, `pod6`, `node`, `node6`, `ext`, `extblocked`, `ext6`,
+    /// or an endpoint IP (that pod itself).
+    pub fn source(&self, role: &str) -> Result<Source> {
+        let at = |ns: &NetNs, ip: IpAddr| Source {
+            netns: ns.path(),
+            ip,
+        };
+        Ok(match role {
+            "pod" => at(&self.client.ns, POD_CLIENT_IP.into()),
+            "pod6" => at(&self.client.ns, POD_CLIENT_IP6.into()),
+            "node" => at(&self.node, NODE_IP.into()),
+            "node6" => at(&self.node, NODE_IP6.into()),
+            "ext" => at(&self.ext, EXT_IP.into()),
+            "extblocked" => at(&self.ext, EXT_BLOCKED_IP.into()),
+            "ext6" => at(&self.ext, EXT_IP6.into()),
+            other => {
+                let ip: IpAddr = other
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse()
+                    .with_context(|| format!("unknown source role {other:?}"))?;
+                let path = self
+                    .owner_of(ip)
+                    .ok_or_else(|| anyhow!("source {ip} is not a pod of this sandbox"))?;
+                Source { netns: path, ip }
+            }
+        })
+    }
+
+    /// One request from `role` to `dst` (see [`probe::probe`]).
+    pub fn probe(
+        &self,
+        role: &str,
+        dst: SocketAddr,
+        proto: Proto,
+        timeout: Duration,
+    ) -> Result<Outcome> {
+        probe::probe(&self.source(role)?, dst, proto, timeout)
+    }
+
+    /// Starts the agent in the node namespace reading `manifests`; `extra_args` are appended
+    /// to `switchyard run --manifests DIR --node-name test-node`.
+    pub fn run_agent(&mut self, manifests: &Path, extra_args: &[&str]) -> Result<()> {
+        if let Some(mut old) = self.agent.take() {
+            old.stop();
+        }
+        let log = self.logs.path().join("agent.log");
+        self.agent = Some(Agent::start(
+            self.node.name(),
+            manifests,
+            NODE_NAME,
+            extra_args,
+            &log,
+        )?);
+        Ok(())
+    }
+
+    /// Waits until the agent answers 200 on http://127.0.0.1:10256/healthz in the node
+    /// namespace.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let path = self.node.path();
+        let addr = DEFAULT_HEALTHZ.parse().expect("valid address");
+        self.agent_mut()?.wait_healthy(&path, addr, timeout)
+    }
+
+    pub fn agent(&self) -> Option<&Agent> {
+        self.agent.as_ref()
+    }
+
+    pub fn agent_mut(&mut self) -> Result<&mut Agent> {
+        self.agent
+            .as_mut()
+            .ok_or_else(|| anyhow!("no agent started (call run_agent first)"))
+    }
+
+    /// The agent's log so far (empty if none started).
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(Agent::log).unwrap_or_default()
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.stop();
+        }
+    }
+
+    /// The nftables ruleset of the node namespace (for failure reports).
+    pub fn node_ruleset(&self) -> String {
+        run_cmd(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            self.node.name(),
+            "nft",
+            "list",
+            "ruleset",
+        ]))
+        .unwrap_or_else(|e| format!("(nft list ruleset failed: {e:#})"))
+    }
+
+    fn owner_of(&self, ip: IpAddr) -> Option<PathBuf> {
+        std::iter::once(&self.client)
+            .chain(self.pods.iter())
+            .find(|p| p.ips.contains(&ip))
+            .map(|p| p.ns.path())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_agent();
+        self.pods.clear();
+    }
+}
+
+fn add_addr(ns: &NetNs, cidr: &str, dev: &str) -> Result<()> {
+    if cidr.contains(':') {
+        ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"])?;
+    } else {
+        ns.ip(&["addr", "add", cidr, "dev", dev])?;
+    }
+    Ok(())
+}
+
+fn on_bridge_subnet(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 10,
+        IpAddr::V6(v6) => v6.segments()[0] == 0xfd00 && v6.segments()[1] == 0x10,
+    }
+}
+
+/// Creates a pod namespace plugged into `cbr0` through port `port_name`.
+fn make_pod(
+    node: &NetNs,
+    ns_name: &str,
+    port_name: &str,
+    ips: &[IpAddr],
+    ports: &[u16],
+) -> Result<Pod> {
+    let ns = NetNs::create(ns_name)?;
+    for (k, v) in [
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+        ("net.ipv4.conf.default.accept_redirects", "0"),
+        ("net.ipv6.conf.all.accept_redirects", "0"),
+        ("net.ipv6.conf.default.accept_redirects", "0"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ] {
+        ns.sysctl(k, v)?;
+    }
+    node.ip(&[
+        "link",
+        "add",
+        port_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node.ip(&["link", "set", port_name, "master", "cbr0"])?;
+    node.ip(&[
+        "link",
+        "set",
+        "dev",
+        port_name,
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "on",
+    ])?;
+    node.ip(&["link", "set", port_name, "up"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    let (mut v4, mut v6) = (false, false);
+    for ip in ips {
+        match ip {
+            IpAddr::V4(_) => {
+                v4 = true;
+                ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+            }
+            IpAddr::V6(_) => {
+                v6 = true;
+                ns.ip(&["addr", "add", &format!("{ip}/128"), "dev", "eth0", "nodad"])?;
+            }
+        }
+        if !on_bridge_subnet(*ip) {
+            let host = if ip.is_ipv4() {
+                format!("{ip}/32")
+            } else {
+                format!("{ip}/128")
+            };
+            node.ip(&["route", "add", &host, "dev", "cbr0"])?;
+        }
+    }
+    if v4 {
+        ns.ip(&["route", "add", &format!("{BRIDGE_IP}/32"), "dev", "eth0"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_IP.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+    }
+    if v6 {
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{BRIDGE_IP6}/128"),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_IP6.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+    }
+    let echo = if ports.is_empty() {
+        None
+    } else {
+        Some(EchoServer::start(&ns.path(), ips, ports)?)
+    };
+    Ok(Pod {
+        _echo: echo,
+        ns,
+        ips: ips.to_vec(),
+    })
+}
+
+/// Deletes `sye-<pid>-...` namespaces left behind by test processes that no longer exist.
+fn remove_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("sye-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .output();
+        }
+    }
+}

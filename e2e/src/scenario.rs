@@ -1,0 +1,616 @@
+//! Packet-flow scenarios (format: `../shared/scenarios/README.md`): parsing a scenario
+//! file, building its sandbox and manifests, running the real agent on them, playing every
+//! flow with real traffic, and the report (flow, expected, got, PASS / FAIL / PENDING).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::{
+    manifests::{file_name_for, node_object, proxy_config, ManifestDir},
+    probe::{Outcome, Proto, PROBE_TIMEOUT},
+    sandbox::Sandbox,
+};
+
+/// Most tries for a flow expecting backends.
+const MAX_TRIES: usize = 40;
+/// Fewest tries before a flow expecting backends may stop (once all were seen).
+const MIN_TRIES: usize = 8;
+/// Tries for `REJECT` (ICMP may be rate-limited) and for `DROP` / `BLOCKED` (each costs a
+/// timeout).
+const REJECT_TRIES: usize = 3;
+const DROP_TRIES: usize = 2;
+/// How long the agent may take to answer `/healthz`.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One scenario file.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    /// ProxyConfig spec overrides.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub config: Mapping,
+    /// Kubernetes objects (Services, EndpointSlices, ...).
+    #[serde(default)]
+    pub objects: Vec<Value>,
+    #[serde(default)]
+    pub flows: Vec<Flow>,
+}
+
+fn null_as_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mapping, D::Error> {
+    Ok(Option::<Mapping>::deserialize(d)?.unwrap_or_default())
+}
+
+/// One flow of traffic and what must become of it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Flow {
+    pub name: String,
+    /// A source role (`pod`, `node`, `ext`, `extblocked`, `pod6`, `node6`, `ext6`) or an
+    /// endpoint IP (hairpin).
+    pub src: String,
+    /// `ip:port` or `[ip6]:port`.
+    pub dst: String,
+    #[serde(default = "default_proto")]
+    pub proto: String,
+    pub expect: Expect,
+    /// Whether the backend must see a source other than the client's.
+    #[serde(default)]
+    pub masq: Option<bool>,
+    /// Marks the flow pending in the file itself (`true` or a reason).
+    #[serde(default)]
+    pub pending: Option<Value>,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
+}
+
+/// What a flow must produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this set of backends (`ip:port`, normalised) answers.
+    Backends(BTreeSet<String>),
+    /// Refused on every try.
+    Reject,
+    /// Timed out on every try.
+    Drop,
+    /// Refused or timed out on every try.
+    Blocked,
+}
+
+impl<'de> Deserialize<'de> for Expect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Expect, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) => match w.to_ascii_uppercase().as_str() {
+                "REJECT" => Ok(Expect::Reject),
+                "DROP" => Ok(Expect::Drop),
+                "BLOCKED" => Ok(Expect::Blocked),
+                other => Err(serde::de::Error::custom(format!(
+                    "expect must be a list of ip:port, REJECT, DROP or BLOCKED, not {other:?}"
+                ))),
+            },
+            Raw::List(items) => items
+                .iter()
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .map(|a| a.to_string())
+                        .map_err(|_| serde::de::Error::custom(format!("bad backend {s:?}")))
+                })
+                .collect::<Result<_, _>>()
+                .map(Expect::Backends),
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Backends(b) => {
+                write!(f, "{}", b.iter().cloned().collect::<Vec<_>>().join(" "))
+            }
+            Expect::Reject => f.write_str("REJECT"),
+            Expect::Drop => f.write_str("DROP"),
+            Expect::Blocked => f.write_str("BLOCKED"),
+        }
+    }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_yaml::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))
+    }
+
+    /// Every endpoint IP of the EndpointSlices with the ports of the slices it appears in.
+    pub fn endpoint_pods(&self) -> BTreeMap<IpAddr, BTreeSet<u16>> {
+        let mut pods: BTreeMap<IpAddr, BTreeSet<u16>> = BTreeMap::new();
+        for slice in self
+            .objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some("EndpointSlice"))
+        {
+            let ports: Vec<u16> = slice["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_u64())
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect();
+            for ep in slice["endpoints"].as_sequence().into_iter().flatten() {
+                for addr in ep["addresses"].as_sequence().into_iter().flatten() {
+                    if let Some(ip) = addr.as_str().and_then(|a| a.parse::<IpAddr>().ok()) {
+                        pods.entry(ip).or_default().extend(ports.iter().copied());
+                    }
+                }
+            }
+        }
+        pods
+    }
+}
+
+/// The `*.yaml` / `*.yml` files of a directory, sorted.
+pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading scenario directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Plays scenarios against the real agent in a fresh sandbox each.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    mode: String,
+    pending: BTreeSet<String>,
+    agent_args: Vec<String>,
+}
+
+impl Runner {
+    /// A runner whose ProxyConfig asks for `mode` (`nftables`, `iptables`, ...).
+    pub fn new(mode: &str) -> Runner {
+        Runner {
+            mode: mode.to_string(),
+            pending: BTreeSet::new(),
+            agent_args: Vec::new(),
+        }
+    }
+
+    /// Flows expected to fail for now, by flow name or `scenario/flow`. They are reported
+    /// as PENDING (or PENDING-PASSES if they unexpectedly pass), never silently skipped.
+    pub fn pending<I, S>(mut self, flows: I) -> Runner
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.pending.extend(flows.into_iter().map(Into::into));
+        self
+    }
+
+    /// Extra arguments for `switchyard run`.
+    pub fn agent_args<I, S>(mut self, args: I) -> Runner
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.agent_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn mode(&self) -> &str {
+        &self.mode
+    }
+
+    /// Loads and runs one scenario file, prints its report, and fails listing every failed
+    /// flow.
+    pub fn run_file(&self, path: &Path) -> Result<ScenarioReport> {
+        let scenario = Scenario::load(path)?;
+        let report = self
+            .run(&scenario)
+            .with_context(|| format!("scenario {} ({})", scenario.name, path.display()))?;
+        println!("{report}");
+        report.check()?;
+        Ok(report)
+    }
+
+    /// Builds the sandbox and manifests, starts the agent, plays every flow. Errors are
+    /// harness or agent-startup failures; flow failures are in the report.
+    pub fn run(&self, scenario: &Scenario) -> Result<ScenarioReport> {
+        let manifests = ManifestDir::new_temp("manifests")?;
+        manifests.write(&node_object())?;
+        manifests.write(&proxy_config(&self.mode, &scenario.config))?;
+        let mut used = BTreeSet::new();
+        for (i, object) in scenario.objects.iter().enumerate() {
+            let mut name = file_name_for(object);
+            if !used.insert(name.clone()) {
+                name = format!("{i}-{name}");
+                used.insert(name.clone());
+            }
+            manifests.write_object(&name, object)?;
+        }
+
+        let mut sandbox = Sandbox::new()?;
+        for (ip, ports) in scenario.endpoint_pods() {
+            let ports: Vec<u16> = ports.into_iter().collect();
+            sandbox
+                .add_pod(&[ip], &ports)
+                .with_context(|| format!("adding endpoint pod {ip}"))?;
+        }
+        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        sandbox.run_agent(manifests.path(), &args)?;
+        sandbox.wait_healthy(HEALTHY_TIMEOUT)?;
+
+        let mut flows = Vec::new();
+        for flow in &scenario.flows {
+            let pending = flow
+                .pending
+                .as_ref()
+                .is_some_and(|p| p != &Value::Bool(false))
+                || self.pending.contains(&flow.name)
+                || self
+                    .pending
+                    .contains(&format!("{}/{}", scenario.name, flow.name));
+            let played = play(&sandbox, flow);
+            let (passed, got) = match played {
+                Ok(p) => p,
+                Err(e) => (false, format!("harness error: {e:#}")),
+            };
+            let status = match (pending, passed) {
+                (false, true) => Status::Pass,
+                (false, false) => Status::Fail,
+                (true, false) => Status::Pending,
+                (true, true) => Status::PendingPasses,
+            };
+            flows.push(FlowResult {
+                name: flow.name.clone(),
+                src: flow.src.clone(),
+                dst: flow.dst.clone(),
+                proto: flow.proto.clone(),
+                expected: match flow.masq {
+                    Some(m) => format!("{} masq={m}", flow.expect),
+                    None => flow.expect.to_string(),
+                },
+                got,
+                status,
+            });
+        }
+        let mut report = ScenarioReport {
+            scenario: scenario.name.clone(),
+            mode: self.mode.clone(),
+            flows,
+            diagnostics: String::new(),
+        };
+        let mut agent_running = true;
+        if let Ok(agent) = sandbox.agent_mut() {
+            agent_running = agent.is_running();
+        }
+        if !agent_running || report.flows.iter().any(|f| f.status == Status::Fail) {
+            report.diagnostics = format!(
+                "agent {}; its log:\n{}\nnode ruleset:\n{}",
+                if agent_running {
+                    "still running"
+                } else {
+                    "EXITED"
+                },
+                tail(&sandbox.agent_log(), 60),
+                sandbox.node_ruleset()
+            );
+            if !agent_running {
+                report.flows.push(FlowResult {
+                    name: "(agent still running at the end)".into(),
+                    src: String::new(),
+                    dst: String::new(),
+                    proto: String::new(),
+                    expected: "running".into(),
+                    got: "exited".into(),
+                    status: Status::Fail,
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Plays one flow: (passed, what was seen).
+fn play(sandbox: &Sandbox, flow: &Flow) -> Result<(bool, String)> {
+    let dst: SocketAddr = flow
+        .dst
+        .parse()
+        .with_context(|| format!("bad dst {:?}", flow.dst))?;
+    let proto: Proto = flow.proto.parse()?;
+    let src = sandbox.source(&flow.src)?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut masq_wrong = 0usize;
+    let mut answers = 0usize;
+    let mut failures = 0usize;
+    let mut tries = 0usize;
+    let limit = match flow.expect {
+        Expect::Backends(_) => MAX_TRIES,
+        Expect::Reject => REJECT_TRIES,
+        Expect::Drop | Expect::Blocked => DROP_TRIES,
+    };
+    while tries < limit {
+        tries += 1;
+        let outcome = crate::probe::probe(&src, dst, proto, PROBE_TIMEOUT)?;
+        let key = match &outcome {
+            Outcome::Answered {
+                backend,
+                seen_source,
+            } => {
+                answers += 1;
+                if let Some(m) = flow.masq {
+                    if (seen_source.ip() != src.ip) != m {
+                        masq_wrong += 1;
+                    }
+                }
+                backend.clone()
+            }
+            Outcome::Refused(_) => {
+                failures += 1;
+                "REFUSED".into()
+            }
+            Outcome::Timeout => {
+                failures += 1;
+                "TIMEOUT".into()
+            }
+        };
+        *counts.entry(key).or_default() += 1;
+        if let Expect::Backends(expected) = &flow.expect {
+            if failures >= 3 {
+                break;
+            }
+            if tries >= MIN_TRIES && expected.iter().all(|b| counts.contains_key(b)) {
+                break;
+            }
+        }
+    }
+    let mut got = counts
+        .iter()
+        .map(|(k, n)| format!("{k} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if masq_wrong > 0 {
+        got.push_str(&format!(
+            "; {masq_wrong}/{answers} answers saw {} source",
+            if flow.masq == Some(true) {
+                "the client's own (not masqueraded)"
+            } else {
+                "a masqueraded"
+            }
+        ));
+    }
+    let only = |keys: &[&str]| counts.keys().all(|k| keys.contains(&k.as_str()));
+    let passed = match &flow.expect {
+        Expect::Backends(expected) => {
+            failures == 0
+                && masq_wrong == 0
+                && counts.keys().cloned().collect::<BTreeSet<_>>() == *expected
+        }
+        Expect::Reject => only(&["REFUSED"]),
+        Expect::Drop => only(&["TIMEOUT"]),
+        Expect::Blocked => only(&["REFUSED", "TIMEOUT"]),
+    };
+    Ok((passed, got))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Expected to fail for now, and did.
+    Pending,
+    /// Marked pending but passed: time to remove it from the pending list.
+    PendingPasses,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Pending => "PENDING",
+            Status::PendingPasses => "PENDING-PASSES",
+        })
+    }
+}
+
+/// One flow's result.
+#[derive(Clone, Debug)]
+pub struct FlowResult {
+    pub name: String,
+    pub src: String,
+    pub dst: String,
+    pub proto: String,
+    pub expected: String,
+    pub got: String,
+    pub status: Status,
+}
+
+/// The result of one scenario; `Display` renders an aligned table.
+#[derive(Clone, Debug)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub mode: String,
+    pub flows: Vec<FlowResult>,
+    /// Agent log tail and node ruleset, filled when something failed.
+    pub diagnostics: String,
+}
+
+impl ScenarioReport {
+    pub fn count(&self, status: Status) -> usize {
+        self.flows.iter().filter(|f| f.status == status).count()
+    }
+
+    pub fn failed(&self) -> Vec<&FlowResult> {
+        self.flows
+            .iter()
+            .filter(|f| f.status == Status::Fail)
+            .collect()
+    }
+
+    /// Ok if no flow failed (pending flows do not fail the scenario); otherwise an error
+    /// naming every failed flow.
+    pub fn check(&self) -> Result<()> {
+        let failed = self.failed();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|f| {
+                format!(
+                    "  {}/{}: {} -> {} {}: expected {}, got {}",
+                    self.scenario, f.name, f.src, f.dst, f.proto, f.expected, f.got
+                )
+            })
+            .collect();
+        bail!(
+            "{} flow(s) failed in scenario {} ({}):\n{}",
+            failed.len(),
+            self.scenario,
+            self.mode,
+            lines.join("\n")
+        )
+    }
+}
+
+impl fmt::Display for ScenarioReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "=== scenario {} (mode {}): {} passed, {} failed, {} pending, {} pending-but-passing",
+            self.scenario,
+            self.mode,
+            self.count(Status::Pass),
+            self.count(Status::Fail),
+            self.count(Status::Pending),
+            self.count(Status::PendingPasses)
+        )?;
+        let header = ["RESULT", "FLOW", "SRC", "DST", "PROTO", "EXPECTED", "GOT"];
+        let rows: Vec<[String; 7]> = self
+            .flows
+            .iter()
+            .map(|r| {
+                [
+                    r.status.to_string(),
+                    r.name.clone(),
+                    r.src.clone(),
+                    r.dst.clone(),
+                    r.proto.clone(),
+                    r.expected.clone(),
+                    r.got.clone(),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        writeln!(f, "  {}", line(&header.map(String::from)))?;
+        for row in &rows {
+            writeln!(f, "  {}", line(row))?;
+        }
+        for r in self
+            .flows
+            .iter()
+            .filter(|r| r.status == Status::PendingPasses)
+        {
+            writeln!(
+                f,
+                "  note: pending flow {:?} passes now; remove it from the pending list",
+                r.name
+            )?;
+        }
+        if !self.diagnostics.is_empty() {
+            writeln!(
+                f,
+                "--- diagnostics for {}:\n{}",
+                self.scenario, self.diagnostics
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_flows_and_endpoint_pods() {
+        let s: Scenario = serde_yaml::from_str(
+            r#"
+name: t
+config: {}
+objects:
+- kind: EndpointSlice
+  endpoints:
+  - addresses: [10.180.0.1]
+  - addresses: ["fd00:10::5"]
+  ports: [{port: 80}, {port: 53}]
+flows:
+- {name: a, src: pod, dst: '172.30.0.41:80', expect: ['10.180.0.1:80'], proto: tcp, masq: false}
+- {name: b, src: pod, dst: '172.30.0.41:81', expect: REJECT}
+- {name: c, src: pod6, dst: '[fd00:172::1]:80', expect: ['[fd00:10:0::5]:80'], proto: udp}
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.flows.len(), 3);
+        assert_eq!(s.flows[1].expect, Expect::Reject);
+        assert_eq!(s.flows[1].proto, "tcp");
+        assert_eq!(
+            s.flows[2].expect,
+            Expect::Backends(["[fd00:10::5]:80".to_string()].into())
+        );
+        let pods = s.endpoint_pods();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(
+            pods[&"10.180.0.1".parse::<IpAddr>().unwrap()],
+            [53, 80].into()
+        );
+    }
+
+    #[test]
+    fn shared_scenarios_parse() {
+        let dir = crate::agent::workspace_root().join("../shared/scenarios");
+        let Ok(files) = scenario_files(&dir) else {
+            return;
+        };
+        for f in files {
+            Scenario::load(&f).unwrap();
+        }
+    }
+}
