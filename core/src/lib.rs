@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod runner;
 pub mod selection;
+pub mod service_health;
 pub mod state;
 pub mod validation;
 

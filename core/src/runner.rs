@@ -21,6 +21,7 @@ use crate::{
     metrics::{Metrics, TrafficPolicyLabel},
     model::NodeModel,
     selection,
+    service_health::ServiceHealthServers,
     state::ClusterState,
 };
 
@@ -72,6 +73,8 @@ pub struct SyncRunner {
     metrics: Metrics,
     /// The model the kernel holds; `None` when unknown (start, after a failure).
     applied: Option<NodeModel>,
+    /// healthCheckNodePort servers, reconciled after every successful sync.
+    service_health: ServiceHealthServers,
 }
 
 /// Outcome of one pass, for tests and logs.
@@ -98,6 +101,7 @@ impl SyncRunner {
             notify,
             node_name: node_name.into(),
             config_source,
+            service_health: ServiceHealthServers::new(health.clone()),
             health,
             metrics,
             applied: None,
@@ -152,6 +156,7 @@ impl SyncRunner {
                     total_ms = elapsed.as_secs_f64() * 1e3,
                     "synced"
                 );
+                self.service_health.reconcile(&model);
                 let pass = Pass::Synced {
                     full: changes.full,
                     service_ports: changes.len(),
