@@ -80,6 +80,7 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -173,6 +174,7 @@ impl Drop for Agent {
 
 /// Finds `mode=<word>` in an agent log (last occurrence wins).
 pub fn logged_mode(log: &str) -> Option<String> {
+    let log = strip_ansi(log);
     log.lines().rev().find_map(|line| {
         let at = line.find("mode=")?;
         let rest = line[at + 5..].trim_start_matches('"');
@@ -182,6 +184,25 @@ pub fn logged_mode(log: &str) -> Option<String> {
             .collect();
         (!word.is_empty()).then_some(word)
     })
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A minimal HTTP/1.0 GET from inside a namespace: (status code, body).
@@ -219,5 +240,7 @@ mod tests {
             Some("iptables")
         );
         assert_eq!(logged_mode("nothing"), None);
+        let coloured = "\x1b[3mmode\x1b[0m\x1b[2m=\x1b[0mnftables \x1b[3mnode\x1b[0m";
+        assert_eq!(logged_mode(coloured).as_deref(), Some("nftables"));
     }
 }

@@ -139,6 +139,7 @@ fn distribution(
 }
 
 fn print_table(columns: &[(&str, &BTreeMap<String, usize>)]) {
+    const CELL: usize = 34;
     let mut rows: Vec<String> = PODS.iter().map(|p| format!("{p}:8080")).collect();
     for (_, c) in columns {
         for k in c.keys() {
@@ -147,25 +148,25 @@ fn print_table(columns: &[(&str, &BTreeMap<String, usize>)]) {
             }
         }
     }
-    let mut header = format!("    {:<18}", "pod (endpoint)");
+    let mut header = format!("{:<18}", "pod (endpoint)");
     for (title, _) in columns {
-        header.push_str(&format!("  {title:>28}"));
+        header.push_str(&format!("  {title:<CELL$}"));
     }
-    println!("{header}");
-    println!("    {}", "-".repeat(18 + 30 * columns.len()));
+    println!("    {}", header.trim_end());
+    println!("    {}", "-".repeat(18 + (CELL + 2) * columns.len()));
     for row in &rows {
-        let mut line = format!("    {row:<18}");
+        let mut line = format!("{row:<18}");
         for (_, c) in columns {
             let n = c.get(row).copied().unwrap_or(0);
-            let total: usize = c.values().sum();
-            let bar = "#".repeat(n * 20 / total.max(1));
-            line.push_str(&format!(
-                "  {:>3} ({:>3}%) {bar:<20}",
-                n,
-                n * 100 / total.max(1)
-            ));
+            let total = c.values().sum::<usize>().max(1);
+            let cell = format!(
+                "{n:>3} ({:>3}%) {}",
+                n * 100 / total,
+                "#".repeat(n * 20 / total)
+            );
+            line.push_str(&format!("  {cell:<CELL$}"));
         }
-        println!("{line}");
+        println!("    {}", line.trim_end());
     }
 }
 
