@@ -5,7 +5,14 @@
 //!
 //! Per service port and family (upstream kube-proxy's layout):
 //! - `svc-H` (Cluster policy) and `local-H` (Local policy): masquerade marking for
-//!   cluster IP traffic, affinity checks, then `numgen random` over endpoint chains;
+//!   cluster IP traffic, affinity checks, then the random endpoint choice;
+//!
+//! The random choice is a cascade, rule `i` of `N` being
+//! `numgen random mod (N - i) == 0 goto ep-i` (uniform, like iptables' `statistic`), not
+//! upstream's `numgen random mod N vmap { ... }`: the kernel creates anonymous maps, and
+//! binds rules to a shared named map, in quadratic time (8000 anonymous maps: 12 s).
+//! The cascade only runs for a connection's first packet (NAT chains).
+//! No rule uses an anonymous set for the same reason (named sets, or one rule per item).
 //! - `ext-H`: entry for NodePort, external IP and LB IP traffic;
 //! - `fw-H`: LoadBalancerSourceRanges;
 //! - `ep-E`: hairpin masquerade, affinity update, DNAT; `aff-E`: affinity set.
@@ -28,8 +35,8 @@ use crate::{
 struct FamilyCtx {
     family: Family,
     masquerade_all: bool,
-    /// `{ a, b }` of this family's cluster CIDRs, empty when there are none.
-    cluster_cidrs: String,
+    /// This family's cluster CIDRs (in the `cluster-cidrs` set).
+    cluster_cidrs: Vec<IpNet>,
     node_ips: Vec<IpAddr>,
     node_port_nets: Vec<IpNet>,
 }
@@ -46,7 +53,7 @@ impl FamilyCtx {
         FamilyCtx {
             family,
             masquerade_all: model.masquerade_all,
-            cluster_cidrs: set_literal(cidrs.iter()),
+            cluster_cidrs: cidrs,
             node_ips: model
                 .node_ips
                 .iter()
@@ -367,8 +374,8 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
                     ));
                 } else if !ctx.cluster_cidrs.is_empty() {
                     chains.rule(format_args!(
-                        "{ipx} daddr {ip} {proto} dport {port} {ipx} saddr != {} jump {}",
-                        ctx.cluster_cidrs,
+                        "{ipx} daddr {ip} {proto} dport {port} {ipx} saddr != @{} jump {}",
+                        ruleset::CLUSTER_CIDRS_SET,
                         ruleset::MARK_MASQ_CHAIN
                     ));
                 }
@@ -383,17 +390,18 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
                 ));
             }
         }
-        let mut vmap = String::with_capacity(eps.len() * 28);
+        let n = eps.len();
         for (i, ep) in eps.iter().enumerate() {
-            if i > 0 {
-                vmap.push_str(", ");
+            let chain = names.endpoint(ep);
+            if i + 1 < n {
+                chains.rule(format_args!(
+                    "numgen random mod {} == 0 goto {chain}",
+                    n - i
+                ));
+            } else {
+                chains.rule(format_args!("goto {chain}"));
             }
-            let _ = write!(vmap, "{i} : goto {}", names.endpoint(ep));
         }
-        chains.rule(format_args!(
-            "numgen random mod {} vmap {{ {vmap} }}",
-            eps.len()
-        ));
     }
 
     // External chain.
@@ -405,8 +413,8 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
             if uses_cluster && !ctx.cluster_cidrs.is_empty() {
                 // Pod traffic to an external address is treated as cluster traffic.
                 chains.rule(format_args!(
-                    "{ipx} saddr {} goto {svc_chain}",
-                    ctx.cluster_cidrs
+                    "{ipx} saddr @{} goto {svc_chain}",
+                    ruleset::CLUSTER_CIDRS_SET
                 ));
             }
             // Node traffic: its source is a local address, so masquerade it.
@@ -444,15 +452,12 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
         if allow_from_node {
             sources.extend(lb_ips.iter().map(|ip| IpNet::from(**ip)));
         }
-        let sources = collapse(sources);
-        if sources.is_empty() {
-            chains.rule(format_args!("drop"));
-        } else {
-            chains.rule(format_args!(
-                "{ipx} saddr != {} drop",
-                set_literal(sources.iter())
-            ));
+        // One rule per source rather than an anonymous set: the kernel creates anonymous
+        // sets in quadratic time.
+        for source in collapse(sources) {
+            chains.rule(format_args!("{ipx} saddr {source} return"));
         }
+        chains.rule(format_args!("drop"));
     }
     chains.close(&mut objects);
     objects
@@ -542,20 +547,20 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
         out.push_str("\t}\n");
         count(name, rules.len());
     }
-    let _ = write!(
-        out,
-        "\tset {} {{\n\t\ttype {}\n\t\tflags interval\n\t\tauto-merge\n",
-        ruleset::NODEPORT_IPS_SET,
-        ctx.family.addr_type()
-    );
-    if !ctx.node_port_nets.is_empty() {
-        let _ = writeln!(
+    for (name, nets) in [
+        (ruleset::NODEPORT_IPS_SET, &ctx.node_port_nets),
+        (ruleset::CLUSTER_CIDRS_SET, &ctx.cluster_cidrs),
+    ] {
+        let _ = write!(
             out,
-            "\t\telements = {}",
-            set_literal(ctx.node_port_nets.iter())
+            "\tset {name} {{\n\t\ttype {}\n\t\tflags interval\n\t\tauto-merge\n",
+            ctx.family.addr_type()
         );
+        if !nets.is_empty() {
+            let _ = writeln!(out, "\t\telements = {}", set_literal(nets.iter()));
+        }
+        out.push_str("\t}\n");
     }
-    out.push_str("\t}\n");
 }
 
 /// Renders one family's full table into `out`, returning its record.
@@ -592,7 +597,7 @@ fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> Fa
         let keyword = if kind.is_map() { "map" } else { "set" };
         let _ = write!(
             out,
-            "\t{keyword} {} {{\n\t\ttype {}\n",
+            "\t{keyword} {} {{\n\t\t{}\n",
             kind.name(),
             kind.type_decl(family)
         );
@@ -626,18 +631,23 @@ pub fn render_full_with_record(model: &NodeModel) -> (String, Applied) {
 pub struct Partial {
     /// The nft input; empty when nothing needs to change.
     pub text: String,
-    /// Per family, the touched service ports and what each now owns.
-    pub ports: [Vec<(ServicePortName, PortObjects)>; 2],
+    families: [FamilyPartial; 2],
+}
+
+/// The touched service ports of one family and what each now owns.
+#[derive(Default)]
+struct FamilyPartial {
+    ports: Vec<(ServicePortName, PortObjects)>,
 }
 
 impl Partial {
     /// Brings `applied` to what the kernel holds after `text` was applied.
     pub fn commit(self, applied: &mut Applied) {
-        for (record, ports) in applied.families.iter_mut().zip(self.ports) {
-            for (name, _) in &ports {
+        for (record, family) in applied.families.iter_mut().zip(self.families) {
+            for (name, _) in &family.ports {
                 record.remove_port(name);
             }
-            for (name, objects) in ports {
+            for (name, objects) in family.ports {
                 record.insert_port(&name, objects);
             }
         }
@@ -654,13 +664,13 @@ pub fn render_partial(model: &NodeModel, changes: &ChangeSet, applied: &Applied)
         .chain(&changes.removed)
         .collect();
     let mut text = String::new();
-    let mut ports: [Vec<(ServicePortName, PortObjects)>; 2] = Default::default();
+    let mut families: [FamilyPartial; 2] = Default::default();
     for family in Family::BOTH {
         let record = &applied.families[family.index()];
         let ctx = FamilyCtx::new(model, family);
-        ports[family.index()] = render_family_partial(&ctx, model, &touched, record, &mut text);
+        families[family.index()] = render_family_partial(&ctx, model, &touched, record, &mut text);
     }
-    Partial { text, ports }
+    Partial { text, families }
 }
 
 fn render_family_partial(
@@ -669,7 +679,7 @@ fn render_family_partial(
     touched: &BTreeSet<&ServicePortName>,
     record: &FamilyRecord,
     text: &mut String,
-) -> Vec<(ServicePortName, PortObjects)> {
+) -> FamilyPartial {
     let fam = ctx.family.nft();
     let mut decl = String::new();
     let mut body = String::new();
@@ -798,5 +808,5 @@ fn render_family_partial(
     for set in &stale_sets {
         let _ = writeln!(text, "delete set {fam} {TABLE} {set}");
     }
-    new_ports
+    FamilyPartial { ports: new_ports }
 }

@@ -25,6 +25,8 @@ pub const CLUSTER_IPS_CHECK_CHAIN: &str = "cluster-ips-check";
 
 pub const NODEPORT_IPS_SET: &str = "nodeport-ips";
 pub const CLUSTER_IPS_SET: &str = "cluster-ips";
+/// This family's cluster CIDRs (the local-traffic detector), an interval set.
+pub const CLUSTER_CIDRS_SET: &str = "cluster-cidrs";
 
 /// A base chain: attached to a netfilter hook.
 pub struct BaseChain {
@@ -170,17 +172,17 @@ impl MapKind {
         self != MapKind::ClusterIps
     }
 
-    /// The nft type declaration for this family.
+    /// The nft type declaration for this family (`type ...` or `typeof ...`).
     pub fn type_decl(self, family: Family) -> String {
         let addr = family.addr_type();
         match self {
             MapKind::ServiceIps | MapKind::NoEndpointServices | MapKind::FirewallIps => {
-                format!("{addr} . inet_proto . inet_service : verdict")
+                format!("type {addr} . inet_proto . inet_service : verdict")
             }
             MapKind::ServiceNodePorts | MapKind::NoEndpointNodePorts => {
-                "inet_proto . inet_service : verdict".to_string()
+                "type inet_proto . inet_service : verdict".to_string()
             }
-            MapKind::ClusterIps => addr.to_string(),
+            MapKind::ClusterIps => format!("type {addr}"),
         }
     }
 }
