@@ -318,8 +318,21 @@ impl Sandbox {
     /// Waits until the agent answers 200 on http://127.0.0.1:10256/healthz in the node
     /// namespace.
     pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let path = self.node.path();
         let addr = DEFAULT_HEALTHZ.parse().expect("valid address");
+        self.wait_healthy_at(addr, timeout)
+    }
+
+    /// Like [`Sandbox::wait_healthy`] for another `healthzBindAddress` (an unspecified
+    /// address such as 0.0.0.0 or [::] is polled on loopback).
+    pub fn wait_healthy_at(&mut self, addr: SocketAddr, timeout: Duration) -> Result<()> {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let path = self.node.path();
         self.agent_mut()?.wait_healthy(&path, addr, timeout)
     }
 

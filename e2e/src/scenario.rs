@@ -254,7 +254,19 @@ impl Runner {
         }
         let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
         sandbox.run_agent(manifests.path(), &args)?;
-        sandbox.wait_healthy(HEALTHY_TIMEOUT)?;
+        match scenario
+            .config
+            .get("healthzBindAddress")
+            .and_then(Value::as_str)
+        {
+            Some(addr) => {
+                let addr = addr
+                    .parse()
+                    .with_context(|| format!("healthzBindAddress {addr:?}"))?;
+                sandbox.wait_healthy_at(addr, HEALTHY_TIMEOUT)?;
+            }
+            None => sandbox.wait_healthy(HEALTHY_TIMEOUT)?,
+        }
 
         let mut flows = Vec::new();
         for flow in &scenario.flows {
@@ -600,6 +612,49 @@ flows:
         assert_eq!(
             pods[&"10.180.0.1".parse::<IpAddr>().unwrap()],
             [53, 80].into()
+        );
+    }
+
+    fn result(name: &str, status: Status) -> FlowResult {
+        FlowResult {
+            name: name.into(),
+            src: "pod".into(),
+            dst: "172.30.0.41:80".into(),
+            proto: "tcp".into(),
+            expected: "REJECT".into(),
+            got: "TIMEOUT x2".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn report_names_failed_and_pending_flows() {
+        let mut report = ScenarioReport {
+            scenario: "s".into(),
+            mode: "nftables".into(),
+            flows: vec![
+                result("ok", Status::Pass),
+                result("later", Status::Pending),
+                result("surprise", Status::PendingPasses),
+            ],
+            diagnostics: String::new(),
+        };
+        assert!(
+            report.check().is_ok(),
+            "pending flows do not fail a scenario"
+        );
+        let text = report.to_string();
+        assert!(text.contains("PENDING         later"), "{text}");
+        assert!(
+            text.contains("pending flow \"surprise\" passes now"),
+            "{text}"
+        );
+        report.flows.push(result("broken", Status::Fail));
+        report.flows.push(result("broken too", Status::Fail));
+        let err = format!("{:#}", report.check().unwrap_err());
+        assert!(
+            err.contains("2 flow(s) failed") && err.contains("s/broken too"),
+            "{err}"
         );
     }
 

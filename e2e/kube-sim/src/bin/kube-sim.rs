@@ -1,0 +1,2 @@
+//! `kube-sim` binary.
+fn main() {}
