@@ -23,6 +23,8 @@ use crate::netns;
 
 /// Where `/healthz` is served by default (ProxyConfig `healthzBindAddress` 0.0.0.0:10256).
 pub const DEFAULT_HEALTHZ: &str = "127.0.0.1:10256";
+/// Where `/metrics` is served by default (ProxyConfig `metricsBindAddress`).
+pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
 
 /// The workspace root (parent of this crate's manifest dir).
 pub fn workspace_root() -> PathBuf {
@@ -186,6 +188,20 @@ pub fn logged_mode(log: &str) -> Option<String> {
     })
 }
 
+/// The engine `/metrics` reports as active: `switchyard_engine_active{mode="nftables"} 1`.
+pub fn engine_mode_from_metrics(metrics: &str) -> Option<String> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix("switchyard_engine_active{")?;
+        let (labels, value) = rest.split_once('}')?;
+        if value.trim().parse::<f64>().ok()? != 1.0 {
+            return None;
+        }
+        let at = labels.find("mode=\"")?;
+        let mode = labels[at + 6..].split('"').next()?;
+        Some(mode.to_string())
+    })
+}
+
 /// Removes ANSI colour sequences (`ESC [ ... letter`).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -242,5 +258,10 @@ mod tests {
         assert_eq!(logged_mode("nothing"), None);
         let coloured = "\x1b[3mmode\x1b[0m\x1b[2m=\x1b[0mnftables \x1b[3mnode\x1b[0m";
         assert_eq!(logged_mode(coloured).as_deref(), Some("nftables"));
+        let metrics = "# HELP x\nswitchyard_engine_active{mode=\"iptables\"} 0\nswitchyard_engine_active{mode=\"nftables\"} 1\n";
+        assert_eq!(
+            engine_mode_from_metrics(metrics).as_deref(),
+            Some("nftables")
+        );
     }
 }

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
-    agent::{Agent, DEFAULT_HEALTHZ},
+    agent::{http_get, Agent, DEFAULT_HEALTHZ, DEFAULT_METRICS},
     echo::EchoServer,
     manifests::ManifestDir,
     netns::{run_cmd, NetNs},
@@ -118,7 +118,7 @@ impl Sandbox {
         if !is_root() {
             bail!("the sandbox needs root (network namespaces, nftables)");
         }
-        STALE_CLEANUP.call_once(remove_stale_namespaces);
+        STALE_CLEANUP.call_once(remove_stale_leftovers);
         let prefix = format!(
             "sye-{}-{}",
             std::process::id(),
@@ -358,6 +358,16 @@ impl Sandbox {
         }
     }
 
+    /// The agent's `/metrics` text (default `metricsBindAddress`, from the node namespace).
+    pub fn metrics(&self) -> Result<String> {
+        let addr = DEFAULT_METRICS.parse().expect("valid address");
+        let (code, body) = http_get(&self.node.path(), addr, "/metrics")?;
+        if code != 200 {
+            bail!("GET /metrics answered {code}");
+        }
+        Ok(body)
+    }
+
     /// The nftables ruleset of the node namespace (for failure reports).
     pub fn node_ruleset(&self) -> String {
         run_cmd(std::process::Command::new("ip").args([
@@ -513,7 +523,27 @@ fn make_pod(
     })
 }
 
-/// Deletes `sye-<pid>-...` namespaces left behind by test processes that no longer exist.
+/// Deletes `sye-<pid>-...` namespaces and temp directories left behind by test processes
+/// that no longer exist.
+fn remove_stale_leftovers() {
+    let dead = |name: &str| {
+        name.strip_prefix("sye-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+    };
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) && e.path().is_dir() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    remove_stale_namespaces();
+}
+
 fn remove_stale_namespaces() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return;

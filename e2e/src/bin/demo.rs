@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use switchyard_e2e::{
-    agent::{agent_binary, workspace_root},
+    agent::{agent_binary, engine_mode_from_metrics, workspace_root},
     manifests::ManifestDir,
     sandbox::{is_root, NODE_IP},
     Outcome, Proto, Sandbox,
@@ -206,11 +206,15 @@ fn run() -> Result<()> {
     sb.run_agent(work.path(), &[])?;
     sb.wait_healthy(Duration::from_secs(20))
         .context("waiting for the agent's /healthz")?;
-    let mode = sb.agent().and_then(|a| a.logged_mode());
-    match mode {
-        Some(m) => println!("   healthy; dataplane mode in use: {m} (from the agent's log)\n"),
-        None => println!(
-            "   healthy; dataplane mode requested: nftables (the agent's log does not say mode=...)\n"
+    let logged = sb.agent().and_then(|a| a.logged_mode());
+    let reported = sb.metrics().ok().and_then(|m| engine_mode_from_metrics(&m));
+    match (logged, reported) {
+        (_, Some(m)) => println!(
+            "   healthy; dataplane mode in use: {m} (from /metrics: switchyard_engine_active{{mode=\"{m}\"}} 1)\n"
+        ),
+        (Some(m), None) => println!("   healthy; dataplane mode in use: {m} (from the agent's log)\n"),
+        (None, None) => println!(
+            "   healthy; dataplane mode requested: nftables (neither the log nor /metrics says which runs)\n"
         ),
     }
 
