@@ -1,2 +1,0 @@
-//! `kube-sim` binary.
-fn main() {}
