@@ -9,16 +9,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
 use switchyard_core::{
     health::{serve_healthz, serve_metrics, Health},
     manifests::ManifestDir,
-    metrics::{Metrics, ModeLabel},
-    runner::{effective_config, ConfigSource, SyncRunner},
-    ClusterState, ProxyEngine,
+    metrics::Metrics,
+    runner::{effective_config, ConfigSource, EngineFactory, SyncRunner},
+    ClusterState, EngineError, ProxyEngine,
 };
-use switchyard_crd::{Mode, ProxyConfig};
+use switchyard_crd::{Mode, ModeCapability};
 use switchyard_nftables::{NftOptions, NftablesEngine};
+use switchyard_probe::{Probe, ProbeReport};
 use tokio::sync::{watch, Notify};
 
 #[derive(Parser)]
@@ -85,25 +85,89 @@ fn main() -> Result<()> {
         } => runtime.block_on(run_standalone(manifests, node_name, mode)),
         Command::Cleanup => runtime.block_on(cleanup()),
         Command::Crd => {
-            print!("{}", serde_yaml::to_string(&ProxyConfig::crd())?);
+            print!("{}", switchyard_crd::crds_yaml());
             Ok(())
         }
         Command::Agent { .. } => bail!(
             "`switchyard agent` (API-server source) is not built yet; use `switchyard run --manifests DIR` for now"
         ),
         Command::Operator => bail!("`switchyard operator` is not built yet"),
-        Command::Probe { .. } => bail!("`switchyard probe` is not built yet"),
+        Command::Probe { output } => probe_command(&output),
     }
 }
 
-/// The engine for `mode`, or an error saying why it cannot run here.
-fn build_engine(mode: Mode) -> Result<Box<dyn ProxyEngine>> {
-    match mode {
-        Mode::Nftables | Mode::Auto => Ok(Box::new(NftablesEngine::new(NftOptions::default()))),
-        Mode::Iptables | Mode::Ipvs | Mode::Ebpf => bail!(
-            "the {mode} engine is not built yet (built: nftables); set `mode: nftables` in the ProxyConfig or pass --mode nftables"
-        ),
+/// Modes with an engine in this binary.
+const BUILT: [Mode; 1] = [Mode::Nftables];
+
+/// Builds the engines this binary has.
+struct Engines;
+
+impl EngineFactory for Engines {
+    fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError> {
+        match mode {
+            Mode::Nftables => Ok(Box::new(NftablesEngine::new(NftOptions::default()))),
+            other => Err(EngineError::Unavailable {
+                mode: other,
+                reason: "engine not built".into(),
+            }),
+        }
     }
+}
+
+/// What each mode can do here: the kernel probe's verdict and whether this binary has
+/// an engine for it.
+fn capabilities(report: &ProbeReport) -> Vec<ModeCapability> {
+    Mode::ENGINES
+        .iter()
+        .map(|&mode| {
+            let probed = report.get(mode);
+            let kernel_ok = probed.is_some_and(|r| r.available);
+            let built = BUILT.contains(&mode);
+            let mut missing = probed.map(|r| r.missing.clone()).unwrap_or_default();
+            let detail = if !kernel_ok {
+                probed
+                    .map(|r| r.reason())
+                    .unwrap_or_else(|| "not probed".into())
+            } else if !built {
+                missing.push(format!("{mode} engine (not built)"));
+                "engine not built".to_string()
+            } else {
+                probed.map(|r| r.notes.join("; ")).unwrap_or_default()
+            };
+            ModeCapability {
+                mode,
+                available: kernel_ok && built,
+                missing,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn probe_command(output: &str) -> Result<()> {
+    let report = Probe::new().run(&Mode::ENGINES);
+    let caps = capabilities(&report);
+    match output {
+        "json" => {
+            let json = serde_json::json!({ "probe": report, "usable": caps });
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+        "table" => {
+            print!("{}", report.table());
+            println!();
+            println!("{:<10} {:<7} DETAIL", "MODE", "USABLE");
+            for c in &caps {
+                println!(
+                    "{:<10} {:<7} {}",
+                    c.mode,
+                    if c.available { "yes" } else { "no" },
+                    c.detail
+                );
+            }
+        }
+        other => bail!("--output {other:?}: expected table or json"),
+    }
+    Ok(())
 }
 
 async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> Result<()> {
@@ -126,17 +190,14 @@ async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> 
         if state.node(&node_name).is_none() {
             tracing::warn!(node = %node_name, "no Node object for this node in the manifests yet: NodePorts have no default address until it appears");
         }
-        effective_config(&state, &node_name, &source)
+        effective_config(&state, &node_name, &source).config
     };
-    let engine = build_engine(config.mode)?;
-    metrics
-        .active_engine
-        .get_or_create(&ModeLabel {
-            mode: engine.mode().to_string(),
-        })
-        .set(1);
+    let report = tokio::task::spawn_blocking(|| Probe::new().run(&Mode::ENGINES)).await?;
+    let caps = capabilities(&report);
+    for c in &caps {
+        tracing::info!(mode = %c.mode, usable = c.available, detail = %c.detail, "probe");
+    }
     tracing::info!(
-        mode = %engine.mode(),
         requested = %config.mode,
         node = %node_name,
         manifests = %dir.display(),
@@ -159,7 +220,16 @@ async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> 
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    let runner = SyncRunner::new(engine, state, notify, node_name, source, health, metrics);
+    let runner = SyncRunner::new(
+        Arc::new(Engines),
+        caps,
+        state,
+        notify,
+        node_name,
+        source,
+        health,
+        metrics,
+    );
     runner.run(stop_rx).await;
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 pub mod changes;
 pub mod engine;
+pub mod engine_choice;
 pub mod health;
 pub mod manifests;
 pub mod metrics;

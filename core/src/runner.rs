@@ -1,24 +1,29 @@
-//! The sync runner: turns state changes into engine syncs.
+//! The sync runner: turns state changes into engine syncs, and owns which engine runs.
 //!
 //! - changes are coalesced: a sync starts no sooner than `minSyncPeriod` after the last;
-//! - every `syncPeriod` the engine's `verify` checks the kernel for drift (repaired when
-//!   found) and a full resync is applied;
+//! - every `syncPeriod` the engine's `verify` checks the kernel for drift (counted and
+//!   logged) and a full resync is applied, which repairs it;
 //! - a failed sync is retried with exponential backoff (1 s doubling up to
-//!   `syncPeriod`) as a full sync; the rules applied before the failure stay in place.
+//!   `syncPeriod`) as a full sync; the rules applied before the failure stay in place;
+//! - the engine follows the ProxyConfig: requested mode, else the first available
+//!   fallback (reported), else degraded (rules kept, healthz 503). A mode change switches
+//!   engines make-before-break: the new one is programmed and verified, then the old one
+//!   is cleaned up.
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
-use switchyard_crd::{EffectiveConfig, Mode};
+use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
 use tokio::sync::{watch, Notify};
 
 use crate::{
     changes::ChangeSet,
-    engine::{Drift, ProxyEngine},
+    engine::{Drift, EngineError, ProxyEngine},
+    engine_choice::{choose, EngineChoice},
     health::Health,
-    metrics::{Metrics, TrafficPolicyLabel},
+    metrics::{FallbackLabels, Metrics, ModeLabel, TrafficPolicyLabel},
     model::NodeModel,
     selection,
     service_health::ServiceHealthServers,
@@ -32,39 +37,67 @@ pub struct ConfigSource {
     pub mode_override: Option<Mode>,
 }
 
+/// The config in force for a node and where it came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SelectedConfig {
+    pub config: EffectiveConfig,
+    /// Name of the ProxyConfig in force (`None`: defaults, no config selects the node).
+    pub name: Option<String>,
+    /// Other configs selecting the node with the same priority.
+    pub conflicts_with: Vec<String>,
+}
+
 /// The config in force for `node_name`: the selected ProxyConfig (defaults when none
 /// matches), with the command-line override applied.
 pub fn effective_config(
     state: &ClusterState,
     node_name: &str,
     source: &ConfigSource,
-) -> EffectiveConfig {
+) -> SelectedConfig {
     let labels = state
         .node(node_name)
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
-    let mut config = match selection::select(state.proxy_configs(), &labels) {
-        Some(sel) => {
-            if !sel.conflicts_with.is_empty() {
-                tracing::warn!(
-                    chosen = sel.config.metadata.name.as_deref().unwrap_or(""),
-                    others = ?sel.conflicts_with,
-                    "ConfigConflict: several ProxyConfigs select this node with the same priority"
-                );
-            }
-            // Sources only admit valid configs.
-            sel.config.spec.effective().unwrap_or_default()
-        }
-        None => EffectiveConfig::default(),
+    let mut selected = match selection::select(state.proxy_configs(), &labels) {
+        // Sources only admit valid configs.
+        Some(sel) => SelectedConfig {
+            config: sel.config.spec.effective().unwrap_or_default(),
+            name: sel.config.metadata.name.clone(),
+            conflicts_with: sel.conflicts_with,
+        },
+        None => SelectedConfig::default(),
     };
     if let Some(mode) = source.mode_override {
-        config.mode = mode;
+        selected.config.mode = mode;
+        selected.config.fallback.retain(|m| *m != mode);
     }
-    config
+    selected
+}
+
+/// Builds engines by mode; implemented where the engine crates are known (the binary).
+pub trait EngineFactory: Send + Sync {
+    fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError>;
+}
+
+/// What the node reports about itself (ProxyNode status, events, logs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeStatus {
+    pub config_name: Option<String>,
+    pub conflicts_with: Vec<String>,
+    pub choice: Option<EngineChoice>,
+    pub capabilities: Vec<ModeCapability>,
+    pub last_sync: Option<SystemTime>,
+    pub last_sync_duration: Option<Duration>,
+    pub service_ports: usize,
+    pub endpoints: usize,
+    pub rules: Option<usize>,
+    pub last_error: Option<String>,
 }
 
 pub struct SyncRunner {
-    engine: Box<dyn ProxyEngine>,
+    engine: Option<Box<dyn ProxyEngine>>,
+    factory: Arc<dyn EngineFactory>,
+    capabilities: Vec<ModeCapability>,
     state: Arc<Mutex<ClusterState>>,
     notify: Arc<Notify>,
     node_name: String,
@@ -75,19 +108,29 @@ pub struct SyncRunner {
     applied: Option<NodeModel>,
     /// healthCheckNodePort servers, reconciled after every successful sync.
     service_health: ServiceHealthServers,
+    status: watch::Sender<NodeStatus>,
+    /// Metric labels set for the current choice, to reset on change.
+    reported: Option<EngineChoice>,
 }
 
 /// Outcome of one pass, for tests and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pass {
-    Synced { full: bool, service_ports: usize },
+    Synced {
+        full: bool,
+        service_ports: usize,
+    },
     Unchanged,
     Failed(String),
+    /// No usable engine; nothing was touched.
+    Degraded(String),
 }
 
 impl SyncRunner {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        engine: Box<dyn ProxyEngine>,
+        factory: Arc<dyn EngineFactory>,
+        capabilities: Vec<ModeCapability>,
         state: Arc<Mutex<ClusterState>>,
         notify: Arc<Notify>,
         node_name: impl Into<String>,
@@ -95,8 +138,14 @@ impl SyncRunner {
         health: Health,
         metrics: Metrics,
     ) -> Self {
+        let (status, _) = watch::channel(NodeStatus {
+            capabilities: capabilities.clone(),
+            ..NodeStatus::default()
+        });
         SyncRunner {
-            engine,
+            engine: None,
+            factory,
+            capabilities,
             state,
             notify,
             node_name: node_name.into(),
@@ -105,34 +154,160 @@ impl SyncRunner {
             health,
             metrics,
             applied: None,
+            status,
+            reported: None,
         }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.engine.mode()
+    /// The mode of the engine programming the node, if any.
+    pub fn mode(&self) -> Option<Mode> {
+        self.engine.as_ref().map(|e| e.mode())
     }
 
-    fn config(&self) -> EffectiveConfig {
+    /// Follows the node's status as syncs happen.
+    pub fn status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.subscribe()
+    }
+
+    fn selected(&self) -> SelectedConfig {
         let state = self.state.lock().expect("state lock poisoned");
         effective_config(&state, &self.node_name, &self.config_source)
+    }
+
+    /// Sets the metrics and health for a new engine choice, and logs it once.
+    fn report_choice(&mut self, choice: &EngineChoice) {
+        if self.reported.as_ref() == Some(choice) {
+            return;
+        }
+        if let Some(old) = self.reported.take() {
+            if let Some(m) = old.mode() {
+                self.metrics
+                    .active_engine
+                    .get_or_create(&ModeLabel {
+                        mode: m.to_string(),
+                    })
+                    .set(0);
+                self.metrics
+                    .engine_fallback
+                    .get_or_create(&FallbackLabels {
+                        requested: old.requested().to_string(),
+                        active: m.to_string(),
+                    })
+                    .set(0);
+            }
+        }
+        match choice {
+            EngineChoice::Run {
+                requested,
+                mode,
+                fallback_reason,
+            } => {
+                self.health.set_degraded(None);
+                self.metrics
+                    .active_engine
+                    .get_or_create(&ModeLabel {
+                        mode: mode.to_string(),
+                    })
+                    .set(1);
+                self.metrics
+                    .engine_fallback
+                    .get_or_create(&FallbackLabels {
+                        requested: requested.to_string(),
+                        active: mode.to_string(),
+                    })
+                    .set(i64::from(fallback_reason.is_some()));
+                match fallback_reason {
+                    Some(reason) => {
+                        tracing::warn!(requested = %requested, active = %mode, %reason, "FALLBACK ACTIVE: the requested mode cannot run on this node")
+                    }
+                    None => tracing::info!(mode = %mode, "engine selected"),
+                }
+            }
+            EngineChoice::Degraded { requested, reason } => {
+                self.health.set_degraded(Some(reason.clone()));
+                tracing::error!(requested = %requested, %reason, "DEGRADED: no usable engine; previous rules stay in place");
+            }
+        }
+        self.reported = Some(choice.clone());
+    }
+
+    /// Makes `mode`'s engine the active one, make-before-break: the new engine is fully
+    /// programmed and verified before the old one is cleaned up.
+    async fn switch_to(&mut self, mode: Mode, model: &NodeModel) -> Result<(), String> {
+        let mut engine = self.factory.build(mode).map_err(|e| e.to_string())?;
+        let from = self.mode();
+        let result = async {
+            engine
+                .sync(model, &ChangeSet::full(model))
+                .await
+                .map_err(|e| e.to_string())?;
+            match engine.verify(model).await.map_err(|e| e.to_string())? {
+                Drift::None => Ok(()),
+                Drift::Found(what) => Err(format!("new {mode} engine did not verify: {what}")),
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            if let Err(c) = engine.cleanup().await {
+                tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+            }
+            return Err(e);
+        }
+        if let Some(mut old) = self.engine.take() {
+            if let Err(e) = old.cleanup().await {
+                tracing::warn!(mode = %old.mode(), error = %e, "cleaning up the previous engine's rules failed; they may linger until `switchyard cleanup`");
+            }
+        }
+        match from {
+            Some(from) => {
+                tracing::info!(from = %from, to = %mode, "switched engine (make-before-break)")
+            }
+            None => tracing::info!(mode = %mode, "engine started"),
+        }
+        self.engine = Some(engine);
+        self.applied = Some(model.clone());
+        Ok(())
     }
 
     /// Builds the model and applies what changed (everything when `full`).
     pub async fn sync_once(&mut self, full: bool, pending_since: Option<Instant>) -> Pass {
         let started = Instant::now();
-        let config = self.config();
+        let selected = self.selected();
+        let config = &selected.config;
         self.health.set_sync_period(config.sync_period);
-        if config.mode != Mode::Auto && config.mode != self.engine.mode() {
-            tracing::warn!(
-                requested = %config.mode,
-                running = %self.engine.mode(),
-                "the ProxyConfig asks for another mode; live engine switching is not built yet, restart the agent to switch"
-            );
+        if !selected.conflicts_with.is_empty() {
+            tracing::warn!(chosen = ?selected.name, others = ?selected.conflicts_with, "ConfigConflict: several ProxyConfigs select this node with the same priority");
         }
+        let choice = choose(config.mode, &config.fallback, &self.capabilities);
+        self.report_choice(&choice);
+        self.status.send_modify(|s| {
+            s.config_name.clone_from(&selected.name);
+            s.conflicts_with.clone_from(&selected.conflicts_with);
+            s.choice = Some(choice.clone());
+        });
+        let Some(mode) = choice.mode() else {
+            let EngineChoice::Degraded { reason, .. } = choice else {
+                unreachable!()
+            };
+            return Pass::Degraded(reason);
+        };
         let model = {
             let state = self.state.lock().expect("state lock poisoned");
-            NodeModel::build(&state, &self.node_name, &config)
+            NodeModel::build(&state, &self.node_name, config)
         };
+        if self.mode() != Some(mode) {
+            return match self.switch_to(mode, &model).await {
+                Ok(()) => {
+                    let changes = ChangeSet::full(&model);
+                    self.record_success(&model, &changes, started.elapsed(), pending_since, None);
+                    Pass::Synced {
+                        full: true,
+                        service_ports: changes.len(),
+                    }
+                }
+                Err(e) => self.record_failure(format!("starting the {mode} engine: {e}")),
+            };
+        }
         let changes = match (&self.applied, full) {
             (Some(old), false) => ChangeSet::between(old, &model),
             _ => ChangeSet::full(&model),
@@ -141,12 +316,12 @@ impl SyncRunner {
             self.health.synced();
             return Pass::Unchanged;
         }
-        match self.engine.sync(&model, &changes).await {
+        let engine = self.engine.as_mut().expect("engine present: mode matched");
+        match engine.sync(&model, &changes).await {
             Ok(report) => {
                 let elapsed = started.elapsed();
-                self.record_success(&model, &changes, elapsed, pending_since);
                 tracing::info!(
-                    mode = %self.engine.mode(),
+                    mode = %mode,
                     full = report.full,
                     written = report.service_ports_written,
                     removed = report.service_ports_removed,
@@ -156,29 +331,32 @@ impl SyncRunner {
                     total_ms = elapsed.as_secs_f64() * 1e3,
                     "synced"
                 );
-                self.service_health.reconcile(&model);
-                let pass = Pass::Synced {
+                self.record_success(&model, &changes, elapsed, pending_since, Some(report.rules));
+                Pass::Synced {
                     full: changes.full,
                     service_ports: changes.len(),
-                };
-                self.applied = Some(model);
-                pass
+                }
             }
-            Err(e) => {
-                self.metrics.sync_failures.inc();
-                self.applied = None;
-                tracing::error!(mode = %self.engine.mode(), error = %e, "sync failed; previous rules stay in place, retrying with a full sync");
-                Pass::Failed(e.to_string())
-            }
+            Err(e) => self.record_failure(e.to_string()),
         }
     }
 
+    fn record_failure(&mut self, error: String) -> Pass {
+        self.metrics.sync_failures.inc();
+        self.applied = None;
+        tracing::error!(mode = ?self.mode(), %error, "sync failed; previous rules stay in place, retrying with a full sync");
+        self.status
+            .send_modify(|s| s.last_error = Some(error.clone()));
+        Pass::Failed(error)
+    }
+
     fn record_success(
-        &self,
+        &mut self,
         model: &NodeModel,
         changes: &ChangeSet,
         elapsed: Duration,
         pending_since: Option<Instant>,
+        rules: Option<usize>,
     ) {
         let m = &self.metrics;
         m.sync_duration.observe(elapsed.as_secs_f64());
@@ -186,38 +364,41 @@ impl SyncRunner {
             m.network_programming_duration
                 .observe(p.elapsed().as_secs_f64());
         }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        m.last_sync_timestamp.set(now.as_secs_f64());
+        let now = SystemTime::now();
+        m.last_sync_timestamp.set(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
         if changes.full {
             m.full_syncs.inc();
         } else {
             m.partial_syncs.inc();
         }
         // Service vs endpoint changes, as kube-proxy counts them.
-        let old = self.applied.as_ref();
-        let mut service_changes = (changes.added.len() + changes.removed.len()) as u64;
-        let mut endpoint_changes = 0u64;
-        for name in &changes.changed {
-            let (Some(o), Some(n)) = (
-                old.and_then(|o| o.services.get(name)),
-                model.services.get(name),
-            ) else {
-                continue;
-            };
-            if o.cluster_endpoints != n.cluster_endpoints || o.local_endpoints != n.local_endpoints
-            {
-                endpoint_changes += 1;
-            }
-            let mut o2 = o.clone();
-            o2.cluster_endpoints.clone_from(&n.cluster_endpoints);
-            o2.local_endpoints.clone_from(&n.local_endpoints);
-            if &o2 != n {
-                service_changes += 1;
-            }
-        }
         if !changes.full {
+            let old = self.applied.as_ref();
+            let mut service_changes = (changes.added.len() + changes.removed.len()) as u64;
+            let mut endpoint_changes = 0u64;
+            for name in &changes.changed {
+                let (Some(o), Some(n)) = (
+                    old.and_then(|o| o.services.get(name)),
+                    model.services.get(name),
+                ) else {
+                    continue;
+                };
+                if o.cluster_endpoints != n.cluster_endpoints
+                    || o.local_endpoints != n.local_endpoints
+                {
+                    endpoint_changes += 1;
+                }
+                let mut o2 = o.clone();
+                o2.cluster_endpoints.clone_from(&n.cluster_endpoints);
+                o2.local_endpoints.clone_from(&n.local_endpoints);
+                if &o2 != n {
+                    service_changes += 1;
+                }
+            }
             m.service_changes.inc_by(service_changes);
             m.endpoint_changes.inc_by(endpoint_changes);
         }
@@ -249,16 +430,29 @@ impl SyncRunner {
         m.service_ports.set(model.services.len() as i64);
         m.endpoints.set(model.endpoint_count() as i64);
         self.health.synced();
+        self.service_health.reconcile(model);
+        self.status.send_modify(|s| {
+            s.last_sync = Some(now);
+            s.last_sync_duration = Some(elapsed);
+            s.service_ports = model.services.len();
+            s.endpoints = model.endpoint_count();
+            if rules.is_some() {
+                s.rules = rules;
+            }
+            s.last_error = None;
+        });
+        self.applied = Some(model.clone());
     }
 
     /// Asks the engine whether the kernel still holds the applied rules.
     pub async fn check_drift(&mut self) -> Option<String> {
         let model = self.applied.clone()?;
-        match self.engine.verify(&model).await {
+        let engine = self.engine.as_mut()?;
+        match engine.verify(&model).await {
             Ok(Drift::None) => None,
             Ok(Drift::Found(what)) => {
                 self.metrics.drift_repairs.inc();
-                tracing::warn!(mode = %self.engine.mode(), drift = %what, "kernel rules drifted from what was applied; repairing with a full sync");
+                tracing::warn!(mode = %engine.mode(), drift = %what, "kernel rules drifted from what was applied; repairing with a full sync");
                 Some(what)
             }
             Err(e) => {
@@ -276,10 +470,10 @@ impl SyncRunner {
         let mut last_attempt: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
-        let mut next_periodic = Instant::now() + self.config().sync_period;
+        let mut next_periodic = Instant::now() + self.selected().config.sync_period;
         self.health.queued();
         loop {
-            let config = self.config();
+            let config = self.selected().config;
             let now = Instant::now();
             let mut wake = next_periodic;
             if now >= next_periodic {
@@ -299,7 +493,7 @@ impl SyncRunner {
                 if earliest <= now {
                     last_attempt = Some(now);
                     match self.sync_once(force_full, pending_since).await {
-                        Pass::Failed(_) => {
+                        Pass::Failed(_) | Pass::Degraded(_) => {
                             retry_at = Some(Instant::now() + backoff);
                             backoff = (backoff * 2).min(config.sync_period);
                             force_full = true;
@@ -336,46 +530,79 @@ impl SyncRunner {
 
 #[cfg(test)]
 mod tests {
-    //! Runner logic against a recording engine (the dataplane itself is tested by each
+    //! Runner logic against recording engines (the dataplane itself is tested by each
     //! engine against a real kernel).
     use super::*;
-    use crate::{engine::EngineError, engine::SyncReport, state::Object};
+    use crate::{engine::SyncReport, state::Object};
     use async_trait::async_trait;
 
     #[derive(Default)]
     struct Calls {
-        syncs: Vec<(bool, usize)>,
+        /// (mode, full, service ports) per sync.
+        syncs: Vec<(Mode, bool, usize)>,
+        cleanups: Vec<Mode>,
         fail_next: bool,
     }
 
-    struct Recording(Arc<Mutex<Calls>>);
+    struct Recording(Mode, Arc<Mutex<Calls>>);
 
     #[async_trait]
     impl ProxyEngine for Recording {
         fn mode(&self) -> Mode {
-            Mode::Nftables
+            self.0
         }
         async fn sync(
             &mut self,
             _: &NodeModel,
             changes: &ChangeSet,
         ) -> Result<SyncReport, EngineError> {
-            let mut c = self.0.lock().unwrap();
+            let mut c = self.1.lock().unwrap();
             if std::mem::take(&mut c.fail_next) {
                 return Err(EngineError::Apply {
                     tool: "test".into(),
                     message: "refused".into(),
                 });
             }
-            c.syncs.push((changes.full, changes.len()));
+            c.syncs.push((self.0, changes.full, changes.len()));
             Ok(SyncReport::default())
         }
         async fn verify(&mut self, _: &NodeModel) -> Result<Drift, EngineError> {
             Ok(Drift::None)
         }
         async fn cleanup(&mut self) -> Result<(), EngineError> {
+            self.1.lock().unwrap().cleanups.push(self.0);
             Ok(())
         }
+    }
+
+    struct Factory(Arc<Mutex<Calls>>);
+    impl EngineFactory for Factory {
+        fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError> {
+            Ok(Box::new(Recording(mode, self.0.clone())))
+        }
+    }
+
+    fn caps() -> Vec<ModeCapability> {
+        let cap = |mode, available: bool| ModeCapability {
+            mode,
+            available,
+            missing: if available {
+                vec![]
+            } else {
+                vec!["ip_vs".into()]
+            },
+            detail: if available {
+                String::new()
+            } else {
+                "missing kernel modules ip_vs".into()
+            },
+        };
+        vec![
+            cap(Mode::Iptables, true),
+            cap(Mode::Nftables, true),
+            cap(Mode::Ipvs, false),
+            cap(Mode::Ebpf, false),
+        ]
     }
 
     fn service(name: &str, ip: &str) -> Object {
@@ -387,45 +614,70 @@ mod tests {
         ))
     }
 
-    fn runner() -> (
-        SyncRunner,
-        Arc<Mutex<Calls>>,
-        Arc<Mutex<ClusterState>>,
-        Health,
-    ) {
+    fn config(spec: &str) -> Object {
+        Object::ProxyConfig(Box::new(switchyard_crd::ProxyConfig::new(
+            "default",
+            serde_yaml::from_str(spec).unwrap(),
+        )))
+    }
+
+    struct Fixture {
+        runner: SyncRunner,
+        calls: Arc<Mutex<Calls>>,
+        state: Arc<Mutex<ClusterState>>,
+        health: Health,
+        metrics: Metrics,
+    }
+
+    fn fixture(spec: &str) -> Fixture {
         let calls = Arc::new(Mutex::new(Calls::default()));
         let state = Arc::new(Mutex::new(ClusterState::default()));
+        state.lock().unwrap().upsert(config(spec));
         let health = Health::new(Duration::from_secs(30));
-        let r = SyncRunner::new(
-            Box::new(Recording(calls.clone())),
+        let metrics = Metrics::new();
+        let runner = SyncRunner::new(
+            Arc::new(Factory(calls.clone())),
+            caps(),
             state.clone(),
             Arc::new(Notify::new()),
             "node",
             ConfigSource::default(),
             health.clone(),
-            Metrics::new(),
+            metrics.clone(),
         );
-        (r, calls, state, health)
+        Fixture {
+            runner,
+            calls,
+            state,
+            health,
+            metrics,
+        }
     }
 
     #[tokio::test]
     async fn first_sync_full_then_partial_then_full_after_failure() {
-        let (mut r, calls, state, health) = runner();
+        let Fixture {
+            mut runner,
+            calls,
+            state,
+            health,
+            ..
+        } = fixture("mode: nftables");
         state.lock().unwrap().upsert(service("a", "10.96.0.1"));
         assert!(!health.verdict().healthy);
         assert_eq!(
-            r.sync_once(false, None).await,
+            runner.sync_once(false, None).await,
             Pass::Synced {
                 full: true,
                 service_ports: 1
             }
         );
         assert!(health.verdict().healthy);
-        assert_eq!(r.sync_once(false, None).await, Pass::Unchanged);
+        assert_eq!(runner.sync_once(false, None).await, Pass::Unchanged);
 
         state.lock().unwrap().upsert(service("b", "10.96.0.2"));
         assert_eq!(
-            r.sync_once(false, None).await,
+            runner.sync_once(false, None).await,
             Pass::Synced {
                 full: false,
                 service_ports: 1
@@ -434,30 +686,104 @@ mod tests {
 
         calls.lock().unwrap().fail_next = true;
         state.lock().unwrap().upsert(service("c", "10.96.0.3"));
-        assert!(matches!(r.sync_once(false, None).await, Pass::Failed(_)));
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Failed(_)
+        ));
         // After a failure the kernel state is unknown: the next sync rewrites everything.
         assert_eq!(
-            r.sync_once(false, None).await,
+            runner.sync_once(false, None).await,
             Pass::Synced {
                 full: true,
                 service_ports: 3
             }
         );
+        let n = Mode::Nftables;
         assert_eq!(
             calls.lock().unwrap().syncs,
-            vec![(true, 1), (false, 1), (true, 3)]
+            vec![(n, true, 1), (n, false, 1), (n, true, 3)]
         );
+    }
+
+    #[tokio::test]
+    async fn unavailable_mode_falls_back_loudly() {
+        let Fixture {
+            mut runner,
+            metrics,
+            ..
+        } = fixture("mode: ipvs\nfallback: [nftables]");
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Synced { .. }
+        ));
+        assert_eq!(runner.mode(), Some(Mode::Nftables));
+        let status = runner.status().borrow().clone();
+        assert!(status.choice.as_ref().unwrap().is_fallback());
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"switchyard_engine_fallback{requested="ipvs",active="nftables"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_usable_fallback_degrades_and_keeps_rules() {
+        let Fixture {
+            mut runner,
+            calls,
+            state,
+            health,
+            ..
+        } = fixture("mode: nftables");
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Synced { .. }
+        ));
+        state.lock().unwrap().upsert(config("mode: ipvs"));
+        assert!(
+            matches!(runner.sync_once(false, None).await, Pass::Degraded(r) if r.contains("ip_vs"))
+        );
+        assert!(!health.verdict().healthy);
+        assert!(
+            calls.lock().unwrap().cleanups.is_empty(),
+            "previous rules stay"
+        );
+        assert_eq!(runner.mode(), Some(Mode::Nftables));
+    }
+
+    #[tokio::test]
+    async fn mode_change_switches_make_before_break() {
+        let Fixture {
+            mut runner,
+            calls,
+            state,
+            ..
+        } = fixture("mode: nftables");
+        state.lock().unwrap().upsert(service("a", "10.96.0.1"));
+        runner.sync_once(false, None).await;
+        state.lock().unwrap().upsert(config("mode: iptables"));
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Synced { full: true, .. }
+        ));
+        assert_eq!(runner.mode(), Some(Mode::Iptables));
+        let c = calls.lock().unwrap();
+        // The new engine was programmed before the old one was cleaned up.
+        assert_eq!(c.syncs.last(), Some(&(Mode::Iptables, true, 1)));
+        assert_eq!(c.cleanups, vec![Mode::Nftables]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn changes_are_debounced_by_min_sync_period() {
-        let (r, calls, state, _) = runner();
-        let notify = r.notify.clone();
-        state.lock().unwrap().upsert(Object::ProxyConfig(Box::new(
-            ProxyConfigFixture::with_min_sync("2s"),
-        )));
+        let Fixture {
+            runner,
+            calls,
+            state,
+            ..
+        } = fixture("mode: nftables\nminSyncPeriod: 2s");
+        let notify = runner.notify.clone();
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(r.run(rx));
+        let task = tokio::spawn(runner.run(rx));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(calls.lock().unwrap().syncs.len(), 1, "initial sync");
         for i in 0..5 {
@@ -474,26 +800,13 @@ mod tests {
             "burst waits for minSyncPeriod"
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let n = Mode::Nftables;
         assert_eq!(
             calls.lock().unwrap().syncs,
-            vec![(true, 0), (false, 5)],
+            vec![(n, true, 0), (n, false, 5)],
             "one coalesced sync"
         );
         tx.send(true).unwrap();
         task.await.unwrap();
-    }
-
-    struct ProxyConfigFixture;
-    impl ProxyConfigFixture {
-        fn with_min_sync(d: &str) -> switchyard_crd::ProxyConfig {
-            switchyard_crd::ProxyConfig::new(
-                "default",
-                switchyard_crd::ProxyConfigSpec {
-                    mode: Mode::Nftables,
-                    min_sync_period: Some(d.into()),
-                    ..Default::default()
-                },
-            )
-        }
     }
 }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -75,14 +75,28 @@ impl std::str::FromStr for Mode {
 
 /// Per-pool proxy configuration. Cluster-scoped; the agent on each node uses the
 /// highest-priority config whose `nodeSelector` matches its Node.
-#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "ProxyConfig",
     shortname = "pxc",
-    status = "ProxyConfigStatus"
+    status = "ProxyConfigStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodesSelected"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.nodesReady"),
+    printcolumn(
+        name = "Fallback",
+        type_ = "integer",
+        json_path = ".status.nodesOnFallback"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
+#[x_kube(validation = Rule::new("!has(self.fallback) || !(self.mode in self.fallback)").message("fallback may not repeat mode"))]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyConfigSpec {
     /// Which nodes this config governs; empty selects every node.
@@ -116,6 +130,7 @@ pub struct ProxyConfigSpec {
     /// CIDRs (or `primary`) of node addresses that accept NodePort traffic; empty = the
     /// node's primary IPs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(a, a == 'primary' || isCIDR(a))").message("every entry must be a CIDR or \"primary\""))]
     pub node_port_addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipvs: Option<IpvsConfig>,
@@ -357,5 +372,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(spec.effective().unwrap_err().field, "syncPeriod");
+    }
+}
+
+#[cfg(test)]
+mod crd_tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_has_columns_and_rules() {
+        let y = serde_yaml::to_string(&ProxyConfig::crd()).unwrap();
+        for needle in [
+            "Mode",
+            "nodesOnFallback",
+            "fallback may not repeat mode",
+            "isCIDR",
+            "pxc",
+            "enum",
+            "pattern",
+        ] {
+            assert!(y.contains(needle), "{needle} missing from\n{y}");
+        }
     }
 }

@@ -1,0 +1,101 @@
+//! `ProxyNode`: one per node, named after it and owned by its Node; the node agent
+//! writes its status (config in force, requested and active mode, fallback and why, what
+//! the kernel probe found, last sync). The operator folds these into `ProxyConfig`
+//! status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Mode;
+
+/// Condition types on a ProxyNode.
+pub mod condition {
+    /// A sync succeeded recently and the active engine is the requested one or a fallback.
+    pub const READY: &str = "Ready";
+    /// The requested mode is unavailable here and a fallback mode runs.
+    pub const FALLBACK_ACTIVE: &str = "FallbackActive";
+    /// No usable engine: previous rules are kept, healthz answers 503.
+    pub const DEGRADED: &str = "Degraded";
+    /// Several ProxyConfigs select this node with the same priority.
+    pub const CONFIG_CONFLICT: &str = "ConfigConflict";
+}
+
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "ProxyNode",
+    shortname = "pxn",
+    status = "ProxyNodeStatus",
+    printcolumn(name = "Config", type_ = "string", json_path = ".status.config"),
+    printcolumn(
+        name = "Requested",
+        type_ = "string",
+        json_path = ".status.requestedMode"
+    ),
+    printcolumn(name = "Active", type_ = "string", json_path = ".status.activeMode"),
+    printcolumn(
+        name = "Fallback",
+        type_ = "boolean",
+        json_path = ".status.fallbackActive"
+    ),
+    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyNodeSpec {
+    /// The Node this status belongs to (same as the object's name).
+    pub node_name: String,
+}
+
+/// What the kernel probe found for one mode.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModeCapability {
+    pub mode: Mode,
+    /// The kernel supports it and Switchyard has an engine for it.
+    pub available: bool,
+    /// What is missing (kernel modules, tools, features), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// One line: why it is unavailable, or notes (e.g. the iptables backend).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyNodeStatus {
+    /// The ProxyConfig in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_mode: Option<Mode>,
+    #[serde(default)]
+    pub fallback_active: bool,
+    /// Why the fallback runs, e.g. "ipvs unavailable: missing kernel modules ip_vs, ip_vs_rr".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<ModeCapability>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_duration_seconds: Option<f64>,
+    #[serde(default)]
+    pub service_ports: i64,
+    #[serde(default)]
+    pub endpoints: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
