@@ -1,0 +1,93 @@
+//! What every mode's checks share during one probe run: the roots, the kernel release,
+//! the subprocess time bound, the module snapshot and the (lazily created) namespace the
+//! programming checks run in. Also [`Findings`], the builder of a [`ModeReport`].
+
+use std::{cell::OnceCell, time::Duration};
+
+use switchyard_crd::Mode;
+
+use crate::{
+    kernel_module::KernelModules,
+    netns::Netns,
+    report::{Check, ModeReport},
+    roots::ProbeRoots,
+};
+
+pub(crate) struct Context {
+    pub roots: ProbeRoots,
+    pub release: String,
+    pub timeout: Duration,
+    netns_name: Option<String>,
+    netns: OnceCell<Result<Netns, String>>,
+    modules: OnceCell<KernelModules>,
+}
+
+impl Context {
+    pub fn new(
+        roots: ProbeRoots,
+        release: String,
+        timeout: Duration,
+        netns_name: Option<String>,
+    ) -> Self {
+        Context {
+            roots,
+            release,
+            timeout,
+            netns_name,
+            netns: OnceCell::new(),
+            modules: OnceCell::new(),
+        }
+    }
+
+    /// The namespace to program test state in: the caller's, or a throwaway one created on
+    /// first use and deleted when the context drops.
+    pub fn netns(&self) -> Result<&Netns, String> {
+        self.netns
+            .get_or_init(|| {
+                match &self.netns_name {
+                    Some(name) => Netns::existing(name, self.timeout),
+                    None => Netns::throwaway(self.timeout),
+                }
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    pub fn modules(&self) -> &KernelModules {
+        self.modules
+            .get_or_init(|| KernelModules::read(&self.roots, &self.release))
+    }
+}
+
+/// Collects checks, missing names and notes for one mode.
+#[derive(Default)]
+pub(crate) struct Findings {
+    checks: Vec<Check>,
+    missing: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Findings {
+    pub fn pass(&mut self, name: &str, detail: impl Into<String>) {
+        self.checks.push(Check::new(name, true, detail));
+    }
+
+    /// A failed check, naming what is missing because of it.
+    pub fn fail<I, S>(&mut self, name: &str, detail: impl Into<String>, missing: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.checks.push(Check::new(name, false, detail));
+        self.missing.extend(missing.into_iter().map(Into::into));
+    }
+
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    pub fn finish(self, mode: Mode) -> ModeReport {
+        ModeReport::new(mode, self.checks, self.missing, self.notes)
+    }
+}
