@@ -1,0 +1,247 @@
+//! `IptablesEngine`: the `ProxyEngine` for iptables. Each sync is one
+//! `iptables-restore --noflush --wait` transaction per family (IPv4, then IPv6). A full
+//! sync reads the tables back once (`*-save`) to find stale chains and missing jumps,
+//! then rewrites every `SY-` chain; a partial sync rewrites only the chains of the
+//! changed service ports and patches their rules in the shared chains. Any failure
+//! makes the next sync a full one.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use switchyard_core::{
+    ChangeSet, Drift, EngineError, IpFamily, NodeModel, ProxyEngine, SyncReport,
+};
+use switchyard_crd::Mode;
+
+use crate::{
+    apply,
+    backend::{detect_backend, Backend, Binaries},
+    record::Applied,
+    render::{
+        large_cluster, render_cleanup, render_family_full, render_family_partial, KernelChains,
+    },
+    verify,
+};
+
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+/// How the engine runs the iptables tools.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IptOptions {
+    /// Run the tools inside this network namespace (`ip netns exec NAME ...`).
+    pub netns: Option<String>,
+    /// Which backend; `Detect` decides at the first sync (see [`detect_backend`]).
+    pub backend: Backend,
+}
+
+/// The iptables dataplane engine.
+#[derive(Debug)]
+pub struct IptablesEngine {
+    options: IptOptions,
+    /// The concrete backend, once chosen.
+    backend: Option<Backend>,
+    /// What the kernel holds, as far as the engine knows; `None` before the first
+    /// successful sync and after a failure or cleanup (so the next sync is full).
+    applied: Option<Applied>,
+}
+
+impl IptablesEngine {
+    pub fn new(options: IptOptions) -> IptablesEngine {
+        let backend = match options.backend {
+            Backend::Detect => None,
+            b => Some(b),
+        };
+        IptablesEngine {
+            options,
+            backend,
+            applied: None,
+        }
+    }
+
+    pub fn options(&self) -> &IptOptions {
+        &self.options
+    }
+
+    /// The backend in use (`None` until detected at the first sync, with `Detect`).
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend
+    }
+
+    /// The binaries in use, once the backend is known.
+    pub fn binaries(&self) -> Option<Binaries> {
+        self.backend.and_then(Backend::binaries)
+    }
+
+    /// Whether the next sync will rewrite everything whatever it is asked.
+    pub fn next_sync_is_full(&self) -> bool {
+        self.applied.is_none()
+    }
+
+    /// Rules now programmed per table (`filter`, `nat`), both families together, for
+    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`. Zero before a sync.
+    pub fn rule_counts(&self) -> Vec<(String, usize)> {
+        self.applied
+            .as_ref()
+            .map(Applied::rule_counts)
+            .unwrap_or_else(|| {
+                Applied::default()
+                    .rule_counts()
+                    .into_iter()
+                    .map(|(t, _)| (t, 0))
+                    .collect()
+            })
+    }
+
+    fn netns(&self) -> Option<&str> {
+        self.options.netns.as_deref()
+    }
+
+    async fn resolve_backend(&mut self) -> Result<Binaries, EngineError> {
+        if self.backend.is_none() {
+            let netns = self.options.netns.clone();
+            let b = tokio::task::spawn_blocking(move || detect_backend(netns.as_deref()))
+                .await
+                .map_err(|e| EngineError::Unavailable {
+                    mode: Mode::Iptables,
+                    reason: format!("backend detection failed: {e}"),
+                })?;
+            tracing::info!(backend = b.as_str(), "iptables backend detected");
+            self.backend = Some(b);
+        }
+        Ok(self
+            .binaries()
+            .expect("a resolved backend is Nft or Legacy"))
+    }
+
+    async fn full_sync(
+        &mut self,
+        model: &NodeModel,
+        bins: Binaries,
+    ) -> Result<Applied, EngineError> {
+        let large = large_cluster(model);
+        let mut applied = Applied {
+            large,
+            ..Default::default()
+        };
+        let mut texts = Vec::new();
+        for family in FAMILIES {
+            let saved = apply::save(self.netns(), bins.save(family)).await?;
+            let kernel = KernelChains::parse(&saved);
+            let (text, record) = render_family_full(model, family, large, &kernel);
+            *applied.family_mut(family) = record;
+            texts.push((family, text));
+        }
+        for (family, text) in texts {
+            apply::restore(self.netns(), bins.restore(family), &text).await?;
+        }
+        Ok(applied)
+    }
+}
+
+#[async_trait]
+impl ProxyEngine for IptablesEngine {
+    fn mode(&self) -> Mode {
+        Mode::Iptables
+    }
+
+    async fn sync(
+        &mut self,
+        model: &NodeModel,
+        changes: &ChangeSet,
+    ) -> Result<SyncReport, EngineError> {
+        let bins = self.resolve_backend().await?;
+        let large = large_cluster(model);
+        let full = changes.full || self.applied.as_ref().is_none_or(|a| a.large != large);
+        // Forget the record first: if anything fails, the next sync is full.
+        let previous = self.applied.take();
+        let start = Instant::now();
+        if full {
+            let applied = self.full_sync(model, bins).await?;
+            let apply_time = start.elapsed();
+            let rules = applied.rule_count();
+            self.applied = Some(applied);
+            tracing::debug!(?apply_time, rules, "iptables full sync");
+            return Ok(SyncReport {
+                full: true,
+                service_ports_written: model.services.len(),
+                service_ports_removed: changes.removed.len(),
+                rules,
+                apply_time,
+            });
+        }
+        let mut applied = previous.expect("checked above");
+        let mut partials = Vec::new();
+        for family in FAMILIES {
+            partials.push((
+                family,
+                render_family_partial(model, changes, &applied, family),
+            ));
+        }
+        for (family, p) in &partials {
+            if !p.text.is_empty() {
+                apply::restore(self.netns(), bins.restore(*family), &p.text).await?;
+            }
+        }
+        for (family, p) in partials {
+            let rec = applied.family_mut(family);
+            for (name, port) in p.updates {
+                rec.set(name, port);
+            }
+        }
+        let apply_time = start.elapsed();
+        let rules = applied.rule_count();
+        self.applied = Some(applied);
+        tracing::debug!(?apply_time, rules, "iptables partial sync");
+        Ok(SyncReport {
+            full: false,
+            service_ports_written: changes.added.len() + changes.changed.len(),
+            service_ports_removed: changes.removed.len(),
+            rules,
+            apply_time,
+        })
+    }
+
+    async fn verify(&mut self, _model: &NodeModel) -> Result<Drift, EngineError> {
+        let Some(applied) = &self.applied else {
+            return Ok(Drift::Found(
+                "no successful sync since start, failure or cleanup".to_string(),
+            ));
+        };
+        let bins = self
+            .binaries()
+            .expect("a successful sync resolved the backend");
+        let mut found = Vec::new();
+        for family in FAMILIES {
+            let saved = apply::save(self.netns(), bins.save(family)).await?;
+            if let Some(d) = verify::compare(family, &saved, applied.family(family)) {
+                found.push(d);
+            }
+        }
+        Ok(verify::drift(found))
+    }
+
+    async fn cleanup(&mut self) -> Result<(), EngineError> {
+        self.applied = None;
+        // With `Detect`, clean both backends: rules may have been made through either.
+        let backends: Vec<Backend> = match self.options.backend {
+            Backend::Detect => vec![Backend::Nft, Backend::Legacy],
+            b => vec![b],
+        };
+        let explicit = self.options.backend != Backend::Detect;
+        for backend in backends {
+            let bins = backend.binaries().expect("concrete backend");
+            for family in FAMILIES {
+                let saved = match apply::save(self.netns(), bins.save(family)).await {
+                    Ok(s) => s,
+                    // A backend whose tools are missing holds nothing of ours.
+                    Err(EngineError::Spawn { .. }) if !explicit => continue,
+                    Err(e) => return Err(e),
+                };
+                if let Some(text) = render_cleanup(&saved) {
+                    apply::restore(self.netns(), bins.restore(family), &text).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! Kernel tests: the engine programs a private network namespace, on both backends.
+//! Need root.
+
+mod support;
+
+use support::{netns::*, *};
+use switchyard_core::{ChangeSet, Drift, NodeModel, ProxyEngine};
+use switchyard_iptables::{
+    chains::{endpoint_chain, PortChain},
+    detect_backend, Backend, IptablesEngine,
+};
+
+macro_rules! need_root {
+    ($name:expr) => {
+        if !have_root($name) {
+            return;
+        }
+    };
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
+
+fn two_services() -> NodeModel {
+    let mut web = service(
+        "web",
+        &["172.16.0.10", "fd00:96::10"],
+        80,
+        vec![
+            ep("10.0.0.5", 8080, true),
+            ep("10.0.1.5", 8080, false),
+            ep("fd00:10::5", 8080, true),
+        ],
+    );
+    web.node_port = Some(30080);
+    web.affinity_timeout = Some(300);
+    let empty = service("empty", &["172.16.0.11"], 443, vec![]);
+    let other = service(
+        "other",
+        &["172.16.0.12"],
+        80,
+        vec![ep("10.0.2.5", 80, false)],
+    );
+    model(vec![web, empty, other])
+}
+
+fn save(ns: &Netns, backend: Backend, v6: bool) -> String {
+    let (ok, out) = ns.run(&tool(backend, v6, "save"), &[], "");
+    assert!(ok, "{out}");
+    out
+}
+
+/// Lines of `saved` in chain `chain` (its rules).
+fn chain_rules(saved: &str, chain: &str) -> Vec<String> {
+    let prefix = format!("-A {chain} ");
+    saved
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn sync_partial_and_removal() {
+    need_root!("sync_partial_and_removal");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        let m1 = two_services();
+        let report = engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+        assert!(report.full);
+        let counts = engine.rule_counts();
+        assert_eq!(report.rules, counts.iter().map(|(_, n)| n).sum::<usize>());
+        assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
+        let v4 = save(&ns, backend, false);
+        let web = spn("default", "web", "http");
+        let svc = PortChain::Cluster.name(&web);
+        let gone = endpoint_chain(&web, &ep("10.0.1.5", 8080, false));
+        assert!(
+            v4.contains(&format!(":{gone} - [0:0]")),
+            "{backend:?}\n{v4}"
+        );
+        assert!(v4.contains("--to-destination 10.0.1.5:8080"));
+        assert!(
+            v4.contains(
+                "-A PREROUTING -m comment --comment \"switchyard service portals\" -j SY-SERVICES"
+            ),
+            "{v4}"
+        );
+        assert!(
+            v4.lines()
+                .any(|l| l.starts_with("-A SY-SERVICES -d 172.16.0.11/32")
+                    && l.contains("--dport 443 -j REJECT")),
+            "{v4}"
+        );
+        assert!(v4.contains("--dport 30080 -j SY-EXT-"), "{v4}");
+        let v6 = save(&ns, backend, true);
+        assert!(v6.contains("--to-destination [fd00:10::5]:8080"), "{v6}");
+        assert!(!v6.contains("172.16.0.11"));
+        assert_eq!(
+            engine.verify(&m1).await.unwrap(),
+            Drift::None,
+            "{backend:?}"
+        );
+        let other = PortChain::Cluster.name(&spn("default", "other", "http"));
+        let other_before = chain_rules(&v4, &other);
+        assert_eq!(other_before.len(), 2, "{v4}");
+
+        // Remove one endpoint: a partial sync deletes its chain, leaves others alone.
+        let mut m2 = m1.clone();
+        m2.services
+            .get_mut(&web)
+            .unwrap()
+            .cluster_endpoints
+            .retain(|e| e.ip.to_string() != "10.0.1.5");
+        let changes = ChangeSet::between(&m1, &m2);
+        assert!(!changes.full);
+        let report = engine.sync(&m2, &changes).await.unwrap();
+        assert!(!report.full);
+        let v4 = save(&ns, backend, false);
+        assert!(!v4.contains(&gone), "{v4}");
+        assert!(!v4.contains("10.0.1.5"), "{v4}");
+        assert_eq!(
+            chain_rules(&v4, &svc)
+                .iter()
+                .filter(|l| l.contains("-j SY-SEP-"))
+                .count(),
+            2,
+            "{v4}"
+        );
+        assert_eq!(chain_rules(&v4, &other), other_before);
+        assert_eq!(
+            engine.verify(&m2).await.unwrap(),
+            Drift::None,
+            "{backend:?}"
+        );
+
+        // Endpoints of the empty service appear; then a service goes away.
+        let mut m3 = m2.clone();
+        m3.services
+            .get_mut(&spn("default", "empty", "http"))
+            .unwrap()
+            .cluster_endpoints = vec![ep("10.0.3.1", 8443, false)];
+        assert!(
+            !engine
+                .sync(&m3, &ChangeSet::between(&m2, &m3))
+                .await
+                .unwrap()
+                .full
+        );
+        let v4 = save(&ns, backend, false);
+        assert!(!v4.contains("-j REJECT"), "{v4}");
+        assert!(v4.contains("--to-destination 10.0.3.1:8443"), "{v4}");
+        // The NodePort jump is still the last rule of SY-SERVICES.
+        let services = chain_rules(&v4, "SY-SERVICES");
+        assert!(
+            services.last().unwrap().contains("-j SY-NODEPORTS"),
+            "{services:?}"
+        );
+        assert_eq!(
+            engine.verify(&m3).await.unwrap(),
+            Drift::None,
+            "{backend:?}"
+        );
+        let mut m4 = m3.clone();
+        m4.services.remove(&web);
+        engine
+            .sync(&m4, &ChangeSet::between(&m3, &m4))
+            .await
+            .unwrap();
+        let v4 = save(&ns, backend, false);
+        assert!(!v4.contains("172.16.0.10"), "{v4}");
+        assert!(!v4.contains(&svc), "{v4}");
+        assert!(!v4.contains("SY-EXT-"), "{v4}");
+        let v6 = save(&ns, backend, true);
+        assert!(!v6.contains("SY-SVC-"), "{v6}");
+        assert_eq!(
+            engine.verify(&m4).await.unwrap(),
+            Drift::None,
+            "{backend:?}"
+        );
+
+        // A full sync of the same model changes nothing visible.
+        engine.sync(&m4, &ChangeSet::full(&m4)).await.unwrap();
+        assert_eq!(
+            save(&ns, backend, false)
+                .lines()
+                .filter(|l| l.starts_with('-'))
+                .count(),
+            v4.lines().filter(|l| l.starts_with('-')).count()
+        );
+        assert_eq!(engine.verify(&m4).await.unwrap(), Drift::None);
+    }
+}
+
+#[tokio::test]
+async fn verify_finds_drift_and_full_sync_restores() {
+    need_root!("verify_finds_drift_and_full_sync_restores");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        let m = two_services();
+        engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+        assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+        let ipt = tool(backend, false, "");
+        let ip6t = tool(backend, true, "");
+        let cases: [(&str, &[&str]); 5] = [
+            (&ipt, &["-t", "nat", "-F"]),
+            (&ipt, &["-t", "filter", "-X", "SY-CANARY"]),
+            (
+                &ip6t,
+                &[
+                    "-t",
+                    "nat",
+                    "-D",
+                    "POSTROUTING",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "switchyard postrouting rules",
+                    "-j",
+                    "SY-POSTROUTING",
+                ],
+            ),
+            (&ipt, &["-t", "nat", "-F", "SY-SERVICES"]),
+            (&ipt, &["-t", "nat", "-X", "SY-CANARY"]),
+        ];
+        for (tool, args) in cases {
+            let (ok, out) = ns.run(tool, args, "");
+            assert!(ok, "{tool} {args:?}: {out}");
+            let Drift::Found(what) = engine.verify(&m).await.unwrap() else {
+                panic!("{backend:?}: no drift after {tool} {args:?}")
+            };
+            eprintln!("{backend:?} {args:?}: {what}");
+            engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+            assert_eq!(
+                engine.verify(&m).await.unwrap(),
+                Drift::None,
+                "{backend:?} after {args:?}"
+            );
+        }
+        // A whole-table flush of the nat table including chains.
+        let (ok, out) = ns.run(&ipt, &["-t", "nat", "-F"], "");
+        assert!(ok, "{out}");
+        let (ok, out) = ns.run(&ipt, &["-t", "nat", "-X"], "");
+        assert!(ok, "{out}");
+        assert!(matches!(engine.verify(&m).await.unwrap(), Drift::Found(_)));
+        engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+        assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+    }
+}
+
+#[tokio::test]
+async fn cleanup_leaves_foreign_rules() {
+    need_root!("cleanup_leaves_foreign_rules");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let foreign = "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d 172.16.9.9/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.9.9.9:80\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n*filter\n-A INPUT -s 198.51.100.1/32 -j DROP\nCOMMIT\n";
+        let (ok, out) = ns.run(&tool(backend, false, "restore"), &["--noflush"], foreign);
+        assert!(ok, "{out}");
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        let m = two_services();
+        engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+        assert!(save(&ns, backend, false).contains("SY-SERVICES"));
+        engine.cleanup().await.unwrap();
+        for v6 in [false, true] {
+            let saved = save(&ns, backend, v6);
+            assert!(!saved.contains("SY-"), "{backend:?} v6={v6}\n{saved}");
+            assert!(!saved.contains("switchyard"), "{saved}");
+            if !v6 {
+                assert!(
+                    saved.contains("-A KUBE-SERVICES -d 172.16.9.9/32"),
+                    "{saved}"
+                );
+                assert!(saved.contains("-A PREROUTING -j KUBE-SERVICES"), "{saved}");
+                assert!(
+                    saved.contains("-A INPUT -s 198.51.100.1/32 -j DROP"),
+                    "{saved}"
+                );
+            }
+        }
+        assert!(matches!(engine.verify(&m).await.unwrap(), Drift::Found(_)));
+        // Cleaning twice is fine; syncing again works.
+        engine.cleanup().await.unwrap();
+        engine.sync(&m, &ChangeSet::default()).await.unwrap();
+        assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+    }
+}
+
+#[tokio::test]
+async fn failed_restore_keeps_rules_and_next_sync_is_full() {
+    need_root!("failed_restore_keeps_rules_and_next_sync_is_full");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        let m1 = two_services();
+        engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+        let web = spn("default", "web", "http");
+        let gone = endpoint_chain(&web, &ep("10.0.1.5", 8080, false));
+        // A foreign rule referencing the endpoint chain: deleting it must fail.
+        let pin = format!("*nat\n:PIN - [0:0]\n-A PIN -j {gone}\nCOMMIT\n");
+        let (ok, out) = ns.run(&tool(backend, false, "restore"), &["--noflush"], &pin);
+        assert!(ok, "{out}");
+        let before = save(&ns, backend, false);
+        let mut m2 = m1.clone();
+        m2.services
+            .get_mut(&web)
+            .unwrap()
+            .cluster_endpoints
+            .retain(|e| e.ip.to_string() != "10.0.1.5");
+        let err = engine
+            .sync(&m2, &ChangeSet::between(&m1, &m2))
+            .await
+            .unwrap_err();
+        eprintln!("{backend:?}: {err}");
+        let after = save(&ns, backend, false);
+        let rules = |s: &str| {
+            s.lines()
+                .filter(|l| l.starts_with('-'))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rules(&before),
+            rules(&after),
+            "{backend:?}: a failed restore changed rules"
+        );
+        assert!(engine.next_sync_is_full());
+        // Unpin: the next (full, whatever it is asked) sync succeeds and removes the chain.
+        let (ok, out) = ns.run(&tool(backend, false, ""), &["-t", "nat", "-F", "PIN"], "");
+        assert!(ok, "{out}");
+        let report = engine
+            .sync(&m2, &ChangeSet::between(&m1, &m2))
+            .await
+            .unwrap();
+        assert!(report.full);
+        assert!(!save(&ns, backend, false).contains(&gone));
+        assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+    }
+}
+
+#[tokio::test]
+async fn detects_the_backend_with_more_rules() {
+    need_root!("detects_the_backend_with_more_rules");
+    let ns = Netns::new();
+    assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft, "empty: nft");
+    let rules = "*filter\n-A INPUT -s 198.51.100.1/32 -j DROP\n-A INPUT -s 198.51.100.2/32 -j DROP\nCOMMIT\n";
+    let (ok, out) = ns.run("iptables-legacy-restore", &["--noflush"], rules);
+    assert!(ok, "{out}");
+    assert_eq!(detect_backend(Some(&ns.name)), Backend::Legacy);
+    let mut engine = IptablesEngine::new(ns.options(Backend::Detect));
+    let m = two_services();
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.backend(), Some(Backend::Legacy));
+    assert_eq!(
+        engine.binaries().unwrap().iptables_restore,
+        "iptables-legacy-restore"
+    );
+    assert!(save(&ns, Backend::Legacy, false).contains("SY-SERVICES"));
+    assert!(!save(&ns, Backend::Nft, false).contains("SY-SERVICES"));
+    engine.cleanup().await.unwrap();
+    assert!(!save(&ns, Backend::Legacy, false).contains("SY-"));
+
+    let ns = Netns::new();
+    let (ok, out) = ns.run("iptables-nft-restore", &["--noflush"], rules);
+    assert!(ok, "{out}");
+    assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft);
+}
