@@ -300,24 +300,35 @@ fn flows_already_gone_are_not_an_error() {
     assert!(ns.listing("ipv4").is_empty());
 }
 
+/// Flows for the scale test: 600 by default (several dump datagrams, several delete
+/// batches); set `SWITCHYARD_CT_FLOWS` to try a node-sized table.
+fn scale_flows() -> u32 {
+    std::env::var("SWITCHYARD_CT_FLOWS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(600)
+}
+
 #[test]
 fn many_flows_span_several_datagrams_and_batches() {
     if !need_root() {
         return;
     }
+    let n = scale_flows();
+    assert!(
+        n % 2 == 0 && n <= 250 * 250,
+        "SWITCHYARD_CT_FLOWS: even, at most 62500"
+    );
     let ns = Netns::new();
-    // Load 600 flows at once (`conntrack -R` reads one `-I ...` per line).
+    // Load them at once (`conntrack -R` reads one `-I ...` per line).
     let mut script = String::new();
-    for i in 0..600u32 {
+    for i in 0..n {
         let reply = if i % 2 == 0 { V4.dead } else { V4.alive };
+        let client = format!("10.{}.{}.{}", 1 + i / 62500, i / 250 % 250, i % 250 + 2);
         script.push_str(&format!(
-            "-I -p udp -s 10.0.{}.{} -d {} --sport 40000 --dport 53 --reply-src {reply} \
-             --reply-dst 10.0.{}.{} --reply-port-src 5353 --reply-port-dst 40000 --timeout 120\n",
-            i / 200,
-            i % 200 + 2,
+            "-I -p udp -s {client} -d {} --sport 40000 --dport 53 --reply-src {reply} \
+             --reply-dst {client} --reply-port-src 5353 --reply-port-dst 40000 --timeout 120\n",
             V4.vip,
-            i / 200,
-            i % 200 + 2,
         ));
     }
     let file = std::env::temp_dir().join(format!("{}.ct", ns.name));
@@ -325,16 +336,18 @@ fn many_flows_span_several_datagrams_and_batches() {
     ns.conntrack(&["-R", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
 
-    let (listed, deleted) = ns.enter(|| {
+    let (listed, deleted, took) = ns.enter(|| {
         let mut ct = Conntrack::open().expect("open");
         let listed = ct.flows(IpFamily::V4).expect("flows").len();
+        let start = std::time::Instant::now();
         let deleted = ct
             .delete_matching(&[udp(Some(V4.vip), 53, Some(V4.dead))])
             .expect("delete");
-        (listed, deleted)
+        (listed, deleted, start.elapsed())
     });
-    assert_eq!((listed, deleted), (600, 300));
+    eprintln!("{n} flows: deleted {deleted} in {took:?}");
+    assert_eq!((listed, deleted), (n as usize, n as usize / 2));
     let left = ns.listing("ipv4");
-    assert_eq!(left.len(), 300);
+    assert_eq!(left.len(), n as usize / 2);
     assert!(left.iter().all(|l| l.ends_with(V4.alive)));
 }
