@@ -316,7 +316,7 @@ fn many_flows_span_several_datagrams_and_batches() {
     }
     let n = scale_flows();
     assert!(
-        n % 2 == 0 && n <= 250 * 250,
+        n.is_multiple_of(2) && n <= 250 * 250,
         "SWITCHYARD_CT_FLOWS: even, at most 62500"
     );
     let ns = Netns::new();
