@@ -25,8 +25,12 @@ use nix::{
 
 use crate::{echo::parse_echo_line, netns};
 
-/// Default per-probe timeout (TCP connect + read, or UDP reply).
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default per-probe timeout (TCP connect + read, or UDP reply). Longer than the 1 s
+/// initial SYN retransmission timeout on purpose: Linux ignores an ICMPv6 unreachable for
+/// the first SYN of an IPv6 connection and only fails the connect when the one for the
+/// retransmitted SYN arrives (~1.0 s), so a 1 s timeout would turn IPv6 REJECT into
+/// TIMEOUT.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use switchyard_e2e::{require_root, Outcome, Proto, Sandbox};
+use switchyard_e2e::{probe::PROBE_TIMEOUT, require_root, Outcome, Proto, Sandbox};
 
 const T: Duration = Duration::from_millis(800);
 
@@ -52,6 +52,12 @@ table ip sy_selftest {
     type filter hook forward priority 0;
     ip daddr 172.30.0.99 counter reject
     ip daddr 172.30.0.98 drop
+  }
+}
+table ip6 sy_selftest6 {
+  chain forward_filter {
+    type filter hook forward priority 0;
+    ip6 daddr fd00:172::99 reject
   }
 }
 "#;
@@ -141,6 +147,9 @@ fn sandbox_routes_probes_and_classifies() -> Result<()> {
     );
     let o = sb.probe("pod", sa("172.30.0.99:80"), Proto::Udp, T)?;
     ensure!(matches!(o, Outcome::Refused(_)), "reject udp: {o}");
+    // IPv6 TCP only fails on the ICMPv6 error for the retransmitted SYN (~1 s).
+    let o = sb.probe("pod6", sa("[fd00:172::99]:80"), Proto::Tcp, PROBE_TIMEOUT)?;
+    ensure!(matches!(o, Outcome::Refused(_)), "reject tcp6: {o}");
     let o = sb.probe(
         "pod",
         sa("172.30.0.98:80"),
