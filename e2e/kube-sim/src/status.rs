@@ -68,17 +68,24 @@ impl ApiError {
         e
     }
 
-    /// 422 Invalid.
+    /// 422 Invalid; `message` is `field: problem` items joined by "; " (or free text).
     pub fn invalid(kind: &str, name: &str, message: impl Into<String>) -> Self {
         let message = message.into();
+        let causes: Vec<Value> = message
+            .split("; ")
+            .map(|item| match item.split_once(": ") {
+                Some((field, m)) if !field.contains(' ') => {
+                    json!({"reason": "FieldValueInvalid", "field": field, "message": m})
+                }
+                _ => json!({"reason": "FieldValueInvalid", "message": item}),
+            })
+            .collect();
         let mut e = Self::new(
             422,
             "Invalid",
             format!("{kind} \"{name}\" is invalid: {message}"),
         );
-        e.details = Some(
-            json!({"name": name, "kind": kind, "causes": [{"reason": "FieldValueInvalid", "message": message}]}),
-        );
+        e.details = Some(json!({"name": name, "kind": kind, "causes": causes}));
         e
     }
 

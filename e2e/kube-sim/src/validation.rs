@@ -26,7 +26,7 @@ pub fn validate(schema: &Value, obj: &Value) -> Result<(), String> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors.join(", "))
+        Err(errors.join("; "))
     }
 }
 
