@@ -34,10 +34,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The agent binary: `$SWITCHYARD_BIN`, else `<workspace>/target/debug/switchyard`.
+/// The agent binary: `$SWITCHYARD_BIN` (a relative path is tried against the current
+/// directory, then the workspace root), else `<workspace>/target/debug/switchyard`.
 pub fn agent_binary() -> Result<PathBuf> {
     let path = match std::env::var_os("SWITCHYARD_BIN") {
-        Some(p) => PathBuf::from(p),
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.is_relative() && !p.is_file() {
+                workspace_root().join(p)
+            } else {
+                p
+            }
+        }
         None => workspace_root().join("target/debug/switchyard"),
     };
     if !path.is_file() {
