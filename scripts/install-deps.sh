@@ -13,6 +13,7 @@ have ipset || need+=(ipset)
 have pgrep || need+=(procps)
 have shellcheck || need+=(shellcheck)
 have jq || need+=(jq)
+have bpftool || need+=(bpftool)
 have cc || need+=(gcc)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -50,7 +50,7 @@ pub enum ManifestError {
     Invalid {
         file: PathBuf,
         #[source]
-        source: crate::validation::InvalidObject,
+        source: Box<crate::validation::InvalidObject>,
     },
 }
 
@@ -147,7 +147,7 @@ fn collect(path: &Path, doc: Value, out: &mut FileContents) {
                 Ok(()) => out.objects.push(object),
                 Err(source) => out.errors.push(ManifestError::Invalid {
                     file: path.to_path_buf(),
-                    source,
+                    source: Box::new(source),
                 }),
             }
         }

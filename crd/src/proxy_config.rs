@@ -82,19 +82,11 @@ impl std::str::FromStr for Mode {
     kind = "ProxyConfig",
     shortname = "pxc",
     status = "ProxyConfigStatus",
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodesSelected"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.nodesReady"),
-    printcolumn(
-        name = "Fallback",
-        type_ = "integer",
-        json_path = ".status.nodesOnFallback"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodesSelected"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.nodesReady"}"#,
+    printcolumn = r#"{"name":"Fallback","type":"integer","jsonPath":".status.nodesOnFallback"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.fallback) || !(self.mode in self.fallback)").message("fallback may not repeat mode"))]
 #[serde(rename_all = "camelCase")]
@@ -113,9 +105,11 @@ pub struct ProxyConfigSpec {
     pub fallback: Vec<Mode>,
     /// Full resync and drift-check period (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$')").message("must be a duration such as 30s, 1m30s or 500ms"))]
     pub sync_period: Option<String>,
     /// Minimum time between two syncs (default `1s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^(0|([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+)$')").message("must be a duration such as 1s or 500ms"))]
     pub min_sync_period: Option<String>,
     /// Pod CIDRs for local-traffic detection; empty = no detector.
     #[serde(
@@ -390,7 +384,7 @@ mod crd_tests {
             "isCIDR",
             "pxc",
             "enum",
-            "pattern",
+            "must be a duration",
         ] {
             assert!(y.contains(needle), "{needle} missing from\n{y}");
         }

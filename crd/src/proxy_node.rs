@@ -29,24 +29,12 @@ pub mod condition {
     kind = "ProxyNode",
     shortname = "pxn",
     status = "ProxyNodeStatus",
-    printcolumn(name = "Config", type_ = "string", json_path = ".status.config"),
-    printcolumn(
-        name = "Requested",
-        type_ = "string",
-        json_path = ".status.requestedMode"
-    ),
-    printcolumn(name = "Active", type_ = "string", json_path = ".status.activeMode"),
-    printcolumn(
-        name = "Fallback",
-        type_ = "boolean",
-        json_path = ".status.fallbackActive"
-    ),
-    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Config","type":"string","jsonPath":".status.config"}"#,
+    printcolumn = r#"{"name":"Requested","type":"string","jsonPath":".status.requestedMode"}"#,
+    printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeMode"}"#,
+    printcolumn = r#"{"name":"Fallback","type":"boolean","jsonPath":".status.fallbackActive"}"#,
+    printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyNodeSpec {
