@@ -9,12 +9,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use switchyard_conntrack::Conntrack;
 use switchyard_core::{
     health::{serve_healthz, serve_metrics, Health},
     manifests::ManifestDir,
     metrics::Metrics,
-    runner::{effective_config, ConfigSource, EngineFactory, SyncRunner},
-    ClusterState, EngineError, ProxyEngine,
+    runner::{effective_config, ConfigSource, EngineFactory, StaleFlowCleaner, SyncRunner},
+    ChangeSet, ClusterState, EngineError, NodeModel, ProxyEngine,
 };
 use switchyard_crd::{Mode, ModeCapability};
 use switchyard_nftables::{NftOptions, NftablesEngine};
@@ -111,6 +112,24 @@ impl EngineFactory for Engines {
                 reason: "engine not built".into(),
             }),
         }
+    }
+}
+
+/// Deletes stale UDP conntrack flows over netlink, as upstream kube-proxy does.
+struct UdpFlowCleaner(Conntrack);
+
+impl StaleFlowCleaner for UdpFlowCleaner {
+    fn clean(
+        &mut self,
+        old: &NodeModel,
+        new: &NodeModel,
+        changes: &ChangeSet,
+    ) -> Result<usize, String> {
+        let filters = switchyard_conntrack::stale_flow_filters(old, new, changes);
+        if filters.is_empty() {
+            return Ok(0);
+        }
+        tokio::task::block_in_place(|| self.0.delete_matching(&filters)).map_err(|e| e.to_string())
     }
 }
 
@@ -230,6 +249,13 @@ async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> 
         health,
         metrics,
     );
+    let runner = match Conntrack::open() {
+        Ok(ct) => runner.with_stale_flow_cleaner(Box::new(UdpFlowCleaner(ct))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open conntrack over netlink: stale UDP flows will not be cleaned");
+            runner
+        }
+    };
     runner.run(stop_rx).await;
     Ok(())
 }

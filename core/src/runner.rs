@@ -79,6 +79,18 @@ pub trait EngineFactory: Send + Sync {
     fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError>;
 }
 
+/// Removes conntrack entries that would keep UDP clients talking to endpoints that are
+/// gone (implemented over netlink outside core). Called after the new rules are in.
+pub trait StaleFlowCleaner: Send {
+    /// `old` is the model applied before `new`; returns how many flows were deleted.
+    fn clean(
+        &mut self,
+        old: &NodeModel,
+        new: &NodeModel,
+        changes: &ChangeSet,
+    ) -> Result<usize, String>;
+}
+
 /// What the node reports about itself (ProxyNode status, events, logs).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeStatus {
@@ -111,6 +123,11 @@ pub struct SyncRunner {
     status: watch::Sender<NodeStatus>,
     /// Metric labels set for the current choice, to reset on change.
     reported: Option<EngineChoice>,
+    stale_flows: Option<Box<dyn StaleFlowCleaner>>,
+    /// The last model applied successfully in this process, kept across failures: the
+    /// base for stale-flow cleanup. `None` until the first sync, so a restarted agent
+    /// leaves existing flows alone.
+    last_good: Option<NodeModel>,
 }
 
 /// Outcome of one pass, for tests and logs.
@@ -156,7 +173,15 @@ impl SyncRunner {
             applied: None,
             status,
             reported: None,
+            stale_flows: None,
+            last_good: None,
         }
+    }
+
+    /// Cleans stale UDP conntrack flows after each sync with `cleaner`.
+    pub fn with_stale_flow_cleaner(mut self, cleaner: Box<dyn StaleFlowCleaner>) -> Self {
+        self.stale_flows = Some(cleaner);
+        self
     }
 
     /// The mode of the engine programming the node, if any.
@@ -441,6 +466,16 @@ impl SyncRunner {
             }
             s.last_error = None;
         });
+        if let (Some(cleaner), Some(old)) = (self.stale_flows.as_mut(), self.last_good.as_ref()) {
+            match cleaner.clean(old, model, changes) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted stale UDP conntrack flows"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stale UDP conntrack cleanup failed; retried at the next change")
+                }
+            }
+        }
+        self.last_good = Some(model.clone());
         self.applied = Some(model.clone());
     }
 
