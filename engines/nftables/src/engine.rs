@@ -42,6 +42,8 @@ pub struct NftablesEngine {
     /// What the kernel holds, as far as the engine knows; `None` before the first
     /// successful sync and after a failure or cleanup (so the next sync is full).
     applied: Option<Applied>,
+    /// Rotates the chains `verify` samples on large tables.
+    verify_cursor: usize,
 }
 
 impl NftablesEngine {
@@ -49,6 +51,7 @@ impl NftablesEngine {
         NftablesEngine {
             options,
             applied: None,
+            verify_cursor: 0,
         }
     }
 
@@ -122,7 +125,7 @@ impl ProxyEngine for NftablesEngine {
             None => Ok(Drift::Found(
                 "no successful sync since start, failure or cleanup".to_string(),
             )),
-            Some(applied) => verify::verify(&self.options, applied).await,
+            Some(applied) => verify::verify(&self.options, applied, &mut self.verify_cursor).await,
         }
     }
 

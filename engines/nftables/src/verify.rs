@@ -1,6 +1,12 @@
-//! Drift detection: lists each table (`nft -a list table`, text, one run per family) and
-//! compares chain names, per-chain rule counts and map element counts with the record
-//! of what was applied.
+//! Drift detection: compares what the kernel lists with the record of what was applied.
+//!
+//! Listing every rule is expensive on large tables (the kernel's rule dump restarts its
+//! walk for every message: 8000 service ports x 5 endpoints take ~15 s), so:
+//! - chain names come from one `nft list chains` (both families);
+//! - map and set element counts from `nft list sets FAMILY` and `nft list maps FAMILY`;
+//! - per-chain rule counts from `nft -a list table` when the table holds at most
+//!   [`FULL_LISTING_MAX_RULES`] rules; above that, from `nft -a list chain` for a few
+//!   chains per call ([`SAMPLED_CHAINS`]), rotating so every chain is checked over time.
 
 use std::collections::HashMap;
 
@@ -13,26 +19,47 @@ use crate::{
     NftOptions,
 };
 
-/// What a listing shows: chains with rule counts, maps/sets with element counts.
+/// Largest table (in rules) whose rules are all listed on every verify.
+pub const FULL_LISTING_MAX_RULES: usize = 20_000;
+
+/// Chains whose rules are listed per family and verify, above that size.
+pub const SAMPLED_CHAINS: usize = 4;
+
+/// What a listing shows of our table: chains with rule counts, maps/sets with element
+/// counts.
 #[derive(Debug, Default)]
 pub struct Listing {
     pub chains: HashMap<String, usize>,
     pub maps: HashMap<String, usize>,
 }
 
-/// Parses `nft -a list table` output. Every rule line carries a `# handle N` comment;
-/// chain headers carry one too and are not rules; elements are comma-separated.
-pub fn parse_listing(text: &str) -> Listing {
+/// Parses `nft [-a] list ...` output, keeping only `table FAMILY switchyard`; `None` when
+/// that table is not in the output. With `-a`, every rule line carries a `# handle N`
+/// comment (chain headers carry one too and are not rules); elements are
+/// comma-separated.
+pub fn parse_listing(text: &str, family: Family) -> Option<Listing> {
     enum In {
         Nothing,
         Chain(String),
         Map(String),
         Elements(String),
     }
+    let header = format!("table {} {TABLE} {{", family.nft());
+    let mut found = false;
+    let mut ours = false;
     let mut listing = Listing::default();
     let mut current = In::Nothing;
     for line in text.lines() {
         let t = line.trim();
+        if t.starts_with("table ") {
+            ours = t.starts_with(&header);
+            found |= ours;
+            current = In::Nothing;
+            continue;
+        }
+        if !ours {
+            continue;
+        }
         match &mut current {
             In::Elements(name) => {
                 *listing.maps.entry(name.clone()).or_default() += t.matches(',').count();
@@ -83,36 +110,65 @@ pub fn parse_listing(text: &str) -> Listing {
             current = In::Map(name);
         }
     }
-    listing
+    found.then_some(listing)
 }
 
-/// Differences between a listing and the record, at most a few.
-pub fn compare(family: Family, listing: &Listing, record: &FamilyRecord) -> Vec<String> {
-    const MAX: usize = 5;
+const MAX_FINDINGS: usize = 5;
+
+/// Chains missing from or unexpected in `listing` (names only).
+pub fn compare_chain_names(
+    family: Family,
+    listing: &Listing,
+    record: &FamilyRecord,
+) -> Vec<String> {
     let fam = family.nft();
     let mut out = Vec::new();
-    let mut chains: Vec<(&String, &usize)> = record.chains.iter().collect();
-    chains.sort();
-    for (chain, rules) in chains {
-        match listing.chains.get(chain) {
-            None => out.push(format!("chain {fam} {TABLE} {chain} is missing")),
-            Some(n) if n != rules => out.push(format!(
-                "chain {fam} {TABLE} {chain} has {n} rules, expected {rules}"
-            )),
-            Some(_) => {}
-        }
-        if out.len() >= MAX {
-            return out;
+    for chain in record.chains.keys() {
+        if !listing.chains.contains_key(chain) {
+            out.push(format!("chain {fam} {TABLE} {chain} is missing"));
+            if out.len() >= MAX_FINDINGS {
+                return out;
+            }
         }
     }
     for chain in listing.chains.keys() {
         if !record.chains.contains_key(chain) {
             out.push(format!("unexpected chain {fam} {TABLE} {chain}"));
-            if out.len() >= MAX {
+            if out.len() >= MAX_FINDINGS {
                 return out;
             }
         }
     }
+    out
+}
+
+/// Rule counts of the chains `listing` shows that differ from the record.
+pub fn compare_rule_counts(
+    family: Family,
+    listing: &Listing,
+    record: &FamilyRecord,
+) -> Vec<String> {
+    let fam = family.nft();
+    let mut out = Vec::new();
+    for (chain, n) in &listing.chains {
+        if let Some(expected) = record.chains.get(chain) {
+            if n != expected {
+                out.push(format!(
+                    "chain {fam} {TABLE} {chain} has {n} rules, expected {expected}"
+                ));
+                if out.len() >= MAX_FINDINGS {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Element counts of the maps and sets, and presence of affinity sets.
+pub fn compare_maps(family: Family, listing: &Listing, record: &FamilyRecord) -> Vec<String> {
+    let fam = family.nft();
+    let mut out = Vec::new();
     for kind in MapKind::ALL {
         let expected = record.map_counts[kind.index()];
         match listing.maps.get(kind.name()) {
@@ -124,32 +180,107 @@ pub fn compare(family: Family, listing: &Listing, record: &FamilyRecord) -> Vec<
             Some(_) => {}
         }
     }
-    for set in &record.sets {
-        if !listing.maps.contains_key(set) {
-            out.push(format!("set {fam} {TABLE} {set} is missing"));
-            break;
-        }
+    if let Some(set) = record.sets.iter().find(|s| !listing.maps.contains_key(*s)) {
+        out.push(format!("set {fam} {TABLE} {set} is missing"));
     }
-    out.truncate(MAX);
     out
 }
 
-/// Lists both tables and compares them with `applied`.
-pub async fn verify(options: &NftOptions, applied: &Applied) -> Result<Drift, EngineError> {
+/// Every difference between a full `-a` listing of the table and the record (at most a
+/// few of each kind).
+pub fn compare(family: Family, listing: &Listing, record: &FamilyRecord) -> Vec<String> {
+    let mut out = compare_chain_names(family, listing, record);
+    out.extend(compare_rule_counts(family, listing, record));
+    out.extend(compare_maps(family, listing, record));
+    out
+}
+
+/// Runs `nft ARGS`; a refusal (e.g. no such table) is a finding, not an error.
+async fn list(
+    options: &NftOptions,
+    args: &[&str],
+    found: &mut Vec<String>,
+) -> Result<Option<String>, EngineError> {
+    match apply::run(options, args, "").await {
+        Ok(text) => Ok(Some(text)),
+        Err(EngineError::Apply { message, .. }) => {
+            found.push(format!("nft {} failed: {message}", args.join(" ")));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Compares the kernel with `applied`. `cursor` rotates the sampled chains of large
+/// tables between calls.
+pub async fn verify(
+    options: &NftOptions,
+    applied: &Applied,
+    cursor: &mut usize,
+) -> Result<Drift, EngineError> {
     let mut found = Vec::new();
+    let Some(chains_text) = list(options, &["list", "chains"], &mut found).await? else {
+        return Ok(Drift::Found(found.join("; ")));
+    };
     for family in Family::BOTH {
         let fam = family.nft();
-        match apply::run(options, &["-a", "list", "table", fam, TABLE], "").await {
-            Ok(text) => {
-                let listing = parse_listing(&text);
-                found.extend(compare(family, &listing, &applied.families[family.index()]));
+        let record = &applied.families[family.index()];
+        let Some(chains) = parse_listing(&chains_text, family) else {
+            found.push(format!("table {fam} {TABLE} is missing"));
+            continue;
+        };
+        found.extend(compare_chain_names(family, &chains, record));
+        let sets = list(options, &["list", "sets", fam], &mut found).await?;
+        let maps = list(options, &["list", "maps", fam], &mut found).await?;
+        if let (Some(sets), Some(maps)) = (sets, maps) {
+            let mut listing = parse_listing(&sets, family).unwrap_or_default();
+            let maps = parse_listing(&maps, family).unwrap_or_default();
+            listing.maps.extend(maps.maps);
+            found.extend(compare_maps(family, &listing, record));
+        }
+        if record.rule_count() <= FULL_LISTING_MAX_RULES {
+            if let Some(text) =
+                list(options, &["-a", "list", "table", fam, TABLE], &mut found).await?
+            {
+                let rules = parse_listing(&text, family).unwrap_or_default();
+                found.extend(compare_rule_counts(family, &rules, record));
+                for chain in record.chains.keys() {
+                    if !rules.chains.contains_key(chain) && chains.chains.contains_key(chain) {
+                        found.push(format!(
+                            "chain {fam} {TABLE} {chain} vanished while listing"
+                        ));
+                        break;
+                    }
+                }
             }
-            Err(EngineError::Apply { message, .. }) => {
-                found.push(format!("table {fam} {TABLE} cannot be listed: {message}"));
+        } else {
+            let n = record.chains.len();
+            let start = *cursor % n.max(1);
+            let sample: Vec<&String> = record
+                .chains
+                .keys()
+                .cycle()
+                .skip(start)
+                .take(SAMPLED_CHAINS.min(n))
+                .collect();
+            for chain in sample {
+                if !chains.chains.contains_key(chain) {
+                    continue; // already reported missing
+                }
+                if let Some(text) = list(
+                    options,
+                    &["-a", "list", "chain", fam, TABLE, chain],
+                    &mut found,
+                )
+                .await?
+                {
+                    let rules = parse_listing(&text, family).unwrap_or_default();
+                    found.extend(compare_rule_counts(family, &rules, record));
+                }
             }
-            Err(e) => return Err(e),
         }
     }
+    *cursor = cursor.wrapping_add(SAMPLED_CHAINS);
     Ok(if found.is_empty() {
         Drift::None
     } else {
@@ -164,7 +295,8 @@ mod tests {
     #[test]
     fn parses_chains_and_elements() {
         let text = "table ip switchyard { # handle 2\n\tset nodeport-ips { # handle 7\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 192.168.0.0/24 }\n\t}\n\n\tmap service-ips { # handle 8\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\telements = { 10.0.0.1 . tcp . 80 : goto svc-a,\n\t\t\t     10.0.0.2 . tcp . 80 : goto svc-b }\n\t}\n\tmap service-nodeports { # handle 9\n\t\ttype inet_proto . inet_service : verdict\n\t}\n\tchain nat-prerouting { # handle 1\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services # handle 11\n\t}\n\tchain svc-a { # handle 3\n\t}\n}\n";
-        let l = parse_listing(text);
+        let l = parse_listing(text, Family::Ip).unwrap();
+        assert!(parse_listing(text, Family::Ip6).is_none());
         assert_eq!(l.maps["service-ips"], 2);
         assert_eq!(l.maps["service-nodeports"], 0);
         assert_eq!(l.maps["nodeport-ips"], 1);

@@ -262,6 +262,7 @@ async fn scale_timings() {
     let partial = start.elapsed();
     assert!(!report.full);
     if let Ok(dir) = std::env::var("SY_NFT_DUMP") {
+        std::fs::write(format!("{dir}/applied.nft"), &text).unwrap();
         let applied = switchyard_nftables::render_full(&m1);
         std::fs::write(format!("{dir}/full.nft"), applied).unwrap();
         let mut m3 = m2.clone();
