@@ -87,7 +87,12 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: needs root (network namespaces, nftables); CI=true so this is a failure");
     }
-    eprintln!("\n*** SKIPPED: {test} needs root (network namespaces, nftables) ***\n");
+    // Written to the stderr handle directly so the test harness's capture does not hide it.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n*** SKIPPED: {test} needs root (network namespaces, nftables) ***\n\n")
+            .as_bytes(),
+    );
     false
 }
 
