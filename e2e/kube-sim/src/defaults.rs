@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 /// Allocators for Service addresses and node ports, aware of what is in use.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Allocators {
     next_ip: u32,
     next_node_port: i64,

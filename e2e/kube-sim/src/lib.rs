@@ -10,12 +10,14 @@
 //! - [`patch`]: merge, strategic merge, JSON patch, server-side apply merge.
 //! - [`selector`]: label and field selectors.
 //! - [`table`]: `Table` output for kubectl (printer columns, JSONPath, ages).
+//! - [`protobuf`]: minimal decoding of kubectl's protobuf request bodies.
 //! - [`validation`]: CRD schema checks (required, enum, types).
 //! - [`defaults`]: Service defaulting (cluster IP and node port allocation).
 //! - [`status`]: errors as `Status` objects.
 
 pub mod defaults;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;

@@ -306,7 +306,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     if ct.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(ct));
+        return crate::protobuf::decode(body).ok_or_else(|| ApiError::unsupported_media_type(ct));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
@@ -383,10 +383,15 @@ fn serve(
             return discovery(&store, &other).map(|v| Answer::Json(200, v));
         }
     };
-    if q.get("dryRun").is_some_and(|d| !d.is_empty()) && method != Method::GET {
-        return Err(ApiError::bad_request("dryRun is not supported by kube-sim"));
-    }
-    let mut store = shared.store.lock().expect("store lock");
+    let mut guard = shared.store.lock().expect("store lock");
+    // dryRun: run the request against a throwaway copy of the store.
+    let mut scratch;
+    let store: &mut Store = if q.get("dryRun").is_some_and(|d| !d.is_empty()) {
+        scratch = guard.dry_run_copy();
+        &mut scratch
+    } else {
+        &mut guard
+    };
     let rt = store
         .find(&rp.group, &rp.version, &rp.plural)
         .ok_or_else(|| ApiError::no_route(uri.path()))?;

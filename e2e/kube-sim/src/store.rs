@@ -119,6 +119,21 @@ impl Store {
         s
     }
 
+    /// A copy for dry runs: same objects, a private event channel.
+    pub fn dry_run_copy(&self) -> Store {
+        Store {
+            rv: self.rv,
+            types: self.types.clone(),
+            objects: self.objects.clone(),
+            history: VecDeque::new(),
+            history_cap: self.history_cap,
+            compacted: self.rv,
+            tx: broadcast::channel(16).0,
+            alloc: self.alloc.clone(),
+            uid_counter: self.uid_counter,
+        }
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.rv

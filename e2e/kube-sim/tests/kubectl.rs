@@ -1,0 +1,384 @@
+//! kubectl 1.32 against the simulator: discovery, apply (client- and server-side), get with
+//! server-side Table printing (built-in and CRD printer columns), patch, edit, delete, diff.
+//! Skipped when `/usr/bin/kubectl` is absent.
+
+use std::path::{Path, PathBuf};
+
+use switchyard_kube_sim::KubeSim;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+struct Kubectl {
+    _sim: KubeSim,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    async fn start(name: &str) -> Option<Kubectl> {
+        if !Path::new(KUBECTL).exists() {
+            eprintln!("skipping: {KUBECTL} not found");
+            return None;
+        }
+        let sim = KubeSim::start().await.unwrap();
+        let dir = std::env::temp_dir().join(format!("kube-sim-{name}-{}", sim.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+        Some(Kubectl {
+            _sim: sim,
+            dir,
+            kubeconfig,
+        })
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let mut cmd = tokio::process::Command::new(KUBECTL);
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.dir)
+            .env_remove("KUBECTL_EXTERNAL_DIFF");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        self.run_env(args, &[]).await
+    }
+
+    /// Runs kubectl, asserting success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+}
+
+impl Drop for Kubectl {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn header(out: &str) -> Vec<String> {
+    out.lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn row<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    out.lines()
+        .find(|l| l.split_whitespace().any(|w| w == name))
+        .unwrap_or_else(|| panic!("no row {name} in:\n{out}"))
+        .split_whitespace()
+        .collect()
+}
+
+const NODE: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: test-node
+  labels: {topology.kubernetes.io/zone: zone-a}
+spec:
+  podCIDR: 10.0.0.0/8
+status:
+  addresses: [{type: InternalIP, address: 192.168.0.2}]
+  conditions: [{type: Ready, status: \"True\"}]
+  nodeInfo: {kubeletVersion: v1.32.0}
+";
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+";
+
+#[tokio::test]
+async fn nodes_services_apply_get_delete() {
+    let Some(k) = Kubectl::start("svc").await else {
+        return;
+    };
+    k.ok(&["version"]).await;
+    let node = k.file("node.yaml", NODE);
+    k.ok(&["apply", "-f", &node]).await;
+    let out = k.ok(&["get", "nodes"]).await;
+    assert_eq!(header(&out), ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(row(&out, "test-node")[1], "Ready");
+
+    let ns = k.file(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+    k.ok(&["apply", "-f", &ns]).await;
+    let svc = k.file("svc.yaml", SERVICE);
+    let out = k.ok(&["apply", "-f", &svc]).await;
+    assert!(out.contains("service/web created"), "{out}");
+    let out = k.ok(&["apply", "-f", &svc]).await;
+    assert!(out.contains("service/web unchanged"), "{out}");
+    let svc2 = k.file("svc2.yaml", &SERVICE.replace("8080", "9090"));
+    let out = k.ok(&["apply", "-f", &svc2]).await;
+    assert!(out.contains("service/web configured"), "{out}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.ports[0].targetPort}"
+        ])
+        .await,
+        "9090"
+    );
+
+    let out = k.ok(&["get", "svc", "-A"]).await;
+    assert_eq!(
+        header(&out),
+        [
+            "NAMESPACE",
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let r = row(&out, "web");
+    assert_eq!(&r[..3], ["shop", "web", "ClusterIP"]);
+    assert!(r[3].starts_with("10.96."), "{out}");
+    assert_eq!(r[5], "80/TCP");
+
+    let out = k
+        .ok(&["get", "svc", "-n", "shop", "-l", "app=web", "-o", "name"])
+        .await;
+    assert_eq!(out.trim(), "service/web");
+    let out = k
+        .ok(&["get", "svc", "-n", "shop", "-l", "app!=web", "-o", "name"])
+        .await;
+    assert_eq!(out.trim(), "");
+
+    // Server-side apply and typed-client creates (protobuf bodies).
+    let out = k.ok(&["apply", "--server-side", "-f", &svc]).await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    k.ok(&["create", "namespace", "team-a"]).await;
+    assert!(k.ok(&["get", "ns"]).await.contains("team-a"));
+
+    let out = k.ok(&["delete", "svc", "web", "-n", "shop"]).await;
+    assert!(out.contains("service \"web\" deleted"), "{out}");
+    let (ok, out, err) = k.run(&["get", "svc", "-A"]).await;
+    assert!(
+        ok && out.is_empty() && err.contains("No resources found"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = k.run(&["get", "svc", "web", "-n", "shop"]).await;
+    assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: proxyconfigs.switchyard.dev
+spec:
+  group: switchyard.dev
+  names: {kind: ProxyConfig, plural: proxyconfigs, singular: proxyconfig, shortNames: [pxc]}
+  scope: Cluster
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {jsonPath: .spec.mode, name: Mode, type: string}
+    - {jsonPath: .status.nodesReady, name: Ready, type: integer}
+    - {jsonPath: '.status.conditions[?(@.type=="FallbackActive")].status', name: Fallback, type: string}
+    - {jsonPath: .metadata.creationTimestamp, name: Age, type: date}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              mode: {type: string, enum: [iptables, nftables, ipvs, ebpf, auto]}
+              priority: {type: integer}
+          status:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"#;
+
+const PXC: &str = "apiVersion: switchyard.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: default}
+spec: {mode: nftables, priority: 10}
+";
+
+#[tokio::test]
+async fn crd_printer_columns_patch_edit() {
+    let Some(k) = Kubectl::start("crd").await else {
+        return;
+    };
+    let crd = k.file("crd.yaml", CRD);
+    k.ok(&["apply", "-f", &crd]).await;
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/proxyconfigs.switchyard.dev",
+        "--timeout=10s",
+    ])
+    .await;
+    assert!(k.ok(&["api-resources"]).await.contains("proxyconfigs"));
+    let pxc = k.file("pxc.yaml", PXC);
+    k.ok(&["apply", "-f", &pxc]).await;
+    k.ok(&[
+        "patch",
+        "proxyconfig",
+        "default",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"nodesReady":2,"conditions":[{"type":"FallbackActive","status":"False"}]}}"#,
+    ])
+    .await;
+
+    for args in [
+        &["get", "proxyconfigs"][..],
+        &["get", "pxc"],
+        &["get", "proxyconfig.switchyard.dev"],
+    ] {
+        let out = k.ok(args).await;
+        assert_eq!(
+            header(&out),
+            ["NAME", "MODE", "READY", "FALLBACK", "AGE"],
+            "{out}"
+        );
+        let r = row(&out, "default");
+        assert_eq!(&r[..4], ["default", "nftables", "2", "False"], "{out}");
+        assert!(r[4].ends_with('s'), "{out}");
+    }
+
+    let yaml = k.ok(&["get", "ProxyConfig", "default", "-o", "yaml"]).await;
+    assert!(
+        yaml.contains("kind: ProxyConfig") && yaml.contains("mode: nftables"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("nodesReady: 2"), "{yaml}");
+
+    let out = k
+        .ok(&[
+            "patch",
+            "pxc",
+            "default",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"mode":"iptables"}}"#,
+        ])
+        .await;
+    assert!(out.contains("patched"), "{out}");
+    assert_eq!(
+        k.ok(&["get", "pxc", "default", "-o", "jsonpath={.spec.mode}"])
+            .await,
+        "iptables"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pxc",
+            "default",
+            "-o",
+            "jsonpath={.metadata.generation}"
+        ])
+        .await,
+        "2"
+    );
+
+    let (ok, _, err) = k
+        .run(&[
+            "patch",
+            "pxc",
+            "default",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"mode":"bogus"}}"#,
+        ])
+        .await;
+    assert!(
+        !ok && err.contains("spec.mode") && err.contains("Unsupported value"),
+        "{err}"
+    );
+
+    let out = k
+        .ok(&[
+            "patch",
+            "pxc",
+            "default",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/priority","value":20}]"#,
+        ])
+        .await;
+    assert!(out.contains("patched"), "{out}");
+
+    let (ok, out, err) = k
+        .run_env(
+            &["edit", "pxc", "default"],
+            &[("EDITOR", "sed -i s/iptables/ipvs/"), ("KUBE_EDITOR", "")],
+        )
+        .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        k.ok(&["get", "pxc", "default", "-o", "jsonpath={.spec.mode}"])
+            .await,
+        "ipvs"
+    );
+
+    let pxc2 = k.file("pxc2.yaml", &PXC.replace("nftables", "ebpf"));
+    let (_, diff, _) = k.run(&["diff", "-f", &pxc2]).await;
+    assert!(diff.contains("+  mode: ebpf"), "{diff}");
+    assert_eq!(
+        k.ok(&["get", "pxc", "default", "-o", "jsonpath={.spec.mode}"])
+            .await,
+        "ipvs",
+        "diff is a dry run"
+    );
+
+    let out = k.ok(&["delete", "-f", &pxc]).await;
+    assert!(out.contains("deleted"), "{out}");
+    k.ok(&["delete", "crd", "proxyconfigs.switchyard.dev"])
+        .await;
+    let (ok, _, err) = k.run(&["get", "pxc"]).await;
+    // kubectl's discovery cache may still name the type; either way the API is gone.
+    assert!(
+        !ok && (err.contains("doesn't have a resource type") || err.contains("NotFound")),
+        "{err}"
+    );
+}
