@@ -130,3 +130,20 @@ fn external_policy_local_without_local_endpoints_drops() {
     assert!(text.contains("tcp . 30082 : drop"));
     assert!(text.contains("172.16.0.15 . tcp . 80 : drop"));
 }
+
+/// Render cost at scale (`cargo test --release -- --ignored render_scale`).
+#[test]
+#[ignore]
+fn render_scale() {
+    let m = big_model(50_000, 5);
+    let start = std::time::Instant::now();
+    let (text, _) = switchyard_nftables::render::render_full_with_record(&m);
+    eprintln!(
+        "render 50k x 5: {:?}, {} bytes",
+        start.elapsed(),
+        text.len()
+    );
+    if let Ok(dir) = std::env::var("SY_NFT_DUMP") {
+        std::fs::write(format!("{dir}/full50k.nft"), text).unwrap();
+    }
+}
