@@ -49,11 +49,25 @@ enum Command {
     },
     /// Node agent watching the API server (DaemonSet).
     Agent {
-        #[arg(long)]
+        /// This node's name (the DaemonSet passes spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
         node_name: String,
+        /// Engine to run, overriding the ProxyConfig's mode.
+        #[arg(long)]
+        mode: Option<Mode>,
     },
-    /// Aggregates ProxyNode status into ProxyConfig status.
-    Operator,
+    /// Aggregates ProxyNode status into ProxyConfig status (leader-elected).
+    Operator {
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+        namespace: String,
+        /// This replica's identity in the Lease (default: POD_NAME, else host and pid).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Reconcile period.
+        #[arg(long, default_value = "2s")]
+        period: String,
+    },
     /// What this kernel supports, per mode.
     Probe {
         #[arg(long, default_value = "table")]
@@ -89,10 +103,12 @@ fn main() -> Result<()> {
             print!("{}", switchyard_crd::crds_yaml());
             Ok(())
         }
-        Command::Agent { .. } => bail!(
-            "`switchyard agent` (API-server source) is not built yet; use `switchyard run --manifests DIR` for now"
-        ),
-        Command::Operator => bail!("`switchyard operator` is not built yet"),
+        Command::Agent { node_name, mode } => runtime.block_on(run_agent(node_name, mode)),
+        Command::Operator {
+            namespace,
+            identity,
+            period,
+        } => runtime.block_on(run_operator(namespace, identity, period)),
         Command::Probe { output } => probe_command(&output),
     }
 }
@@ -189,74 +205,140 @@ fn probe_command(output: &str) -> Result<()> {
     Ok(())
 }
 
+/// What both node modes share once their source is feeding `state`: probe, servers,
+/// runner, conntrack cleanup; `api` also publishes the ProxyNode status.
+struct NodeSide {
+    node_name: String,
+    source: ConfigSource,
+    state: Arc<Mutex<ClusterState>>,
+    notify: Arc<Notify>,
+    metrics: Metrics,
+}
+
+impl NodeSide {
+    fn new(node_name: String, mode: Option<Mode>) -> Self {
+        NodeSide {
+            node_name,
+            source: ConfigSource {
+                mode_override: mode,
+            },
+            state: Arc::new(Mutex::new(ClusterState::default())),
+            notify: Arc::new(Notify::new()),
+            metrics: Metrics::new(),
+        }
+    }
+
+    async fn run(self, origin: String, api: Option<kube::Client>) -> Result<()> {
+        let config = {
+            let state = self.state.lock().expect("state lock");
+            if state.node(&self.node_name).is_none() {
+                tracing::warn!(node = %self.node_name, "no Node object for this node yet: NodePorts have no default address until it appears");
+            }
+            effective_config(&state, &self.node_name, &self.source).config
+        };
+        let report = tokio::task::spawn_blocking(|| Probe::new().run(&Mode::ENGINES)).await?;
+        let caps = capabilities(&report);
+        for c in &caps {
+            tracing::info!(mode = %c.mode, usable = c.available, detail = %c.detail, "probe");
+        }
+        tracing::info!(
+            requested = %config.mode,
+            node = %self.node_name,
+            source = %origin,
+            healthz = %config.healthz_bind_address,
+            metrics = %config.metrics_bind_address,
+            "switchyard running"
+        );
+        let health = Health::new(config.sync_period);
+        spawn_server(
+            "healthz",
+            serve_healthz(config.healthz_bind_address, health.clone()),
+        );
+        spawn_server(
+            "metrics",
+            serve_metrics(config.metrics_bind_address, self.metrics.clone()),
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let runner = SyncRunner::new(
+            Arc::new(Engines),
+            caps,
+            self.state,
+            self.notify,
+            self.node_name.clone(),
+            self.source,
+            health,
+            self.metrics,
+        );
+        let runner = match Conntrack::open() {
+            Ok(ct) => runner.with_stale_flow_cleaner(Box::new(UdpFlowCleaner(ct))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open conntrack over netlink: stale UDP flows will not be cleaned");
+                runner
+            }
+        };
+        if let Some(client) = api {
+            tokio::spawn(switchyard_agent::publish_status(
+                client,
+                self.node_name,
+                runner.status(),
+            ));
+        }
+        runner.run(stop_rx).await;
+        Ok(())
+    }
+}
+
 async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> Result<()> {
     if !dir.is_dir() {
         bail!("--manifests {}: not a directory", dir.display());
     }
-    let metrics = Metrics::new();
-    let state = Arc::new(Mutex::new(ClusterState::default()));
-    let notify = Arc::new(Notify::new());
-    let source = ConfigSource {
-        mode_override: mode,
-    };
-    ManifestDir::new(&dir, metrics.clone()).follow(
-        state.clone(),
-        notify.clone(),
+    let node = NodeSide::new(node_name, mode);
+    ManifestDir::new(&dir, node.metrics.clone()).follow(
+        node.state.clone(),
+        node.notify.clone(),
         Duration::from_millis(200),
     );
-    let config = {
-        let state = state.lock().expect("state lock");
-        if state.node(&node_name).is_none() {
-            tracing::warn!(node = %node_name, "no Node object for this node in the manifests yet: NodePorts have no default address until it appears");
-        }
-        effective_config(&state, &node_name, &source).config
-    };
-    let report = tokio::task::spawn_blocking(|| Probe::new().run(&Mode::ENGINES)).await?;
-    let caps = capabilities(&report);
-    for c in &caps {
-        tracing::info!(mode = %c.mode, usable = c.available, detail = %c.detail, "probe");
-    }
-    tracing::info!(
-        requested = %config.mode,
-        node = %node_name,
-        manifests = %dir.display(),
-        healthz = %config.healthz_bind_address,
-        metrics = %config.metrics_bind_address,
-        "switchyard running"
-    );
-    let health = Health::new(config.sync_period);
-    spawn_server(
-        "healthz",
-        serve_healthz(config.healthz_bind_address, health.clone()),
-    );
-    spawn_server(
-        "metrics",
-        serve_metrics(config.metrics_bind_address, metrics.clone()),
-    );
+    node.run(format!("manifests {}", dir.display()), None).await
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let runner = SyncRunner::new(
-        Arc::new(Engines),
-        caps,
-        state,
-        notify,
-        node_name,
-        source,
-        health,
-        metrics,
+async fn run_agent(node_name: String, mode: Option<Mode>) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let node = NodeSide::new(node_name, mode);
+    let mut ready = switchyard_agent::follow_cluster(
+        client.clone(),
+        &node.node_name,
+        node.state.clone(),
+        node.notify.clone(),
+        node.metrics.clone(),
     );
-    let runner = match Conntrack::open() {
-        Ok(ct) => runner.with_stale_flow_cleaner(Box::new(UdpFlowCleaner(ct))),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot open conntrack over netlink: stale UDP flows will not be cleaned");
-            runner
-        }
-    };
-    runner.run(stop_rx).await;
+    tracing::info!("waiting for the initial lists of Services, EndpointSlices, the Node and ProxyConfigs (no rule is touched before)");
+    while !*ready.borrow_and_update() {
+        ready.changed().await.context("watchers stopped")?;
+    }
+    node.run("API server".to_string(), Some(client)).await
+}
+
+async fn run_operator(namespace: String, identity: Option<String>, period: String) -> Result<()> {
+    let period = switchyard_crd::parse_duration(&period).context("--period")?;
+    let identity = identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    tracing::info!(%identity, %namespace, "switchyard operator running");
+    tokio::select! {
+        _ = switchyard_operator::run(client, identity, namespace, period) => {}
+        _ = wait_for_signal() => tracing::info!("stopping"),
+    }
     Ok(())
 }
 

@@ -120,6 +120,32 @@ impl ClusterState {
         removed
     }
 
+    /// Every key of one kind (for a source that relisted and must drop what is gone).
+    pub fn keys(&self, kind: ObjectKind) -> Vec<ObjectKey> {
+        match kind {
+            ObjectKind::Service => self.services.keys().cloned().collect(),
+            ObjectKind::EndpointSlice => self.endpoint_slices.keys().cloned().collect(),
+            ObjectKind::Node => self
+                .nodes
+                .keys()
+                .map(|name| ObjectKey {
+                    kind,
+                    namespace: String::new(),
+                    name: name.clone(),
+                })
+                .collect(),
+            ObjectKind::ProxyConfig => self
+                .proxy_configs
+                .keys()
+                .map(|name| ObjectKey {
+                    kind,
+                    namespace: String::new(),
+                    name: name.clone(),
+                })
+                .collect(),
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
