@@ -12,10 +12,12 @@
 //! - [`table`]: `Table` output for kubectl (printer columns, JSONPath, ages).
 //! - [`protobuf`]: minimal decoding of kubectl's protobuf request bodies.
 //! - [`validation`]: CRD schema checks (required, enum, types).
+//! - [`events`]: core/v1 ⇄ events.k8s.io/v1 Event conversion (shared storage).
 //! - [`defaults`]: Service defaulting (cluster IP and node port allocation).
 //! - [`status`]: errors as `Status` objects.
 
 pub mod defaults;
+pub mod events;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

@@ -42,8 +42,12 @@ impl ResourceType {
         }
     }
 
-    /// The storage key shared by all versions of a resource.
+    /// The storage key shared by all versions of a resource (events.k8s.io Events share
+    /// the core Events' storage).
     pub fn store_key(&self) -> String {
+        if crate::events::is_events_v1(&self.group, &self.plural) {
+            return "/events".into();
+        }
         format!("{}/{}", self.group, self.plural)
     }
 

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::defaults::Allocators;
+use crate::events;
 use crate::patch;
 use crate::registry::{self, ResourceType};
 use crate::selector::Selectors;
@@ -161,14 +162,18 @@ impl Store {
     fn storage_api_version(&self, rt: &ResourceType) -> String {
         self.types
             .iter()
-            .find(|t| t.group == rt.group && t.plural == rt.plural)
+            .find(|t| t.store_key() == rt.store_key())
             .map(ResourceType::api_version)
             .unwrap_or_else(|| rt.api_version())
     }
 
     /// The object as seen through `rt` (its apiVersion/kind).
     pub fn present(rt: &ResourceType, obj: &Value) -> Value {
-        let mut o = obj.clone();
+        let mut o = if events::is_events_v1(&rt.group, &rt.plural) {
+            events::to_events_v1(obj)
+        } else {
+            obj.clone()
+        };
         o["apiVersion"] = json!(rt.api_version());
         o["kind"] = json!(rt.kind);
         o
@@ -247,8 +252,8 @@ impl Store {
             .map(|m| {
                 m.iter()
                     .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
-                    .filter(|(_, o)| sel.matches(o))
                     .map(|(_, o)| Self::present(rt, o))
+                    .filter(|o| sel.matches(o))
                     .collect()
             })
             .unwrap_or_default();
@@ -266,6 +271,15 @@ impl Store {
         self.get_raw(rt, ns, name)
             .map(|o| Self::present(rt, o))
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
+    }
+
+    /// The stored shape of an object written through `rt`.
+    fn to_storage(rt: &ResourceType, obj: Value) -> Value {
+        if events::is_events_v1(&rt.group, &rt.plural) {
+            events::to_core(&obj)
+        } else {
+            obj
+        }
     }
 
     fn check_body(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
@@ -327,6 +341,7 @@ impl Store {
         mut obj: Value,
     ) -> Result<Value, ApiError> {
         Self::check_body(rt, ns, &mut obj)?;
+        let mut obj = Self::to_storage(rt, obj);
         let now = now_rfc3339();
         let uid = self.next_uid();
         let suffix = self.random_suffix();
@@ -503,6 +518,7 @@ impl Store {
         status_only: bool,
     ) -> Result<Value, ApiError> {
         Self::check_body(rt, ns, &mut obj)?;
+        let obj = Self::to_storage(rt, obj);
         let ns_key = ns.unwrap_or("");
         let Some(old) = self.get_raw(rt, ns_key, name).cloned() else {
             if status_only {
@@ -602,6 +618,7 @@ impl Store {
             ));
         }
         new["apiVersion"] = old["apiVersion"].clone();
+        let new = Self::to_storage(rt, new);
         self.replace(rt, old, new, status_only)
     }
 

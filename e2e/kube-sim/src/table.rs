@@ -428,14 +428,66 @@ fn columns(rt: &ResourceType) -> (Vec<Value>, CellFn) {
                 s("Roles"),
                 age_column(),
                 s("Version"),
+                column_def("Internal-IP", "string", "", "", 1),
+                column_def("External-IP", "string", "", "", 1),
             ],
             Box::new(move |o| {
+                let addr = |t: &str| {
+                    o["status"]["addresses"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|x| x["type"] == t))
+                        .and_then(|x| x["address"].as_str())
+                        .unwrap_or("<none>")
+                        .to_string()
+                };
                 vec![
                     name(o),
                     json!(node_status(o)),
                     json!(node_roles(o)),
                     created(o),
                     json!(str_or(&o["status"]["nodeInfo"]["kubeletVersion"], "")),
+                    json!(addr("InternalIP")),
+                    json!(addr("ExternalIP")),
+                ]
+            }),
+        ),
+        (_, "events") => (
+            vec![
+                s("Last Seen"),
+                s("Type"),
+                s("Reason"),
+                s("Object"),
+                s("Message"),
+                column_def("Name", "string", "name", "", 1),
+            ],
+            Box::new(move |o| {
+                let last = [
+                    &o["series"]["lastObservedTime"],
+                    &o["lastTimestamp"],
+                    &o["deprecatedLastTimestamp"],
+                    &o["eventTime"],
+                    &o["metadata"]["creationTimestamp"],
+                ]
+                .into_iter()
+                .find_map(|v| v.as_str());
+                let regarding = if o["involvedObject"].is_object() {
+                    &o["involvedObject"]
+                } else {
+                    &o["regarding"]
+                };
+                let object = format!(
+                    "{}/{}",
+                    str_or(&regarding["kind"], "").to_lowercase(),
+                    str_or(&regarding["name"], "")
+                );
+                let message = o["message"].as_str().or(o["note"].as_str()).unwrap_or("");
+                vec![
+                    age(last),
+                    json!(str_or(&o["type"], "")),
+                    json!(str_or(&o["reason"], "")),
+                    json!(object),
+                    json!(message),
+                    name(o),
                 ]
             }),
         ),

@@ -49,8 +49,8 @@ impl WatchRequest {
         ns_ok && self.selectors.matches(obj)
     }
 
-    fn render(&self, obj: &Value) -> Value {
-        let o = Store::present(&self.rt, obj);
+    /// Wraps an already presented object as kubectl asked.
+    fn render(&self, o: Value) -> Value {
         match self.table {
             Some(inc) => {
                 let rv = o["metadata"]["resourceVersion"]
@@ -68,8 +68,12 @@ impl WatchRequest {
         if ev.key != self.rt.store_key() {
             return None;
         }
-        let now = self.wants(&ev.object);
-        let before = ev.old.as_ref().is_some_and(|o| self.wants(o));
+        let object = Store::present(&self.rt, &ev.object);
+        let now = self.wants(&object);
+        let before = ev
+            .old
+            .as_ref()
+            .is_some_and(|o| self.wants(&Store::present(&self.rt, o)));
         let type_ = match (ev.type_, before, now) {
             (EventType::Added, _, true) => EventType::Added,
             (EventType::Deleted, _, true) => EventType::Deleted,
@@ -78,7 +82,7 @@ impl WatchRequest {
             (EventType::Modified, true, false) => EventType::Deleted,
             _ => return None,
         };
-        Some(line(type_.as_str(), self.render(&ev.object)))
+        Some(line(type_.as_str(), self.render(object)))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {

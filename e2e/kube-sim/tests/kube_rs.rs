@@ -315,3 +315,42 @@ async fn lease_optimistic_concurrency() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn recorder_events_show_in_both_event_apis() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_s, client) = sim().await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "switchyard-agent".into(),
+            instance: Some("test-node".into()),
+        },
+    );
+    let node = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some("test-node".into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "FallbackActivated".into(),
+        note: Some("nftables unavailable".into()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &node).await.unwrap();
+    recorder.publish(&ev, &node).await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let list = core
+        .list(&ListParams::default().fields("involvedObject.name=test-node"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1, "the repeat is a series patch");
+    let e = &list.items[0];
+    assert_eq!(e.message.as_deref(), Some("nftables unavailable"));
+    assert_eq!(e.reason.as_deref(), Some("FallbackActivated"));
+}
