@@ -29,7 +29,7 @@ impl SyntheticCluster {
 
     fn service_json(&self, i: usize) -> serde_json::Value {
         // Every tenth service is a NodePort, as in a typical cluster.
-        let node_port = (i % 10 == 0).then(|| 30000 + (i / 10) % 2768);
+        let node_port = i.is_multiple_of(10).then(|| 30000 + (i / 10) % 2768);
         let mut port =
             serde_json::json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080});
         if let Some(np) = node_port {
