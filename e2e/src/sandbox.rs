@@ -528,43 +528,48 @@ fn make_pod(
     })
 }
 
-/// Deletes `sye-<pid>-...` namespaces and temp directories left behind by test processes
-/// that no longer exist.
+/// Whether `name` is `sye-<pid>-...` for a test process that no longer exists.
+fn left_by_dead_process(name: &str) -> bool {
+    name.strip_prefix("sye-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+/// Cleans up after harness processes that died without running their destructors: their
+/// temp directories, the agents they started (found by their namespace, so only processes
+/// inside our own `sye-` namespaces are killed) and the namespaces themselves.
 fn remove_stale_leftovers() {
-    let dead = |name: &str| {
-        name.strip_prefix("sye-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| {
-                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-            })
-    };
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
-            if dead(&e.file_name().to_string_lossy()) && e.path().is_dir() {
+            if left_by_dead_process(&e.file_name().to_string_lossy()) && e.path().is_dir() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-    remove_stale_namespaces();
-}
-
-fn remove_stale_namespaces() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("sye-") else {
+        if !left_by_dead_process(&name) {
             continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &name])
-                .output();
         }
+        if let Ok(pids) = run_cmd(std::process::Command::new("ip").args(["netns", "pids", &name])) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
     }
 }
