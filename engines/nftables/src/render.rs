@@ -514,7 +514,15 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
             ruleset::MARK_MASQ_CHAIN,
             &[format!("meta mark set meta mark or {}", ruleset::MASQUERADE_MARK)],
         ),
-        (ruleset::REJECT_CHAIN, &["reject".to_string()]),
+        // TCP gets a reset: ICMP errors towards a host are rate-limited by the kernel
+        // (net.ipv4.icmp_ratelimit), so a client could see a timeout instead of a refusal.
+        (
+            ruleset::REJECT_CHAIN,
+            &[
+                "meta l4proto tcp reject with tcp reset".to_string(),
+                "reject".to_string(),
+            ],
+        ),
         (
             ruleset::SERVICE_ENDPOINTS_CHECK_CHAIN,
             &[format!(
@@ -536,7 +544,11 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
         ),
         (
             ruleset::CLUSTER_IPS_CHECK_CHAIN,
-            &[format!("{ipx} daddr @{} reject", ruleset::CLUSTER_IPS_SET)],
+            &[format!(
+                "{ipx} daddr @{} goto {}",
+                ruleset::CLUSTER_IPS_SET,
+                ruleset::REJECT_CHAIN
+            )],
         ),
     ];
     for (name, rules) in fixed {

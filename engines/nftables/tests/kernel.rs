@@ -281,3 +281,13 @@ async fn scale_timings() {
         text.len()
     );
 }
+
+/// Writes the full ruleset of a small model to SY_NFT_DUMP (for manual traffic checks).
+#[test]
+#[ignore]
+fn dump_small_model() {
+    let mut m = two_services();
+    m.node_ips = vec!["192.168.0.2".parse().unwrap()];
+    let dir = std::env::var("SY_NFT_DUMP").unwrap();
+    std::fs::write(format!("{dir}/small.nft"), render_full(&m)).unwrap();
+}
