@@ -179,6 +179,15 @@ fn agent_follows_edits() -> Result<()> {
         "b keeps answering",
         |s| s.keys().eq(["10.180.0.3:8080"].iter()),
     )?;
+    sb.wait_healthy(Duration::from_secs(2))?;
+    if let Ok(metrics) = sb.metrics() {
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("switchyard_invalid_objects")
+                || l.starts_with("switchyard_unparseable_files")
+        }) {
+            println!("after the bad manifests: {line}");
+        }
+    }
     // The agent still follows edits: a new valid service is programmed.
     dir.write_object("svc-c.yaml", &service("c", "172.30.1.3"))?;
     dir.write_object("slice-c.yaml", &slice("c", &["10.180.0.2"]))?;
