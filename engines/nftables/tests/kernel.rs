@@ -291,3 +291,35 @@ fn dump_small_model() {
     let dir = std::env::var("SY_NFT_DUMP").unwrap();
     std::fs::write(format!("{dir}/small.nft"), render_full(&m)).unwrap();
 }
+
+#[tokio::test]
+async fn shared_external_ip_moves_to_the_remaining_service() {
+    need_root!("shared_external_ip_moves_to_the_remaining_service");
+    let ns = Netns::new();
+    let mut engine = NftablesEngine::new(ns.options());
+    let mut a = service("a", &["172.16.0.20"], 80, vec![ep("10.0.0.20", 80, false)]);
+    a.external_ips = vec!["192.168.99.11".parse().unwrap()];
+    let mut b = service("b", &["172.16.0.21"], 80, vec![ep("10.0.0.21", 80, false)]);
+    b.external_ips = vec!["192.168.99.11".parse().unwrap()];
+    let m1 = model(vec![a, b]);
+    engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    let (_, v4) = ns.nft(&["list", "map", "ip", "switchyard", "service-ips"], "");
+    assert!(v4.contains("192.168.99.11 . tcp . 80 : goto ext-"), "{v4}");
+    let a_ext = v4.split("192.168.99.11 . tcp . 80 : goto ").nth(1).unwrap();
+    assert!(a_ext.contains("-default-a-http-tcp"), "{v4}");
+
+    let mut m2 = m1.clone();
+    m2.services.remove(&spn("default", "a", "http"));
+    let report = engine
+        .sync(&m2, &ChangeSet::between(&m1, &m2))
+        .await
+        .unwrap();
+    assert!(!report.full);
+    let (_, v4) = ns.nft(&["list", "map", "ip", "switchyard", "service-ips"], "");
+    let owner = v4.split("192.168.99.11 . tcp . 80 : goto ").nth(1).unwrap();
+    assert!(
+        owner.starts_with("ext-") && owner.contains("-default-b-http-tcp"),
+        "{v4}"
+    );
+    assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+}
