@@ -198,7 +198,7 @@ impl KubeSim {
         });
         let status = obj.get("status").cloned();
         let out = store
-            .patch(&rt, ns.as_deref(), &name, PatchKind::Apply, obj, false)
+            .apply(&rt, ns.as_deref(), &name, obj, false, "kube-sim")
             .map_err(|e| anyhow!(e.message))?;
         match status {
             Some(s) if rt.has_status => store

@@ -481,9 +481,16 @@ fn serve(
             let kind = patch_kind(headers)?;
             let patch = parse_body(headers, body)?;
             let existed = store.get(&rt, ns.unwrap_or(""), name).is_ok();
-            store
-                .patch(&rt, ns, name, kind, patch, status_only)
-                .map(|o| Answer::Json(if existed { 200 } else { 201 }, o))
+            let result = if kind == PatchKind::Apply {
+                let manager = q
+                    .get("fieldManager")
+                    .map(String::as_str)
+                    .unwrap_or("unknown");
+                store.apply(&rt, ns, name, patch, status_only, manager)
+            } else {
+                store.patch(&rt, ns, name, kind, patch, status_only)
+            };
+            result.map(|o| Answer::Json(if existed { 200 } else { 201 }, o))
         }
         (Method::DELETE, Some(name)) if !status_only => {
             store.delete(&rt, ns, name).map(|o| Answer::Json(200, o))

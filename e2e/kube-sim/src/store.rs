@@ -68,6 +68,73 @@ pub struct Store {
     tx: broadcast::Sender<Arc<Event>>,
     alloc: Allocators,
     uid_counter: u64,
+    /// Server-side apply bookkeeping: object id → (manager, subresource) → applied paths.
+    managers: HashMap<String, BTreeMap<String, Vec<Vec<String>>>>,
+}
+
+fn object_id(key: &str, ns: &str, name: &str) -> String {
+    format!("{key}|{ns}|{name}")
+}
+
+/// Leaf paths an apply configuration sets (objects are descended, lists and scalars are
+/// leaves); metadata contributes only labels and annotations.
+fn applied_paths(body: &Value, has_status: bool, status_only: bool) -> Vec<Vec<String>> {
+    fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    prefix.push(k.clone());
+                    walk(x, prefix, out);
+                    prefix.pop();
+                }
+            }
+            _ => out.push(prefix.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    let Some(m) = body.as_object() else {
+        return out;
+    };
+    for (k, v) in m {
+        let wanted = match k.as_str() {
+            "apiVersion" | "kind" => false,
+            "status" if has_status => status_only,
+            _ => !status_only || !has_status,
+        };
+        if !wanted {
+            continue;
+        }
+        if k == "metadata" {
+            for sub in ["labels", "annotations"] {
+                if let Some(x) = v.get(sub) {
+                    walk(x, &mut vec![k.clone(), sub.to_string()], &mut out);
+                }
+            }
+            continue;
+        }
+        walk(v, &mut vec![k.clone()], &mut out);
+    }
+    out
+}
+
+fn overlaps(a: &[String], b: &[String]) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+fn remove_path(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for p in parents {
+        match cur.get_mut(p) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(m) = cur.as_object_mut() {
+        m.remove(last);
+    }
 }
 
 /// Current time as RFC 3339 with second precision.
@@ -110,6 +177,7 @@ impl Store {
             tx,
             alloc: Allocators::default(),
             uid_counter: 0,
+            managers: HashMap::new(),
         };
         let ns_type = s.find("", "v1", "namespaces").expect("builtin");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -132,6 +200,7 @@ impl Store {
             tx: broadcast::channel(16).0,
             alloc: self.alloc.clone(),
             uid_counter: self.uid_counter,
+            managers: self.managers.clone(),
         }
     }
 
@@ -223,7 +292,8 @@ impl Store {
         let name = object_name(&obj).to_string();
         let map = self.objects.entry(key.to_string()).or_default();
         if type_ == EventType::Deleted {
-            map.remove(&(ns, name));
+            map.remove(&(ns.clone(), name.clone()));
+            self.managers.remove(&object_id(key, &ns, &name));
         } else {
             map.insert((ns, name), obj.clone());
         }
@@ -394,11 +464,31 @@ impl Store {
             obj["status"] = json!({"phase": "Active"});
         }
         self.validate(rt, &obj)?;
+        if rt.namespaced {
+            self.ensure_namespace(&ns_key);
+        }
         let out = self.commit(&key, EventType::Added, obj, None);
         if rt.plural == "customresourcedefinitions" {
             self.refresh_crds();
         }
         Ok(Self::present(rt, &out))
+    }
+
+    /// Namespaces spring into existence when first used (a real API server would answer
+    /// 404; tests rarely care to create them first).
+    fn ensure_namespace(&mut self, ns: &str) {
+        let exists = self
+            .objects
+            .get("/namespaces")
+            .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())));
+        if exists || ns.is_empty() {
+            return;
+        }
+        if let Some(t) = self.find("", "v1", "namespaces") {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+            let _ = self.create(&t, None, obj);
+        }
     }
 
     fn service_allocations(&self) -> (HashSet<String>, HashSet<i64>) {
@@ -540,7 +630,8 @@ impl Store {
         self.replace(rt, old, obj, status_only)
     }
 
-    /// PATCH (status subresource when `status_only`).
+    /// PATCH (status subresource when `status_only`). Apply patches go through
+    /// [`Store::apply`] with the field manager `unknown`.
     pub fn patch(
         &mut self,
         rt: &ResourceType,
@@ -549,6 +640,62 @@ impl Store {
         kind: PatchKind,
         body: Value,
         status_only: bool,
+    ) -> Result<Value, ApiError> {
+        if kind == PatchKind::Apply {
+            return self.apply(rt, ns, name, body, status_only, "unknown");
+        }
+        self.patch_inner(rt, ns, name, kind, body, status_only, &[])
+    }
+
+    /// Server-side apply: creates the object if absent, else merges the configuration in and
+    /// removes the fields this manager applied last time but no longer does (unless another
+    /// manager applied them too).
+    pub fn apply(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        status_only: bool,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        let id = object_id(&rt.store_key(), ns.unwrap_or(""), name);
+        let mkey = format!("{manager}/{}", if status_only { "status" } else { "" });
+        let paths = applied_paths(&body, rt.has_status, status_only);
+        let prev = self.managers.get(&id).cloned().unwrap_or_default();
+        let stale: Vec<Vec<String>> = prev
+            .get(&mkey)
+            .map(|old| {
+                old.iter()
+                    .filter(|p| !paths.contains(p))
+                    .filter(|p| {
+                        !prev
+                            .iter()
+                            .any(|(k, ps)| *k != mkey && ps.iter().any(|q| overlaps(p, q)))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let out = self.patch_inner(rt, ns, name, PatchKind::Apply, body, status_only, &stale)?;
+        let ns_key = out["metadata"]["namespace"].as_str().unwrap_or("");
+        let id = object_id(&rt.store_key(), ns_key, name);
+        if self.get_raw(rt, ns_key, name).is_some() {
+            self.managers.entry(id).or_default().insert(mkey, paths);
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn patch_inner(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: Value,
+        status_only: bool,
+        stale: &[Vec<String>],
     ) -> Result<Value, ApiError> {
         let ns_key = ns.unwrap_or("");
         let Some(old) = self.get_raw(rt, ns_key, name).cloned() else {
@@ -602,7 +749,10 @@ impl Store {
                     m.remove("resourceVersion");
                     m.remove("managedFields");
                 }
-                patch::apply_merge(&mut new, &applied)
+                patch::apply_merge(&mut new, &applied);
+                for p in stale {
+                    remove_path(&mut new, p);
+                }
             }
         }
         if let Some(want) = new["metadata"]["resourceVersion"].as_str() {

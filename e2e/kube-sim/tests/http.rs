@@ -181,7 +181,7 @@ async fn patches_and_apply() {
     assert_eq!(code, 201, "{a}");
     let (code, a) = h
         .patch(
-            &format!("{missing}?fieldManager=test&force=true"),
+            &format!("{missing}?fieldManager=other&force=true"),
             "application/apply-patch+yaml",
             &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "applied", "labels": {"b": "2"}}}),
         )
@@ -595,4 +595,62 @@ async fn finalizers_and_owner_cleanup() {
     )
     .await;
     assert_eq!(h.get(&format!("{leases}/l1")).await.0, 404);
+}
+
+#[tokio::test]
+async fn server_side_apply_field_ownership() {
+    let (_s, h) = sim().await;
+    let path = |m: &str| format!("{SVCS}/owned?fieldManager={m}&force=true");
+    let apply = |labels: Value| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "owned", "labels": labels},
+            "spec": {"ports": [{"port": 80}]}})
+    };
+    let ct = "application/apply-patch+yaml";
+    assert_eq!(
+        h.patch(&path("m1"), ct, &apply(json!({"a": "1", "b": "2"})))
+            .await
+            .0,
+        201
+    );
+    h.patch(
+        &path("m2"),
+        ct,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "owned", "labels": {"c": "3"}}}),
+    )
+    .await;
+    let (_, o) = h.patch(&path("m1"), ct, &apply(json!({"a": "1"}))).await;
+    assert_eq!(
+        o["metadata"]["labels"],
+        json!({"a": "1", "c": "3"}),
+        "m1 dropped b; c is m2's"
+    );
+    assert_eq!(o["spec"]["ports"][0]["port"], 80);
+
+    // Status applies are tracked separately from the main resource's.
+    let status_path = format!("{SVCS}/owned/status?fieldManager=m1&force=true");
+    let (code, o) = h
+        .patch(
+            &status_path,
+            ct,
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "owned"},
+                "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}, "conditions": []}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["status"]["loadBalancer"]["ingress"][0]["ip"], "1.2.3.4");
+    let (_, o) = h
+        .patch(
+            &status_path,
+            ct,
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "owned"},
+                "status": {"loadBalancer": {}}}),
+        )
+        .await;
+    assert_eq!(o["status"], json!({"loadBalancer": {}}), "{o}");
+    let (_, o) = h.patch(&path("m1"), ct, &apply(json!({"a": "1"}))).await;
+    assert_eq!(
+        o["status"],
+        json!({"loadBalancer": {}}),
+        "main apply leaves status alone"
+    );
 }
