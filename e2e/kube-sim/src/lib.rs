@@ -3,6 +3,7 @@
 //!
 //! Contents:
 //! - [`KubeSim`] (this file): start/stop/outage control, kubeconfig, direct object access.
+//! - [`background`]: [`BackgroundKubeSim`], the same on private runtime threads for sync code.
 //! - [`server`]: HTTP routing, discovery, query parsing, content negotiation.
 //! - [`store`]: objects, resourceVersions, verbs' semantics, watch history.
 //! - [`watch`]: watch streams (replay, 410, bookmarks, timeouts, streaming lists).
@@ -16,6 +17,7 @@
 //! - [`defaults`]: Service defaulting (cluster IP and node port allocation).
 //! - [`status`]: errors as `Status` objects.
 
+pub mod background;
 pub mod defaults;
 pub mod events;
 pub mod patch;
@@ -39,6 +41,7 @@ use anyhow::{anyhow, Context};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+pub use background::BackgroundKubeSim;
 pub use server::Options;
 use store::{PatchKind, Store};
 
@@ -99,7 +102,10 @@ impl KubeSim {
 
     /// Writes [`KubeSim::kubeconfig`] to `path` (for kubectl and the agent's `KUBECONFIG`).
     pub fn write_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, self.kubeconfig())
+        // Write-then-rename, so whoever polls for the file never reads half of it.
+        let tmp = path.with_extension("kube-sim-tmp");
+        std::fs::write(&tmp, self.kubeconfig())
+            .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("writing {}", path.display()))
     }
 

@@ -493,6 +493,19 @@ fn serve(
             result.map(|o| Answer::Json(if existed { 200 } else { 201 }, o))
         }
         (Method::DELETE, Some(name)) if !status_only => {
+            // DeleteOptions preconditions (uid, resourceVersion).
+            let opts: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let pre = &opts["preconditions"];
+            if pre.is_object() {
+                let cur = store.get(&rt, ns.unwrap_or(""), name)?;
+                for k in ["uid", "resourceVersion"] {
+                    if let Some(want) = pre[k].as_str() {
+                        if cur["metadata"][k].as_str() != Some(want) {
+                            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+                        }
+                    }
+                }
+            }
             store.delete(&rt, ns, name).map(|o| Answer::Json(200, o))
         }
         (Method::DELETE, None) => {

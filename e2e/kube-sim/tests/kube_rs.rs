@@ -304,6 +304,7 @@ async fn lease_optimistic_concurrency() {
         .replace("switchyard-operator", &PostParams::default(), &mine)
         .await
         .unwrap();
+    let replaced_rv = replaced.metadata.resource_version.clone();
     assert_eq!(replaced.spec.unwrap().holder_identity.as_deref(), Some("b"));
     // A second replace with the stale resourceVersion loses.
     let err = leases
@@ -314,6 +315,33 @@ async fn lease_optimistic_concurrency() {
         matches!(err, kube::Error::Api(ref s) if s.code == 409),
         "{err:?}"
     );
+    // Delete with a stale resourceVersion precondition conflicts; the current one works.
+    let stale = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: created.metadata.resource_version.clone(),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    let err = leases
+        .delete("switchyard-operator", &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err:?}"
+    );
+    let current = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: replaced_rv,
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    leases
+        .delete("switchyard-operator", &current)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

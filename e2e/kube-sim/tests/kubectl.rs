@@ -382,3 +382,71 @@ async fn crd_printer_columns_patch_edit() {
         "{err}"
     );
 }
+
+fn kubectl_sync(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(KUBECTL)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The background (sync) handle: serves kubectl without a caller runtime; stop/restart.
+#[test]
+fn background_sim_stop_restart() {
+    if !Path::new(KUBECTL).exists() {
+        return;
+    }
+    let mut sim = switchyard_kube_sim::BackgroundKubeSim::start().unwrap();
+    let dir = std::env::temp_dir().join(format!("kube-sim-bg-{}", sim.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kc).unwrap();
+    sim.apply_yaml(NODE).unwrap();
+    let (ok, out) = kubectl_sync(&kc, &["get", "nodes", "-o", "name"]);
+    assert!(ok && out.contains("node/test-node"), "{out}");
+    sim.stop();
+    let (ok, _) = kubectl_sync(&kc, &["get", "nodes", "--request-timeout=2s"]);
+    assert!(!ok, "stopped simulator answers nothing");
+    sim.restart().unwrap();
+    let (ok, out) = kubectl_sync(&kc, &["get", "nodes", "-o", "name"]);
+    assert!(ok && out.contains("node/test-node"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `kube-sim` binary: `--port`, `--kubeconfig`, `--load`.
+#[test]
+fn binary_serves_kubectl() {
+    if !Path::new(KUBECTL).exists() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kube-sim-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = dir.join("kubeconfig");
+    let objects = dir.join("objects.yaml");
+    std::fs::write(&objects, format!("{NODE}---\n{SERVICE}")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-sim"))
+        .args(["--port", "0", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--load")
+        .arg(&objects)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if kc.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, out) = kubectl_sync(&kc, &["get", "svc", "-A", "-o", "name"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok && out.contains("service/web"), "{out}");
+}
