@@ -473,9 +473,10 @@ fn serve(
                     "the body must be a JSON object",
                 ));
             }
+            let existed = store.get(&rt, ns.unwrap_or(""), name).is_ok();
             store
                 .update(&rt, ns, name, obj, status_only)
-                .map(|o| Answer::Json(200, o))
+                .map(|o| Answer::Json(if existed { 200 } else { 201 }, o))
         }
         (Method::PATCH, Some(name)) => {
             let kind = patch_kind(headers)?;
