@@ -1,9 +1,9 @@
 //! `ChangeSet`: which service ports differ between the model an engine last applied and
 //! the one it is asked to apply. A full resync is a ChangeSet that names everything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{NodeModel, ServicePortName};
+use crate::model::{NodeModel, ServicePort, ServicePortName};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
@@ -16,6 +16,10 @@ pub struct ChangeSet {
     pub changed: BTreeSet<ServicePortName>,
     /// Present in the old model only.
     pub removed: BTreeSet<ServicePortName>,
+    /// The old versions of the `changed` and `removed` service ports (for what depends
+    /// on the difference, such as stale conntrack flows). Empty for a full rewrite that
+    /// has no previous model.
+    pub previous: BTreeMap<ServicePortName, ServicePort>,
 }
 
 impl ChangeSet {
@@ -24,18 +28,17 @@ impl ChangeSet {
         ChangeSet {
             full: true,
             added: model.services.keys().cloned().collect(),
-            changed: BTreeSet::new(),
-            removed: BTreeSet::new(),
+            ..ChangeSet::default()
         }
     }
 
     /// The difference from `old` (what is applied) to `new`. Node-wide differences make
     /// it a full change set.
     pub fn between(old: &NodeModel, new: &NodeModel) -> ChangeSet {
-        if old.globals_differ(new) {
-            return ChangeSet::full(new);
-        }
-        let mut cs = ChangeSet::default();
+        let mut cs = ChangeSet {
+            full: old.globals_differ(new),
+            ..ChangeSet::default()
+        };
         for (name, sp) in &new.services {
             match old.services.get(name) {
                 None => {
@@ -43,16 +46,24 @@ impl ChangeSet {
                 }
                 Some(o) if o != sp => {
                     cs.changed.insert(name.clone());
+                    cs.previous.insert(name.clone(), o.clone());
                 }
                 Some(_) => {}
             }
         }
-        for name in old.services.keys() {
+        for (name, o) in &old.services {
             if !new.services.contains_key(name) {
                 cs.removed.insert(name.clone());
+                cs.previous.insert(name.clone(), o.clone());
             }
         }
         cs
+    }
+
+    /// The same differences, asking the engine to rewrite everything.
+    pub fn into_full(mut self) -> ChangeSet {
+        self.full = true;
+        self
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,7 +3,7 @@
 //! identity and the effective config. Engines render this and never re-derive it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
 };
@@ -15,7 +15,10 @@ use k8s_openapi::api::{
 };
 use switchyard_crd::EffectiveConfig;
 
-use crate::state::ClusterState;
+use crate::{
+    changes::ChangeSet,
+    state::{ClusterState, ServiceKey},
+};
 
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -213,11 +216,7 @@ impl NodeModel {
     pub fn build(state: &ClusterState, node_name: &str, config: &EffectiveConfig) -> NodeModel {
         let node = state.node(node_name);
         let node_ips = node.map(primary_node_ips).unwrap_or_default();
-        let zone = node
-            .and_then(|n| n.metadata.labels.as_ref())
-            .and_then(|l| l.get(ZONE_LABEL))
-            .map(String::as_str)
-            .unwrap_or("");
+        let zone = node_zone(state, node_name);
         let mut node_port_addresses: Vec<IpNet> = config.node_port_cidrs.clone();
         if config.node_port_primary || config.node_port_cidrs.is_empty() {
             node_port_addresses.extend(node_ips.iter().map(|ip| IpNet::from(*ip)));
@@ -225,31 +224,12 @@ impl NodeModel {
         node_port_addresses.sort();
         node_port_addresses.dedup();
 
-        let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for slice in state.endpoint_slices() {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("");
-            if let Some(svc) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
-                slices_by_service
-                    .entry((ns, svc.as_str()))
-                    .or_default()
-                    .push(slice);
-            }
-        }
-
         let mut services = BTreeMap::new();
         for svc in state.services() {
             let ns = svc.metadata.namespace.as_deref().unwrap_or("");
             let name = svc.metadata.name.as_deref().unwrap_or("");
-            let slices = slices_by_service
-                .get(&(ns, name))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            for sp in service_ports(svc, slices, node_name, zone) {
+            let slices: Vec<&EndpointSlice> = state.slices_of(ns, name).collect();
+            for sp in service_ports(svc, &slices, node_name, zone) {
                 services.insert(sp.name.clone(), sp);
             }
         }
@@ -262,6 +242,57 @@ impl NodeModel {
             masquerade_all: config.masquerade_all,
             services,
         }
+    }
+
+    /// Recomputes only `services` (namespace, name) from `state`, in place, and returns
+    /// what changed — the cheap path for the common case of a few Services or
+    /// EndpointSlices changing. Node-wide changes need [`NodeModel::build`].
+    pub fn update_services(
+        &mut self,
+        state: &ClusterState,
+        services: &BTreeSet<ServiceKey>,
+    ) -> ChangeSet {
+        let zone = node_zone(state, &self.node_name);
+        let mut changes = ChangeSet::default();
+        for (ns, name) in services {
+            let first = ServicePortName {
+                namespace: ns.clone(),
+                name: name.clone(),
+                port: String::new(),
+                protocol: Protocol::Tcp,
+            };
+            let old_names: Vec<ServicePortName> = self
+                .services
+                .range(first..)
+                .take_while(|(k, _)| &k.namespace == ns && &k.name == name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut old: BTreeMap<ServicePortName, ServicePort> = old_names
+                .into_iter()
+                .filter_map(|k| self.services.remove_entry(&k))
+                .collect();
+            if let Some(svc) = state.service(ns, name) {
+                let slices: Vec<&EndpointSlice> = state.slices_of(ns, name).collect();
+                for sp in service_ports(svc, &slices, &self.node_name, zone) {
+                    match old.remove(&sp.name) {
+                        None => {
+                            changes.added.insert(sp.name.clone());
+                        }
+                        Some(prev) if prev != sp => {
+                            changes.changed.insert(sp.name.clone());
+                            changes.previous.insert(prev.name.clone(), prev);
+                        }
+                        Some(_) => {}
+                    }
+                    self.services.insert(sp.name.clone(), sp);
+                }
+            }
+            for (k, prev) in old {
+                changes.removed.insert(k.clone());
+                changes.previous.insert(k, prev);
+            }
+        }
+        changes
     }
 
     /// Node-wide settings (everything but the services) differ.
@@ -279,6 +310,16 @@ impl NodeModel {
             .map(|s| s.cluster_endpoints.len())
             .sum()
     }
+}
+
+/// The node's zone label, matched against EndpointSlice zone hints.
+fn node_zone<'a>(state: &'a ClusterState, node_name: &str) -> &'a str {
+    state
+        .node(node_name)
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|l| l.get(ZONE_LABEL))
+        .map(String::as_str)
+        .unwrap_or("")
 }
 
 /// The first InternalIP of each family, in the order the Node lists them.
@@ -744,5 +785,36 @@ mod tests {
             vec!["203.0.113.0/25".parse::<IpNet>().unwrap()]
         );
         assert_eq!(sp.affinity_timeout, Some(10800));
+    }
+
+    #[test]
+    fn incremental_update_equals_full_build() {
+        let mut st = state(&format!("{NODE}---\n{TERMINATING}---\n{HINTED}").replace("name: s, namespace: ns}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}", "name: h, namespace: ns}\nspec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}").replace("name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], hints", "name: h-1, namespace: ns, labels: {kubernetes.io/service-name: h}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], hints"));
+        let config = EffectiveConfig::default();
+        st.take_changes();
+        let mut model = NodeModel::build(&st, "n1", &config);
+        assert_eq!(model.services.len(), 2);
+        // Move the hinted slice to Service s, delete Service h, add a port-less change.
+        let moved = HINTED
+            .split("---\n")
+            .nth(1)
+            .unwrap()
+            .replace("name: s-1", "name: h-1");
+        let slice: EndpointSlice = serde_yaml::from_str(&moved).unwrap();
+        st.upsert(Object::EndpointSlice(Box::new(slice)));
+        st.remove(&crate::state::ObjectKey {
+            kind: crate::state::ObjectKind::Service,
+            namespace: "ns".into(),
+            name: "h".into(),
+        });
+        let changes = st.take_changes();
+        assert!(!changes.global);
+        let diff = model.update_services(&st, &changes.services);
+        assert_eq!(model, NodeModel::build(&st, "n1", &config));
+        assert_eq!(
+            (diff.added.len(), diff.changed.len(), diff.removed.len()),
+            (0, 1, 1)
+        );
+        assert_eq!(diff.previous.len(), 2);
     }
 }

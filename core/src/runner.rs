@@ -116,18 +116,18 @@ pub struct SyncRunner {
     config_source: ConfigSource,
     health: Health,
     metrics: Metrics,
-    /// The model the kernel holds; `None` when unknown (start, after a failure).
-    applied: Option<NodeModel>,
+    /// The desired model, kept up to date with the state in place.
+    model: NodeModel,
+    model_built: bool,
+    /// The kernel holds `model` (false at start, after a failure or while degraded:
+    /// the next sync is full).
+    in_sync: bool,
     /// healthCheckNodePort servers, reconciled after every successful sync.
     service_health: ServiceHealthServers,
     status: watch::Sender<NodeStatus>,
     /// Metric labels set for the current choice, to reset on change.
     reported: Option<EngineChoice>,
     stale_flows: Option<Box<dyn StaleFlowCleaner>>,
-    /// The last model applied successfully in this process, kept across failures: the
-    /// base for stale-flow cleanup. `None` until the first sync, so a restarted agent
-    /// leaves existing flows alone.
-    last_good: Option<NodeModel>,
 }
 
 /// Outcome of one pass, for tests and logs.
@@ -170,11 +170,12 @@ impl SyncRunner {
             service_health: ServiceHealthServers::new(health.clone()),
             health,
             metrics,
-            applied: None,
+            model: NodeModel::default(),
+            model_built: false,
+            in_sync: false,
             status,
             reported: None,
             stale_flows: None,
-            last_good: None,
         }
     }
 
@@ -290,8 +291,26 @@ impl SyncRunner {
             None => tracing::info!(mode = %mode, "engine started"),
         }
         self.engine = Some(engine);
-        self.applied = Some(model.clone());
         Ok(())
+    }
+
+    /// Brings the model up to date with the state: only the Services that changed are
+    /// recomputed, unless something node-wide changed. Returns the difference.
+    fn refresh_model(&mut self, config: &EffectiveConfig) -> ChangeSet {
+        let mut state = self.state.lock().expect("state lock poisoned");
+        let changes = state.take_changes();
+        if self.model_built && !changes.global {
+            return self.model.update_services(&state, &changes.services);
+        }
+        let new = NodeModel::build(&state, &self.node_name, config);
+        let diff = if self.model_built {
+            ChangeSet::between(&self.model, &new)
+        } else {
+            ChangeSet::full(&new)
+        };
+        self.model = new;
+        self.model_built = true;
+        diff
     }
 
     /// Builds the model and applies what changed (everything when `full`).
@@ -303,6 +322,8 @@ impl SyncRunner {
         if !selected.conflicts_with.is_empty() {
             tracing::warn!(chosen = ?selected.name, others = ?selected.conflicts_with, "ConfigConflict: several ProxyConfigs select this node with the same priority");
         }
+        let first_model = !self.model_built;
+        let diff = self.refresh_model(config);
         let choice = choose(config.mode, &config.fallback, &self.capabilities);
         self.report_choice(&choice);
         self.status.send_modify(|s| {
@@ -314,35 +335,66 @@ impl SyncRunner {
             let EngineChoice::Degraded { reason, .. } = choice else {
                 unreachable!()
             };
+            self.in_sync = false;
             return Pass::Degraded(reason);
         };
-        let model = {
-            let state = self.state.lock().expect("state lock poisoned");
-            NodeModel::build(&state, &self.node_name, config)
-        };
+        let model = std::mem::take(&mut self.model);
+        let pass = self
+            .apply(
+                mode,
+                &model,
+                diff,
+                full,
+                first_model,
+                started,
+                pending_since,
+            )
+            .await;
+        self.model = model;
+        pass
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &mut self,
+        mode: Mode,
+        model: &NodeModel,
+        diff: ChangeSet,
+        full: bool,
+        first_model: bool,
+        started: Instant,
+        pending_since: Option<Instant>,
+    ) -> Pass {
         if self.mode() != Some(mode) {
-            return match self.switch_to(mode, &model).await {
+            return match self.switch_to(mode, model).await {
                 Ok(()) => {
-                    let changes = ChangeSet::full(&model);
-                    self.record_success(&model, &changes, started.elapsed(), pending_since, None);
+                    self.record_success(
+                        model,
+                        &diff,
+                        first_model,
+                        started.elapsed(),
+                        pending_since,
+                        None,
+                    );
                     Pass::Synced {
                         full: true,
-                        service_ports: changes.len(),
+                        service_ports: model.services.len(),
                     }
                 }
                 Err(e) => self.record_failure(format!("starting the {mode} engine: {e}")),
             };
         }
-        let changes = match (&self.applied, full) {
-            (Some(old), false) => ChangeSet::between(old, &model),
-            _ => ChangeSet::full(&model),
+        let changes = if full || !self.in_sync {
+            diff.clone().into_full()
+        } else {
+            diff.clone()
         };
         if changes.is_empty() {
             self.health.synced();
             return Pass::Unchanged;
         }
         let engine = self.engine.as_mut().expect("engine present: mode matched");
-        match engine.sync(&model, &changes).await {
+        match engine.sync(model, &changes).await {
             Ok(report) => {
                 let elapsed = started.elapsed();
                 tracing::info!(
@@ -356,10 +408,21 @@ impl SyncRunner {
                     total_ms = elapsed.as_secs_f64() * 1e3,
                     "synced"
                 );
-                self.record_success(&model, &changes, elapsed, pending_since, Some(report.rules));
+                self.record_success(
+                    model,
+                    &diff,
+                    first_model,
+                    elapsed,
+                    pending_since,
+                    Some(report.rules),
+                );
                 Pass::Synced {
                     full: changes.full,
-                    service_ports: changes.len(),
+                    service_ports: if changes.full {
+                        model.services.len()
+                    } else {
+                        changes.len()
+                    },
                 }
             }
             Err(e) => self.record_failure(e.to_string()),
@@ -368,21 +431,25 @@ impl SyncRunner {
 
     fn record_failure(&mut self, error: String) -> Pass {
         self.metrics.sync_failures.inc();
-        self.applied = None;
+        self.in_sync = false;
         tracing::error!(mode = ?self.mode(), %error, "sync failed; previous rules stay in place, retrying with a full sync");
         self.status
             .send_modify(|s| s.last_error = Some(error.clone()));
         Pass::Failed(error)
     }
 
+    /// Metrics, health, status and stale-flow cleanup after a successful sync. `diff`
+    /// is the model difference this sync applied (its `previous` holds the old ports).
     fn record_success(
         &mut self,
         model: &NodeModel,
-        changes: &ChangeSet,
+        diff: &ChangeSet,
+        first_model: bool,
         elapsed: Duration,
         pending_since: Option<Instant>,
         rules: Option<usize>,
     ) {
+        self.in_sync = true;
         let m = &self.metrics;
         m.sync_duration.observe(elapsed.as_secs_f64());
         if let Some(p) = pending_since {
@@ -395,21 +462,17 @@ impl SyncRunner {
                 .unwrap_or_default()
                 .as_secs_f64(),
         );
-        if changes.full {
+        if diff.full {
             m.full_syncs.inc();
         } else {
             m.partial_syncs.inc();
         }
         // Service vs endpoint changes, as kube-proxy counts them.
-        if !changes.full {
-            let old = self.applied.as_ref();
-            let mut service_changes = (changes.added.len() + changes.removed.len()) as u64;
+        if !first_model {
+            let mut service_changes = (diff.added.len() + diff.removed.len()) as u64;
             let mut endpoint_changes = 0u64;
-            for name in &changes.changed {
-                let (Some(o), Some(n)) = (
-                    old.and_then(|o| o.services.get(name)),
-                    model.services.get(name),
-                ) else {
+            for name in &diff.changed {
+                let (Some(o), Some(n)) = (diff.previous.get(name), model.services.get(name)) else {
                     continue;
                 };
                 if o.cluster_endpoints != n.cluster_endpoints
@@ -466,24 +529,35 @@ impl SyncRunner {
             }
             s.last_error = None;
         });
-        if let (Some(cleaner), Some(old)) = (self.stale_flows.as_mut(), self.last_good.as_ref()) {
-            match cleaner.clean(old, model, changes) {
+        // A restarted agent has no previous model: existing flows are left alone.
+        if let (Some(cleaner), false) = (self.stale_flows.as_mut(), first_model) {
+            let old = NodeModel {
+                services: diff.previous.clone(),
+                node_name: model.node_name.clone(),
+                node_ips: model.node_ips.clone(),
+                node_port_addresses: model.node_port_addresses.clone(),
+                cluster_cidrs: model.cluster_cidrs.clone(),
+                masquerade_all: model.masquerade_all,
+            };
+            let changes = ChangeSet {
+                full: false,
+                ..diff.clone()
+            };
+            match cleaner.clean(&old, model, &changes) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "deleted stale UDP conntrack flows"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "stale UDP conntrack cleanup failed; retried at the next change")
-                }
+                Err(e) => tracing::warn!(error = %e, "stale UDP conntrack cleanup failed"),
             }
         }
-        self.last_good = Some(model.clone());
-        self.applied = Some(model.clone());
     }
 
     /// Asks the engine whether the kernel still holds the applied rules.
     pub async fn check_drift(&mut self) -> Option<String> {
-        let model = self.applied.clone()?;
+        if !self.in_sync {
+            return None;
+        }
         let engine = self.engine.as_mut()?;
-        match engine.verify(&model).await {
+        match engine.verify(&self.model).await {
             Ok(Drift::None) => None,
             Ok(Drift::Found(what)) => {
                 self.metrics.drift_repairs.inc();
@@ -736,7 +810,8 @@ mod tests {
         let n = Mode::Nftables;
         assert_eq!(
             calls.lock().unwrap().syncs,
-            vec![(n, true, 1), (n, false, 1), (n, true, 3)]
+            vec![(n, true, 1), (n, false, 1), (n, true, 0)],
+            "after the failure the engine rewrites everything from the model"
         );
     }
 
