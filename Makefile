@@ -21,10 +21,11 @@ demo: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh .ci/run e2e/kind/*.sh
 
 # Everything: lint, unit and property tests, kernel tests, scenarios against the real binary.
 test: lint
+	scripts/check-chart.sh
 	$(CARGO) build --workspace --bins
 	SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard $(CARGO) test --workspace --no-fail-fast
 
