@@ -82,7 +82,39 @@ pub async fn restore(netns: Option<&str>, tool: &str, text: &str) -> Result<(), 
 
 /// The `nat` and `filter` tables as `*-save` prints them.
 pub async fn save(netns: Option<&str>, tool: &str) -> Result<String, EngineError> {
-    let mut out = run(netns, tool, &["-t", "filter"], "").await?;
-    out.push_str(&run(netns, tool, &["-t", "nat"], "").await?);
+    let mut out = save_table(netns, tool, "filter").await?;
+    out.push_str(&save_table(netns, tool, "nat").await?);
     Ok(out)
+}
+
+/// One table as `*-save` prints it.
+pub async fn save_table(
+    netns: Option<&str>,
+    tool: &str,
+    table: &str,
+) -> Result<String, EngineError> {
+    run(netns, tool, &["-t", table], "").await
+}
+
+/// One chain's rules (`iptables -w -t TABLE -S CHAIN`, as `-A CHAIN ...` lines);
+/// `None` when the chain does not exist. Much cheaper than a whole-table save with
+/// iptables-nft, which fetches only this chain.
+pub async fn list_chain(
+    netns: Option<&str>,
+    tool: &str,
+    table: &str,
+    chain: &str,
+) -> Result<Option<String>, EngineError> {
+    match run(netns, tool, &["-w", "-t", table, "-S", chain], "").await {
+        Ok(out) => Ok(Some(out)),
+        Err(EngineError::Apply { message, .. })
+            if message.contains("No chain/target/match by that name")
+                || message.contains("does not exist")
+                // iptables-nft's answer for a chain it does not find.
+                || message.contains("is incompatible") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -23,6 +23,8 @@ pub enum Backend {
 /// The tool binaries of a concrete backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Binaries {
+    pub iptables: &'static str,
+    pub ip6tables: &'static str,
     pub iptables_restore: &'static str,
     pub ip6tables_restore: &'static str,
     pub iptables_save: &'static str,
@@ -34,6 +36,14 @@ impl Binaries {
         match family {
             IpFamily::V4 => self.iptables_restore,
             IpFamily::V6 => self.ip6tables_restore,
+        }
+    }
+
+    /// `iptables` or `ip6tables`.
+    pub fn iptables(&self, family: IpFamily) -> &'static str {
+        match family {
+            IpFamily::V4 => self.iptables,
+            IpFamily::V6 => self.ip6tables,
         }
     }
 
@@ -50,12 +60,16 @@ impl Backend {
     pub fn binaries(self) -> Option<Binaries> {
         match self {
             Backend::Nft => Some(Binaries {
+                iptables: "iptables-nft",
+                ip6tables: "ip6tables-nft",
                 iptables_restore: "iptables-nft-restore",
                 ip6tables_restore: "ip6tables-nft-restore",
                 iptables_save: "iptables-nft-save",
                 ip6tables_save: "ip6tables-nft-save",
             }),
             Backend::Legacy => Some(Binaries {
+                iptables: "iptables-legacy",
+                ip6tables: "ip6tables-legacy",
                 iptables_restore: "iptables-legacy-restore",
                 ip6tables_restore: "ip6tables-legacy-restore",
                 iptables_save: "iptables-legacy-save",

@@ -5,7 +5,7 @@
 //! changed service ports and patches their rules in the shared chains. Any failure
 //! makes the next sync a full one.
 
-use std::time::Instant;
+use std::{collections::HashSet, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_core::{
@@ -43,6 +43,17 @@ pub struct IptablesEngine {
     /// What the kernel holds, as far as the engine knows; `None` before the first
     /// successful sync and after a failure or cleanup (so the next sync is full).
     applied: Option<Applied>,
+    /// Per family (v4, v6): every per-port nat chain that may exist because the engine
+    /// declared it (applied, or sent in a failed transaction). `None` until the tables
+    /// were read once. Lets later full syncs on iptables-nft skip the slow `*-save`.
+    known: Option<[HashSet<String>; 2]>,
+}
+
+fn index(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
+    }
 }
 
 impl IptablesEngine {
@@ -55,6 +66,7 @@ impl IptablesEngine {
             options,
             backend,
             applied: None,
+            known: None,
         }
     }
 
@@ -113,6 +125,34 @@ impl IptablesEngine {
             .expect("a resolved backend is Nft or Legacy"))
     }
 
+    /// What the kernel holds of ours in one family, for a full sync: from `*-save`,
+    /// or, with iptables-nft once the chains are known, from the small filter table and
+    /// the nat builtin chains only.
+    async fn inspect(
+        &self,
+        bins: &Binaries,
+        family: IpFamily,
+    ) -> Result<KernelChains, EngineError> {
+        let netns = self.netns();
+        let known = match (&self.known, self.backend) {
+            (Some(known), Some(Backend::Nft)) => &known[index(family)],
+            _ => {
+                let saved = apply::save(netns, bins.save(family)).await?;
+                return Ok(KernelChains::parse(&saved));
+            }
+        };
+        let mut text = apply::save_table(netns, bins.save(family), "filter").await?;
+        text.push_str("*nat\n");
+        for b in ["PREROUTING", "OUTPUT", "POSTROUTING"] {
+            if let Some(l) = apply::list_chain(netns, bins.iptables(family), "nat", b).await? {
+                text.push_str(&l);
+            }
+        }
+        let mut kernel = KernelChains::parse(&text);
+        kernel.nat = known.clone();
+        Ok(kernel)
+    }
+
     async fn full_sync(
         &mut self,
         model: &NodeModel,
@@ -125,9 +165,14 @@ impl IptablesEngine {
         };
         let mut texts = Vec::new();
         for family in FAMILIES {
-            let saved = apply::save(self.netns(), bins.save(family)).await?;
-            let kernel = KernelChains::parse(&saved);
+            let kernel = self.inspect(&bins, family).await?;
             let (text, record) = render_family_full(model, family, large, &kernel);
+            let known = self.known.get_or_insert_with(Default::default);
+            let known = &mut known[index(family)];
+            // Stale chains found in the kernel are deleted by this transaction, but
+            // remain possible until it succeeds.
+            known.extend(kernel.nat.iter().filter(|c| is_port_chain(c)).cloned());
+            known.extend(record.port_chains().cloned());
             *applied.family_mut(family) = record;
             texts.push((family, text));
         }
@@ -136,6 +181,22 @@ impl IptablesEngine {
         }
         Ok(applied)
     }
+
+    /// After a successful sync: the chains that exist are exactly the record's.
+    fn settle_known(&mut self) {
+        if let (Some(known), Some(applied)) = (&mut self.known, &self.applied) {
+            for family in FAMILIES {
+                known[index(family)] = applied.family(family).port_chains().cloned().collect();
+            }
+        }
+    }
+}
+
+/// Whether a chain name is a per-port chain (not one of the fixed chains).
+fn is_port_chain(chain: &str) -> bool {
+    ["SY-SVC-", "SY-SVL-", "SY-EXT-", "SY-FW-", "SY-SEP-"]
+        .iter()
+        .any(|p| chain.starts_with(p))
 }
 
 #[async_trait]
@@ -160,6 +221,7 @@ impl ProxyEngine for IptablesEngine {
             let apply_time = start.elapsed();
             let rules = applied.rule_count();
             self.applied = Some(applied);
+            self.settle_known();
             tracing::debug!(?apply_time, rules, "iptables full sync");
             return Ok(SyncReport {
                 full: true,
@@ -177,6 +239,15 @@ impl ProxyEngine for IptablesEngine {
                 render_family_partial(model, changes, &applied, family),
             ));
         }
+        if let Some(known) = &mut self.known {
+            for (family, p) in &partials {
+                known[index(*family)].extend(
+                    p.updates
+                        .iter()
+                        .flat_map(|(_, r)| r.iter().flat_map(|r| r.chains.iter().cloned())),
+                );
+            }
+        }
         for (family, p) in &partials {
             if !p.text.is_empty() {
                 apply::restore(self.netns(), bins.restore(*family), &p.text).await?;
@@ -185,6 +256,13 @@ impl ProxyEngine for IptablesEngine {
         for (family, p) in partials {
             let rec = applied.family_mut(family);
             for (name, port) in p.updates {
+                if let (Some(known), Some(old)) = (&mut self.known, rec.ports.get(&name)) {
+                    let known = &mut known[index(family)];
+                    let kept: HashSet<&String> = port.iter().flat_map(|r| &r.chains).collect();
+                    for c in old.chains.iter().filter(|c| !kept.contains(c)) {
+                        known.remove(c);
+                    }
+                }
                 rec.set(name, port);
             }
         }
@@ -212,16 +290,21 @@ impl ProxyEngine for IptablesEngine {
             .expect("a successful sync resolved the backend");
         let mut found = Vec::new();
         for family in FAMILIES {
-            let saved = apply::save(self.netns(), bins.save(family)).await?;
-            if let Some(d) = verify::compare(family, &saved, applied.family(family)) {
-                found.push(d);
-            }
+            let record = applied.family(family);
+            let d = if self.backend == Some(Backend::Nft) {
+                verify::compare_targeted(self.netns(), &bins, family, record).await?
+            } else {
+                let saved = apply::save(self.netns(), bins.save(family)).await?;
+                verify::compare(family, &saved, record)
+            };
+            found.extend(d);
         }
         Ok(verify::drift(found))
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {
         self.applied = None;
+        self.known = None;
         // With `Detect`, clean both backends: rules may have been made through either.
         let backends: Vec<Backend> = match self.options.backend {
             Backend::Detect => vec![Backend::Nft, Backend::Legacy],

@@ -88,6 +88,8 @@ pub struct FamilyRecord {
     /// Rules in the fixed chains (nat, filter).
     pub fixed_nat: usize,
     pub fixed_filter: usize,
+    /// Of `fixed_nat`, the NodePort jumps at the end of nat `SY-SERVICES`.
+    pub nodeport_jumps: usize,
     /// Rules of all ports (nat, filter), kept in step with `ports`.
     pub port_nat: usize,
     pub port_filter: usize,
@@ -113,6 +115,21 @@ impl FamilyRecord {
             Table::Nat => self.fixed_nat + self.port_nat,
             Table::Filter => self.fixed_filter + self.port_filter,
         }
+    }
+
+    /// Rules in nat `SY-SERVICES`.
+    pub fn services_rules(&self) -> usize {
+        self.nodeport_jumps
+            + self
+                .ports
+                .values()
+                .map(|p| p.dispatch.nat_services.len())
+                .sum::<usize>()
+    }
+
+    /// The nat chains of all ports.
+    pub fn port_chains(&self) -> impl Iterator<Item = &String> {
+        self.ports.values().flat_map(|p| &p.chains)
     }
 
     /// Rules including the jumps from builtin chains.

@@ -698,6 +698,7 @@ pub fn render_family_full(
     let (fixed, n) = fixed_rules(Table::Nat, &ctx);
     let (np, np_n) = nodeport_jumps(&ctx);
     record.fixed_nat = n + np_n;
+    record.nodeport_jumps = np_n;
     let mut wanted: HashSet<&str> = Table::Nat.fixed_chains().iter().copied().collect();
     for p in record.ports.values() {
         wanted.extend(p.chains.iter().map(String::as_str));
