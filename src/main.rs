@@ -18,6 +18,7 @@ use switchyard_core::{
     ChangeSet, ClusterState, EngineError, NodeModel, ProxyEngine,
 };
 use switchyard_crd::{Mode, ModeCapability};
+use switchyard_iptables::{Backend as IptBackend, IptOptions, IptablesEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 use switchyard_probe::{Probe, ProbeReport};
 use tokio::sync::{watch, Notify};
@@ -33,6 +34,31 @@ struct Cli {
     command: Command,
 }
 
+/// What `run` and `agent` share.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's name: its Node object gives its IPs, labels and zone (the DaemonSet
+    /// passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Engine to run, overriding the ProxyConfig's mode (its fallback list still applies).
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// iptables backend: `nft`, `legacy`, or `auto` (the one holding more rules, as
+    /// kube-proxy decides).
+    #[arg(long, default_value = "auto", value_parser = parse_backend)]
+    iptables_backend: IptBackend,
+}
+
+fn parse_backend(s: &str) -> Result<IptBackend, String> {
+    match s {
+        "nft" => Ok(IptBackend::Nft),
+        "legacy" => Ok(IptBackend::Legacy),
+        "auto" => Ok(IptBackend::Detect),
+        other => Err(format!("{other:?}: expected nft, legacy or auto")),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Standalone node agent: reads Kubernetes manifests from a directory (no API server).
@@ -40,21 +66,13 @@ enum Command {
         /// Directory of *.yaml/*.yml/*.json manifests (Service, EndpointSlice, Node, ProxyConfig).
         #[arg(long)]
         manifests: PathBuf,
-        /// This node's name (its Node object gives its IPs and labels).
-        #[arg(long)]
-        node_name: String,
-        /// Engine to run, overriding the ProxyConfig's mode.
-        #[arg(long)]
-        mode: Option<Mode>,
+        #[command(flatten)]
+        node: NodeArgs,
     },
     /// Node agent watching the API server (DaemonSet).
     Agent {
-        /// This node's name (the DaemonSet passes spec.nodeName).
-        #[arg(long, env = "NODE_NAME")]
-        node_name: String,
-        /// Engine to run, overriding the ProxyConfig's mode.
-        #[arg(long)]
-        mode: Option<Mode>,
+        #[command(flatten)]
+        node: NodeArgs,
     },
     /// Aggregates ProxyNode status into ProxyConfig status (leader-elected).
     Operator {
@@ -93,17 +111,13 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Run {
-            manifests,
-            node_name,
-            mode,
-        } => runtime.block_on(run_standalone(manifests, node_name, mode)),
+        Command::Run { manifests, node } => runtime.block_on(run_standalone(manifests, node)),
         Command::Cleanup => runtime.block_on(cleanup()),
         Command::Crd => {
             print!("{}", switchyard_crd::crds_yaml());
             Ok(())
         }
-        Command::Agent { node_name, mode } => runtime.block_on(run_agent(node_name, mode)),
+        Command::Agent { node } => runtime.block_on(run_agent(node)),
         Command::Operator {
             namespace,
             identity,
@@ -114,15 +128,21 @@ fn main() -> Result<()> {
 }
 
 /// Modes with an engine in this binary.
-const BUILT: [Mode; 1] = [Mode::Nftables];
+const BUILT: [Mode; 2] = [Mode::Iptables, Mode::Nftables];
 
 /// Builds the engines this binary has.
-struct Engines;
+struct Engines {
+    iptables_backend: IptBackend,
+}
 
 impl EngineFactory for Engines {
     fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError> {
         match mode {
             Mode::Nftables => Ok(Box::new(NftablesEngine::new(NftOptions::default()))),
+            Mode::Iptables => Ok(Box::new(IptablesEngine::new(IptOptions {
+                netns: None,
+                backend: self.iptables_backend,
+            }))),
             other => Err(EngineError::Unavailable {
                 mode: other,
                 reason: "engine not built".into(),
@@ -209,6 +229,7 @@ fn probe_command(output: &str) -> Result<()> {
 /// runner, conntrack cleanup; `api` also publishes the ProxyNode status.
 struct NodeSide {
     node_name: String,
+    iptables_backend: IptBackend,
     source: ConfigSource,
     state: Arc<Mutex<ClusterState>>,
     notify: Arc<Notify>,
@@ -216,11 +237,12 @@ struct NodeSide {
 }
 
 impl NodeSide {
-    fn new(node_name: String, mode: Option<Mode>) -> Self {
+    fn new(args: NodeArgs) -> Self {
         NodeSide {
-            node_name,
+            node_name: args.node_name,
+            iptables_backend: args.iptables_backend,
             source: ConfigSource {
-                mode_override: mode,
+                mode_override: args.mode,
             },
             state: Arc::new(Mutex::new(ClusterState::default())),
             notify: Arc::new(Notify::new()),
@@ -265,7 +287,9 @@ impl NodeSide {
             let _ = stop_tx.send(true);
         });
         let runner = SyncRunner::new(
-            Arc::new(Engines),
+            Arc::new(Engines {
+                iptables_backend: self.iptables_backend,
+            }),
             caps,
             self.state,
             self.notify,
@@ -293,11 +317,11 @@ impl NodeSide {
     }
 }
 
-async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> Result<()> {
+async fn run_standalone(dir: PathBuf, args: NodeArgs) -> Result<()> {
     if !dir.is_dir() {
         bail!("--manifests {}: not a directory", dir.display());
     }
-    let node = NodeSide::new(node_name, mode);
+    let node = NodeSide::new(args);
     ManifestDir::new(&dir, node.metrics.clone()).follow(
         node.state.clone(),
         node.notify.clone(),
@@ -306,11 +330,11 @@ async fn run_standalone(dir: PathBuf, node_name: String, mode: Option<Mode>) -> 
     node.run(format!("manifests {}", dir.display()), None).await
 }
 
-async fn run_agent(node_name: String, mode: Option<Mode>) -> Result<()> {
+async fn run_agent(args: NodeArgs) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
-    let node = NodeSide::new(node_name, mode);
+    let node = NodeSide::new(args);
     let mut ready = switchyard_agent::follow_cluster(
         client.clone(),
         &node.node_name,
@@ -364,11 +388,28 @@ async fn wait_for_signal() {
 }
 
 async fn cleanup() -> Result<()> {
-    let mut engine = NftablesEngine::new(NftOptions::default());
-    engine
-        .cleanup()
-        .await
-        .context("removing the nftables tables")?;
-    tracing::info!("removed Switchyard's nftables tables (iptables, IPVS and eBPF engines are not built yet, so nothing of theirs exists)");
+    let mut engines: Vec<Box<dyn ProxyEngine>> = vec![
+        Box::new(NftablesEngine::new(NftOptions::default())),
+        // Both iptables backends: whichever a previous run used.
+        Box::new(IptablesEngine::new(IptOptions {
+            netns: None,
+            backend: IptBackend::Nft,
+        })),
+        Box::new(IptablesEngine::new(IptOptions {
+            netns: None,
+            backend: IptBackend::Legacy,
+        })),
+    ];
+    let mut failures = Vec::new();
+    for engine in &mut engines {
+        match engine.cleanup().await {
+            Ok(()) => tracing::info!(mode = %engine.mode(), "removed"),
+            Err(e) => failures.push(format!("{}: {e}", engine.mode())),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("cleanup incomplete: {}", failures.join("; "));
+    }
+    tracing::info!("removed every table, chain and rule Switchyard made (IPVS and eBPF engines are not built, so nothing of theirs exists)");
     Ok(())
 }

@@ -65,4 +65,10 @@ pub trait ProxyEngine: Send {
 
     /// Removes everything this engine ever created on this node.
     async fn cleanup(&mut self) -> Result<(), EngineError>;
+
+    /// Rules programmed per kernel table, for engines that count them (iptables:
+    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`).
+    fn rule_counts(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
 }

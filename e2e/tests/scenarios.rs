@@ -1,6 +1,6 @@
 //! Runs every packet-flow scenario — the shared ones (`<workspace>/../shared/scenarios`, or
 //! `$SWITCHYARD_SCENARIOS_DIR`) and ours (`e2e/scenarios`) — against the real agent in
-//! nftables mode, one sandbox per scenario, printing a report per file and failing with
+//! nftables mode and in iptables mode on both backends, one sandbox per scenario, printing a report per file and failing with
 //! the list of every failed flow.
 //!
 //! `SWITCHYARD_SCENARIO=<substring>` runs only matching files; `SWITCHYARD_PENDING=a,b`
@@ -26,7 +26,7 @@ fn shared_dir() -> PathBuf {
     dir
 }
 
-fn run_all(mode: &str) {
+fn run_all(mode: &str, agent_args: &[&str]) {
     let mut files = scenario_files(&shared_dir()).expect("listing shared scenarios");
     let own = workspace_root().join("e2e/scenarios");
     if own.is_dir() {
@@ -40,6 +40,7 @@ fn run_all(mode: &str) {
         .map(|s| s.split(',').map(|p| p.trim().to_string()).collect())
         .unwrap_or_default();
     let runner = Runner::new(mode)
+        .agent_args(agent_args.iter().copied())
         .pending(PENDING.iter().copied())
         .pending(extra_pending);
 
@@ -60,7 +61,7 @@ fn run_all(mode: &str) {
         }
     }
     println!(
-        "=== {mode}: {} scenario file(s)\n{}",
+        "=== {mode} {agent_args:?}: {} scenario file(s)\n{}",
         files.len(),
         summary.join("\n")
     );
@@ -78,5 +79,21 @@ fn scenarios_nftables() {
     if !require_root("scenarios_nftables") {
         return;
     }
-    run_all("nftables");
+    run_all("nftables", &[]);
+}
+
+#[test]
+fn scenarios_iptables_nft_backend() {
+    if !require_root("scenarios_iptables_nft_backend") {
+        return;
+    }
+    run_all("iptables", &["--iptables-backend", "nft"]);
+}
+
+#[test]
+fn scenarios_iptables_legacy_backend() {
+    if !require_root("scenarios_iptables_legacy_backend") {
+        return;
+    }
+    run_all("iptables", &["--iptables-backend", "legacy"]);
 }
