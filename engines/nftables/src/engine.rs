@@ -11,8 +11,9 @@ use switchyard_crd::Mode;
 
 use crate::{
     apply,
+    netlink::{NftSocket, MAX_BATCH_BYTES},
     record::Applied,
-    render::{render_full_with_record, render_partial},
+    render::{render_full_with_record, render_partial, NeedsNft, Partial},
     ruleset::{Family, TABLE},
     verify,
 };
@@ -24,6 +25,9 @@ pub struct NftOptions {
     pub netns: Option<String>,
     /// The `nft` binary.
     pub nft_path: String,
+    /// Whether partial syncs write nf_tables netlink batches themselves (else they
+    /// run `nft`, like full syncs).
+    pub netlink_partials: bool,
 }
 
 impl Default for NftOptions {
@@ -31,6 +35,7 @@ impl Default for NftOptions {
         NftOptions {
             netns: None,
             nft_path: "nft".to_string(),
+            netlink_partials: true,
         }
     }
 }
@@ -44,6 +49,9 @@ pub struct NftablesEngine {
     applied: Option<Applied>,
     /// Rotates the chains `verify` samples on large tables.
     verify_cursor: usize,
+    /// The nf_tables netlink socket partial syncs write through (opened on first use,
+    /// dropped after an error).
+    socket: Option<NftSocket>,
 }
 
 impl NftablesEngine {
@@ -52,6 +60,7 @@ impl NftablesEngine {
             options,
             applied: None,
             verify_cursor: 0,
+            socket: None,
         }
     }
 
@@ -62,6 +71,36 @@ impl NftablesEngine {
     /// Whether the next sync will rewrite everything whatever it is asked.
     pub fn next_sync_is_full(&self) -> bool {
         self.applied.is_none()
+    }
+}
+
+impl NftablesEngine {
+    /// Applies a partial transaction: as one nf_tables netlink batch when it can be
+    /// encoded (no affinity set is created or deleted) and fits a datagram, else with
+    /// `nft -f -`. Returns which way it went.
+    async fn apply_partial(&mut self, partial: &Partial) -> Result<&'static str, EngineError> {
+        if self.options.netlink_partials {
+            if self.socket.is_none() {
+                self.socket = Some(NftSocket::open(self.options.netns.as_deref())?);
+            }
+            let socket = self.socket.as_mut().expect("opened above");
+            let mut batch = socket.batch();
+            match partial.encode(&mut batch) {
+                Ok(()) if batch.bytes() <= MAX_BATCH_BYTES => {
+                    let result = socket.commit(batch);
+                    if result.is_err() {
+                        self.socket = None;
+                    }
+                    return result.map(|()| "netlink");
+                }
+                Ok(()) => {}
+                Err(NeedsNft(why)) => {
+                    tracing::debug!(why, "nftables partial sync through nft");
+                }
+            }
+        }
+        apply::transaction(&self.options, &partial.text).await?;
+        Ok("nft")
     }
 }
 
@@ -98,14 +137,16 @@ impl ProxyEngine for NftablesEngine {
         let mut applied = self.applied.take().expect("checked above");
         let partial = render_partial(model, changes, &applied);
         let start = Instant::now();
+        let mut via = "nothing to do";
         if !partial.text.is_empty() {
             // On error `self.applied` stays `None`: the next sync is full.
-            apply::transaction(&self.options, &partial.text).await?;
+            via = self.apply_partial(&partial).await?;
         }
         let apply_time = start.elapsed();
         tracing::debug!(
             bytes = partial.text.len(),
             ?apply_time,
+            via,
             "nftables partial sync"
         );
         partial.commit(&mut applied);
@@ -131,6 +172,7 @@ impl ProxyEngine for NftablesEngine {
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {
         self.applied = None;
+        self.socket = None;
         let mut text = String::new();
         for family in Family::BOTH {
             let fam = family.nft();

@@ -1,15 +1,19 @@
 //! The nftables dataplane engine: `table ip switchyard` and `table ip6 switchyard`,
-//! laid out as upstream kube-proxy's nftables proxier (verdict maps for service IPs and
-//! NodePorts, one chain per service port and per endpoint), programmed with one atomic
-//! `nft -f -` transaction per sync.
+//! laid out after upstream kube-proxy's nftables proxier (verdict maps for service IPs
+//! and NodePorts, one chain per service port), with no per-endpoint chains. Full syncs
+//! are one atomic `nft -f -` transaction; partial syncs are one atomic nf_tables netlink
+//! batch written by this crate (no `nft` process, no cache dump).
 //!
 //! This crate owns those two tables and nothing else on the node; it never reads the
 //! Kubernetes API and never re-derives service semantics (see `switchyard_core::model`).
 //!
 //! - [`ruleset`]: table, chain, map and set names; hashed per-service-port chain names.
-//! - [`render`]: ruleset text, full (`render_full`) and partial (`render_partial`).
+//! - [`rule`]: per-service-port rules as data, written as nft text or netlink bytecode.
+//! - [`render`]: ruleset text, full (`render_full`) and partial (`render_partial`, also
+//!   encodable as a netlink batch).
 //! - [`record`]: what the engine applied, per family and service port.
 //! - [`apply`]: running `nft` (optionally inside a network namespace).
+//! - [`netlink`]: the nf_tables netlink batch encoding and socket.
 //! - [`verify`]: comparing the kernel's tables with the record (drift).
 //! - [`engine`]: `NftablesEngine`, the `ProxyEngine` implementation.
 //!
@@ -17,34 +21,45 @@
 //!
 //! Base chains `filter-prerouting|input|forward|output` (priority -110, before DNAT),
 //! `filter-output-post-dnat` (-90), `nat-prerouting|output` (-100, jump `services`),
-//! `nat-postrouting` (100, jump `masquerading`). Top-level chains: `services`
-//! (`service-ips` / `service-nodeports` verdict maps), `masquerading`,
+//! `nat-postrouting` (100: hairpin check, then jump `masquerading`). Top-level chains:
+//! `services` (`service-ips` / `service-nodeports` verdict maps), `masquerading`,
 //! `mark-for-masquerade` (mark 0x4000), `reject-chain`, `service-endpoints-check` and
 //! `nodeport-endpoints-check` (`no-endpoint-services` / `no-endpoint-nodeports`),
 //! `firewall-check` (`firewall-ips`), `cluster-ips-check` (`cluster-ips`). Sets
-//! `nodeport-ips` and `cluster-cidrs` (intervals). Per service port: `svc-H`, `local-H`,
-//! `ext-H`, `fw-H`, per endpoint `ep-E` (and `aff-E-T` with ClientIP affinity); `H` is a
-//! hash of the service port name, so names are stable and safe.
+//! `nodeport-ips` and `cluster-cidrs` (intervals), `hairpin` (`endpoint . endpoint`
+//! address pairs: `ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade`
+//! in `nat-postrouting`). Per service port: `svc-H`, `local-H` (endpoint choice and DNAT
+//! inline: `numgen random mod (N-i) == 0 meta l4proto P dnat to EP`), `ext-H`, `fw-H`;
+//! `H` is a hash of the service port name, so names are stable and safe.
+//!
+//! ClientIP affinity keeps one dynamic set per endpoint (`aff-E-T`) for the service
+//! ports that ask for it (rare): `ip saddr @aff-E update @aff-E { ip saddr } ... dnat to
+//! EP` before the random choice, whose rules also `update` the chosen endpoint's set
+//! (a sliding timeout, as upstream). The kernel finds sets by name in a list, so sets
+//! are only for affinity; a partial sync that creates or deletes one goes through `nft`.
 //!
 //! # Kernel and tool requirements
 //!
 //! nft >= 1.0 (hook priorities are written numerically, as 1.0.6 only names `dstnat`
-//! for prerouting), a kernel with nf_tables, `fib`, `numgen`, NAT and dynamic sets
-//! (>= 5.x). Removing a map element and deleting the chain it pointed to in the same
-//! transaction needs kernel >= 6.2 (older kernels refuse it; the sync then fails and the
-//! next one is full).
+//! for prerouting), a kernel with nf_tables, `fib`, `numgen`, NAT, concatenated set keys
+//! and dynamic sets (>= 5.x). Removing a map element and deleting the chain it pointed
+//! to in the same transaction needs kernel >= 6.2 (older kernels refuse it; the sync then
+//! fails and the next one is full).
 //!
 //! # Cost
 //!
-//! nft 1.0.6 dumps every chain of the host before any `add rule` / `add element`, and
-//! the kernel's chain and rule dumps restart their walk for each message, so a partial
-//! sync costs time in the total number of chains (not in the size of the change), and a
-//! full listing of a large table is slow; see `verify` for how drift checks stay cheap.
+//! nft 1.0.6 dumps every chain of the host before any `add rule` / `add element` (about
+//! 240 ms at 60k chains), so partial syncs bypass it with netlink batches and cost time
+//! in the size of the change. The kernel's chain and rule dumps restart their walk for
+//! each message, so a full listing of a large table is slow; see `verify` for how drift
+//! checks stay cheap.
 
 pub mod apply;
 pub mod engine;
+pub mod netlink;
 pub mod record;
 pub mod render;
+pub mod rule;
 pub mod ruleset;
 pub mod verify;
 

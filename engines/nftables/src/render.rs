@@ -1,21 +1,26 @@
 //! Text generation: the whole ruleset of both tables (`render_full`) and the partial
-//! transaction that rewrites only some service ports (`render_partial`). Both are pure
-//! functions of the model (and, for partial, of the record of what was applied); they
-//! also return the record the kernel will hold once the text is applied.
+//! transaction that rewrites only some service ports (`render_partial`, which also
+//! carries the same transaction as data for a netlink batch, see [`Partial::encode`]).
+//! Both are pure functions of the model (and, for partial, of the record of what was
+//! applied); they also return the record the kernel will hold once applied.
 //!
-//! Per service port and family (upstream kube-proxy's layout):
+//! Per service port and family (upstream kube-proxy's layout, minus endpoint chains):
 //! - `svc-H` (Cluster policy) and `local-H` (Local policy): masquerade marking for
-//!   cluster IP traffic, affinity checks, then the random endpoint choice;
-//!
-//! The random choice is a cascade, rule `i` of `N` being
-//! `numgen random mod (N - i) == 0 goto ep-i` (uniform, like iptables' `statistic`), not
-//! upstream's `numgen random mod N vmap { ... }`: the kernel creates anonymous maps, and
-//! binds rules to a shared named map, in quadratic time (8000 anonymous maps: 12 s).
-//! The cascade only runs for a connection's first packet (NAT chains).
-//! No rule uses an anonymous set for the same reason (named sets, or one rule per item).
+//!   cluster IP traffic, affinity checks, then the random endpoint choice and its DNAT;
 //! - `ext-H`: entry for NodePort, external IP and LB IP traffic;
 //! - `fw-H`: LoadBalancerSourceRanges;
-//! - `ep-E`: hairpin masquerade, affinity update, DNAT; `aff-E`: affinity set.
+//! - `aff-E-T`: affinity set of one endpoint (ClientIP affinity only).
+//!
+//! The random choice is a cascade, rule `i` of `N` being
+//! `numgen random mod (N - i) == 0 meta l4proto P dnat to EP-i` (uniform, like
+//! iptables' `statistic`), not upstream's `numgen random mod N vmap { ... }`: the kernel
+//! creates anonymous maps, and binds rules to a shared named map, in quadratic time
+//! (8000 anonymous maps: 12 s). The cascade only runs for a connection's first packet
+//! (NAT chains). No rule uses an anonymous set for the same reason (named sets, or one
+//! rule per item). Upstream's per-endpoint chains (hairpin masquerade, affinity update,
+//! DNAT) are gone: six times fewer chains. Hairpin is one `hairpin` set of
+//! `endpoint . endpoint` pairs checked in `nat-postrouting`; each endpoint's pair is an
+//! element claimed, like map keys, by every service port using that endpoint.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -24,10 +29,12 @@ use std::{
 };
 
 use ipnet::IpNet;
-use switchyard_core::{ChangeSet, Endpoint, NodeModel, ServicePort, ServicePortName};
+use switchyard_core::{ChangeSet, Endpoint, NodeModel, Protocol, ServicePort, ServicePortName};
 
 use crate::{
+    netlink::{Batch, ElementBytes, NFT_GOTO, NFT_JUMP, NF_DROP},
     record::{Applied, Element, FamilyRecord, PortObjects},
+    rule::{ip_bytes, protocol_number, Action, Match, Rule},
     ruleset::{self, collapse, Family, MapKind, PortChains, TABLE},
 };
 
@@ -102,6 +109,8 @@ struct ChainText<'a> {
     chain: String,
     open: bool,
     rules: usize,
+    /// In `Commands` style, every chain written and its rules (for netlink).
+    collected: Vec<(String, Vec<Rule>)>,
 }
 
 impl<'a> ChainText<'a> {
@@ -114,6 +123,7 @@ impl<'a> ChainText<'a> {
             chain: String::new(),
             open: false,
             rules: 0,
+            collected: Vec::new(),
         }
     }
 
@@ -134,20 +144,27 @@ impl<'a> ChainText<'a> {
         self.chain.push_str(name);
         self.open = true;
         self.rules = 0;
+        if self.style == Style::Commands {
+            self.collected.push((name.to_string(), Vec::new()));
+        }
     }
 
-    fn rule(&mut self, args: fmt::Arguments<'_>) {
+    fn rule(&mut self, rule: Rule) {
+        let text = rule.text(self.family);
         match self.style {
             Style::Block => {
-                let _ = writeln!(self.body, "\t\t{args}");
+                let _ = writeln!(self.body, "\t\t{text}");
             }
             Style::Commands => {
                 let _ = writeln!(
                     self.body,
-                    "add rule {} {TABLE} {} {args}",
+                    "add rule {} {TABLE} {} {text}",
                     self.family.nft(),
                     self.chain
                 );
+                if let Some((_, rules)) = self.collected.last_mut() {
+                    rules.push(rule);
+                }
             }
         }
         self.rules += 1;
@@ -193,7 +210,6 @@ const REJECT: &str = "goto reject-chain";
 fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) -> PortObjects {
     let mut objects = PortObjects::default();
     let fam = ctx.family;
-    let ipx = fam.nft();
     let cluster_ips: Vec<&IpAddr> = sp.cluster_ips.iter().filter(|ip| fam.has(ip)).collect();
     if cluster_ips.is_empty() {
         return objects;
@@ -318,7 +334,7 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
         }
     }
 
-    // Endpoint chains (and affinity sets) for every endpoint some policy chain uses.
+    // Every endpoint some policy chain uses: its hairpin element (and affinity set).
     let mut endpoints: Vec<&Endpoint> = Vec::new();
     if uses_cluster {
         endpoints.extend(&cluster);
@@ -330,30 +346,31 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
     endpoints.dedup_by_key(|e| (e.ip, e.port));
     let affinity = sp.affinity_timeout;
     let affinity_name = |ep: &Endpoint| {
-        let mut name = names.affinity(ep);
-        if let Some(t) = affinity {
+        affinity.map(|t| {
             // A changed timeout is a new set: nft cannot change a set's timeout.
+            let mut name = names.affinity(ep);
             let _ = write!(name, "-{t}");
-        }
-        name
+            name
+        })
     };
     for ep in &endpoints {
-        let chain = names.endpoint(ep);
-        let aff = affinity.map(|t| (affinity_name(ep), t));
-        if let Some((set, timeout)) = &aff {
-            chains.affinity_set(set, *timeout, &mut objects);
-        }
-        chains.chain(&chain, &mut objects);
-        chains.rule(format_args!(
-            "{ipx} saddr {} jump {}",
-            ep.ip,
-            ruleset::MARK_MASQ_CHAIN
-        ));
-        if let Some((set, _)) = &aff {
-            chains.rule(format_args!("update @{set} {{ {ipx} saddr }}"));
-        }
-        chains.rule(format_args!("meta l4proto {proto} dnat to {ep}"));
+        element(
+            MapKind::Hairpin,
+            format!("{} . {}", ep.ip, ep.ip),
+            String::new(),
+        );
     }
+    for ep in &endpoints {
+        if let (Some(set), Some(timeout)) = (affinity_name(ep), affinity) {
+            chains.affinity_set(&set, timeout, &mut objects);
+        }
+    }
+    let dnat = |ep: &Endpoint| Action::Dnat {
+        affinity: affinity_name(ep),
+        protocol: sp.protocol,
+        ip: ep.ip,
+        port: ep.port,
+    };
 
     // Policy chains.
     let policy_chains = [
@@ -367,40 +384,34 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
         chains.chain(chain, &mut objects);
         if is_internal && has_internal {
             for ip in &cluster_ips {
+                let mut matches = vec![Match::Daddr(**ip), Match::Dport(sp.protocol, port)];
                 if ctx.masquerade_all {
-                    chains.rule(format_args!(
-                        "{ipx} daddr {ip} {proto} dport {port} jump {}",
-                        ruleset::MARK_MASQ_CHAIN
-                    ));
+                    chains.rule(Rule::mark(matches));
                 } else if !ctx.cluster_cidrs.is_empty() {
-                    chains.rule(format_args!(
-                        "{ipx} daddr {ip} {proto} dport {port} {ipx} saddr != @{} jump {}",
-                        ruleset::CLUSTER_CIDRS_SET,
-                        ruleset::MARK_MASQ_CHAIN
-                    ));
+                    matches.push(Match::SaddrIn {
+                        set: ruleset::CLUSTER_CIDRS_SET.to_string(),
+                        negate: true,
+                    });
+                    chains.rule(Rule::mark(matches));
                 }
             }
         }
-        if affinity.is_some() {
-            for ep in eps.iter() {
-                chains.rule(format_args!(
-                    "{ipx} saddr @{} goto {}",
-                    affinity_name(ep),
-                    names.endpoint(ep)
+        for ep in eps.iter() {
+            if let Some(set) = affinity_name(ep) {
+                chains.rule(Rule::new(
+                    vec![Match::SaddrIn { set, negate: false }],
+                    dnat(ep),
                 ));
             }
         }
         let n = eps.len();
         for (i, ep) in eps.iter().enumerate() {
-            let chain = names.endpoint(ep);
-            if i + 1 < n {
-                chains.rule(format_args!(
-                    "numgen random mod {} == 0 goto {chain}",
-                    n - i
-                ));
+            let matches = if i + 1 < n {
+                vec![Match::Random((n - i) as u32)]
             } else {
-                chains.rule(format_args!("goto {chain}"));
-            }
+                vec![]
+            };
+            chains.rule(Rule::new(matches, dnat(ep)));
         }
     }
 
@@ -408,22 +419,25 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
     if uses_external {
         chains.chain(&ext_chain, &mut objects);
         if !external_local {
-            chains.rule(format_args!("jump {}", ruleset::MARK_MASQ_CHAIN));
+            chains.rule(Rule::mark(vec![]));
         } else {
             if uses_cluster && !ctx.cluster_cidrs.is_empty() {
                 // Pod traffic to an external address is treated as cluster traffic.
-                chains.rule(format_args!(
-                    "{ipx} saddr @{} goto {svc_chain}",
-                    ruleset::CLUSTER_CIDRS_SET
+                chains.rule(Rule::new(
+                    vec![Match::SaddrIn {
+                        set: ruleset::CLUSTER_CIDRS_SET.to_string(),
+                        negate: false,
+                    }],
+                    Action::Goto(svc_chain.clone()),
                 ));
             }
             // Node traffic: its source is a local address, so masquerade it.
-            chains.rule(format_args!(
-                "fib saddr type local jump {}",
-                ruleset::MARK_MASQ_CHAIN
-            ));
+            chains.rule(Rule::mark(vec![Match::FibSaddrLocal]));
             if uses_cluster {
-                chains.rule(format_args!("fib saddr type local goto {svc_chain}"));
+                chains.rule(Rule::new(
+                    vec![Match::FibSaddrLocal],
+                    Action::Goto(svc_chain.clone()),
+                ));
             }
         }
         if has_external {
@@ -432,7 +446,7 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
             } else {
                 &svc_chain
             };
-            chains.rule(format_args!("goto {target}"));
+            chains.rule(Rule::new(vec![], Action::Goto(target.clone())));
         }
     }
 
@@ -455,9 +469,9 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
         // One rule per source rather than an anonymous set: the kernel creates anonymous
         // sets in quadratic time.
         for source in collapse(sources) {
-            chains.rule(format_args!("{ipx} saddr {source} return"));
+            chains.rule(Rule::new(vec![Match::SaddrNet(source)], Action::Return));
         }
-        chains.rule(format_args!("drop"));
+        chains.rule(Rule::new(vec![], Action::Drop));
     }
     chains.close(&mut objects);
     objects
@@ -478,6 +492,17 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
             base.name, base.kind, base.hook, base.priority
         );
         let mut rules = 0;
+        if base.name == ruleset::NAT_POSTROUTING_CHAIN {
+            // Hairpin: an endpoint reaching itself through a service is masqueraded
+            // (one set of `endpoint . endpoint` pairs, rather than a rule per endpoint).
+            let _ = writeln!(
+                out,
+                "\t\tct status dnat {ipx} saddr . {ipx} daddr @{} jump {}",
+                MapKind::Hairpin.name(),
+                ruleset::MARK_MASQ_CHAIN
+            );
+            rules += 1;
+        }
         for (from, cond, to) in ruleset::JUMPS {
             if *from == base.name {
                 let _ = writeln!(out, "\t\t{cond}jump {to}");
@@ -650,7 +675,25 @@ pub struct Partial {
 #[derive(Default)]
 struct FamilyPartial {
     ports: Vec<(ServicePortName, PortObjects)>,
+    ops: FamilyOps,
 }
+
+/// What a partial sync writes in one family's table, as data (for netlink).
+#[derive(Default)]
+struct FamilyOps {
+    /// Chains created if missing, flushed, then filled with these rules.
+    chains: Vec<(String, Vec<Rule>)>,
+    deletes: Vec<(MapKind, String)>,
+    adds: Vec<(MapKind, String, String)>,
+    /// Chains flushed, then deleted.
+    stale_chains: Vec<String>,
+    /// Whether affinity sets are created or deleted (not encoded for netlink).
+    sets_change: bool,
+}
+
+/// Why a partial transaction cannot go through netlink (it then goes through `nft`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct NeedsNft(pub String);
 
 impl Partial {
     /// Brings `applied` to what the kernel holds after `text` was applied.
@@ -664,6 +707,89 @@ impl Partial {
             }
         }
     }
+
+    /// Appends the same transaction as `text` to a netlink batch, or says why it
+    /// cannot (affinity sets to create or delete); the batch is then left unusable.
+    pub fn encode(&self, batch: &mut Batch) -> Result<(), NeedsNft> {
+        for (family, partial) in Family::BOTH.into_iter().zip(&self.families) {
+            let ops = &partial.ops;
+            if ops.sets_change {
+                return Err(NeedsNft("affinity sets change".to_string()));
+            }
+            for (chain, _) in &ops.chains {
+                batch.add_chain(family, chain);
+                batch.flush_chain(family, chain);
+            }
+            for kind in MapKind::ALL {
+                let keys = ops
+                    .deletes
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, key)| element_bytes(key, ""))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !keys.is_empty() {
+                    batch.delete_elements(family, kind.name(), &keys);
+                }
+            }
+            for (chain, rules) in &ops.chains {
+                for rule in rules {
+                    batch.add_rule(family, chain, |a| rule.encode(family, a));
+                }
+            }
+            for kind in MapKind::ALL {
+                let elements = ops
+                    .adds
+                    .iter()
+                    .filter(|(k, _, _)| *k == kind)
+                    .map(|(_, key, value)| element_bytes(key, value))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !elements.is_empty() {
+                    batch.add_elements(family, kind.name(), &elements);
+                }
+            }
+            for chain in &ops.stale_chains {
+                batch.flush_chain(family, chain);
+            }
+            for chain in &ops.stale_chains {
+                batch.delete_chain(family, chain);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The netlink form of an element written as text: the key's components (addresses,
+/// protocol names, ports) each padded to 4 bytes, and the verdict if any.
+fn element_bytes(key: &str, value: &str) -> Result<ElementBytes, NeedsNft> {
+    let mut bytes = Vec::with_capacity(16);
+    for part in key.split(" . ") {
+        if let Ok(ip) = part.parse::<IpAddr>() {
+            bytes.extend_from_slice(&ip_bytes(&ip));
+        } else if let Some(p) = ["tcp", "udp", "sctp"].iter().position(|p| *p == part) {
+            let p = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp][p];
+            bytes.extend_from_slice(&[protocol_number(p), 0, 0, 0]);
+        } else if let Ok(port) = part.parse::<u16>() {
+            let [a, b] = port.to_be_bytes();
+            bytes.extend_from_slice(&[a, b, 0, 0]);
+        } else {
+            return Err(NeedsNft(format!("element key {key}")));
+        }
+    }
+    let verdict = if value.is_empty() {
+        None
+    } else if value == "drop" {
+        Some((NF_DROP, None))
+    } else if let Some(chain) = value.strip_prefix("goto ") {
+        Some((NFT_GOTO, Some(chain.to_string())))
+    } else if let Some(chain) = value.strip_prefix("jump ") {
+        Some((NFT_JUMP, Some(chain.to_string())))
+    } else {
+        return Err(NeedsNft(format!("element value {value}")));
+    };
+    Ok(ElementBytes {
+        key: bytes,
+        verdict,
+    })
 }
 
 /// Renders a transaction rewriting only the service ports `changes` names (added,
@@ -696,14 +822,20 @@ fn render_family_partial(
     let mut decl = String::new();
     let mut body = String::new();
     let mut new_ports = Vec::with_capacity(touched.len());
+    let mut ops = FamilyOps::default();
     for name in touched {
         let objects = match model.services.get(*name) {
             Some(sp) => {
                 let mut chains = ChainText::new(Style::Commands, ctx.family, &mut decl, &mut body);
-                render_port(ctx, sp, &mut chains)
+                let objects = render_port(ctx, sp, &mut chains);
+                ops.chains.append(&mut chains.collected);
+                objects
             }
             None => PortObjects::default(),
         };
+        if objects.sets.iter().any(|s| !record.sets.contains(s)) {
+            ops.sets_change = true;
+        }
         new_ports.push(((*name).clone(), objects));
     }
 
@@ -742,6 +874,7 @@ fn render_family_partial(
             continue;
         }
         if before.is_some() {
+            ops.deletes.push((kind, key.to_string()));
             let buf = &mut deletes[kind.index()];
             if !buf.is_empty() {
                 buf.push_str(", ");
@@ -749,6 +882,7 @@ fn render_family_partial(
             buf.push_str(key);
         }
         if let Some(value) = after {
+            ops.adds.push((kind, key.to_string(), value.to_string()));
             let buf = &mut adds[kind.index()];
             if !buf.is_empty() {
                 buf.push_str(", ");
@@ -820,5 +954,10 @@ fn render_family_partial(
     for set in &stale_sets {
         let _ = writeln!(text, "delete set {fam} {TABLE} {set}");
     }
-    FamilyPartial { ports: new_ports }
+    ops.sets_change |= !stale_sets.is_empty();
+    ops.stale_chains = stale_chains.iter().map(|c| c.to_string()).collect();
+    FamilyPartial {
+        ports: new_ports,
+        ops,
+    }
 }

@@ -23,8 +23,11 @@ pub const NODEPORT_ENDPOINTS_CHECK_CHAIN: &str = "nodeport-endpoints-check";
 pub const FIREWALL_CHECK_CHAIN: &str = "firewall-check";
 pub const CLUSTER_IPS_CHECK_CHAIN: &str = "cluster-ips-check";
 
+pub const NAT_POSTROUTING_CHAIN: &str = "nat-postrouting";
+
 pub const NODEPORT_IPS_SET: &str = "nodeport-ips";
 pub const CLUSTER_IPS_SET: &str = "cluster-ips";
+pub const HAIRPIN_SET: &str = "hairpin";
 /// This family's cluster CIDRs (the local-traffic detector), an interval set.
 pub const CLUSTER_CIDRS_SET: &str = "cluster-cidrs";
 
@@ -83,7 +86,7 @@ pub const BASE_CHAINS: &[BaseChain] = &[
         priority: "-100",
     },
     BaseChain {
-        name: "nat-postrouting",
+        name: NAT_POSTROUTING_CHAIN,
         kind: "nat",
         hook: "postrouting",
         priority: "100",
@@ -122,7 +125,7 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
     ),
     ("nat-prerouting", "", SERVICES_CHAIN),
     ("nat-output", "", SERVICES_CHAIN),
-    ("nat-postrouting", "", MASQUERADING_CHAIN),
+    (NAT_POSTROUTING_CHAIN, "", MASQUERADING_CHAIN),
 ];
 
 /// The maps and sets whose elements belong to service ports.
@@ -140,16 +143,20 @@ pub enum MapKind {
     FirewallIps,
     /// Set of active cluster IPs (`cluster-ips-check` rejects unused ports on them).
     ClusterIps,
+    /// Set of `endpoint . endpoint` address pairs: a connection DNATed to its own
+    /// source is masqueraded (`nat-postrouting`).
+    Hairpin,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 6] = [
+    pub const ALL: [MapKind; 7] = [
         MapKind::ServiceIps,
         MapKind::ServiceNodePorts,
         MapKind::NoEndpointServices,
         MapKind::NoEndpointNodePorts,
         MapKind::FirewallIps,
         MapKind::ClusterIps,
+        MapKind::Hairpin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -160,6 +167,7 @@ impl MapKind {
             MapKind::NoEndpointNodePorts => "no-endpoint-nodeports",
             MapKind::FirewallIps => "firewall-ips",
             MapKind::ClusterIps => CLUSTER_IPS_SET,
+            MapKind::Hairpin => HAIRPIN_SET,
         }
     }
 
@@ -169,7 +177,7 @@ impl MapKind {
 
     /// Whether elements carry a verdict (a map) or not (a set).
     pub fn is_map(self) -> bool {
-        self != MapKind::ClusterIps
+        !matches!(self, MapKind::ClusterIps | MapKind::Hairpin)
     }
 
     /// The nft type declaration for this family (`type ...` or `typeof ...`).
@@ -183,6 +191,7 @@ impl MapKind {
                 "type inet_proto . inet_service : verdict".to_string()
             }
             MapKind::ClusterIps => format!("type {addr}"),
+            MapKind::Hairpin => format!("type {addr} . {addr}"),
         }
     }
 }
@@ -295,8 +304,8 @@ impl PortChains {
         format!("fw-{}", self.base)
     }
 
-    /// Chain DNATing to one endpoint, and (same name) its affinity set.
-    pub fn endpoint(&self, ep: &Endpoint) -> String {
+    /// Stable per-endpoint name part (`ep-` and a hash).
+    fn endpoint(&self, ep: &Endpoint) -> String {
         let mut hasher = Sha256::new();
         hasher.update(self.hash);
         hasher.update(ep.to_string().as_bytes());

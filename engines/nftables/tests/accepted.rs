@@ -10,8 +10,9 @@ use proptest::prelude::*;
 use support::netns::{have_root, Netns};
 use switchyard_core::{ChangeSet, Endpoint, NodeModel, Protocol, ServicePort, ServicePortName};
 use switchyard_nftables::{
+    netlink::NftSocket,
     render::render_full_with_record,
-    render_partial,
+    render_full, render_partial,
     ruleset::Family,
     verify::{compare, parse_listing},
 };
@@ -160,22 +161,42 @@ fn kernel_accepts_full_and_partial_rulesets() {
         failure_persistence: None,
         ..ProptestConfig::default()
     };
+    // The reference: what a full sync of the second model gives.
+    let reference = Netns::new();
+    let socket = std::cell::RefCell::new(
+        NftSocket::open(Some(&ns.name)).expect("netlink socket in the netns"),
+    );
+    let counts = std::cell::RefCell::new(std::collections::BTreeMap::<&str, usize>::new());
     proptest!(config, |((m1, m2) in any_models())| {
         let (full, applied) = render_full_with_record(&m1);
         let (ok, out) = ns.nft(&["-f", "-"], &full);
         prop_assert!(ok, "full ruleset refused: {out}\n{full}");
         let changes = ChangeSet::between(&m1, &m2);
         let partial = render_partial(&m2, &changes, &applied);
+        let mut via = "nothing";
         if !partial.text.is_empty() {
             let (ok, out) = ns.nft(&["-c", "-f", "-"], &partial.text);
             prop_assert!(ok, "partial update refused: {out}\n{}\nagainst\n{full}", partial.text);
-            let (ok, out) = ns.nft(&["-f", "-"], &partial.text);
-            prop_assert!(ok, "partial update failed: {out}");
+            // Through netlink when it can be encoded, as the engine does.
+            let mut socket = socket.borrow_mut();
+            let mut batch = socket.batch();
+            if partial.encode(&mut batch).is_ok() {
+                via = "netlink";
+                let result = socket.commit(batch);
+                prop_assert!(result.is_ok(), "netlink partial update failed: {result:?}\n{}", partial.text);
+            } else {
+                via = "nft";
+                let (ok, out) = ns.nft(&["-f", "-"], &partial.text);
+                prop_assert!(ok, "partial update failed: {out}");
+            }
         }
+        *counts.borrow_mut().entry(via).or_default() += 1;
         // The record after the partial update matches the kernel.
         let mut applied = applied;
         let text = partial.text.clone();
         partial.commit(&mut applied);
+        let (ok, out) = reference.nft(&["-f", "-"], &render_full(&m2));
+        prop_assert!(ok, "{out}");
         for family in Family::BOTH {
             let (ok, listing) = ns.nft(&["-a", "list", "table", family.nft(), "switchyard"], "");
             prop_assert!(ok, "{listing}");
@@ -185,6 +206,92 @@ fn kernel_accepts_full_and_partial_rulesets() {
                 &applied.families[family.index()],
             );
             prop_assert!(diff.is_empty(), "{diff:?}\nafter\n{text}\nlisting\n{listing}");
+            // And the kernel holds exactly what a full sync of the new model gives.
+            let (_, got) = ns.nft(&["list", "table", family.nft(), "switchyard"], "");
+            let (_, want) = reference.nft(&["list", "table", family.nft(), "switchyard"], "");
+            let (got_n, want_n) = (normalized(&got), normalized(&want));
+            if got_n != want_n {
+                let missing: Vec<_> = want_n.iter().filter(|b| !got_n.contains(b)).collect();
+                let extra: Vec<_> = got_n.iter().filter(|b| !want_n.contains(b)).collect();
+                prop_assert!(false, "partial ({via}) differs from full:\nmissing {missing:#?}\nextra {extra:#?}\npartial\n{text}");
+            }
         }
     });
+    let counts = counts.into_inner();
+    eprintln!("partial updates applied: {counts:?}");
+    assert!(
+        counts.get("netlink").copied().unwrap_or(0) > 0,
+        "no partial went through netlink"
+    );
+}
+
+/// A table listing as a sorted list of blocks (chain, set, map), each with its lines in
+/// order and its elements sorted: partial and full syncs create objects in different
+/// orders.
+fn normalized(listing: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    let mut elements: Option<String> = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(acc) = &mut elements {
+            acc.push_str(line);
+            acc.push(' ');
+            if line.ends_with('}') {
+                let body = acc
+                    .trim()
+                    .trim_start_matches("elements = {")
+                    .trim_end_matches('}');
+                let mut items: Vec<&str> = body
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                items.sort();
+                if let Some(block) = &mut current {
+                    block.push_str(&format!("\n  elements {items:?}"));
+                }
+                elements = None;
+            }
+            continue;
+        }
+        if line.starts_with("elements = {") {
+            elements = Some(String::new());
+            let acc = elements.as_mut().unwrap();
+            acc.push_str(line);
+            acc.push(' ');
+            if line.ends_with('}') {
+                let body = acc
+                    .trim()
+                    .trim_start_matches("elements = {")
+                    .trim_end_matches('}');
+                let mut items: Vec<&str> = body
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                items.sort();
+                if let Some(block) = &mut current {
+                    block.push_str(&format!("\n  elements {items:?}"));
+                }
+                elements = None;
+            }
+            continue;
+        }
+        if line.starts_with("chain ") || line.starts_with("set ") || line.starts_with("map ") {
+            if let Some(b) = current.take() {
+                blocks.push(b);
+            }
+            current = Some(line.to_string());
+        } else if let Some(block) = &mut current {
+            if !line.is_empty() && line != "}" {
+                block.push_str("\n  ");
+                block.push_str(line);
+            }
+        }
+    }
+    if let Some(b) = current.take() {
+        blocks.push(b);
+    }
+    blocks.sort();
+    blocks
 }

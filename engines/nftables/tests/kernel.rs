@@ -196,6 +196,7 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
     let mut failing = NftablesEngine::new(NftOptions {
         netns: Some(ns.name.clone()),
         nft_path: fake.to_string_lossy().into_owned(),
+        netlink_partials: false,
     });
     assert!(failing.sync(&m1, &ChangeSet::full(&m1)).await.is_err());
     assert!(failing.next_sync_is_full());

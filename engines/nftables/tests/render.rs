@@ -30,9 +30,13 @@ fn cluster_ip_service() {
     assert!(text.contains(
         "ip daddr 172.16.0.10 tcp dport 80 ip saddr != @cluster-cidrs jump mark-for-masquerade"
     ));
-    assert!(text.contains("numgen random mod 2 == 0 goto ep-"));
-    assert!(l.contains(&"ip saddr 10.0.0.5 jump mark-for-masquerade"));
-    assert!(l.contains(&"meta l4proto tcp dnat to 10.0.0.5:8080"));
+    // No per-endpoint chains: the choice and the DNAT are inline.
+    assert!(l.contains(&"numgen random mod 2 == 0 meta l4proto tcp dnat to 10.0.0.5:8080"));
+    assert!(l.contains(&"meta l4proto tcp dnat to 10.0.1.5:8080"));
+    assert!(!text.contains("ep-"));
+    // Hairpin: one set of endpoint pairs, checked in nat-postrouting.
+    assert!(l.contains(&"ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade"));
+    assert!(text.contains("10.0.0.5 . 10.0.0.5"));
     // The IPv4-only service is absent from the ip6 table.
     let ip6 = &text[text.find("table ip6 switchyard {").unwrap()..];
     assert!(!ip6.contains("svc-"));

@@ -1,0 +1,462 @@
+//! The nf_tables netlink wire format and socket, for partial syncs that bypass `nft`
+//! (whose 1.0.6 userspace dumps every chain of the host before any `add rule` or
+//! `add element`). One [`Batch`] is one atomic nf_tables transaction
+//! (`NFNL_MSG_BATCH_BEGIN` … `NFNL_MSG_BATCH_END`); the kernel applies all of it or
+//! none of it.
+//!
+//! Only what partial syncs write is encoded: chains (create, flush, delete), rules
+//! (see [`crate::rule`]) and map/set elements. Netlink and attribute headers are in host
+//! byte order; nf_tables integer attributes are big-endian.
+//!
+//! The socket belongs to the network namespace it was opened in: [`NftSocket::open`]
+//! opens it from a short-lived thread that first enters `/run/netns/NAME`.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::{
+    errno::Errno,
+    sched::{setns, CloneFlags},
+    sys::{
+        socket::{
+            bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+            SockFlag, SockProtocol, SockType,
+        },
+        time::TimeVal,
+    },
+};
+use switchyard_core::EngineError;
+
+use crate::ruleset::{Family, TABLE};
+
+// linux/netlink.h
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLA_F_NESTED: u16 = 0x8000;
+
+// linux/netfilter/nfnetlink.h
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+
+// linux/netfilter/nf_tables.h: messages.
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+
+// Attributes.
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+pub const NFTA_DATA_VALUE: u16 = 1;
+pub const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+// Verdict codes.
+pub const NF_DROP: i32 = 0;
+pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
+pub const NFT_RETURN: i32 = -5;
+
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+
+/// Elements per `NEWSETELEM`/`DELSETELEM` message: the element list is one nested
+/// attribute, whose length must fit in 16 bits.
+const ELEMENTS_PER_MESSAGE: usize = 256;
+
+/// Largest batch sent in one datagram (the socket's send buffer is raised to hold it).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::Ip => NFPROTO_IPV4,
+        Family::Ip6 => NFPROTO_IPV6,
+    }
+}
+
+/// Attribute encoding on a byte buffer.
+pub struct Attrs<'a>(pub &'a mut Vec<u8>);
+
+impl Attrs<'_> {
+    pub fn put(&mut self, kind: u16, value: &[u8]) {
+        let len = 4 + value.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(value);
+        self.0.resize(self.0.len() + (align4(len) - len), 0);
+    }
+
+    pub fn u32(&mut self, kind: u16, value: u32) {
+        self.put(kind, &value.to_be_bytes());
+    }
+
+    pub fn str(&mut self, kind: u16, value: &str) {
+        let mut v = Vec::with_capacity(value.len() + 1);
+        v.extend_from_slice(value.as_bytes());
+        v.push(0);
+        self.put(kind, &v);
+    }
+
+    /// Starts a nested attribute; returns its offset for [`Attrs::end`].
+    pub fn begin(&mut self, kind: u16) -> usize {
+        let start = self.0.len();
+        self.0.extend_from_slice(&0u16.to_ne_bytes());
+        self.0
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        start
+    }
+
+    pub fn end(&mut self, start: usize) {
+        let len = (self.0.len() - start) as u16;
+        self.0[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    /// `kind { NFTA_DATA_VALUE bytes }`.
+    pub fn data(&mut self, kind: u16, value: &[u8]) {
+        let n = self.begin(kind);
+        self.put(NFTA_DATA_VALUE, value);
+        self.end(n);
+    }
+
+    /// `kind { NFTA_DATA_VERDICT { code, chain } }`.
+    pub fn verdict(&mut self, kind: u16, code: i32, chain: Option<&str>) {
+        let n = self.begin(kind);
+        let v = self.begin(NFTA_DATA_VERDICT);
+        self.put(NFTA_VERDICT_CODE, &code.to_be_bytes());
+        if let Some(chain) = chain {
+            self.str(NFTA_VERDICT_CHAIN, chain);
+        }
+        self.end(v);
+        self.end(n);
+    }
+
+    /// One expression of a rule: `NFTA_LIST_ELEM { name, data { ... } }`.
+    pub fn expr(&mut self, name: &str, body: impl FnOnce(&mut Attrs<'_>)) {
+        let elem = self.begin(NFTA_LIST_ELEM);
+        self.str(NFTA_EXPR_NAME, name);
+        let data = self.begin(NFTA_EXPR_DATA);
+        body(self);
+        self.end(data);
+        self.end(elem);
+    }
+}
+
+/// A map or set element: key bytes (concatenations padded per component) and, for
+/// verdict maps, a verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElementBytes {
+    pub key: Vec<u8>,
+    pub verdict: Option<(i32, Option<String>)>,
+}
+
+/// One nf_tables transaction being encoded.
+pub struct Batch {
+    buf: Vec<u8>,
+    seq: u32,
+    first: u32,
+    messages: usize,
+    last_start: Option<usize>,
+}
+
+impl Batch {
+    pub fn new(seq: u32) -> Batch {
+        let mut b = Batch {
+            buf: Vec::with_capacity(16 * 1024),
+            seq,
+            first: seq,
+            messages: 0,
+            last_start: None,
+        };
+        let start = b.begin_raw(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0);
+        // res_id: the subsystem, big-endian.
+        let len = b.buf.len();
+        b.buf[len - 2..].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        b.end_raw(start);
+        b
+    }
+
+    /// Messages other than the batch delimiters.
+    pub fn len(&self) -> usize {
+        self.messages
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn begin_raw(&mut self, kind: u16, flags: u16, family: u8) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        self.seq = self.seq.wrapping_add(1);
+        start
+    }
+
+    fn end_raw(&mut self, start: usize) {
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn message(&mut self, family: Family, msg: u16, flags: u16, body: impl FnOnce(&mut Attrs<'_>)) {
+        let start = self.begin_raw(
+            NFNL_SUBSYS_NFTABLES << 8 | msg,
+            NLM_F_REQUEST | flags,
+            nfproto(family),
+        );
+        body(&mut Attrs(&mut self.buf));
+        self.end_raw(start);
+        self.messages += 1;
+        self.last_start = Some(start);
+    }
+
+    /// `add chain` (no error if it exists).
+    pub fn add_chain(&mut self, family: Family, chain: &str) {
+        self.message(family, NFT_MSG_NEWCHAIN, NLM_F_CREATE, |a| {
+            a.str(NFTA_CHAIN_TABLE, TABLE);
+            a.str(NFTA_CHAIN_NAME, chain);
+        });
+    }
+
+    /// `flush chain`: deletes every rule of the chain.
+    pub fn flush_chain(&mut self, family: Family, chain: &str) {
+        self.message(family, NFT_MSG_DELRULE, 0, |a| {
+            a.str(NFTA_RULE_TABLE, TABLE);
+            a.str(NFTA_RULE_CHAIN, chain);
+        });
+    }
+
+    pub fn delete_chain(&mut self, family: Family, chain: &str) {
+        self.message(family, NFT_MSG_DELCHAIN, 0, |a| {
+            a.str(NFTA_CHAIN_TABLE, TABLE);
+            a.str(NFTA_CHAIN_NAME, chain);
+        });
+    }
+
+    /// Appends a rule whose expressions `exprs` encodes (see [`Attrs::expr`]).
+    pub fn add_rule(&mut self, family: Family, chain: &str, exprs: impl FnOnce(&mut Attrs<'_>)) {
+        self.message(family, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |a| {
+            a.str(NFTA_RULE_TABLE, TABLE);
+            a.str(NFTA_RULE_CHAIN, chain);
+            let n = a.begin(NFTA_RULE_EXPRESSIONS);
+            exprs(a);
+            a.end(n);
+        });
+    }
+
+    fn elements(&mut self, family: Family, msg: u16, set: &str, elements: &[ElementBytes]) {
+        let flags = if msg == NFT_MSG_NEWSETELEM {
+            NLM_F_CREATE
+        } else {
+            0
+        };
+        for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
+            self.message(family, msg, flags, |a| {
+                a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                a.str(NFTA_SET_ELEM_LIST_SET, set);
+                let list = a.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+                for e in chunk {
+                    let elem = a.begin(NFTA_LIST_ELEM);
+                    a.data(NFTA_SET_ELEM_KEY, &e.key);
+                    if let (Some((code, chain)), true) = (&e.verdict, msg == NFT_MSG_NEWSETELEM) {
+                        a.verdict(NFTA_SET_ELEM_DATA, *code, chain.as_deref());
+                    }
+                    a.end(elem);
+                }
+                a.end(list);
+            });
+        }
+    }
+
+    pub fn add_elements(&mut self, family: Family, set: &str, elements: &[ElementBytes]) {
+        self.elements(family, NFT_MSG_NEWSETELEM, set, elements);
+    }
+
+    pub fn delete_elements(&mut self, family: Family, set: &str, elements: &[ElementBytes]) {
+        self.elements(family, NFT_MSG_DELSETELEM, set, elements);
+    }
+
+    /// Closes the batch: asks for an acknowledgement of the last message (errors of
+    /// any message are reported whatever its flags). Returns the datagram, the
+    /// sequence number of the batch start and that of the acknowledged message.
+    pub fn finish(mut self) -> (Vec<u8>, u32, u32) {
+        let mut last_seq = self.first;
+        if let Some(start) = self.last_start {
+            let flags_at = start + 6;
+            let flags = u16::from_ne_bytes([self.buf[flags_at], self.buf[flags_at + 1]]);
+            self.buf[flags_at..flags_at + 2].copy_from_slice(&(flags | NLM_F_ACK).to_ne_bytes());
+            last_seq =
+                u32::from_ne_bytes(self.buf[start + 8..start + 12].try_into().expect("4 bytes"));
+        }
+        let start = self.begin_raw(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0);
+        let len = self.buf.len();
+        self.buf[len - 2..].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        self.end_raw(start);
+        (self.buf, self.first, last_seq)
+    }
+}
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Apply {
+        tool: "nf_tables netlink".to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// A `NETLINK_NETFILTER` socket in one network namespace.
+#[derive(Debug)]
+pub struct NftSocket {
+    fd: OwnedFd,
+    seq: u32,
+    recv_buf: Vec<u8>,
+}
+
+impl NftSocket {
+    /// Opens a socket in `netns` (a name under `/run/netns`), or in the caller's
+    /// namespace for `None`.
+    pub fn open(netns: Option<&str>) -> Result<NftSocket, EngineError> {
+        let fd = match netns {
+            None => open_fd()?,
+            Some(name) => {
+                let path = format!("/run/netns/{name}");
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let ns = std::fs::File::open(&path)
+                            .map_err(|e| io_error(&format!("opening {path}"), e))?;
+                        setns(&ns, CloneFlags::CLONE_NEWNET)
+                            .map_err(|e| io_error(&format!("entering {path}"), e))?;
+                        open_fd()
+                    })
+                    .join()
+                    .map_err(|_| io_error("netns thread", "panicked"))?
+                })?
+            }
+        };
+        Ok(NftSocket {
+            fd,
+            seq: 1,
+            recv_buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// A new batch numbered after the previous ones.
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.seq)
+    }
+
+    /// Sends `batch` and waits for the kernel's verdict on it.
+    pub fn commit(&mut self, batch: Batch) -> Result<(), EngineError> {
+        let messages = batch.len();
+        let (buf, first, last) = batch.finish();
+        // Sequence numbers: begin, messages..., end.
+        self.seq = first.wrapping_add(messages as u32 + 2);
+        if messages == 0 {
+            return Ok(());
+        }
+        loop {
+            match sendto(
+                self.fd.as_raw_fd(),
+                &buf,
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            ) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io_error("sending the batch", e)),
+            }
+        }
+        let mut failure: Option<String> = None;
+        loop {
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
+                    Ok(n) => break n.min(self.recv_buf.len()),
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(io_error("waiting for the kernel's answer", e)),
+                }
+            };
+            let mut data = &self.recv_buf[..n];
+            while data.len() >= 16 {
+                let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
+                if len < 16 || len > data.len() {
+                    return Err(io_error("answer", "malformed netlink message"));
+                }
+                let kind = u16::from_ne_bytes([data[4], data[5]]);
+                let seq = u32::from_ne_bytes(data[8..12].try_into().expect("4"));
+                if kind == NLMSG_ERROR && len >= 20 {
+                    let errno = i32::from_ne_bytes(data[16..20].try_into().expect("4"));
+                    let in_batch = seq.wrapping_sub(first) <= last.wrapping_sub(first) + 1;
+                    if in_batch {
+                        if errno != 0 {
+                            let index = seq.wrapping_sub(first);
+                            failure.get_or_insert_with(|| {
+                                format!(
+                                    "message {index} of {messages}: {}",
+                                    Errno::from_raw(-errno)
+                                )
+                            });
+                        }
+                        if seq == last || seq == first {
+                            return match failure {
+                                None => Ok(()),
+                                Some(message) => Err(EngineError::Apply {
+                                    tool: "nf_tables netlink".to_string(),
+                                    message,
+                                }),
+                            };
+                        }
+                    }
+                }
+                data = &data[align4(len).min(data.len())..];
+            }
+        }
+    }
+}
+
+fn open_fd() -> Result<OwnedFd, EngineError> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(|e| io_error("opening a netfilter netlink socket", e))?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
+        .map_err(|e| io_error("binding the netlink socket", e))?;
+    if setsockopt(&fd, sockopt::SndBufForce, &MAX_BATCH_BYTES).is_err() {
+        let _ = setsockopt(&fd, sockopt::SndBuf, &MAX_BATCH_BYTES);
+    }
+    if setsockopt(&fd, sockopt::RcvBufForce, &(1024 * 1024)).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &(1024 * 1024));
+    }
+    // Never wait forever for an answer.
+    let _ = setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(30, 0));
+    Ok(fd)
+}
