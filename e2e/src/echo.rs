@@ -3,6 +3,10 @@
 //! `<endpoint ip:port> <client ip:port>\n` and close; UDP: answer each datagram with the
 //! same line. The endpoint is the socket's local address (the address after DNAT), the
 //! client is the source the pod saw (after any masquerade). IPv6 is written `[addr]:port`.
+//!
+//! [`StreamEchoServer`] serves long-lived TCP connections instead: it answers every line
+//! received with the same echo line and keeps the connection open (for tests that need
+//! one connection to survive a dataplane change).
 
 use std::{
     io::{ErrorKind, Write},
@@ -123,6 +127,107 @@ fn serve(tcp: Vec<TcpListener>, udp: Vec<UdpSocket>, stop: &AtomicBool) {
         }
         if !busy {
             thread::sleep(IDLE);
+        }
+    }
+}
+
+/// Long-lived TCP echo: for every (IP, port) a listener inside the pod's namespace; each
+/// connection gets a thread answering every received line with
+/// `<endpoint ip:port> <client ip:port>\n`, until the client closes or the server stops.
+pub struct StreamEchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StreamEchoServer {
+    pub fn start(netns_path: &Path, ips: &[IpAddr], ports: &[u16]) -> Result<StreamEchoServer> {
+        let addrs: Vec<SocketAddr> = ips
+            .iter()
+            .flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(*ip, *p)))
+            .collect();
+        let listeners = netns::run_in(netns_path, move || -> Result<Vec<TcpListener>> {
+            let mut out = Vec::new();
+            for addr in &addrs {
+                let l = TcpListener::bind(addr)
+                    .with_context(|| format!("stream echo: bind tcp {addr}"))?;
+                l.set_nonblocking(true)?;
+                out.push(l);
+            }
+            Ok(out)
+        })??;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("stream-echo".into())
+            .spawn(move || serve_streams(listeners, &flag))
+            .context("spawning stream echo thread")?;
+        Ok(StreamEchoServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for StreamEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_streams(listeners: Vec<TcpListener>, stop: &Arc<AtomicBool>) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let mut busy = false;
+        for l in &listeners {
+            if let Ok((stream, peer)) = l.accept() {
+                busy = true;
+                let flag = stop.clone();
+                if let Ok(t) = thread::Builder::new()
+                    .name("stream-conn".into())
+                    .spawn(move || serve_stream(stream, peer, &flag))
+                {
+                    conns.push(t);
+                }
+            }
+        }
+        if !busy {
+            thread::sleep(IDLE);
+        }
+    }
+    for t in conns {
+        let _ = t.join();
+    }
+}
+
+fn serve_stream(stream: std::net::TcpStream, peer: SocketAddr, stop: &AtomicBool) {
+    use std::io::BufRead;
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::SeqCst) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if line.ends_with('\n') {
+                    line.clear();
+                    if writer.write_all(echo_line(local, peer).as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }

@@ -109,6 +109,66 @@ pub fn probe(src: &Source, dst: SocketAddr, proto: Proto, timeout: Duration) -> 
     })?
 }
 
+/// A long-lived TCP connection to a stream echo port (see
+/// [`crate::echo::StreamEchoServer`]): every [`LineStream::ask`] sends one line and reads
+/// the echo line naming the endpoint, over the same connection.
+pub struct LineStream {
+    stream: TcpStream,
+    reader: io::BufReader<TcpStream>,
+}
+
+impl LineStream {
+    /// Connects from `src` to `dst` (the socket lives in the source's namespace for good).
+    pub fn connect(src: &Source, dst: SocketAddr, timeout: Duration) -> Result<LineStream> {
+        let ip = src.ip;
+        let stream = netns::run_in(&src.netns, move || -> Result<TcpStream> {
+            let fd = new_socket(ip, SockType::Stream)?;
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            match connect(fd.as_raw_fd(), &storage(dst)) {
+                Ok(()) | Err(Errno::EINPROGRESS) => {}
+                Err(errno) => return Err(errno).with_context(|| format!("connect to {dst}")),
+            }
+            let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+            if poll(&mut fds, PollTimeout::from(ms))? == 0 {
+                bail!("connect to {dst}: timed out");
+            }
+            let err = getsockopt(&fd, sockopt::SocketError)?;
+            if err != 0 {
+                return Err(Errno::from_raw(err)).with_context(|| format!("connect to {dst}"));
+            }
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))?;
+            Ok(TcpStream::from(fd))
+        })??;
+        let reader = io::BufReader::new(stream.try_clone()?);
+        Ok(LineStream { stream, reader })
+    }
+
+    /// The connection's local address (the client side).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
+
+    /// Sends one line and waits up to `timeout` for the answer: (endpoint, seen source).
+    pub fn ask(&mut self, timeout: Duration) -> Result<(String, SocketAddr)> {
+        use io::{BufRead, Write};
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        self.stream
+            .write_all(b"ping\n")
+            .context("writing to the stream")?;
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .context("reading from the stream")?;
+        if n == 0 {
+            bail!("the stream was closed by the peer");
+        }
+        parse_echo_line(&line).with_context(|| format!("not an echo answer: {line:?}"))
+    }
+}
+
 fn new_socket(ip: IpAddr, ty: SockType) -> Result<std::os::fd::OwnedFd> {
     let family = if ip.is_ipv4() {
         AddressFamily::Inet

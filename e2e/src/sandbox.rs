@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
     agent::{http_get, Agent, DEFAULT_HEALTHZ, DEFAULT_METRICS},
-    echo::EchoServer,
+    echo::{EchoServer, StreamEchoServer},
     manifests::ManifestDir,
     netns::{run_cmd, NetNs},
     probe::{self, Outcome, Proto, Source},
@@ -99,6 +99,7 @@ pub fn require_root(test: &str) -> bool {
 /// One pod namespace on `cbr0`.
 struct Pod {
     // Field order matters: echo sockets close before the namespace goes away.
+    _stream: Option<StreamEchoServer>,
     _echo: Option<EchoServer>,
     ns: NetNs,
     ips: Vec<IpAddr>,
@@ -250,6 +251,20 @@ impl Sandbox {
             ports,
         )?;
         self.pods.push(pod);
+        Ok(())
+    }
+
+    /// Like [`Sandbox::add_pod`], plus long-lived line-echo TCP servers on `stream_ports`
+    /// (see [`StreamEchoServer`]; reach them with [`probe::LineStream`]).
+    pub fn add_pod_with_streams(
+        &mut self,
+        ips: &[IpAddr],
+        ports: &[u16],
+        stream_ports: &[u16],
+    ) -> Result<()> {
+        self.add_pod(ips, ports)?;
+        let pod = self.pods.last_mut().expect("just added");
+        pod._stream = Some(StreamEchoServer::start(&pod.ns.path(), ips, stream_ports)?);
         Ok(())
     }
 
@@ -522,6 +537,7 @@ fn make_pod(
         Some(EchoServer::start(&ns.path(), ips, ports)?)
     };
     Ok(Pod {
+        _stream: None,
         _echo: echo,
         ns,
         ips: ips.to_vec(),

@@ -1,0 +1,740 @@
+//! The agent against the kube API simulator, all inside the sandbox's node namespace:
+//! `kube-sim`, `switchyard operator` and `switchyard agent --node-name test-node` run there,
+//! and kubectl talks to the simulator from there too.
+//!
+//! A ProxyConfig asks for `ipvs` with `fallback: [nftables]`; this kernel has no IPVS (and
+//! the binary builds no IPVS engine), so the node runs nftables on fallback: checked through
+//! `kubectl get proxyconfig` (MODE / NODES / FALLBACK columns), the ProxyNode status (missing
+//! `ip_vs`), a Warning Event `FallbackActive`, the `switchyard_engine_fallback` metric and
+//! real traffic. Then the mode is patched to iptables (make-before-break: traffic keeps
+//! flowing and the nftables table goes away), the API server is killed and restarted
+//! (the dataplane stays untouched while it is gone; the restarted simulator is loaded with
+//! the same objects through `--load`, since it keeps nothing on disk), and finally a Service
+//! deleted through kubectl stops answering.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde_yaml::Value;
+use switchyard_e2e::{
+    agent::{agent_binary, http_get, DEFAULT_HEALTHZ},
+    manifests::{node_object, proxy_config, ManifestDir},
+    netns::run_cmd,
+    require_root, Outcome, Proto, Sandbox,
+};
+
+const API_PORT: u16 = 18080;
+const VIP: &str = "172.30.1.1:80";
+const BACKENDS: [&str; 2] = ["10.180.0.1:8080", "10.180.0.2:8080"];
+const PROBE: Duration = Duration::from_millis(500);
+
+/// A process started inside a namespace (`ip netns exec` execs it, so the pid is its own),
+/// output to a log file; SIGTERM then SIGKILL on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(
+        name: &'static str,
+        netns: &str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<Proc> {
+        let out = File::create(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc { name, child, log })
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && self.running() {
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_hard();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The simulator, operator and agent of one test, plus kubectl.
+struct Cluster {
+    netns: String,
+    dir: ManifestDir,
+    kubeconfig: PathBuf,
+    objects: PathBuf,
+    sim: Option<Proc>,
+    operator: Option<Proc>,
+    agent: Option<Proc>,
+}
+
+impl Cluster {
+    fn sim_binary() -> Result<PathBuf> {
+        let bin = agent_binary()?
+            .parent()
+            .ok_or_else(|| anyhow!("agent binary has no directory"))?
+            .join("kube-sim");
+        if !bin.is_file() {
+            bail!(
+                "{} missing: run `cargo build --workspace --bins` first",
+                bin.display()
+            );
+        }
+        Ok(bin)
+    }
+
+    fn new(netns: &str) -> Result<Cluster> {
+        let dir = ManifestDir::new_temp("kube")?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        let objects = dir.path().join("objects.yaml");
+        std::fs::write(&objects, "")?;
+        let mut c = Cluster {
+            netns: netns.to_string(),
+            dir,
+            kubeconfig,
+            objects,
+            sim: None,
+            operator: None,
+            agent: None,
+        };
+        c.start_sim(false)?;
+        Ok(c)
+    }
+
+    /// Starts kube-sim on API_PORT (with `--load objects.yaml` when `reload`) and waits until
+    /// kubectl gets an answer.
+    fn start_sim(&mut self, reload: bool) -> Result<()> {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let port = API_PORT.to_string();
+        let kc = self.kubeconfig.to_string_lossy().into_owned();
+        let objects = self.objects.to_string_lossy().into_owned();
+        let mut args = vec!["--port", &port, "--kubeconfig", &kc];
+        if reload {
+            args.extend(["--load", &objects]);
+        }
+        let log = self.dir.path().join(if reload {
+            "kube-sim-2.log"
+        } else {
+            "kube-sim.log"
+        });
+        self.sim = Some(Proc::start(
+            "kube-sim",
+            &self.netns,
+            &Self::sim_binary()?,
+            &args,
+            &[],
+            log,
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.kubeconfig.is_file() && self.kubectl(&["get", "--raw", "/version"]).is_ok() {
+                return Ok(());
+            }
+            if !self.sim.as_mut().is_some_and(Proc::running) || Instant::now() > deadline {
+                bail!(
+                    "kube-sim did not come up; its log:\n{}",
+                    self.sim.as_ref().map(Proc::log).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "kubectl", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .args(args);
+        cmd
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        run_cmd(&mut self.kubectl_cmd(args))
+    }
+
+    /// `kubectl apply -f -` of `yaml`; also remembered for a simulator restart.
+    fn apply(&self, yaml: &str) -> Result<String> {
+        let mut child = self
+            .kubectl_cmd(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl apply failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                yaml
+            );
+        }
+        let mut all = std::fs::read_to_string(&self.objects)?;
+        for doc in yaml.split("\n---") {
+            if doc.trim().is_empty() {
+                continue;
+            }
+            all.push_str("---\n");
+            all.push_str(doc.trim_start_matches('\n'));
+            all.push('\n');
+        }
+        std::fs::write(&self.objects, all)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn start_node_side(&mut self) -> Result<()> {
+        let bin = agent_binary()?;
+        let kc = self.kubeconfig.to_string_lossy().into_owned();
+        let env = [("KUBECONFIG", kc.as_str())];
+        self.operator = Some(Proc::start(
+            "operator",
+            &self.netns,
+            &bin,
+            &[
+                "operator",
+                "--namespace",
+                "kube-system",
+                "--identity",
+                "e2e-operator",
+                "--period",
+                "1s",
+            ],
+            &env,
+            self.dir.path().join("operator.log"),
+        )?);
+        self.agent = Some(Proc::start(
+            "agent",
+            &self.netns,
+            &bin,
+            &["agent", "--node-name", "test-node"],
+            &env,
+            self.dir.path().join("agent.log"),
+        )?);
+        Ok(())
+    }
+
+    fn logs(&self) -> String {
+        [&self.agent, &self.operator, &self.sim]
+            .into_iter()
+            .flatten()
+            .map(|p| format!("----- {} log -----\n{}", p.name, tail(&p.log(), 80)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn agent_running(&mut self) -> bool {
+        self.agent.as_mut().is_some_and(Proc::running)
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn yaml(v: &Value) -> String {
+    serde_yaml::to_string(v).expect("serialisable")
+}
+
+const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: e2e, name: web}
+spec:
+  type: ClusterIP
+  clusterIP: 172.30.1.1
+  clusterIPs: [172.30.1.1]
+  ipFamilies: [IPv4]
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080}
+"#;
+
+const SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  namespace: e2e
+  name: web-1
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+endpoints:
+- addresses: [10.180.0.1]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: test-node
+- addresses: [10.180.0.2]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: test-node
+"#;
+
+/// Backends answering a batch of `tries` from `pod` to the VIP (failures by kind).
+fn hits(sb: &Sandbox, tries: usize) -> Result<BTreeMap<String, usize>> {
+    let dst: SocketAddr = VIP.parse()?;
+    let mut seen = BTreeMap::new();
+    for _ in 0..tries {
+        let key = match sb.probe("pod", dst, Proto::Tcp, PROBE)? {
+            Outcome::Answered { backend, .. } => backend,
+            Outcome::Refused(_) => "REFUSED".into(),
+            Outcome::Timeout => "TIMEOUT".into(),
+        };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    Ok(seen)
+}
+
+fn both_backends(seen: &BTreeMap<String, usize>) -> bool {
+    seen.len() == 2 && BACKENDS.iter().all(|b| seen.contains_key(*b))
+}
+
+/// Polls `check` (which returns Ok(None) when satisfied or Ok(Some(last state))) until it
+/// holds or `within` passes; the error carries the last state and every log.
+fn eventually(
+    cluster: &Cluster,
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<String>>,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last: String;
+    loop {
+        match check() {
+            Ok(None) => {
+                println!("ok: {what} (after {:?})", start.elapsed());
+                return Ok(start.elapsed());
+            }
+            Ok(Some(s)) => last = s,
+            Err(e) => last = format!("error: {e:#}"),
+        }
+        if start.elapsed() > within {
+            bail!(
+                "{what}: not true within {within:?}; last seen:\n{last}\n{}",
+                cluster.logs()
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn nft_table_exists(sb: &Sandbox) -> bool {
+    run_cmd(Command::new("ip").args([
+        "netns",
+        "exec",
+        sb.node_ns().name(),
+        "nft",
+        "list",
+        "table",
+        "ip",
+        "switchyard",
+    ]))
+    .is_ok()
+}
+
+#[test]
+fn agent_against_api_simulator() -> Result<()> {
+    if !require_root("agent_against_api_simulator") {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/kubectl").is_file() {
+        bail!("kubectl is needed at /usr/bin/kubectl");
+    }
+    let mut sb = Sandbox::new()?;
+    for p in ["10.180.0.1", "10.180.0.2"] {
+        sb.add_pod(&[p.parse::<IpAddr>()?], &[8080])?;
+    }
+    let netns = sb.node_ns().name().to_string();
+    let mut c = Cluster::new(&netns)?;
+    let result = scenario(&mut sb, &mut c);
+    if result.is_err() {
+        println!("{}", c.logs());
+        println!("node ruleset:\n{}", sb.node_ruleset());
+    }
+    result
+}
+
+fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
+    // CRDs, Node, ProxyConfig, Service, EndpointSlice: all through kubectl.
+    let crds = run_cmd(Command::new(agent_binary()?).arg("crd"))?;
+    c.apply(&crds)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.kubectl(&["get", "proxyconfigs"]).is_err() {
+        if Instant::now() > deadline {
+            bail!("ProxyConfig resource never served after applying the CRDs");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.apply(&yaml(&node_object()))?;
+    let mut overrides = serde_yaml::Mapping::new();
+    overrides.insert("fallback".into(), vec!["nftables"].into());
+    c.apply(&yaml(&proxy_config("ipvs", &overrides)))?;
+    c.apply(&format!("{SERVICE}\n---\n{SLICE}"))?;
+    println!(
+        "node status as stored: {}",
+        c.kubectl(&[
+            "get",
+            "node",
+            "test-node",
+            "-o",
+            "jsonpath={.status.addresses}"
+        ])?
+    );
+
+    c.start_node_side()?;
+    let healthz: SocketAddr = DEFAULT_HEALTHZ.parse()?;
+    let node_path = sb.node_ns().path();
+    eventually(
+        c,
+        Duration::from_secs(30),
+        "agent /healthz answers 200",
+        || {
+            Ok(match http_get(&node_path, healthz, "/healthz") {
+                Ok((200, _)) => None,
+                Ok((code, body)) => Some(format!("{code} {body}")),
+                Err(e) => Some(format!("{e:#}")),
+            })
+        },
+    )?;
+
+    // Traffic through nftables, the fallback engine.
+    eventually(
+        c,
+        Duration::from_secs(10),
+        "pod reaches both backends",
+        || {
+            let seen = hits(sb, 12)?;
+            Ok((!both_backends(&seen)).then(|| format!("{seen:?}")))
+        },
+    )?;
+    if !nft_table_exists(sb) {
+        bail!(
+            "traffic flows but there is no nftables `switchyard` table: not on the nftables fallback?\n{}",
+            c.logs()
+        );
+    }
+
+    // kubectl get proxyconfig: MODE ipvs, NODES 1, FALLBACK 1.
+    eventually(
+        c,
+        Duration::from_secs(15),
+        "kubectl get proxyconfig shows MODE ipvs, NODES 1, FALLBACK 1",
+        || {
+            let out = c.kubectl(&["get", "proxyconfig"])?;
+            Ok((!columns_match(
+                &out,
+                "sandbox",
+                &[("MODE", "ipvs"), ("NODES", "1"), ("FALLBACK", "1")],
+            ))
+            .then_some(out))
+        },
+    )?;
+    println!("{}", c.kubectl(&["get", "proxyconfig"])?);
+
+    // The ProxyNode names the fallback and the missing modules.
+    eventually(
+        c,
+        Duration::from_secs(15),
+        "ProxyNode test-node: fallbackActive true, activeMode nftables, missing ip_vs",
+        || {
+            let out = c.kubectl(&["get", "proxynode", "test-node", "-o", "yaml"])?;
+            let ok = out.contains("fallbackActive: true")
+                && out.contains("activeMode: nftables")
+                && out.contains("requestedMode: ipvs")
+                && out.contains("ip_vs");
+            Ok((!ok).then_some(out))
+        },
+    )?;
+    println!("{}", c.kubectl(&["get", "proxynode"])?);
+
+    eventually(
+        c,
+        Duration::from_secs(15),
+        "a Warning Event FallbackActive",
+        || {
+            let out = c.kubectl(&["get", "events", "-A"])?;
+            let ok = out
+                .lines()
+                .any(|l| l.contains("Warning") && l.contains("FallbackActive"));
+            Ok((!ok).then_some(out))
+        },
+    )?;
+
+    eventually(
+        c,
+        Duration::from_secs(10),
+        "metric switchyard_engine_fallback{requested=\"ipvs\",active=\"nftables\"} 1",
+        || {
+            let m = sb.metrics()?;
+            let ok = m.lines().any(|l| {
+                l == r#"switchyard_engine_fallback{requested="ipvs",active="nftables"} 1"#
+            });
+            Ok((!ok).then(|| grep(&m, "switchyard_engine")))
+        },
+    )?;
+
+    // Patch the mode to iptables: switched live, traffic keeps flowing, nftables gone.
+    let patched = Instant::now();
+    c.kubectl(&[
+        "patch",
+        "proxyconfig",
+        "sandbox",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"mode":"iptables","fallback":[]}}"#,
+    ])?;
+    let mut failures_during_switch = BTreeMap::new();
+    let took = eventually(
+        c,
+        Duration::from_secs(10),
+        "ProxyNode shows activeMode iptables, fallbackActive false",
+        || {
+            for (k, v) in hits(sb, 2)? {
+                if !BACKENDS.contains(&k.as_str()) {
+                    *failures_during_switch.entry(k).or_insert(0) += v;
+                }
+            }
+            let out = c.kubectl(&["get", "proxynode", "test-node", "-o", "yaml"])?;
+            let ok = out.contains("activeMode: iptables") && out.contains("fallbackActive: false");
+            Ok((!ok).then_some(out))
+        },
+    )?;
+    println!(
+        "mode patch to iptables visible in ProxyNode after {took:?} ({:?} since the patch)",
+        patched.elapsed()
+    );
+    if !failures_during_switch.is_empty() {
+        bail!(
+            "probes failed while switching nftables -> iptables: {failures_during_switch:?}\n{}",
+            c.logs()
+        );
+    }
+    eventually(c, Duration::from_secs(5), "traffic via iptables", || {
+        let seen = hits(sb, 12)?;
+        Ok((!both_backends(&seen)).then(|| format!("{seen:?}")))
+    })?;
+    eventually(
+        c,
+        Duration::from_secs(5),
+        "nftables switchyard table gone, iptables SY- chains present",
+        || {
+            let save =
+                run_cmd(Command::new("ip").args(["netns", "exec", &c.netns, "iptables-save"]))
+                    .unwrap_or_default();
+            let legacy = run_cmd(Command::new("ip").args([
+                "netns",
+                "exec",
+                &c.netns,
+                "iptables-legacy-save",
+            ]))
+            .unwrap_or_default();
+            let ok = !nft_table_exists(sb) && (save.contains(":SY-") || legacy.contains(":SY-"));
+            Ok((!ok).then(|| {
+                format!(
+                    "nft table exists: {}\n{}",
+                    nft_table_exists(sb),
+                    sb.node_ruleset()
+                )
+            }))
+        },
+    )?;
+    eventually(
+        c,
+        Duration::from_secs(10),
+        "kubectl get proxyconfig shows MODE iptables, FALLBACK 0",
+        || {
+            let out = c.kubectl(&["get", "proxyconfig"])?;
+            Ok((!columns_match(
+                &out,
+                "sandbox",
+                &[("MODE", "iptables"), ("NODES", "1"), ("FALLBACK", "0")],
+            ))
+            .then_some(out))
+        },
+    )?;
+
+    // API outage: the dataplane stays untouched while the API server is gone.
+    api_outage(sb, c)?;
+
+    // Delete the Service through kubectl: the VIP stops answering.
+    c.kubectl(&["delete", "service", "-n", "e2e", "web"])?;
+    eventually(
+        c,
+        Duration::from_secs(5),
+        "deleted Service stops answering",
+        || {
+            let seen = hits(sb, 3)?;
+            let ok = seen.keys().all(|k| k == "REFUSED" || k == "TIMEOUT");
+            Ok((!ok).then(|| format!("{seen:?}")))
+        },
+    )?;
+    if !c.agent_running() {
+        bail!("agent exited\n{}", c.logs());
+    }
+    Ok(())
+}
+
+fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
+    let syncs_before = metric_value(&sb.metrics()?, "_syncs");
+    if let Some(mut sim) = c.sim.take() {
+        sim.kill_hard();
+        println!("kube-sim killed");
+    }
+    let gone = Instant::now();
+    let mut during = BTreeMap::new();
+    while gone.elapsed() < Duration::from_secs(5) {
+        for (k, v) in hits(sb, 4)? {
+            *during.entry(k).or_insert(0) += v;
+        }
+        if !during.keys().all(|k| BACKENDS.contains(&k.as_str())) {
+            bail!(
+                "traffic disturbed while the API server is gone: {during:?}\n{}",
+                c.logs()
+            );
+        }
+        if !c.agent_running() {
+            bail!("agent exited while the API server was gone\n{}", c.logs());
+        }
+    }
+    if !both_backends(&during) {
+        bail!("not both backends answered while the API server was gone: {during:?}");
+    }
+    println!(
+        "traffic kept flowing for {:?} without the API server",
+        gone.elapsed()
+    );
+
+    // Restart on the same port with the same objects (the simulator keeps nothing; --load
+    // re-creates them, with fresh resourceVersions). The agent must relist before it changes
+    // anything: no probe may fail from here on.
+    c.start_sim(true)?;
+    let back = Instant::now();
+    let mut bad = BTreeMap::new();
+    while back.elapsed() < Duration::from_secs(8) {
+        for (k, v) in hits(sb, 4)? {
+            if !BACKENDS.contains(&k.as_str()) {
+                *bad.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "probes failed after the API server came back (rules flushed before the relist?): {bad:?}\n{}",
+            c.logs()
+        );
+    }
+    if !c.agent_running() {
+        bail!("agent exited after the API server came back\n{}", c.logs());
+    }
+    let log = c.agent.as_ref().map(Proc::log).unwrap_or_default();
+    println!(
+        "agent log lines about the outage:\n{}",
+        log.lines()
+            .filter(|l| l.contains("initial list") || l.contains("relist") || l.contains("resync"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!(
+        "syncs before the outage {syncs_before:?}, now {:?}",
+        metric_value(&sb.metrics()?, "_syncs")
+    );
+    // The agent reconnected: an edit made through the restarted API server reaches it.
+    let out = c.kubectl(&["get", "proxynode", "test-node", "-o", "yaml"]);
+    println!(
+        "ProxyNode after restart: {}",
+        out.map(|s| grep(&s, "Mode"))
+            .unwrap_or_else(|e| format!("{e:#}"))
+    );
+    Ok(())
+}
+
+/// Whether the row of `name` in kubectl table output has every `(column, value)`.
+fn columns_match(table: &str, name: &str, want: &[(&str, &str)]) -> bool {
+    let mut lines = table.lines();
+    let Some(header) = lines.next() else {
+        return false;
+    };
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let Some(row) = lines.find(|l| l.split_whitespace().next() == Some(name)) else {
+        return false;
+    };
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    want.iter().all(|(col, val)| {
+        cols.iter()
+            .position(|c| c == col)
+            .and_then(|i| cells.get(i))
+            .is_some_and(|c| c == val)
+    })
+}
+
+fn grep(text: &str, word: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains(word))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn metric_value(metrics: &str, word: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_") && l.contains(word))
+        .map(str::to_string)
+        .collect()
+}
