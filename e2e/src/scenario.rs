@@ -24,6 +24,8 @@ use crate::{
 const MAX_TRIES: usize = 40;
 /// Fewest tries before a flow expecting backends may stop (once all were seen).
 const MIN_TRIES: usize = 8;
+/// Tries for a flow with `expect_one_of` (all must be answered from the set).
+const ONE_OF_TRIES: usize = 16;
 /// Tries for `REJECT` (ICMP may be rate-limited) and for `DROP` / `BLOCKED` (each costs a
 /// timeout).
 const REJECT_TRIES: usize = 3;
@@ -51,6 +53,7 @@ fn null_as_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mapping, D:
 
 /// One flow of traffic and what must become of it.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawFlow")]
 pub struct Flow {
     pub name: String,
     /// A source role (`pod`, `node`, `ext`, `extblocked`, `pod6`, `node6`, `ext6`) or an
@@ -67,6 +70,76 @@ pub struct Flow {
     /// Marks the flow pending in the file itself (`true` or a reason).
     #[serde(default)]
     pub pending: Option<Value>,
+    /// With `expect_one_of`: every try must be answered by the same single backend (session
+    /// affinity).
+    #[serde(default)]
+    pub sticky: bool,
+}
+
+/// A flow as written: `expect` (a backend list or a word) or `expect_one_of` (a backend
+/// list; every answer must come from it) with optional `sticky`.
+#[derive(Deserialize)]
+struct RawFlow {
+    name: String,
+    src: String,
+    dst: String,
+    #[serde(default = "default_proto")]
+    proto: String,
+    #[serde(default)]
+    expect: Option<Expect>,
+    #[serde(default)]
+    expect_one_of: Option<Vec<String>>,
+    #[serde(default)]
+    sticky: bool,
+    #[serde(default)]
+    masq: Option<bool>,
+    #[serde(default)]
+    pending: Option<Value>,
+}
+
+impl TryFrom<RawFlow> for Flow {
+    type Error = String;
+    fn try_from(r: RawFlow) -> Result<Flow, String> {
+        let expect = match (r.expect, r.expect_one_of) {
+            (Some(e), None) => {
+                if r.sticky {
+                    return Err(format!("flow {:?}: sticky needs expect_one_of", r.name));
+                }
+                e
+            }
+            (None, Some(list)) => {
+                let set = list
+                    .iter()
+                    .map(|s| {
+                        s.parse::<SocketAddr>()
+                            .map(|a| a.to_string())
+                            .map_err(|_| format!("flow {:?}: bad backend {s:?}", r.name))
+                    })
+                    .collect::<Result<BTreeSet<_>, _>>()?;
+                if set.is_empty() {
+                    return Err(format!("flow {:?}: expect_one_of is empty", r.name));
+                }
+                Expect::OneOf(set)
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "flow {:?}: give either expect or expect_one_of, not both",
+                    r.name
+                ))
+            }
+            (None, None) => return Err(format!("flow {:?}: expect is missing", r.name)),
+        };
+        Ok(Flow {
+            name: r.name,
+            src: r.src,
+            dst: r.dst,
+            proto: r.proto,
+            expect,
+            masq: r.masq,
+            pending: r.pending,
+            sticky: r.sticky,
+        })
+    }
 }
 
 fn default_proto() -> String {
@@ -84,6 +157,9 @@ pub enum Expect {
     Drop,
     /// Refused or timed out on every try.
     Blocked,
+    /// Every try answered, each by a backend of this set (not necessarily all of them);
+    /// with the flow's `sticky`, all by the same one.
+    OneOf(BTreeSet<String>),
 }
 
 impl<'de> Deserialize<'de> for Expect {
@@ -125,6 +201,11 @@ impl fmt::Display for Expect {
             Expect::Reject => f.write_str("REJECT"),
             Expect::Drop => f.write_str("DROP"),
             Expect::Blocked => f.write_str("BLOCKED"),
+            Expect::OneOf(b) => write!(
+                f,
+                "one of {}",
+                b.iter().cloned().collect::<Vec<_>>().join(" ")
+            ),
         }
     }
 }
@@ -294,9 +375,12 @@ impl Runner {
                 src: flow.src.clone(),
                 dst: flow.dst.clone(),
                 proto: flow.proto.clone(),
-                expected: match flow.masq {
-                    Some(m) => format!("{} masq={m}", flow.expect),
-                    None => flow.expect.to_string(),
+                expected: {
+                    let sticky = if flow.sticky { " sticky" } else { "" };
+                    match flow.masq {
+                        Some(m) => format!("{}{sticky} masq={m}", flow.expect),
+                        None => format!("{}{sticky}", flow.expect),
+                    }
                 },
                 got,
                 status,
@@ -359,6 +443,7 @@ fn play(sandbox: &Sandbox, flow: &Flow) -> Result<(bool, String)> {
     let mut tries = 0usize;
     let limit = match flow.expect {
         Expect::Backends(_) => MAX_TRIES,
+        Expect::OneOf(_) => ONE_OF_TRIES,
         Expect::Reject => REJECT_TRIES,
         Expect::Drop | Expect::Blocked => DROP_TRIES,
     };
@@ -388,6 +473,9 @@ fn play(sandbox: &Sandbox, flow: &Flow) -> Result<(bool, String)> {
             }
         };
         *counts.entry(key).or_default() += 1;
+        if matches!(flow.expect, Expect::OneOf(_)) && failures >= 3 {
+            break;
+        }
         if let Expect::Backends(expected) = &flow.expect {
             if failures >= 3 {
                 break;
@@ -418,6 +506,13 @@ fn play(sandbox: &Sandbox, flow: &Flow) -> Result<(bool, String)> {
             failures == 0
                 && masq_wrong == 0
                 && counts.keys().cloned().collect::<BTreeSet<_>>() == *expected
+        }
+        Expect::OneOf(allowed) => {
+            failures == 0
+                && masq_wrong == 0
+                && !counts.is_empty()
+                && counts.keys().all(|k| allowed.contains(k))
+                && (!flow.sticky || counts.len() == 1)
         }
         Expect::Reject => only(&["REFUSED"]),
         Expect::Drop => only(&["TIMEOUT"]),
@@ -615,6 +710,30 @@ flows:
         );
     }
 
+    #[test]
+    fn parses_expect_one_of_and_sticky() {
+        let flows: Vec<Flow> = serde_yaml::from_str(
+            r#"
+- {name: a, src: pod, dst: '172.30.0.41:80', expect_one_of: ['10.180.0.1:80', '10.180.0.2:80'], sticky: true}
+- {name: b, src: pod, dst: '172.30.0.41:80', expect_one_of: ['10.180.0.1:80']}
+"#,
+        )
+        .unwrap();
+        assert!(flows[0].sticky && !flows[1].sticky);
+        assert_eq!(
+            flows[0].expect,
+            Expect::OneOf(["10.180.0.1:80".to_string(), "10.180.0.2:80".to_string()].into())
+        );
+        for bad in [
+            "{name: c, src: pod, dst: '1.2.3.4:80', expect: REJECT, sticky: true}",
+            "{name: d, src: pod, dst: '1.2.3.4:80', expect: REJECT, expect_one_of: ['1.1.1.1:1']}",
+            "{name: e, src: pod, dst: '1.2.3.4:80'}",
+            "{name: f, src: pod, dst: '1.2.3.4:80', expect_one_of: []}",
+        ] {
+            assert!(serde_yaml::from_str::<Flow>(bad).is_err(), "{bad}");
+        }
+    }
+
     fn result(name: &str, status: Status) -> FlowResult {
         FlowResult {
             name: name.into(),
@@ -656,6 +775,14 @@ flows:
             err.contains("2 flow(s) failed") && err.contains("s/broken too"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn own_scenarios_parse() {
+        let dir = crate::agent::workspace_root().join("e2e/scenarios");
+        for f in scenario_files(&dir).unwrap() {
+            Scenario::load(&f).unwrap();
+        }
     }
 
     #[test]
