@@ -141,11 +141,17 @@ impl IptablesEngine {
                 return Ok(KernelChains::parse(&saved));
             }
         };
-        let mut text = apply::save_table(netns, bins.save(family), "filter").await?;
-        text.push_str("*nat\n");
-        for b in ["PREROUTING", "OUTPUT", "POSTROUTING"] {
-            if let Some(l) = apply::list_chain(netns, bins.iptables(family), "nat", b).await? {
-                text.push_str(&l);
+        // Only the builtin chains, for the jumps; the fixed chains are declared anyway.
+        let mut text = String::new();
+        for (table, builtins) in [
+            ("filter", &["INPUT", "FORWARD", "OUTPUT"][..]),
+            ("nat", &["PREROUTING", "OUTPUT", "POSTROUTING"][..]),
+        ] {
+            text.push_str(&format!("*{table}\n"));
+            for b in builtins {
+                if let Some(l) = apply::list_chain(netns, bins.iptables(family), table, b).await? {
+                    text.push_str(&l);
+                }
             }
         }
         let mut kernel = KernelChains::parse(&text);

@@ -106,9 +106,10 @@ fn builtins(table: Table) -> Vec<&'static str> {
 }
 
 /// A cheaper check for iptables-nft, whose whole-table listings are slow with many
-/// chains (tens of seconds at 10k services): the filter table (small) in full, and in
-/// nat only the canary, the builtin chains' jumps and the rule count of `SY-SERVICES`.
-/// A missing per-port chain goes unnoticed, but a flushed or deleted table does not.
+/// chains (tens of seconds at 10k services): each fixed chain is listed on its own
+/// (`-S CHAIN` fetches only that chain) and its rules counted, and the builtin chains
+/// are checked for the jumps. A missing per-port chain goes unnoticed, but a flushed or
+/// deleted table, a flushed chain or a missing jump does not.
 pub async fn compare_targeted(
     netns: Option<&str>,
     bins: &Binaries,
@@ -120,65 +121,48 @@ pub async fn compare_targeted(
         IpFamily::V6 => "IPv6",
     };
     let tool = bins.iptables(family);
-    let filter = apply::save_table(netns, bins.save(family), "filter").await?;
-    let kernel = KernelChains::parse(&filter);
-    for c in Table::Filter.fixed_chains() {
-        if !kernel.filter.contains(*c) {
-            return Ok(Some(format!("{fam} filter: chain {c} is missing")));
+    let (nat_services, nat_nodeports) = record.ports.values().fold((0, 0), |(s, n), p| {
+        (
+            s + p.dispatch.nat_services.len(),
+            n + p.dispatch.nat_nodeports.len(),
+        )
+    });
+    for table in Table::BOTH {
+        let t = table.as_str();
+        let mut count = 0;
+        for c in table.fixed_chains() {
+            let Some(rules) = apply::list_chain(netns, tool, t, c).await? else {
+                return Ok(Some(if *c == chains::CANARY {
+                    format!("{fam} {t} table: canary chain {c} is gone (table flushed or deleted)")
+                } else {
+                    format!("{fam} {t}: chain {c} is missing")
+                }));
+            };
+            count += rules.lines().filter(|l| l.starts_with("-A ")).count();
         }
-    }
-    let count = filter
-        .lines()
-        .filter(|l| {
-            l.strip_prefix("-A ")
-                .is_some_and(|r| r.starts_with(chains::PREFIX))
-        })
-        .count();
-    if count != record.chain_rules(Table::Filter) {
-        return Ok(Some(format!(
-            "{fam} filter: {count} rules in Switchyard's chains, {} applied",
-            record.chain_rules(Table::Filter)
-        )));
-    }
-    if apply::list_chain(netns, tool, "nat", chains::CANARY)
-        .await?
-        .is_none()
-    {
-        return Ok(Some(format!(
-            "{fam} nat table: canary chain {} is gone (table flushed or deleted)",
-            chains::CANARY
-        )));
-    }
-    let mut listed = String::new();
-    for b in builtins(Table::Nat) {
-        if let Some(l) = apply::list_chain(netns, tool, "nat", b).await? {
-            listed.push_str(&l);
-        }
-    }
-    for (j, table) in JUMPS.iter().map(|j| (j, j.table)) {
-        let ok = match table {
-            Table::Filter => filter.lines().any(|l| j.matches_saved(l)),
-            Table::Nat => listed.lines().any(|l| j.matches_saved(l)),
+        let want = match table {
+            Table::Filter => record.chain_rules(Table::Filter),
+            Table::Nat => record.fixed_nat + nat_services + nat_nodeports,
         };
-        if !ok {
+        if count != want {
             return Ok(Some(format!(
-                "{fam} {}: jump from {} to {} is missing",
-                table.as_str(),
-                j.builtin,
-                j.target
+                "{fam} {t}: {count} rules in Switchyard's fixed chains, {want} applied"
             )));
         }
-    }
-    let services = apply::list_chain(netns, tool, "nat", chains::SERVICES)
-        .await?
-        .unwrap_or_default();
-    let n = services.lines().filter(|l| l.starts_with("-A ")).count();
-    if n != record.services_rules() {
-        return Ok(Some(format!(
-            "{fam} nat: {n} rules in {}, {} applied",
-            chains::SERVICES,
-            record.services_rules()
-        )));
+        let mut listed = String::new();
+        for b in builtins(table) {
+            if let Some(l) = apply::list_chain(netns, tool, t, b).await? {
+                listed.push_str(&l);
+            }
+        }
+        for j in JUMPS.iter().filter(|j| j.table == table) {
+            if !listed.lines().any(|l| j.matches_saved(l)) {
+                return Ok(Some(format!(
+                    "{fam} {t}: jump from {} to {} is missing",
+                    j.builtin, j.target
+                )));
+            }
+        }
     }
     Ok(None)
 }
