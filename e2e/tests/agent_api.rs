@@ -8,9 +8,12 @@
 //! `ip_vs`), a Warning Event `FallbackActive`, the `switchyard_engine_fallback` metric and
 //! real traffic. Then the mode is patched to iptables (make-before-break: traffic keeps
 //! flowing and the nftables table goes away), the API server is killed and restarted
-//! (the dataplane stays untouched while it is gone; the restarted simulator is loaded with
-//! the same objects through `--load`, since it keeps nothing on disk), and finally a Service
-//! deleted through kubectl stops answering.
+//! (the dataplane stays untouched while it is gone and while the agent reconnects; the
+//! simulator keeps nothing on disk, so the restarted one is given the current objects
+//! through `--load` — with an EndpointSlice edit "made during the outage" that the agent
+//! must pick up — after padding past the old resourceVersion, because kube-sim silently
+//! accepts watches resumed from a resourceVersion newer than its own), and finally a
+//! Service deleted through kubectl stops answering.
 
 use std::{
     collections::BTreeMap,
@@ -632,6 +635,13 @@ fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
 
 fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
     let syncs_before = metric_value(&sb.metrics()?, "_syncs");
+    let list = c.kubectl(&["get", "--raw", "/apis/discovery.k8s.io/v1/endpointslices"])?;
+    let last_rv: u64 = serde_json::from_str::<serde_json::Value>(&list)?["metadata"]
+        ["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .context("resourceVersion of the EndpointSlice list")?;
+    println!("resourceVersion before the outage: {last_rv}");
     if let Some(mut sim) = c.sim.take() {
         sim.kill_hard();
         println!("kube-sim killed");
@@ -663,15 +673,75 @@ fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
     // Restart on the same port with the same objects (the simulator keeps nothing; --load
     // re-creates them, with fresh resourceVersions). The agent must relist before it changes
     // anything: no probe may fail from here on.
+    // While it was down, the slice lost 10.180.0.2 (the restarted server is loaded with that
+    // version): the agent must pick it up through a fresh list, since the new server's
+    // resourceVersions start over.
+    // kube-sim keeps nothing across a restart and counts resourceVersions from 1 again; a
+    // real API server never goes back. So the restarted simulator is loaded (`--load`) with
+    // the state as it stands now — the ProxyConfig as patched, and the slice as edited while
+    // the server was away (10.180.0.2 gone) — after padding (ConfigMaps) past the last
+    // resourceVersion the agent saw, so its resumed watches see these objects as newer
+    // events, as they would after a real outage.
+    let padding: String = (0..last_rv + 20)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{namespace: padding, name: pad-{i}}}\ndata: {{}}\n"
+            )
+        })
+        .collect();
+    let second = "- addresses: [10.180.0.2]\n  conditions: {ready: true, serving: true, terminating: false}\n  nodeName: test-node\n";
+    if !SLICE.contains(second) {
+        bail!("SLICE lacks the second endpoint block");
+    }
+    let mut patched = serde_yaml::Mapping::new();
+    patched.insert("fallback".into(), Value::Sequence(vec![]));
+    let reload = [
+        padding,
+        run_cmd(Command::new(agent_binary()?).arg("crd"))?,
+        yaml(&node_object()),
+        yaml(&proxy_config("iptables", &patched)),
+        SERVICE.to_string(),
+        SLICE.replace(second, ""),
+    ]
+    .iter()
+    .map(|d| d.trim_start_matches("---\n").to_string())
+    .collect::<Vec<_>>()
+    .join("\n---\n");
+    std::fs::write(&c.objects, reload)?;
     c.start_sim(true)?;
     let back = Instant::now();
     let mut bad = BTreeMap::new();
-    while back.elapsed() < Duration::from_secs(8) {
-        for (k, v) in hits(sb, 4)? {
+    let mut relisted: Option<Duration> = None;
+    let mut recent = Vec::new();
+    while back.elapsed() < Duration::from_secs(20) {
+        let batch = hits(sb, 4)?;
+        for (k, v) in &batch {
             if !BACKENDS.contains(&k.as_str()) {
-                *bad.entry(k).or_insert(0) += v;
+                *bad.entry(k.clone()).or_insert(0) += v;
             }
         }
+        recent.push(batch.keys().cloned().collect::<Vec<_>>().join(","));
+        if relisted.is_none()
+            && recent.len() >= 3
+            && recent[recent.len() - 3..]
+                .iter()
+                .all(|b| b == "10.180.0.1:8080")
+        {
+            relisted = Some(back.elapsed());
+        }
+        if relisted.is_some() && back.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    match relisted {
+        Some(t) => println!(
+            "edit made while the API server was down applied {t:?} after it came back"
+        ),
+        None => bail!(
+            "the agent did not pick up the slice from the restarted API server within 20 s (last batches: {:?})\n{}",
+            &recent[recent.len().saturating_sub(5)..],
+            c.logs()
+        ),
     }
     if !bad.is_empty() {
         bail!(
@@ -695,13 +765,22 @@ fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
         "syncs before the outage {syncs_before:?}, now {:?}",
         metric_value(&sb.metrics()?, "_syncs")
     );
-    // The agent reconnected: an edit made through the restarted API server reaches it.
-    let out = c.kubectl(&["get", "proxynode", "test-node", "-o", "yaml"]);
-    println!(
-        "ProxyNode after restart: {}",
-        out.map(|s| grep(&s, "Mode"))
-            .unwrap_or_else(|e| format!("{e:#}"))
-    );
+    eventually(
+        c,
+        Duration::from_secs(10),
+        "ProxyNode after the restart: activeMode iptables, fallbackActive false",
+        || {
+            let out = c.kubectl(&["get", "proxynode", "test-node", "-o", "yaml"])?;
+            let ok = out.contains("activeMode: iptables") && out.contains("fallbackActive: false");
+            Ok((!ok).then_some(out))
+        },
+    )?;
+    if nft_table_exists(sb) {
+        bail!(
+            "an nftables table reappeared after the restart\n{}",
+            sb.node_ruleset()
+        );
+    }
     Ok(())
 }
 
