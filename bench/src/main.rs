@@ -9,7 +9,7 @@
 //! also gives the minimum and maximum.
 
 mod cluster;
-mod netns;
+mod conn_rate;
 
 use std::{
     path::PathBuf,
@@ -19,10 +19,68 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use switchyard_core::{ChangeSet, NodeModel, ProxyEngine};
-use switchyard_crd::{EffectiveConfig, Mode};
+use switchyard_crd::EffectiveConfig;
+use switchyard_e2e::netns::NetNs;
+use switchyard_iptables::{Backend, IptOptions, IptablesEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 
-use crate::{cluster::SyntheticCluster, netns::Netns};
+use crate::cluster::SyntheticCluster;
+
+/// An engine under measurement: nftables, or iptables on one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Nftables,
+    IptablesNft,
+    IptablesLegacy,
+}
+
+impl std::str::FromStr for Subject {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nftables" => Ok(Subject::Nftables),
+            "iptables-nft" => Ok(Subject::IptablesNft),
+            "iptables-legacy" => Ok(Subject::IptablesLegacy),
+            other => Err(format!(
+                "{other:?}: expected nftables, iptables-nft or iptables-legacy"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Subject::Nftables => "nftables",
+            Subject::IptablesNft => "iptables (nft backend)",
+            Subject::IptablesLegacy => "iptables (legacy backend)",
+        })
+    }
+}
+
+/// A fresh namespace for one measurement.
+pub fn netns(tag: &str) -> Result<NetNs> {
+    NetNs::create(&format!("sy-bench-{}-{tag}", std::process::id()))
+}
+
+/// The engine for `subject`, programming namespace `ns`.
+pub fn engine_for(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
+    let netns = Some(ns.name().to_string());
+    match subject {
+        Subject::Nftables => Box::new(NftablesEngine::new(NftOptions {
+            netns,
+            ..NftOptions::default()
+        })),
+        Subject::IptablesNft => Box::new(IptablesEngine::new(IptOptions {
+            netns,
+            backend: Backend::Nft,
+        })),
+        Subject::IptablesLegacy => Box::new(IptablesEngine::new(IptOptions {
+            netns,
+            backend: Backend::Legacy,
+        })),
+    }
+}
 
 #[derive(Parser)]
 struct Args {
@@ -36,8 +94,15 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Engines to measure.
-    #[arg(long, value_delimiter = ',', default_value = "nftables")]
-    engines: Vec<Mode>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nftables,iptables-nft,iptables-legacy"
+    )]
+    engines: Vec<Subject>,
+    /// Services programmed for the connection-setup-rate comparison (0: skip).
+    #[arg(long, default_value_t = 10000)]
+    conn_rate_services: usize,
     /// The switchyard binary, for the agent memory figure (skipped when absent).
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -73,18 +138,8 @@ impl Stats {
     }
 }
 
-fn engine_for(mode: Mode, ns: &Netns) -> Result<Box<dyn ProxyEngine>> {
-    match mode {
-        Mode::Nftables => Ok(Box::new(NftablesEngine::new(NftOptions {
-            netns: Some(ns.name().to_string()),
-            ..NftOptions::default()
-        }))),
-        other => bail!("no {other} engine to benchmark yet"),
-    }
-}
-
 struct Row {
-    mode: Mode,
+    mode: Subject,
     services: usize,
     endpoints: usize,
     model_build: Stats,
@@ -93,7 +148,7 @@ struct Row {
     one_endpoint_pipeline: Stats,
 }
 
-async fn measure(mode: Mode, services: usize, per_service: usize, runs: usize) -> Result<Row> {
+async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize) -> Result<Row> {
     let config = EffectiveConfig {
         cluster_cidrs: vec!["10.0.0.0/8".parse()?],
         ..EffectiveConfig::default()
@@ -111,8 +166,8 @@ async fn measure(mode: Mode, services: usize, per_service: usize, runs: usize) -
     let mut engine_one = Vec::new();
     let mut pipeline_one = Vec::new();
     for run in 0..runs {
-        let ns = Netns::new(&format!("bench-{run}"))?;
-        let mut engine = engine_for(mode, &ns)?;
+        let ns = netns(&format!("sync-{run}"))?;
+        let mut engine = engine_for(mode, &ns);
         let t = Instant::now();
         engine
             .sync(&model, &ChangeSet::full(&model))
@@ -121,24 +176,25 @@ async fn measure(mode: Mode, services: usize, per_service: usize, runs: usize) -
         full.push(t.elapsed());
 
         // One endpoint of one service changes address (a pod replaced).
-        let mut applied = model.clone();
+        state.take_changes();
         for step in 0..3 {
             let which = (run * 7919 + step * 104729) % services;
+            // The agent's path: the source updates the state, the runner recomputes
+            // the changed Service only and hands the difference to the engine.
             let t = Instant::now();
             state.upsert(cluster.slice_with_replaced_endpoint(which, run * 3 + step));
-            let next = NodeModel::build(&state, cluster::NODE, &config);
-            let changes = ChangeSet::between(&applied, &next);
-            if changes.len() != 1 {
+            let dirty = state.take_changes();
+            let changes = model.update_services(&state, &dirty.services);
+            if changes.len() != 1 || dirty.global {
                 bail!("expected one changed service port, got {}", changes.len());
             }
             let te = Instant::now();
             engine
-                .sync(&next, &changes)
+                .sync(&model, &changes)
                 .await
                 .context("one-endpoint sync")?;
             engine_one.push(te.elapsed());
             pipeline_one.push(t.elapsed());
-            applied = next;
         }
         engine.cleanup().await.context("cleanup")?;
     }
@@ -156,7 +212,7 @@ async fn measure(mode: Mode, services: usize, per_service: usize, runs: usize) -
 /// Starts the real agent on `services` services in a namespace; returns (seconds to
 /// first sync, RSS MiB after it).
 fn agent_memory(agent: &PathBuf, services: usize, per_service: usize) -> Result<(f64, f64)> {
-    let ns = Netns::new("bench-agent")?;
+    let ns = netns("agent")?;
     let dir = std::env::temp_dir().join(format!("sy-bench-manifests-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -238,6 +294,33 @@ fn main() -> Result<()> {
             r.one_endpoint_engine.cell(),
             r.one_endpoint_pipeline.cell()
         );
+    }
+    if args.conn_rate_services > 0 {
+        eprintln!(
+            "measuring connection setup rate with 1 and {} services ...",
+            args.conn_rate_services
+        );
+        let rows = runtime.block_on(conn_rate::compare(
+            &[
+                Subject::Nftables,
+                Subject::IptablesNft,
+                Subject::IptablesLegacy,
+            ],
+            args.conn_rate_services,
+            args.runs,
+        ))?;
+        println!();
+        println!("| engine | connections per client CPU-second, 1 service | same, {} services (last service in dispatch order) | ratio |", args.conn_rate_services);
+        println!("|---|---:|---:|---:|");
+        for r in rows {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2} |",
+                r.subject,
+                r.one,
+                r.many,
+                r.many / r.one
+            );
+        }
     }
     if let Some(agent) = &args.agent {
         let size = *args.sizes.iter().max().unwrap_or(&1000);

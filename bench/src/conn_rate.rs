@@ -1,0 +1,203 @@
+//! Connection setup rate through a ClusterIP: what iptables mode's reputation comes from.
+//! Every new connection walks the services dispatch chain; iptables matches rule by rule,
+//! nftables looks the VIP up in a verdict map. Measured in one namespace per case: the
+//! engine programs N services whose endpoint is a local server, and a client opens as many
+//! connections as it can for a fixed time to the VIP the dispatch chain reaches last.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use switchyard_core::{ChangeSet, Endpoint, NodeModel, Protocol, ServicePort, ServicePortName};
+use switchyard_e2e::netns::{run_cmd, spawn_in, NetNs};
+
+use crate::{engine_for, netns, Subject};
+
+/// The local server every service points at.
+const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const MEASURE_FOR: Duration = Duration::from_secs(1);
+
+pub struct RateRow {
+    pub subject: Subject,
+    /// Connections per CPU-second of the client with 1 service programmed.
+    pub one: f64,
+    /// With `services` programmed, to the last one in the dispatch order.
+    pub many: f64,
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 20, 0, 0)) + i as u32)
+}
+
+fn model(services: usize) -> NodeModel {
+    let endpoint = Endpoint {
+        ip: IpAddr::V4(ENDPOINT),
+        port: 8080,
+        local: true,
+        ready: true,
+        serving: true,
+        terminating: false,
+        zone_hints: vec![],
+        node_hints: vec![],
+    };
+    let services = (0..services)
+        .map(|i| {
+            let name = ServicePortName {
+                namespace: format!("ns-{}", i % 100),
+                name: format!("svc-{i}"),
+                port: "http".into(),
+                protocol: Protocol::Tcp,
+            };
+            let sp = ServicePort {
+                name: name.clone(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                cluster_ips: vec![IpAddr::V4(vip(i))],
+                node_port: None,
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                load_balancer_source_ranges: vec![],
+                external_policy_local: false,
+                internal_policy_local: false,
+                affinity_timeout: None,
+                health_check_node_port: None,
+                cluster_endpoints: vec![endpoint.clone()],
+                local_endpoints: vec![endpoint.clone()],
+            };
+            (name, sp)
+        })
+        .collect();
+    NodeModel {
+        node_name: "bench-node".into(),
+        services,
+        ..NodeModel::default()
+    }
+}
+
+/// The VIP whose rule iptables evaluates last (any VIP for nftables: one map lookup).
+fn last_vip(subject: Subject, ns: &NetNs, services: usize) -> Result<Ipv4Addr> {
+    let save = match subject {
+        Subject::Nftables => return Ok(vip(services - 1)),
+        Subject::IptablesNft => "iptables-nft-save",
+        Subject::IptablesLegacy => "iptables-legacy-save",
+    };
+    let out = run_cmd(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        ns.name(),
+        save,
+        "-t",
+        "nat",
+    ]))?;
+    out.lines()
+        .filter(|l| l.starts_with("-A SY-SERVICES") && l.contains(" -d "))
+        .filter_map(|l| l.split(" -d ").nth(1)?.split('/').next()?.parse().ok())
+        .last()
+        .context("no service rule found in the SY-SERVICES chain")
+}
+
+/// Connections per CPU-second of the client, from inside `ns` to `vip:80`.
+fn rate(ns: &NetNs, vip: Ipv4Addr) -> Result<f64> {
+    let path = ns.path();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server_stop = stop.clone();
+    let server = spawn_in(&path, move || -> Result<()> {
+        let listener = TcpListener::bind((ENDPOINT, 8080))?;
+        listener.set_nonblocking(true)?;
+        while !server_stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_millis(100));
+    let client = spawn_in(&path, move || -> Result<f64> {
+        let target = SocketAddr::from((vip, 80));
+        // Warm up, and check the VIP answers at all.
+        TcpStream::connect_timeout(&target, Duration::from_secs(2))
+            .context("first connection to the VIP")?;
+        // Connections per CPU-second of this thread: on loopback the whole netfilter
+        // path of a SYN runs in the sender's context, and CPU time is far less
+        // sensitive than wall time to what else the 2-core machine is doing.
+        let cpu = || -> Result<Duration> {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+            Ok(Duration::from(t))
+        };
+        let started = Instant::now();
+        let cpu_started = cpu()?;
+        let mut count = 0u64;
+        while started.elapsed() < MEASURE_FOR {
+            TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+            count += 1;
+        }
+        Ok(count as f64 / (cpu()? - cpu_started).as_secs_f64())
+    })?;
+    let result = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    stop.store(true, Ordering::Relaxed);
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))???;
+    result?
+}
+
+async fn one_case(subject: Subject, services: usize, tag: &str) -> Result<f64> {
+    let ns = netns(tag)?;
+    // No dummy driver in this kernel: a veth pair whose peer stays in the namespace.
+    ns.ip(&[
+        "link", "add", "eps", "type", "veth", "peer", "name", "eps-peer",
+    ])?;
+    ns.ip(&["link", "set", "eps", "up"])?;
+    ns.ip(&["link", "set", "eps-peer", "up"])?;
+    ns.ip(&["addr", "add", &format!("{ENDPOINT}/32"), "dev", "eps"])?;
+    ns.ip(&["route", "add", "172.16.0.0/12", "dev", "eps"])?;
+    ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    let m = model(services);
+    let mut engine = engine_for(subject, &ns);
+    engine
+        .sync(&m, &ChangeSet::full(&m))
+        .await
+        .context("programming the services")?;
+    let target = last_vip(subject, &ns, services)?;
+    let r = rate(&ns, target);
+    engine.cleanup().await.ok();
+    r
+}
+
+/// Median connection rates with 1 and `services` services, per subject, in one run.
+pub async fn compare(subjects: &[Subject], services: usize, runs: usize) -> Result<Vec<RateRow>> {
+    if services < 2 {
+        bail!("need at least 2 services to compare");
+    }
+    let mut rows = Vec::new();
+    for &subject in subjects {
+        let mut one = Vec::new();
+        let mut many = Vec::new();
+        // Interleave the two sizes so machine noise hits both alike.
+        for run in 0..runs {
+            one.push(one_case(subject, 1, &format!("rate1-{run}")).await?);
+            many.push(one_case(subject, services, &format!("rateN-{run}")).await?);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).expect("rates are finite"));
+            v[v.len() / 2]
+        };
+        rows.push(RateRow {
+            subject,
+            one: median(one),
+            many: median(many),
+        });
+    }
+    Ok(rows)
+}
