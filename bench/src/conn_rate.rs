@@ -96,9 +96,9 @@ fn last_vip(subject: Subject, ns: &NetNs, services: usize) -> Result<Ipv4Addr> {
         "nat",
     ]))?;
     out.lines()
+        .rev()
         .filter(|l| l.starts_with("-A SY-SERVICES") && l.contains(" -d "))
-        .filter_map(|l| l.split(" -d ").nth(1)?.split('/').next()?.parse().ok())
-        .last()
+        .find_map(|l| l.split(" -d ").nth(1)?.split('/').next()?.parse().ok())
         .context("no service rule found in the SY-SERVICES chain")
 }
 
