@@ -122,12 +122,12 @@ impl Metrics {
             m.endpoint_changes.clone(),
         );
         r.register(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",
             m.no_local_endpoints.clone(),
         );
         r.register(
-            "kubeproxy_sync_proxy_rules_iptables",
+            "kubeproxy_sync_proxy_rules_iptables_total",
             "Number of proxy iptables rules programmed",
             m.iptables_rules.clone(),
         );
@@ -200,5 +200,42 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_upstream_names() {
+        let m = Metrics::new();
+        m.sync_duration.observe(0.01);
+        m.service_changes.inc();
+        m.endpoint_changes.inc();
+        m.no_local_endpoints
+            .get_or_create(&TrafficPolicyLabel {
+                traffic_policy: "External".into(),
+            })
+            .set(1);
+        m.iptables_rules
+            .get_or_create(&TableLabel {
+                table: "nat".into(),
+            })
+            .set(7);
+        m.invalid_object("Service");
+        let text = m.render();
+        for name in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+            "kubeproxy_network_programming_duration_seconds_bucket",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+            "kubeproxy_sync_proxy_rules_service_changes_total 1",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
+            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="External"} 1"#,
+            r#"kubeproxy_sync_proxy_rules_iptables_total{table="nat"} 7"#,
+            r#"switchyard_invalid_objects_total{kind="Service"} 1"#,
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
     }
 }
