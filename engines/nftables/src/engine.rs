@@ -25,8 +25,8 @@ pub struct NftOptions {
     pub netns: Option<String>,
     /// The `nft` binary.
     pub nft_path: String,
-    /// Whether partial syncs write nf_tables netlink batches themselves (else they
-    /// run `nft`, like full syncs).
+    /// Whether partial syncs write nf_tables netlink batches themselves, and `verify`
+    /// reads netlink dumps (else both run `nft`, like full syncs).
     pub netlink_partials: bool,
 }
 
@@ -166,6 +166,17 @@ impl ProxyEngine for NftablesEngine {
             None => Ok(Drift::Found(
                 "no successful sync since start, failure or cleanup".to_string(),
             )),
+            Some(applied) if self.options.netlink_partials => {
+                if self.socket.is_none() {
+                    self.socket = Some(NftSocket::open(self.options.netns.as_deref())?);
+                }
+                let socket = self.socket.as_mut().expect("opened above");
+                let result = verify::verify_netlink(socket, applied, &mut self.verify_cursor);
+                if result.is_err() {
+                    self.socket = None;
+                }
+                result
+            }
             Some(applied) => verify::verify(&self.options, applied, &mut self.verify_cursor).await,
         }
     }

@@ -11,7 +11,10 @@
 //! The socket belongs to the network namespace it was opened in: [`NftSocket::open`]
 //! opens it from a short-lived thread that first enters `/run/netns/NAME`.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, OwnedFd},
+};
 
 use nix::{
     errno::Errno,
@@ -48,6 +51,15 @@ const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
 
 // Attributes.
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -437,6 +449,215 @@ impl NftSocket {
                 data = &data[align4(len).min(data.len())..];
             }
         }
+    }
+}
+
+/// The attributes of a message body: (type without flags, value).
+pub fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let value = &data[4..len];
+        data = &data[align4(len).min(data.len())..];
+        Some((kind, value))
+    })
+}
+
+/// A string attribute's value without its terminating NUL.
+fn attr_str(value: &[u8]) -> &[u8] {
+    value.strip_suffix(&[0]).unwrap_or(value)
+}
+
+/// What a dump found: `None` when the kernel refused it with `ENOENT` (no such table
+/// or set).
+pub type Found<T> = Option<T>;
+
+impl NftSocket {
+    /// Runs one dump request; `on_message` gets each answer's attributes (after the
+    /// `nfgenmsg` header).
+    fn dump(
+        &mut self,
+        family: Family,
+        msg: u16,
+        request: impl FnOnce(&mut Attrs<'_>),
+        mut on_message: impl FnMut(&[u8]),
+    ) -> Result<Found<()>, EngineError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | msg).to_ne_bytes());
+        buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&[nfproto(family), 0, 0, 0]);
+        request(&mut Attrs(&mut buf));
+        let len = buf.len() as u32;
+        buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        loop {
+            match sendto(
+                self.fd.as_raw_fd(),
+                &buf,
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            ) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io_error("sending a dump request", e)),
+            }
+        }
+        let mut failure = None;
+        loop {
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
+                    Ok(n) if n > self.recv_buf.len() => {
+                        return Err(io_error("dump", "datagram larger than the buffer"))
+                    }
+                    Ok(n) => break n,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(io_error("reading a dump", e)),
+                }
+            };
+            let mut data = &self.recv_buf[..n];
+            while data.len() >= 16 {
+                let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
+                if len < 16 || len > data.len() {
+                    return Err(io_error("dump", "malformed netlink message"));
+                }
+                let kind = u16::from_ne_bytes([data[4], data[5]]);
+                let msg_seq = u32::from_ne_bytes(data[8..12].try_into().expect("4"));
+                let body = &data[16..len];
+                data = &data[align4(len).min(data.len())..];
+                if msg_seq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return failure.map_or(Ok(Some(())), Err),
+                    NLMSG_ERROR => {
+                        let errno = i32::from_ne_bytes(body[0..4].try_into().expect("4"));
+                        return match errno {
+                            0 => failure.map_or(Ok(Some(())), Err),
+                            e if -e == Errno::ENOENT as i32 => Ok(None),
+                            e => Err(io_error("dump", Errno::from_raw(-e))),
+                        };
+                    }
+                    _ if body.len() >= 4 => on_message(&body[4..]),
+                    _ => {
+                        failure.get_or_insert(io_error("dump", "short message"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Names of the chains of our table in `family` (empty when it does not exist).
+    pub fn chains(&mut self, family: Family) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::new();
+        self.dump(
+            family,
+            NFT_MSG_GETCHAIN,
+            |_| {},
+            |body| {
+                let (mut table, mut name) = (None, None);
+                for (kind, value) in attributes(body) {
+                    match kind {
+                        NFTA_CHAIN_TABLE => table = Some(attr_str(value)),
+                        NFTA_CHAIN_NAME => name = Some(attr_str(value)),
+                        _ => {}
+                    }
+                }
+                if let (Some(t), Some(n)) = (table, name) {
+                    if t == TABLE.as_bytes() {
+                        out.push(String::from_utf8_lossy(n).into_owned());
+                    }
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Names of the sets and maps of our table in `family`.
+    pub fn sets(&mut self, family: Family) -> Result<Found<Vec<String>>, EngineError> {
+        let mut out = Vec::new();
+        let found = self.dump(
+            family,
+            NFT_MSG_GETSET,
+            |a| a.str(NFTA_SET_TABLE, TABLE),
+            |body| {
+                for (kind, value) in attributes(body) {
+                    if kind == NFTA_SET_NAME {
+                        out.push(String::from_utf8_lossy(attr_str(value)).into_owned());
+                    }
+                }
+            },
+        )?;
+        Ok(found.map(|()| out))
+    }
+
+    /// Elements in one set or map of our table.
+    pub fn element_count(
+        &mut self,
+        family: Family,
+        set: &str,
+    ) -> Result<Found<usize>, EngineError> {
+        let mut count = 0;
+        let found = self.dump(
+            family,
+            NFT_MSG_GETSETELEM,
+            |a| {
+                a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                a.str(NFTA_SET_ELEM_LIST_SET, set);
+            },
+            |body| {
+                for (kind, value) in attributes(body) {
+                    if kind == NFTA_SET_ELEM_LIST_ELEMENTS {
+                        count += attributes(value)
+                            .filter(|(k, _)| *k == NFTA_LIST_ELEM)
+                            .count();
+                    }
+                }
+            },
+        )?;
+        Ok(found.map(|()| count))
+    }
+
+    /// Rule counts per chain of our table (only `chain` when given).
+    pub fn rule_counts(
+        &mut self,
+        family: Family,
+        chain: Option<&str>,
+    ) -> Result<Found<HashMap<String, usize>>, EngineError> {
+        let mut out: HashMap<String, usize> = HashMap::new();
+        let found = self.dump(
+            family,
+            NFT_MSG_GETRULE,
+            |a| {
+                a.str(NFTA_RULE_TABLE, TABLE);
+                if let Some(chain) = chain {
+                    a.str(NFTA_RULE_CHAIN, chain);
+                }
+            },
+            |body| {
+                for (kind, value) in attributes(body) {
+                    if kind == NFTA_RULE_CHAIN {
+                        let name = attr_str(value);
+                        match out.get_mut(String::from_utf8_lossy(name).as_ref()) {
+                            Some(n) => *n += 1,
+                            None => {
+                                out.insert(String::from_utf8_lossy(name).into_owned(), 1);
+                            }
+                        }
+                    }
+                }
+            },
+        )?;
+        Ok(found.map(|()| out))
     }
 }
 

@@ -1,5 +1,9 @@
 //! Drift detection: compares what the kernel lists with the record of what was applied.
 //!
+//! The engine verifies through netlink dumps ([`verify_netlink`]: no `nft` process, no
+//! text listing; under a second at 50k service ports); [`verify`] does the same through
+//! `nft` listings, for engines configured without netlink.
+//!
 //! Listing every rule is expensive on large tables (the kernel's rule dump restarts its
 //! walk for every message: 8000 service ports x 5 endpoints take ~15 s), so:
 //! - chain names come from one `nft list chains` (both families);
@@ -14,6 +18,7 @@ use switchyard_core::{Drift, EngineError};
 
 use crate::{
     apply,
+    netlink::NftSocket,
     record::{Applied, FamilyRecord},
     ruleset::{Family, MapKind, TABLE},
     NftOptions,
@@ -281,6 +286,83 @@ pub async fn verify(
         }
     }
     *cursor = cursor.wrapping_add(SAMPLED_CHAINS);
+    Ok(if found.is_empty() {
+        Drift::None
+    } else {
+        Drift::Found(found.join("; "))
+    })
+}
+
+/// Chains whose rules are counted per family and verify through netlink on large tables
+/// (each is one small dump).
+pub const NETLINK_SAMPLED_CHAINS: usize = 64;
+
+/// `verify` through netlink dumps (no `nft` process): chain names from one chain dump,
+/// element counts from one dump per map or set, set names from one set dump, and rule
+/// counts from one rule dump of the table when it holds at most
+/// [`FULL_LISTING_MAX_RULES`] rules, else from per-chain rule dumps of
+/// [`NETLINK_SAMPLED_CHAINS`] chains, rotating.
+pub fn verify_netlink(
+    socket: &mut NftSocket,
+    applied: &Applied,
+    cursor: &mut usize,
+) -> Result<Drift, EngineError> {
+    let mut found = Vec::new();
+    for family in Family::BOTH {
+        let fam = family.nft();
+        let record = &applied.families[family.index()];
+        let chains = socket.chains(family)?;
+        if chains.is_empty() {
+            found.push(format!("table {fam} {TABLE} is missing"));
+            continue;
+        }
+        let mut listing = Listing {
+            chains: chains.into_iter().map(|c| (c, 0)).collect(),
+            maps: HashMap::new(),
+        };
+        found.extend(compare_chain_names(family, &listing, record));
+        let sets = socket.sets(family)?.unwrap_or_default();
+        for set in sets {
+            let n = if MapKind::ALL.iter().any(|k| k.name() == set) {
+                socket.element_count(family, &set)?.unwrap_or(0)
+            } else {
+                0
+            };
+            listing.maps.insert(set, n);
+        }
+        found.extend(compare_maps(family, &listing, record));
+        let rules = if record.rule_count() <= FULL_LISTING_MAX_RULES {
+            socket.rule_counts(family, None)?.unwrap_or_default()
+        } else {
+            let n = record.chains.len();
+            let start = *cursor % n.max(1);
+            let mut counts = HashMap::new();
+            for chain in record
+                .chains
+                .keys()
+                .cycle()
+                .skip(start)
+                .take(NETLINK_SAMPLED_CHAINS.min(n))
+            {
+                if !listing.chains.contains_key(chain) {
+                    continue; // already reported missing
+                }
+                let got = socket.rule_counts(family, Some(chain))?.unwrap_or_default();
+                counts.insert(chain.clone(), got.get(chain).copied().unwrap_or(0));
+            }
+            counts
+        };
+        for (chain, n) in listing.chains.iter_mut() {
+            if let Some(count) = rules.get(chain) {
+                *n = *count;
+            } else if record.rule_count() > FULL_LISTING_MAX_RULES {
+                // Not sampled this time: compare nothing.
+                *n = record.chains.get(chain).copied().unwrap_or(0);
+            }
+        }
+        found.extend(compare_rule_counts(family, &listing, record));
+    }
+    *cursor = cursor.wrapping_add(NETLINK_SAMPLED_CHAINS);
     Ok(if found.is_empty() {
         Drift::None
     } else {

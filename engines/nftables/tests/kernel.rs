@@ -324,3 +324,75 @@ async fn shared_external_ip_moves_to_the_remaining_service() {
     );
     assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
 }
+
+/// Where a netlink partial sync's time goes at scale (SY_NFT_SCALE services).
+#[tokio::test]
+#[ignore]
+async fn partial_phases() {
+    need_root!("partial_phases");
+    use switchyard_nftables::{netlink::NftSocket, render::render_full_with_record};
+    let ns = Netns::new();
+    let count: usize = std::env::var("SY_NFT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let m1 = big_model(count, 5);
+    let mut engine = NftablesEngine::new(ns.options());
+    let start = Instant::now();
+    engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    eprintln!("full sync {:?}", start.elapsed());
+    let (_, applied) = render_full_with_record(&m1);
+    let mut m2 = m1.clone();
+    let sp = m2.services.values_mut().nth(count / 2).unwrap();
+    sp.cluster_endpoints.pop();
+    let t = Instant::now();
+    let changes = ChangeSet::between(&m1, &m2);
+    eprintln!("changeset {:?}", t.elapsed());
+    let t = Instant::now();
+    let partial = switchyard_nftables::render_partial(&m2, &changes, &applied);
+    eprintln!("render_partial {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut socket = NftSocket::open(Some(&ns.name)).unwrap();
+    eprintln!("open {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut batch = socket.batch();
+    partial.encode(&mut batch).unwrap();
+    eprintln!("encode {:?} ({} messages)", t.elapsed(), batch.len());
+    let t = Instant::now();
+    socket.commit(batch).unwrap();
+    eprintln!("commit {:?}", t.elapsed());
+    // A batch that needs no validation: one cluster-ips element.
+    let mut batch = socket.batch();
+    batch.add_elements(
+        switchyard_nftables::ruleset::Family::Ip,
+        "cluster-ips",
+        &[switchyard_nftables::netlink::ElementBytes {
+            key: vec![1, 2, 3, 4],
+            verdict: None,
+        }],
+    );
+    let t = Instant::now();
+    socket.commit(batch).unwrap();
+    eprintln!("commit of one set element {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut applied = applied;
+    partial.commit(&mut applied);
+    eprintln!("record commit {:?}", t.elapsed());
+    use switchyard_nftables::ruleset::Family;
+    let t = Instant::now();
+    let chains = socket.chains(Family::Ip).unwrap();
+    eprintln!("chain dump {:?} ({} chains)", t.elapsed(), chains.len());
+    let t = Instant::now();
+    let sets = socket.sets(Family::Ip).unwrap().unwrap();
+    eprintln!("set dump {:?}", t.elapsed());
+    for set in sets {
+        let t = Instant::now();
+        let n = socket.element_count(Family::Ip, &set).unwrap();
+        eprintln!("elements of {set}: {n:?} in {:?}", t.elapsed());
+    }
+    let t = Instant::now();
+    for c in chains.iter().take(64) {
+        socket.rule_counts(Family::Ip, Some(c)).unwrap();
+    }
+    eprintln!("64 rule dumps {:?}", t.elapsed());
+}
