@@ -211,6 +211,10 @@ impl ProxyEngine for IptablesEngine {
         Mode::Iptables
     }
 
+    fn rule_counts(&self) -> Vec<(String, usize)> {
+        IptablesEngine::rule_counts(self)
+    }
+
     async fn sync(
         &mut self,
         model: &NodeModel,
