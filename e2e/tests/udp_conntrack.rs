@@ -229,7 +229,7 @@ fn reconverge(
     what: &str,
     sb: &Sandbox,
 ) -> Result<Duration> {
-    thread::sleep(Duration::from_secs(3));
+    thread::sleep(Duration::from_secs(3).saturating_sub(written.elapsed()));
     let log = client.since(written);
     // Converged from the first answer by `ip` after the last answer by anything else
     // (another endpoint, or a rejection); single lost datagrams (TIMEOUT) on a loaded
@@ -318,8 +318,59 @@ fn run(mode: &str, args: &[&str]) -> Result<()> {
         &sb,
     )?;
     client.stop()?;
+    // 3) One of two endpoints goes away: the clients on A move to B, those on B stay.
+    dir.write_object("svc-pair.yaml", &service("pair", "172.30.4.3"))?;
+    dir.write_object("slice-pair.yaml", &slice("pair", &[A, B]))?;
+    let mut clients = Vec::new();
+    let mut on_a = 0;
+    for port in 40060..40072u16 {
+        let c = Client::start(&sb, port, "172.30.4.3:53".parse()?)?;
+        let start = Instant::now();
+        let first = loop {
+            let log = c.since(start);
+            if let Some((_, w)) = log.iter().find(|(_, w)| w == A || w == B) {
+                break w.clone();
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!(
+                    "client {port} to the new service never answered: {}",
+                    summary(&log)
+                );
+            }
+            thread::sleep(INTERVAL);
+        };
+        if first == A {
+            on_a += 1;
+        }
+        clients.push((port, first, c));
+        if on_a >= 2 && clients.len() >= 4 {
+            break;
+        }
+    }
+    if on_a == 0 {
+        bail!("no client landed on A out of {}", clients.len());
+    }
+    thread::sleep(Duration::from_millis(500));
+    dir.write_object("slice-pair.yaml", &slice("pair", &[B]))?;
+    let written = Instant::now();
+    let mut worst = Duration::ZERO;
+    for (port, first, c) in &mut clients {
+        let l = reconverge(
+            c,
+            written,
+            B,
+            &format!(
+                "{mode} {args:?}: client :{port} (was on {first}), endpoint A removed from [A, B]"
+            ),
+            &sb,
+        )?;
+        if first == A {
+            worst = worst.max(l);
+        }
+        c.stop()?;
+    }
     println!(
-        "UDP reconvergence ({mode} {args:?}): endpoint replaced {moved:?}, first endpoint {gained:?}"
+        "UDP reconvergence ({mode} {args:?}): endpoint replaced {moved:?}, first endpoint {gained:?}, one of two removed {worst:?} (worst of {on_a} clients on A)"
     );
     let log = sb.agent_log();
     println!(
