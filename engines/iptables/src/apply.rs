@@ -75,7 +75,9 @@ pub async fn run(
 
 /// Applies restore input without flushing anything it does not name.
 pub async fn restore(netns: Option<&str>, tool: &str, text: &str) -> Result<(), EngineError> {
-    run(netns, tool, &["--noflush", "--wait"], text)
+    // Bounded wait for the host-wide xtables lock, as kube-proxy (`-w 5`):
+    // a held lock fails the sync, which is retried, instead of hanging the agent.
+    run(netns, tool, &["--noflush", "--wait=5"], text)
         .await
         .map(drop)
 }
@@ -105,7 +107,7 @@ pub async fn list_chain(
     table: &str,
     chain: &str,
 ) -> Result<Option<String>, EngineError> {
-    match run(netns, tool, &["-w", "-t", table, "-S", chain], "").await {
+    match run(netns, tool, &["-w", "5", "-t", table, "-S", chain], "").await {
         Ok(out) => Ok(Some(out)),
         Err(EngineError::Apply { message, .. })
             if message.contains("No chain/target/match by that name")
