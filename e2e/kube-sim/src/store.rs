@@ -926,7 +926,10 @@ impl Store {
                 })
                 .collect(),
             Some(rv) => {
-                if rv < self.compacted {
+                // Older than the history kept, or newer than this store has ever been
+                // (a client resuming against a restarted simulator): the client must
+                // relist, as after a real server's "too old" / "too large" answers.
+                if rv < self.compacted || rv > self.rv {
                     return Err(ApiError::expired());
                 }
                 self.history
