@@ -627,6 +627,111 @@ impl NftSocket {
         Ok(found.map(|()| count))
     }
 
+    /// How many of `keys` (a prefix of them: the kernel stops at the first missing one)
+    /// are in `set`, and, for verdict maps, each found element's verdict chain.
+    pub fn elements_present(
+        &mut self,
+        family: Family,
+        set: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<String>>, EngineError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut buf = Vec::with_capacity(64 + keys.len() * 32);
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM).to_ne_bytes());
+        buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&[nfproto(family), 0, 0, 0]);
+        {
+            let mut a = Attrs(&mut buf);
+            a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            a.str(NFTA_SET_ELEM_LIST_SET, set);
+            let list = a.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for key in keys {
+                let elem = a.begin(NFTA_LIST_ELEM);
+                a.data(NFTA_SET_ELEM_KEY, key);
+                a.end(elem);
+            }
+            a.end(list);
+        }
+        let len = buf.len() as u32;
+        buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        loop {
+            match sendto(
+                self.fd.as_raw_fd(),
+                &buf,
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            ) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io_error("sending an element request", e)),
+            }
+        }
+        let mut found = Vec::new();
+        loop {
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
+                    Ok(n) => break n.min(self.recv_buf.len()),
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(io_error("reading elements", e)),
+                }
+            };
+            let mut data = &self.recv_buf[..n];
+            while data.len() >= 16 {
+                let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
+                if len < 16 || len > data.len() {
+                    return Err(io_error("elements", "malformed netlink message"));
+                }
+                let kind = u16::from_ne_bytes([data[4], data[5]]);
+                let msg_seq = u32::from_ne_bytes(data[8..12].try_into().expect("4"));
+                let body = &data[16..len];
+                data = &data[align4(len).min(data.len())..];
+                if msg_seq != seq {
+                    continue;
+                }
+                if kind == NLMSG_ERROR {
+                    let errno = i32::from_ne_bytes(body[0..4].try_into().expect("4"));
+                    return match errno {
+                        0 => Ok(found),
+                        e if -e == Errno::ENOENT as i32 => Ok(found),
+                        e => Err(io_error("elements", Errno::from_raw(-e))),
+                    };
+                }
+                if body.len() < 4 {
+                    continue;
+                }
+                for (kind, value) in attributes(&body[4..]) {
+                    if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+                        continue;
+                    }
+                    for (_, elem) in attributes(value).filter(|(k, _)| *k == NFTA_LIST_ELEM) {
+                        let mut chain = None;
+                        for (k, v) in attributes(elem) {
+                            if k != NFTA_SET_ELEM_DATA {
+                                continue;
+                            }
+                            for (_, verdict) in
+                                attributes(v).filter(|(k, _)| *k == NFTA_DATA_VERDICT)
+                            {
+                                for (vk, vv) in attributes(verdict) {
+                                    if vk == NFTA_VERDICT_CHAIN {
+                                        chain = Some(
+                                            String::from_utf8_lossy(attr_str(vv)).into_owned(),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        found.push(chain);
+                    }
+                }
+            }
+        }
+    }
+
     /// Rule counts per chain of our table (only `chain` when given).
     pub fn rule_counts(
         &mut self,

@@ -760,7 +760,7 @@ impl Partial {
 
 /// The netlink form of an element written as text: the key's components (addresses,
 /// protocol names, ports) each padded to 4 bytes, and the verdict if any.
-fn element_bytes(key: &str, value: &str) -> Result<ElementBytes, NeedsNft> {
+pub fn element_bytes(key: &str, value: &str) -> Result<ElementBytes, NeedsNft> {
     let mut bytes = Vec::with_capacity(16);
     for part in key.split(" . ") {
         if let Ok(ip) = part.parse::<IpAddr>() {

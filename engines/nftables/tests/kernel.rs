@@ -395,4 +395,11 @@ async fn partial_phases() {
         socket.rule_counts(Family::Ip, Some(c)).unwrap();
     }
     eprintln!("64 rule dumps {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut cursor = 0;
+    let drift = switchyard_nftables::verify::verify_netlink(&mut socket, &applied, &mut cursor);
+    eprintln!("verify_netlink {:?}: {drift:?}", t.elapsed());
+    let t = Instant::now();
+    let drift = engine.verify(&m2).await;
+    eprintln!("engine verify {:?}: {drift:?}", t.elapsed());
 }
