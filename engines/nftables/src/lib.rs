@@ -35,8 +35,10 @@
 //! ClientIP affinity keeps one dynamic set per endpoint (`aff-E-T`) for the service
 //! ports that ask for it (rare): `ip saddr @aff-E update @aff-E { ip saddr } ... dnat to
 //! EP` before the random choice, whose rules also `update` the chosen endpoint's set
-//! (a sliding timeout, as upstream). The kernel finds sets by name in a list, so sets
-//! are only for affinity; a partial sync that creates or deletes one goes through `nft`.
+//! (a sliding timeout, as upstream). The kernel finds sets by name in a list, so
+//! per-endpoint sets exist only for service ports with affinity (rare). One global
+//! dynamic map `port-id . client : endpoint` updated from the packet path would avoid
+//! them; it was not tried.
 //!
 //! # Kernel and tool requirements
 //!

@@ -5,7 +5,8 @@
 //! none of it.
 //!
 //! Only what partial syncs write is encoded: chains (create, flush, delete), rules
-//! (see [`crate::rule`]) and map/set elements. Netlink and attribute headers are in host
+//! (see [`crate::rule`]), affinity sets (create, delete) and map/set elements; and the
+//! dumps `verify` reads (chains, sets, elements, rules). Netlink and attribute headers are in host
 //! byte order; nf_tables integer attributes are big-endian.
 //!
 //! The socket belongs to the network namespace it was opened in: [`NftSocket::open`]
@@ -49,6 +50,8 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 
@@ -60,6 +63,19 @@ const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_TIMEOUT: u16 = 11;
+const NFTA_SET_USERDATA: u16 = 13;
+const NFT_SET_TIMEOUT: u32 = 0x10;
+const NFT_SET_EVAL: u32 = 0x20;
+/// nft's datatype ids (`ipv4_addr`, `ipv6_addr`).
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+/// nft's set user data: key byte order big-endian (`NFTNL_UDATA_SET_KEYBYTEORDER`).
+const SET_USERDATA_KEY_BIG_ENDIAN: [u8; 6] = [0, 4, 2, 0, 0, 0];
 
 // Attributes.
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -255,6 +271,36 @@ impl Batch {
         self.message(family, NFT_MSG_NEWCHAIN, NLM_F_CREATE, |a| {
             a.str(NFTA_CHAIN_TABLE, TABLE);
             a.str(NFTA_CHAIN_NAME, chain);
+        });
+    }
+
+    /// `add set NAME { type ADDR; flags dynamic,timeout; timeout Ts; }` (an affinity
+    /// set), as nft 1.0.6 encodes it.
+    pub fn add_affinity_set(&mut self, family: Family, name: &str, timeout_secs: u32) {
+        let id = self.seq;
+        self.message(family, NFT_MSG_NEWSET, NLM_F_CREATE, |a| {
+            a.str(NFTA_SET_TABLE, TABLE);
+            a.str(NFTA_SET_NAME, name);
+            a.u32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
+            let (kind, len) = match family {
+                Family::Ip => (TYPE_IPADDR, 4),
+                Family::Ip6 => (TYPE_IP6ADDR, 16),
+            };
+            a.u32(NFTA_SET_KEY_TYPE, kind);
+            a.u32(NFTA_SET_KEY_LEN, len);
+            a.u32(NFTA_SET_ID, id);
+            a.put(
+                NFTA_SET_TIMEOUT,
+                &(u64::from(timeout_secs) * 1000).to_be_bytes(),
+            );
+            a.put(NFTA_SET_USERDATA, &SET_USERDATA_KEY_BIG_ENDIAN);
+        });
+    }
+
+    pub fn delete_set(&mut self, family: Family, name: &str) {
+        self.message(family, NFT_MSG_DELSET, 0, |a| {
+            a.str(NFTA_SET_TABLE, TABLE);
+            a.str(NFTA_SET_NAME, name);
         });
     }
 

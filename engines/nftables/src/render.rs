@@ -111,6 +111,8 @@ struct ChainText<'a> {
     rules: usize,
     /// In `Commands` style, every chain written and its rules (for netlink).
     collected: Vec<(String, Vec<Rule>)>,
+    /// In `Commands` style, every affinity set declared and its timeout.
+    collected_sets: Vec<(String, u32)>,
 }
 
 impl<'a> ChainText<'a> {
@@ -124,6 +126,7 @@ impl<'a> ChainText<'a> {
             open: false,
             rules: 0,
             collected: Vec::new(),
+            collected_sets: Vec::new(),
         }
     }
 
@@ -196,6 +199,7 @@ impl<'a> ChainText<'a> {
                     "add set {} {TABLE} {name} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}",
                     self.family.nft()
                 );
+                self.collected_sets.push((name.to_string(), timeout));
             }
         }
         objects.sets.push(name.to_string());
@@ -687,8 +691,10 @@ struct FamilyOps {
     adds: Vec<(MapKind, String, String)>,
     /// Chains flushed, then deleted.
     stale_chains: Vec<String>,
-    /// Whether affinity sets are created or deleted (not encoded for netlink).
-    sets_change: bool,
+    /// Affinity sets created (with their timeouts), before any rule uses them.
+    new_sets: Vec<(String, u32)>,
+    /// Affinity sets deleted, last.
+    stale_sets: Vec<String>,
 }
 
 /// Why a partial transaction cannot go through netlink (it then goes through `nft`).
@@ -709,12 +715,12 @@ impl Partial {
     }
 
     /// Appends the same transaction as `text` to a netlink batch, or says why it
-    /// cannot (affinity sets to create or delete); the batch is then left unusable.
+    /// cannot (an element it cannot encode); the batch is then left unusable.
     pub fn encode(&self, batch: &mut Batch) -> Result<(), NeedsNft> {
         for (family, partial) in Family::BOTH.into_iter().zip(&self.families) {
             let ops = &partial.ops;
-            if ops.sets_change {
-                return Err(NeedsNft("affinity sets change".to_string()));
+            for (set, timeout) in &ops.new_sets {
+                batch.add_affinity_set(family, set, *timeout);
             }
             for (chain, _) in &ops.chains {
                 batch.add_chain(family, chain);
@@ -752,6 +758,9 @@ impl Partial {
             }
             for chain in &ops.stale_chains {
                 batch.delete_chain(family, chain);
+            }
+            for set in &ops.stale_sets {
+                batch.delete_set(family, set);
             }
         }
         Ok(())
@@ -829,13 +838,15 @@ fn render_family_partial(
                 let mut chains = ChainText::new(Style::Commands, ctx.family, &mut decl, &mut body);
                 let objects = render_port(ctx, sp, &mut chains);
                 ops.chains.append(&mut chains.collected);
+                for (set, timeout) in chains.collected_sets.drain(..) {
+                    if !record.sets.contains(&set) && !ops.new_sets.iter().any(|(s, _)| *s == set) {
+                        ops.new_sets.push((set, timeout));
+                    }
+                }
                 objects
             }
             None => PortObjects::default(),
         };
-        if objects.sets.iter().any(|s| !record.sets.contains(s)) {
-            ops.sets_change = true;
-        }
         new_ports.push(((*name).clone(), objects));
     }
 
@@ -954,7 +965,7 @@ fn render_family_partial(
     for set in &stale_sets {
         let _ = writeln!(text, "delete set {fam} {TABLE} {set}");
     }
-    ops.sets_change |= !stale_sets.is_empty();
+    ops.stale_sets = stale_sets.iter().map(|s| s.to_string()).collect();
     ops.stale_chains = stale_chains.iter().map(|c| c.to_string()).collect();
     FamilyPartial {
         ports: new_ports,

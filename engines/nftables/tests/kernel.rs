@@ -403,3 +403,58 @@ async fn partial_phases() {
     let drift = engine.verify(&m2).await;
     eprintln!("engine verify {:?}: {drift:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
+    need_root!("failed_netlink_partial_changes_nothing_and_next_sync_is_full");
+    let ns = Netns::new();
+    let mut engine = NftablesEngine::new(ns.options());
+    let mut m1 = two_services();
+    for sp in m1.services.values_mut() {
+        sp.affinity_timeout = None; // no affinity sets: the partial goes through netlink
+    }
+    engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    let mut m2 = m1.clone();
+    let web = m2.services.get_mut(&spn("default", "web", "http")).unwrap();
+    web.cluster_endpoints.clear();
+    web.local_endpoints.clear();
+    // Someone deleted the element the partial sync must delete: the batch fails as a
+    // whole.
+    assert!(
+        ns.nft(
+            &[
+                "delete",
+                "element",
+                "ip",
+                "switchyard",
+                "service-ips",
+                "{ 172.16.0.10 . tcp . 80 }"
+            ],
+            ""
+        )
+        .0
+    );
+    let (_, tampered) = ns.nft(&["list", "ruleset"], "");
+    let err = engine.sync(&m2, &ChangeSet::between(&m1, &m2)).await;
+    let err = err.expect_err("partial sync should fail");
+    assert!(err.to_string().contains("netlink"), "{err}");
+    let (_, after) = ns.nft(&["list", "ruleset"], "");
+    assert_eq!(tampered, after, "a failed netlink batch changed the kernel");
+    assert!(engine.next_sync_is_full());
+    let report = engine
+        .sync(&m2, &ChangeSet::between(&m1, &m2))
+        .await
+        .unwrap();
+    assert!(report.full);
+    assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+    // A later partial goes through netlink again.
+    let m3 = m1.clone();
+    let report = engine
+        .sync(&m3, &ChangeSet::between(&m2, &m3))
+        .await
+        .unwrap();
+    assert!(!report.full);
+    assert_eq!(engine.verify(&m3).await.unwrap(), Drift::None);
+    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    assert!(v4.contains("dnat to 10.0.1.5:8080"), "{v4}");
+}
