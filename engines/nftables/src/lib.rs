@@ -22,7 +22,9 @@
 //! Base chains `filter-prerouting|input|forward|output` (priority -110, before DNAT),
 //! `filter-output-post-dnat` (-90), `nat-prerouting|output` (-100, jump `services`),
 //! `nat-postrouting` (100: hairpin check, then jump `masquerading`). Top-level chains:
-//! `services` (`service-ips` / `service-nodeports` verdict maps), `masquerading`,
+//! `services` (one masquerade-marking rule for cluster IP traffic from outside the
+//! cluster CIDRs, `ip daddr @cluster-ips ip saddr != @cluster-cidrs`, then the
+//! `service-ips` / `service-nodeports` verdict maps), `masquerading`,
 //! `mark-for-masquerade` (mark 0x4000), `reject-chain`, `service-endpoints-check` and
 //! `nodeport-endpoints-check` (`no-endpoint-services` / `no-endpoint-nodeports`),
 //! `firewall-check` (`firewall-ips`), `cluster-ips-check` (`cluster-ips`). Sets

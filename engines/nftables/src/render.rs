@@ -5,8 +5,9 @@
 //! applied); they also return the record the kernel will hold once applied.
 //!
 //! Per service port and family (upstream kube-proxy's layout, minus endpoint chains):
-//! - `svc-H` (Cluster policy) and `local-H` (Local policy): masquerade marking for
-//!   cluster IP traffic, affinity checks, then the random endpoint choice and its DNAT;
+//! - `svc-H` (Cluster policy) and `local-H` (Local policy): affinity checks, then the
+//!   random endpoint choice and its DNAT (masquerade marking for cluster IP traffic is
+//!   one rule in `services` for all service ports);
 //! - `ext-H`: entry for NodePort, external IP and LB IP traffic;
 //! - `fw-H`: LoadBalancerSourceRanges;
 //! - `aff-E-T`: affinity set of one endpoint (ClientIP affinity only).
@@ -381,25 +382,11 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
         (uses_cluster, &svc_chain, &cluster, !internal_local),
         (uses_local, &local_chain, &local, internal_local),
     ];
-    for (used, chain, eps, is_internal) in policy_chains {
+    for (used, chain, eps, _) in policy_chains {
         if !used {
             continue;
         }
         chains.chain(chain, &mut objects);
-        if is_internal && has_internal {
-            for ip in &cluster_ips {
-                let mut matches = vec![Match::Daddr(**ip), Match::Dport(sp.protocol, port)];
-                if ctx.masquerade_all {
-                    chains.rule(Rule::mark(matches));
-                } else if !ctx.cluster_cidrs.is_empty() {
-                    matches.push(Match::SaddrIn {
-                        set: ruleset::CLUSTER_CIDRS_SET.to_string(),
-                        negate: true,
-                    });
-                    chains.rule(Rule::mark(matches));
-                }
-            }
-        }
         for ep in eps.iter() {
             if let Some(set) = affinity_name(ep) {
                 chains.rule(Rule::new(
@@ -520,17 +507,33 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
         Family::Ip => "ip daddr != 127.0.0.0/8",
         Family::Ip6 => "ip6 daddr != ::1",
     };
+    // Cluster IP traffic from outside the cluster CIDRs (or all of it with
+    // masqueradeAll) is masqueraded: one rule for every service port (upstream has one
+    // per service port chain), ahead of the DNAT.
+    let mut services = Vec::with_capacity(3);
+    if ctx.masquerade_all {
+        services.push(format!(
+            "{ipx} daddr @{} jump {}",
+            ruleset::CLUSTER_IPS_SET,
+            ruleset::MARK_MASQ_CHAIN
+        ));
+    } else if !ctx.cluster_cidrs.is_empty() {
+        services.push(format!(
+            "{ipx} daddr @{} {ipx} saddr != @{} jump {}",
+            ruleset::CLUSTER_IPS_SET,
+            ruleset::CLUSTER_CIDRS_SET,
+            ruleset::MARK_MASQ_CHAIN
+        ));
+    }
+    services.push(format!(
+        "{ipx} daddr . meta l4proto . th dport vmap @service-ips"
+    ));
+    services.push(format!(
+        "fib daddr type local {no_localhost} {ipx} daddr @{} meta l4proto . th dport vmap @service-nodeports",
+        ruleset::NODEPORT_IPS_SET
+    ));
     let fixed: [(&str, &[String]); 8] = [
-        (
-            ruleset::SERVICES_CHAIN,
-            &[
-                format!("{ipx} daddr . meta l4proto . th dport vmap @service-ips"),
-                format!(
-                    "fib daddr type local {no_localhost} {ipx} daddr @{} meta l4proto . th dport vmap @service-nodeports",
-                    ruleset::NODEPORT_IPS_SET
-                ),
-            ],
-        ),
+        (ruleset::SERVICES_CHAIN, &services),
         (
             ruleset::MASQUERADING_CHAIN,
             &[
