@@ -20,30 +20,6 @@ use tokio::sync::watch;
 
 use crate::MANAGER;
 
-/// One condition, keeping its transition time when its status did not change.
-fn condition(
-    previous: &[Condition],
-    type_: &str,
-    on: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    let status = if on { "True" } else { "False" }.to_string();
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.to_string(),
-        message,
-        last_transition_time,
-        observed_generation: None,
-    }
-}
-
 /// The ProxyNode status for a runner snapshot.
 pub fn proxy_node_status(s: &NodeStatus, previous: &[Condition]) -> ProxyNodeStatus {
     let (requested, active, fallback_reason, degraded) = match &s.choice {
@@ -71,14 +47,14 @@ pub fn proxy_node_status(s: &NodeStatus, previous: &[Condition]) -> ProxyNodeSta
         ),
     };
     let conditions = vec![
-        condition(
+        condition::state(
             previous,
             condition::READY,
             synced,
             ready_reason,
             ready_message,
         ),
-        condition(
+        condition::state(
             previous,
             condition::FALLBACK_ACTIVE,
             fallback_reason.is_some(),
@@ -89,7 +65,7 @@ pub fn proxy_node_status(s: &NodeStatus, previous: &[Condition]) -> ProxyNodeSta
             },
             fallback_reason.clone().unwrap_or_default(),
         ),
-        condition(
+        condition::state(
             previous,
             condition::DEGRADED,
             degraded.is_some(),
@@ -100,7 +76,7 @@ pub fn proxy_node_status(s: &NodeStatus, previous: &[Condition]) -> ProxyNodeSta
             },
             degraded.clone().unwrap_or_default(),
         ),
-        condition(
+        condition::state(
             previous,
             condition::CONFIG_CONFLICT,
             !s.conflicts_with.is_empty(),

@@ -4,14 +4,46 @@
 //! status.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Mode;
 
-/// Condition types on a ProxyNode.
+/// Condition types on a ProxyNode (and, aggregated, on a ProxyConfig), and how a
+/// condition is (re)stated.
 pub mod condition {
+    use k8s_openapi::{
+        apimachinery::pkg::apis::meta::v1::{Condition, Time},
+        jiff::Timestamp,
+    };
+
+    /// The condition `type_` with status True/False, keeping the transition time of
+    /// `previous` when its status did not change.
+    pub fn state(
+        previous: &[Condition],
+        type_: &str,
+        on: bool,
+        reason: &str,
+        message: String,
+    ) -> Condition {
+        let status = if on { "True" } else { "False" }.to_string();
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(Timestamp::now()));
+        Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time,
+            observed_generation: None,
+        }
+    }
+
     /// A sync succeeded recently and the active engine is the requested one or a fallback.
     pub const READY: &str = "Ready";
     /// The requested mode is unavailable here and a fallback mode runs.

@@ -1,9 +1,6 @@
 //! How ProxyNodes add up into a ProxyConfig's status.
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use switchyard_crd::{condition, ProxyConfigStatus, ProxyNode};
 
@@ -13,23 +10,6 @@ fn is_true(node: &ProxyNode, type_: &str) -> bool {
             .iter()
             .any(|c| c.type_ == type_ && c.status == "True")
     })
-}
-
-fn set(previous: &[Condition], type_: &str, on: bool, reason: &str, message: String) -> Condition {
-    let status = if on { "True" } else { "False" }.to_string();
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time,
-        observed_generation: None,
-    }
 }
 
 /// Lists at most five names, then "and N more".
@@ -84,7 +64,7 @@ pub fn summarize(
     let total = selected.len();
     let ready = total - not_ready.len();
     let conditions = vec![
-        set(
+        condition::state(
             previous,
             condition::READY,
             total > 0 && not_ready.is_empty(),
@@ -101,7 +81,7 @@ pub fn summarize(
                 format!("not ready: {}", names(&not_ready))
             },
         ),
-        set(
+        condition::state(
             previous,
             condition::FALLBACK_ACTIVE,
             !fallback.is_empty(),
@@ -112,7 +92,7 @@ pub fn summarize(
             },
             names(&fallback),
         ),
-        set(
+        condition::state(
             previous,
             condition::DEGRADED,
             !degraded.is_empty(),
@@ -123,7 +103,7 @@ pub fn summarize(
             },
             names(&degraded),
         ),
-        set(
+        condition::state(
             previous,
             condition::CONFIG_CONFLICT,
             !conflicted.is_empty(),
@@ -162,7 +142,13 @@ mod tests {
             fallback_active: fallback,
             fallback_reason: fallback
                 .then(|| "ipvs unavailable: missing kernel modules ip_vs".into()),
-            conditions: vec![set(&[], condition::READY, ready, "x", String::new())],
+            conditions: vec![condition::state(
+                &[],
+                condition::READY,
+                ready,
+                "x",
+                String::new(),
+            )],
             ..Default::default()
         });
         p
