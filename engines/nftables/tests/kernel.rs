@@ -402,6 +402,43 @@ async fn partial_phases() {
     let t = Instant::now();
     let drift = engine.verify(&m2).await;
     eprintln!("engine verify {:?}: {drift:?}", t.elapsed());
+    if std::env::var("SY_NFT_PHASES_NO_OUTPUT").is_ok() {
+        // How much of the commit is the kernel validating the table from each base
+        // chain: drop nat-output's jump and commit the reverse change.
+        let (_, l) = ns.nft(
+            &["-a", "list", "chain", "ip", "switchyard", "nat-output"],
+            "",
+        );
+        let handle = l
+            .lines()
+            .find(|l| l.contains("jump services"))
+            .and_then(|l| l.rsplit("handle ").next())
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(
+            ns.nft(
+                &[
+                    "delete",
+                    "rule",
+                    "ip",
+                    "switchyard",
+                    "nat-output",
+                    "handle",
+                    &handle
+                ],
+                ""
+            )
+            .0
+        );
+        let back =
+            switchyard_nftables::render_partial(&m1, &ChangeSet::between(&m2, &m1), &applied);
+        let mut batch = socket.batch();
+        back.encode(&mut batch).unwrap();
+        let t = Instant::now();
+        socket.commit(batch).unwrap();
+        eprintln!("commit without nat-output's jump {:?}", t.elapsed());
+    }
 }
 
 #[tokio::test]
