@@ -170,3 +170,66 @@ mod tests {
         );
     }
 }
+
+/// One port of a test Service: its name, port, protocol (`TCP`/`UDP`) and the pods'
+/// port (the targetPort, and the EndpointSlice port).
+#[derive(Clone, Copy, Debug)]
+pub struct TestPort {
+    pub name: &'static str,
+    pub port: u16,
+    pub protocol: &'static str,
+    pub target: u16,
+}
+
+/// `e2e/<name>`: a one-port ClusterIP Service at `vip`.
+pub fn cluster_ip_service(name: &str, vip: &str, p: TestPort) -> Value {
+    yaml(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{namespace: e2e, name: {name}}}
+spec:
+  type: ClusterIP
+  clusterIP: {vip}
+  clusterIPs: [{vip}]
+  ipFamilies: [IPv4]
+  selector: {{app: {name}}}
+  ports:
+  - {{name: {}, port: {}, protocol: {}, targetPort: {}}}
+"#,
+        p.name, p.port, p.protocol, p.target
+    ))
+}
+
+/// The EndpointSlice `e2e/<service>-1` of that Service: the given pods, ready, on
+/// `test-node` (an empty list is a Service with no endpoints).
+pub fn ready_slice(service: &str, p: TestPort, ips: &[&str]) -> Value {
+    let endpoints: String = ips
+        .iter()
+        .map(|ip| {
+            format!(
+                "\n- addresses: [{ip}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {NODE_NAME}"
+            )
+        })
+        .collect();
+    let endpoints = if endpoints.is_empty() {
+        " []".to_string()
+    } else {
+        endpoints
+    };
+    yaml(&format!(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  namespace: e2e
+  name: {service}-1
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: IPv4
+ports:
+- {{name: {}, port: {}, protocol: {}}}
+endpoints:{endpoints}
+"#,
+        p.name, p.target, p.protocol
+    ))
+}

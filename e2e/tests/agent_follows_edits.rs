@@ -12,55 +12,27 @@ use std::{
 use anyhow::{bail, ensure, Result};
 use serde_yaml::Value;
 use switchyard_e2e::{
-    manifests::{node_object, proxy_config, ManifestDir},
+    manifests::{
+        cluster_ip_service, node_object, proxy_config, ready_slice, ManifestDir, TestPort,
+    },
     require_root, Outcome, Proto, Sandbox,
 };
 
 const T: Duration = Duration::from_millis(500);
 
+const PORT: TestPort = TestPort {
+    name: "http",
+    port: 80,
+    protocol: "TCP",
+    target: 8080,
+};
+
 fn service(name: &str, vip: &str) -> Value {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{namespace: e2e, name: {name}}}
-spec:
-  type: ClusterIP
-  clusterIP: {vip}
-  clusterIPs: [{vip}]
-  ipFamilies: [IPv4]
-  selector: {{app: {name}}}
-  ports:
-  - {{name: http, port: 80, protocol: TCP, targetPort: 8080}}
-"#
-    ))
-    .unwrap()
+    cluster_ip_service(name, vip, PORT)
 }
 
 fn slice(service: &str, ips: &[&str]) -> Value {
-    let endpoints: String = ips
-        .iter()
-        .map(|ip| {
-            format!(
-                "- addresses: [{ip}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: test-node\n"
-            )
-        })
-        .collect();
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  namespace: e2e
-  name: {service}-1
-  labels: {{kubernetes.io/service-name: {service}}}
-addressType: IPv4
-ports:
-- {{name: http, port: 8080, protocol: TCP}}
-endpoints:
-{endpoints}"#
-    ))
-    .unwrap()
+    ready_slice(service, PORT, ips)
 }
 
 fn hits(sb: &Sandbox, vip: &str, tries: usize) -> Result<BTreeMap<String, usize>> {

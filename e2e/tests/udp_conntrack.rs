@@ -25,7 +25,9 @@ use anyhow::{bail, Context, Result};
 use serde_yaml::Value;
 use switchyard_e2e::{
     echo::parse_echo_line,
-    manifests::{node_object, proxy_config, ManifestDir},
+    manifests::{
+        cluster_ip_service, node_object, proxy_config, ready_slice, ManifestDir, TestPort,
+    },
     netns, require_root, Sandbox,
 };
 
@@ -35,53 +37,19 @@ const C: &str = "10.180.0.3";
 const LIMIT: Duration = Duration::from_secs(1);
 const INTERVAL: Duration = Duration::from_millis(100);
 
+const PORT: TestPort = TestPort {
+    name: "dns",
+    port: 53,
+    protocol: "UDP",
+    target: 5353,
+};
+
 fn service(name: &str, vip: &str) -> Value {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{namespace: e2e, name: {name}}}
-spec:
-  type: ClusterIP
-  clusterIP: {vip}
-  clusterIPs: [{vip}]
-  ipFamilies: [IPv4]
-  selector: {{app: {name}}}
-  ports:
-  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
-"#
-    ))
-    .unwrap()
+    cluster_ip_service(name, vip, PORT)
 }
 
 fn slice(service: &str, ips: &[&str]) -> Value {
-    let endpoints: String = ips
-        .iter()
-        .map(|ip| {
-            format!(
-                "- addresses: [{ip}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: test-node\n"
-            )
-        })
-        .collect();
-    let endpoints = if endpoints.is_empty() {
-        "[]".to_string()
-    } else {
-        format!("\n{endpoints}")
-    };
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  namespace: e2e
-  name: {service}-1
-  labels: {{kubernetes.io/service-name: {service}}}
-addressType: IPv4
-ports:
-- {{name: dns, port: 5353, protocol: UDP}}
-endpoints: {endpoints}"#
-    ))
-    .unwrap()
+    ready_slice(service, PORT, ips)
 }
 
 /// One request's fate: when it was sent and what came back (endpoint IP, REFUSED, TIMEOUT).
