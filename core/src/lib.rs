@@ -23,6 +23,8 @@ pub mod runner;
 pub mod selection;
 pub mod service_health;
 pub mod state;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod validation;
 
 pub use changes::ChangeSet;
