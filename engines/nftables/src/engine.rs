@@ -1,5 +1,5 @@
 //! `NftablesEngine`: the `ProxyEngine` for nftables. Each sync is one `nft -f -`
-//! transaction covering both tables; a full sync atomically replaces both tables, a
+//! transaction covering every table; a full sync atomically replaces every table, a
 //! partial one rewrites only the changed service ports. Any failure makes the next sync
 //! a full one.
 
@@ -14,7 +14,7 @@ use crate::{
     netlink::{NftSocket, MAX_BATCH_BYTES},
     record::Applied,
     render::{render_full_with_record, render_partial, NeedsNft, Partial},
-    ruleset::{Family, TABLE},
+    ruleset::{table_name, Family, TABLES},
     verify,
 };
 
@@ -187,9 +187,11 @@ impl ProxyEngine for NftablesEngine {
         let mut text = String::new();
         for family in Family::BOTH {
             let fam = family.nft();
-            text.push_str(&format!(
-                "add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n"
-            ));
+            for table in (0..TABLES).map(table_name) {
+                text.push_str(&format!(
+                    "add table {fam} {table}\ndelete table {fam} {table}\n"
+                ));
+            }
         }
         apply::transaction(&self.options, &text).await
     }

@@ -1,10 +1,10 @@
-//! The nftables dataplane engine: `table ip switchyard` and `table ip6 switchyard`,
-//! laid out after upstream kube-proxy's nftables proxier (verdict maps for service IPs
+//! The nftables dataplane engine: `table ip switchyard` and `table ip6 switchyard`, plus
+//! [`ruleset::SHARDS`] shard tables per family (`switchyard-0` ...), laid out after upstream kube-proxy's nftables proxier (verdict maps for service IPs
 //! and NodePorts, one chain per service port), with no per-endpoint chains. Full syncs
 //! are one atomic `nft -f -` transaction; partial syncs are one atomic nf_tables netlink
 //! batch written by this crate (no `nft` process, no cache dump).
 //!
-//! This crate owns those two tables and nothing else on the node; it never reads the
+//! This crate owns those tables and nothing else on the node; it never reads the
 //! Kubernetes API and never re-derives service semantics (see `switchyard_core::model`).
 //!
 //! - [`ruleset`]: table, chain, map and set names; hashed per-service-port chain names.
@@ -17,22 +17,37 @@
 //! - [`verify`]: comparing the kernel's tables with the record (drift).
 //! - [`engine`]: `NftablesEngine`, the `ProxyEngine` implementation.
 //!
-//! # Layout (per family table)
+//! # Layout (per family)
 //!
-//! Base chains `filter-prerouting|input|forward|output` (priority -110, before DNAT),
-//! `filter-output-post-dnat` (-90), `nat-prerouting|output` (-100, jump `services`),
-//! `nat-postrouting` (100: hairpin check, then jump `masquerading`). Top-level chains:
-//! `services` (one masquerade-marking rule for cluster IP traffic from outside the
-//! cluster CIDRs, `ip daddr @cluster-ips ip saddr != @cluster-cidrs`, then the
-//! `service-ips` / `service-nodeports` verdict maps), `masquerading`,
-//! `mark-for-masquerade` (mark 0x4000), `reject-chain`, `service-endpoints-check` and
-//! `nodeport-endpoints-check` (`no-endpoint-services` / `no-endpoint-nodeports`),
-//! `firewall-check` (`firewall-ips`), `cluster-ips-check` (`cluster-ips`). Sets
-//! `nodeport-ips` and `cluster-cidrs` (intervals), `hairpin` (`endpoint . endpoint`
-//! address pairs: `ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade`
-//! in `nat-postrouting`). Per service port: `svc-H`, `local-H` (endpoint choice and DNAT
-//! inline: `numgen random mod (N-i) == 0 meta l4proto P dnat to EP`), `ext-H`, `fw-H`;
-//! `H` is a hash of the service port name, so names are stable and safe.
+//! The main table `switchyard`: base chains `filter-input|forward|output` (priority
+//! -110, before DNAT), `filter-output-post-dnat` (-90), `nat-prerouting|output` (-101,
+//! jump `services`), `nat-postrouting` (100: hairpin check, then jump `masquerading`).
+//! Top-level chains: `services` (one masquerade-marking rule for cluster IP traffic from
+//! outside the cluster CIDRs, `ip daddr @cluster-ips ip saddr != @cluster-cidrs`),
+//! `masquerading`, `mark-for-masquerade` (mark 0x4000), `reject-chain`,
+//! `service-endpoints-check` and `nodeport-endpoints-check` (`no-endpoint-services` /
+//! `no-endpoint-nodeports`), `cluster-ips-check` (`cluster-ips`). Sets `nodeport-ips` and
+//! `cluster-cidrs` (intervals), `hairpin` (`endpoint . endpoint` address pairs:
+//! `ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade` in
+//! `nat-postrouting`).
+//!
+//! Shard tables `switchyard-0` ... `switchyard-15`, each holding the service ports whose
+//! name hashes to it: base chains `nat-prerouting|output` (-100, jump `services`: the
+//! `service-ips` / `service-nodeports` verdict maps, holding only the shard's keys) and
+//! `filter-prerouting|output` (-109, jump `firewall-check`: `firewall-ips`), copies of
+//! `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`, and per service port:
+//! `svc-H`, `local-H` (endpoint choice and DNAT inline: `numgen random mod (N-i) == 0
+//! meta l4proto P dnat to EP`), `ext-H`, `fw-H`; `H` is a hash of the service port name,
+//! so names are stable and safe, and its first byte picks the shard. A key claimed by
+//! several service ports lives in the shard of its first claimant (the one whose chain
+//! it points to). The kernel's nat hook runs nat chains in priority order until one
+//! maps the connection: the main table's masquerade mark first (it needs the original
+//! destination), then the shards, of which at most one holds the key; after a DNAT no
+//! further nat chain runs.
+//!
+//! Why shards: after a batch adding rules or verdict-map elements the kernel re-validates
+//! the tables it touched from every base chain (about 200 ms for one 50k-service table);
+//! a one-endpoint partial sync now touches one shard table, a sixteenth of that.
 //!
 //! ClientIP affinity keeps one dynamic set per endpoint (`aff-E-T`) for the service
 //! ports that ask for it (rare): `ip saddr @aff-E update @aff-E { ip saddr } ... dnat to

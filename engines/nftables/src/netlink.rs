@@ -30,7 +30,7 @@ use nix::{
 };
 use switchyard_core::EngineError;
 
-use crate::ruleset::{Family, TABLE};
+use crate::ruleset::{table_index, Family, TABLES};
 
 // linux/netlink.h
 const NLMSG_ERROR: u16 = 2;
@@ -267,19 +267,19 @@ impl Batch {
     }
 
     /// `add chain` (no error if it exists).
-    pub fn add_chain(&mut self, family: Family, chain: &str) {
+    pub fn add_chain(&mut self, family: Family, table: &str, chain: &str) {
         self.message(family, NFT_MSG_NEWCHAIN, NLM_F_CREATE, |a| {
-            a.str(NFTA_CHAIN_TABLE, TABLE);
+            a.str(NFTA_CHAIN_TABLE, table);
             a.str(NFTA_CHAIN_NAME, chain);
         });
     }
 
     /// `add set NAME { type ADDR; flags dynamic,timeout; timeout Ts; }` (an affinity
     /// set), as nft 1.0.6 encodes it.
-    pub fn add_affinity_set(&mut self, family: Family, name: &str, timeout_secs: u32) {
+    pub fn add_affinity_set(&mut self, family: Family, table: &str, name: &str, timeout_secs: u32) {
         let id = self.seq;
         self.message(family, NFT_MSG_NEWSET, NLM_F_CREATE, |a| {
-            a.str(NFTA_SET_TABLE, TABLE);
+            a.str(NFTA_SET_TABLE, table);
             a.str(NFTA_SET_NAME, name);
             a.u32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
             let (kind, len) = match family {
@@ -297,32 +297,38 @@ impl Batch {
         });
     }
 
-    pub fn delete_set(&mut self, family: Family, name: &str) {
+    pub fn delete_set(&mut self, family: Family, table: &str, name: &str) {
         self.message(family, NFT_MSG_DELSET, 0, |a| {
-            a.str(NFTA_SET_TABLE, TABLE);
+            a.str(NFTA_SET_TABLE, table);
             a.str(NFTA_SET_NAME, name);
         });
     }
 
     /// `flush chain`: deletes every rule of the chain.
-    pub fn flush_chain(&mut self, family: Family, chain: &str) {
+    pub fn flush_chain(&mut self, family: Family, table: &str, chain: &str) {
         self.message(family, NFT_MSG_DELRULE, 0, |a| {
-            a.str(NFTA_RULE_TABLE, TABLE);
+            a.str(NFTA_RULE_TABLE, table);
             a.str(NFTA_RULE_CHAIN, chain);
         });
     }
 
-    pub fn delete_chain(&mut self, family: Family, chain: &str) {
+    pub fn delete_chain(&mut self, family: Family, table: &str, chain: &str) {
         self.message(family, NFT_MSG_DELCHAIN, 0, |a| {
-            a.str(NFTA_CHAIN_TABLE, TABLE);
+            a.str(NFTA_CHAIN_TABLE, table);
             a.str(NFTA_CHAIN_NAME, chain);
         });
     }
 
     /// Appends a rule whose expressions `exprs` encodes (see [`Attrs::expr`]).
-    pub fn add_rule(&mut self, family: Family, chain: &str, exprs: impl FnOnce(&mut Attrs<'_>)) {
+    pub fn add_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        exprs: impl FnOnce(&mut Attrs<'_>),
+    ) {
         self.message(family, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |a| {
-            a.str(NFTA_RULE_TABLE, TABLE);
+            a.str(NFTA_RULE_TABLE, table);
             a.str(NFTA_RULE_CHAIN, chain);
             let n = a.begin(NFTA_RULE_EXPRESSIONS);
             exprs(a);
@@ -330,7 +336,14 @@ impl Batch {
         });
     }
 
-    fn elements(&mut self, family: Family, msg: u16, set: &str, elements: &[ElementBytes]) {
+    fn elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        msg: u16,
+        set: &str,
+        elements: &[ElementBytes],
+    ) {
         let flags = if msg == NFT_MSG_NEWSETELEM {
             NLM_F_CREATE
         } else {
@@ -338,7 +351,7 @@ impl Batch {
         };
         for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
             self.message(family, msg, flags, |a| {
-                a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                a.str(NFTA_SET_ELEM_LIST_TABLE, table);
                 a.str(NFTA_SET_ELEM_LIST_SET, set);
                 let list = a.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
                 for e in chunk {
@@ -354,12 +367,24 @@ impl Batch {
         }
     }
 
-    pub fn add_elements(&mut self, family: Family, set: &str, elements: &[ElementBytes]) {
-        self.elements(family, NFT_MSG_NEWSETELEM, set, elements);
+    pub fn add_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[ElementBytes],
+    ) {
+        self.elements(family, table, NFT_MSG_NEWSETELEM, set, elements);
     }
 
-    pub fn delete_elements(&mut self, family: Family, set: &str, elements: &[ElementBytes]) {
-        self.elements(family, NFT_MSG_DELSETELEM, set, elements);
+    pub fn delete_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[ElementBytes],
+    ) {
+        self.elements(family, table, NFT_MSG_DELSETELEM, set, elements);
     }
 
     /// Closes the batch: asks for an acknowledgement of the last message (errors of
@@ -602,9 +627,10 @@ impl NftSocket {
         }
     }
 
-    /// Names of the chains of our table in `family` (empty when it does not exist).
-    pub fn chains(&mut self, family: Family) -> Result<Vec<String>, EngineError> {
-        let mut out = Vec::new();
+    /// Names of the chains of our tables in `family`, per table index (see
+    /// `ruleset::table_index`; empty when a table does not exist).
+    pub fn chains(&mut self, family: Family) -> Result<Vec<Vec<String>>, EngineError> {
+        let mut out = vec![Vec::new(); TABLES];
         self.dump(
             family,
             NFT_MSG_GETCHAIN,
@@ -619,8 +645,8 @@ impl NftSocket {
                     }
                 }
                 if let (Some(t), Some(n)) = (table, name) {
-                    if t == TABLE.as_bytes() {
-                        out.push(String::from_utf8_lossy(n).into_owned());
+                    if let Some(i) = table_index(&String::from_utf8_lossy(t)) {
+                        out[i].push(String::from_utf8_lossy(n).into_owned());
                     }
                 }
             },
@@ -629,12 +655,12 @@ impl NftSocket {
     }
 
     /// Names of the sets and maps of our table in `family`.
-    pub fn sets(&mut self, family: Family) -> Result<Found<Vec<String>>, EngineError> {
+    pub fn sets(&mut self, family: Family, table: &str) -> Result<Found<Vec<String>>, EngineError> {
         let mut out = Vec::new();
         let found = self.dump(
             family,
             NFT_MSG_GETSET,
-            |a| a.str(NFTA_SET_TABLE, TABLE),
+            |a| a.str(NFTA_SET_TABLE, table),
             |body| {
                 for (kind, value) in attributes(body) {
                     if kind == NFTA_SET_NAME {
@@ -650,6 +676,7 @@ impl NftSocket {
     pub fn element_count(
         &mut self,
         family: Family,
+        table: &str,
         set: &str,
     ) -> Result<Found<usize>, EngineError> {
         let mut count = 0;
@@ -657,7 +684,7 @@ impl NftSocket {
             family,
             NFT_MSG_GETSETELEM,
             |a| {
-                a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                a.str(NFTA_SET_ELEM_LIST_TABLE, table);
                 a.str(NFTA_SET_ELEM_LIST_SET, set);
             },
             |body| {
@@ -678,6 +705,7 @@ impl NftSocket {
     pub fn elements_present(
         &mut self,
         family: Family,
+        table: &str,
         set: &str,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<String>>, EngineError> {
@@ -692,7 +720,7 @@ impl NftSocket {
         buf.extend_from_slice(&[nfproto(family), 0, 0, 0]);
         {
             let mut a = Attrs(&mut buf);
-            a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            a.str(NFTA_SET_ELEM_LIST_TABLE, table);
             a.str(NFTA_SET_ELEM_LIST_SET, set);
             let list = a.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
             for key in keys {
@@ -782,6 +810,7 @@ impl NftSocket {
     pub fn rule_counts(
         &mut self,
         family: Family,
+        table: &str,
         chain: Option<&str>,
     ) -> Result<Found<HashMap<String, usize>>, EngineError> {
         let mut out: HashMap<String, usize> = HashMap::new();
@@ -789,7 +818,7 @@ impl NftSocket {
             family,
             NFT_MSG_GETRULE,
             |a| {
-                a.str(NFTA_RULE_TABLE, TABLE);
+                a.str(NFTA_RULE_TABLE, table);
                 if let Some(chain) = chain {
                     a.str(NFTA_RULE_CHAIN, chain);
                 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use switchyard_core::ServicePortName;
 
-use crate::ruleset::MapKind;
+use crate::ruleset::{element_table, object_table, MapKind, TABLES};
 
 /// One element of a map or set. `value` is empty for sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,17 +38,41 @@ impl PortObjects {
 /// is the one in the kernel.
 pub type Claims = Vec<(ServicePortName, String)>;
 
-/// What one family's table holds.
+/// What one table (main or shard) holds.
 #[derive(Clone, Debug, Default)]
-pub struct FamilyRecord {
-    pub ports: HashMap<ServicePortName, PortObjects>,
-    pub claims: HashMap<(MapKind, String), Claims>,
+pub struct TableRecord {
     /// Every chain in the table (fixed ones included) and its rule count.
     pub chains: HashMap<String, usize>,
     /// Affinity sets in the table.
     pub sets: HashSet<String>,
-    /// Elements in the kernel per map (indexed by `MapKind::index`).
+    /// Elements in the kernel per map (indexed by `MapKind::index`); only the maps the
+    /// table has (see `MapKind::is_sharded`) count.
     pub map_counts: [usize; MapKind::ALL.len()],
+}
+
+impl TableRecord {
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().sum()
+    }
+}
+
+/// What one family's tables hold.
+#[derive(Clone, Debug)]
+pub struct FamilyRecord {
+    pub ports: HashMap<ServicePortName, PortObjects>,
+    pub claims: HashMap<(MapKind, String), Claims>,
+    /// Per table (0: main, `1 + i`: shard `i`, see `ruleset::table_name`).
+    pub tables: Vec<TableRecord>,
+}
+
+impl Default for FamilyRecord {
+    fn default() -> Self {
+        FamilyRecord {
+            ports: HashMap::new(),
+            claims: HashMap::new(),
+            tables: vec![TableRecord::default(); TABLES],
+        }
+    }
 }
 
 impl FamilyRecord {
@@ -63,15 +87,17 @@ impl FamilyRecord {
     /// Records a port's objects (after its elements were written, if it won them).
     pub fn insert_port(&mut self, name: &ServicePortName, objects: PortObjects) {
         for (chain, rules) in &objects.chains {
-            self.chains.insert(chain.clone(), *rules);
+            self.tables[object_table(chain)]
+                .chains
+                .insert(chain.clone(), *rules);
         }
         for set in &objects.sets {
-            self.sets.insert(set.clone());
+            self.tables[object_table(set)].sets.insert(set.clone());
         }
         for e in &objects.elements {
             let claims = self.claims.entry((e.kind, e.key.clone())).or_default();
             if claims.is_empty() {
-                self.map_counts[e.kind.index()] += 1;
+                self.tables[element_table(e.kind, &e.value)].map_counts[e.kind.index()] += 1;
             }
             claims.push((name.clone(), e.value.clone()));
         }
@@ -86,26 +112,41 @@ impl FamilyRecord {
             return;
         };
         for (chain, _) in &objects.chains {
-            self.chains.remove(chain);
+            self.tables[object_table(chain)].chains.remove(chain);
         }
         for set in &objects.sets {
-            self.sets.remove(set);
+            self.tables[object_table(set)].sets.remove(set);
         }
         for e in objects.elements {
+            let kind = e.kind;
             let k = (e.kind, e.key);
             if let Some(claims) = self.claims.get_mut(&k) {
+                let before = claims.first().map(|(_, v)| element_table(kind, v));
                 claims.retain(|(n, _)| n != name);
+                let after = claims.first().map(|(_, v)| element_table(kind, v));
                 if claims.is_empty() {
                     self.claims.remove(&k);
-                    self.map_counts[e.kind.index()] -= 1;
+                }
+                if before != after {
+                    if let Some(t) = before {
+                        self.tables[t].map_counts[kind.index()] -= 1;
+                    }
+                    if let Some(t) = after {
+                        self.tables[t].map_counts[kind.index()] += 1;
+                    }
                 }
             }
         }
     }
 
-    /// Rules in the table.
+    /// Rules in the family's tables.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().sum()
+        self.tables.iter().map(TableRecord::rule_count).sum()
+    }
+
+    /// Whether an affinity set exists.
+    pub fn has_set(&self, set: &str) -> bool {
+        self.tables[object_table(set)].sets.contains(set)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Text generation: the whole ruleset of both tables (`render_full`) and the partial
+//! Text generation: the whole ruleset of every table (`render_full`) and the partial
 //! transaction that rewrites only some service ports (`render_partial`, which also
 //! carries the same transaction as data for a netlink batch, see [`Partial::encode`]).
 //! Both are pure functions of the model (and, for partial, of the record of what was
@@ -34,9 +34,12 @@ use switchyard_core::{ChangeSet, Endpoint, NodeModel, Protocol, ServicePort, Ser
 
 use crate::{
     netlink::{Batch, ElementBytes, NFT_GOTO, NFT_JUMP, NF_DROP},
-    record::{Applied, Element, FamilyRecord, PortObjects},
+    record::{Applied, Element, FamilyRecord, PortObjects, TableRecord},
     rule::{ip_bytes, protocol_number, Action, Match, Rule},
-    ruleset::{self, collapse, Family, MapKind, PortChains, TABLE},
+    ruleset::{
+        self, collapse, element_table, object_table, table_name, Family, MapKind, PortChains,
+        TABLES,
+    },
 };
 
 /// The node-wide settings of one family, prepared once per render.
@@ -140,8 +143,9 @@ impl<'a> ChainText<'a> {
             }
             Style::Commands => {
                 let fam = self.family.nft();
-                let _ = writeln!(self.decl, "add chain {fam} {TABLE} {name}");
-                let _ = writeln!(self.decl, "flush chain {fam} {TABLE} {name}");
+                let table = table_name(object_table(name));
+                let _ = writeln!(self.decl, "add chain {fam} {table} {name}");
+                let _ = writeln!(self.decl, "flush chain {fam} {table} {name}");
             }
         }
         self.chain.clear();
@@ -162,8 +166,9 @@ impl<'a> ChainText<'a> {
             Style::Commands => {
                 let _ = writeln!(
                     self.body,
-                    "add rule {} {TABLE} {} {text}",
+                    "add rule {} {} {} {text}",
                     self.family.nft(),
+                    table_name(object_table(&self.chain)),
                     self.chain
                 );
                 if let Some((_, rules)) = self.collected.last_mut() {
@@ -197,8 +202,9 @@ impl<'a> ChainText<'a> {
             Style::Commands => {
                 let _ = writeln!(
                     self.decl,
-                    "add set {} {TABLE} {name} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}",
-                    self.family.nft()
+                    "add set {} {} {name} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}",
+                    self.family.nft(),
+                    table_name(object_table(name))
                 );
                 self.collected_sets.push((name.to_string(), timeout));
             }
@@ -468,15 +474,15 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
     objects
 }
 
-/// The fixed part of a family's table: base chains, top-level chains, declarations of
-/// maps and sets (their elements are written by the caller). Chain rule counts go to
-/// `record`.
-fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
-    let ipx = ctx.family.nft();
-    let mut count = |name: &str, rules: usize| {
-        record.chains.insert(name.to_string(), rules);
-    };
-    for base in ruleset::BASE_CHAINS {
+/// Writes base chains with their jumps, counting rules.
+fn render_base_chains(
+    bases: &[ruleset::BaseChain],
+    jumps: &[(&str, &str, &str)],
+    ipx: &str,
+    out: &mut String,
+    count: &mut impl FnMut(&str, usize),
+) {
+    for base in bases {
         let _ = writeln!(
             out,
             "\tchain {} {{\n\t\ttype {} hook {} priority {}; policy accept;",
@@ -494,7 +500,7 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
             );
             rules += 1;
         }
-        for (from, cond, to) in ruleset::JUMPS {
+        for (from, cond, to) in jumps {
             if *from == base.name {
                 let _ = writeln!(out, "\t\t{cond}jump {to}");
                 rules += 1;
@@ -503,14 +509,109 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
         out.push_str("\t}\n");
         count(base.name, rules);
     }
-    let no_localhost = match ctx.family {
+}
+
+/// Writes fixed chains and their rules, counting rules.
+fn render_chains(
+    chains: &[(&str, &[String])],
+    out: &mut String,
+    count: &mut impl FnMut(&str, usize),
+) {
+    for (name, rules) in chains {
+        let _ = writeln!(out, "\tchain {name} {{");
+        for r in rules.iter() {
+            let _ = writeln!(out, "\t\t{r}");
+        }
+        out.push_str("\t}\n");
+        count(name, rules.len());
+    }
+}
+
+/// The `nodeport-ips` and `cluster-cidrs` interval sets (in every table).
+fn render_interval_sets(ctx: &FamilyCtx, out: &mut String) {
+    for (name, nets) in [
+        (ruleset::NODEPORT_IPS_SET, &ctx.node_port_nets),
+        (ruleset::CLUSTER_CIDRS_SET, &ctx.cluster_cidrs),
+    ] {
+        let _ = write!(
+            out,
+            "\tset {name} {{\n\t\ttype {}\n\t\tflags interval\n\t\tauto-merge\n",
+            ctx.family.addr_type()
+        );
+        if !nets.is_empty() {
+            let _ = writeln!(out, "\t\telements = {}", set_literal(nets.iter()));
+        }
+        out.push_str("\t}\n");
+    }
+}
+
+/// The loopback exclusion of NodePort matches.
+fn no_localhost(family: Family) -> &'static str {
+    match family {
         Family::Ip => "ip daddr != 127.0.0.0/8",
         Family::Ip6 => "ip6 daddr != ::1",
+    }
+}
+
+/// The fixed part of a shard table: its base chains, its `services` chain (the
+/// `service-ips` and `service-nodeports` lookups), `firewall-check`,
+/// `mark-for-masquerade`, and the replicated interval sets. Chain rule counts go to
+/// `record`.
+fn render_shard_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecord) {
+    let ipx = ctx.family.nft();
+    let mut count = |name: &str, rules: usize| {
+        record.chains.insert(name.to_string(), rules);
     };
+    render_base_chains(
+        ruleset::SHARD_BASE_CHAINS,
+        ruleset::SHARD_JUMPS,
+        ipx,
+        out,
+        &mut count,
+    );
+    let no_localhost = no_localhost(ctx.family);
+    let services = [
+        format!("{ipx} daddr . meta l4proto . th dport vmap @service-ips"),
+        format!(
+            "fib daddr type local {no_localhost} {ipx} daddr @{} meta l4proto . th dport vmap @service-nodeports",
+            ruleset::NODEPORT_IPS_SET
+        ),
+    ];
+    let fixed: [(&str, &[String]); 3] = [
+        (ruleset::SERVICES_CHAIN, &services),
+        (
+            ruleset::FIREWALL_CHECK_CHAIN,
+            &[format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @firewall-ips"
+            )],
+        ),
+        (
+            ruleset::MARK_MASQ_CHAIN,
+            &[format!(
+                "meta mark set meta mark or {}",
+                ruleset::MASQUERADE_MARK
+            )],
+        ),
+    ];
+    render_chains(&fixed, out, &mut count);
+    render_interval_sets(ctx, out);
+}
+
+/// The fixed part of a family's main table: base chains, top-level chains, declarations
+/// of maps and sets (their elements are written by the caller). Chain rule counts go to
+/// `record`.
+fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecord) {
+    let ipx = ctx.family.nft();
+    let mut count = |name: &str, rules: usize| {
+        record.chains.insert(name.to_string(), rules);
+    };
+    render_base_chains(ruleset::BASE_CHAINS, ruleset::JUMPS, ipx, out, &mut count);
+    let no_localhost = no_localhost(ctx.family);
     // Cluster IP traffic from outside the cluster CIDRs (or all of it with
     // masqueradeAll) is masqueraded: one rule for every service port (upstream has one
-    // per service port chain), ahead of the DNAT.
-    let mut services = Vec::with_capacity(3);
+    // per service port chain), ahead of the DNAT (the shards' nat chains run after this
+    // table's).
+    let mut services = Vec::with_capacity(1);
     if ctx.masquerade_all {
         services.push(format!(
             "{ipx} daddr @{} jump {}",
@@ -525,14 +626,7 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
             ruleset::MARK_MASQ_CHAIN
         ));
     }
-    services.push(format!(
-        "{ipx} daddr . meta l4proto . th dport vmap @service-ips"
-    ));
-    services.push(format!(
-        "fib daddr type local {no_localhost} {ipx} daddr @{} meta l4proto . th dport vmap @service-nodeports",
-        ruleset::NODEPORT_IPS_SET
-    ));
-    let fixed: [(&str, &[String]); 8] = [
+    let fixed: [(&str, &[String]); 7] = [
         (ruleset::SERVICES_CHAIN, &services),
         (
             ruleset::MASQUERADING_CHAIN,
@@ -569,12 +663,6 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
             )],
         ),
         (
-            ruleset::FIREWALL_CHECK_CHAIN,
-            &[format!(
-                "{ipx} daddr . meta l4proto . th dport vmap @firewall-ips"
-            )],
-        ),
-        (
             ruleset::CLUSTER_IPS_CHECK_CHAIN,
             &[format!(
                 "{ipx} daddr @{} goto {}",
@@ -583,47 +671,30 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut FamilyRecord) {
             )],
         ),
     ];
-    for (name, rules) in fixed {
-        let _ = writeln!(out, "\tchain {name} {{");
-        for r in rules {
-            let _ = writeln!(out, "\t\t{r}");
-        }
-        out.push_str("\t}\n");
-        count(name, rules.len());
-    }
-    for (name, nets) in [
-        (ruleset::NODEPORT_IPS_SET, &ctx.node_port_nets),
-        (ruleset::CLUSTER_CIDRS_SET, &ctx.cluster_cidrs),
-    ] {
-        let _ = write!(
-            out,
-            "\tset {name} {{\n\t\ttype {}\n\t\tflags interval\n\t\tauto-merge\n",
-            ctx.family.addr_type()
-        );
-        if !nets.is_empty() {
-            let _ = writeln!(out, "\t\telements = {}", set_literal(nets.iter()));
-        }
-        out.push_str("\t}\n");
-    }
+    render_chains(&fixed, out, &mut count);
+    render_interval_sets(ctx, out);
 }
 
-/// Renders one family's full table into `out`, returning its record.
+/// Renders one family's tables (main, then shards) into `out`, returning their record.
 fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> FamilyRecord {
     let ctx = FamilyCtx::new(model, family);
     let mut record = FamilyRecord::default();
     let fam = family.nft();
-    let _ = writeln!(out, "add table {fam} {TABLE}\ndelete table {fam} {TABLE}");
-    let _ = writeln!(out, "table {fam} {TABLE} {{");
-    render_fixed(&ctx, out, &mut record);
+    let mut bodies: Vec<String> = vec![String::new(); TABLES];
+    render_fixed(&ctx, &mut bodies[0], &mut record.tables[0]);
+    for (t, body) in bodies.iter_mut().enumerate().skip(1) {
+        render_shard_fixed(&ctx, body, &mut record.tables[t]);
+    }
 
-    let mut elements: [String; MapKind::ALL.len()] = Default::default();
+    let mut elements: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
     let mut unused = String::new();
     for sp in model.services.values() {
-        let mut chains = ChainText::new(Style::Block, family, &mut unused, &mut *out);
+        let table = PortChains::new(&sp.name).table();
+        let mut chains = ChainText::new(Style::Block, family, &mut unused, &mut bodies[table]);
         let objects = render_port(&ctx, sp, &mut chains);
         for e in &objects.elements {
             if record.head(e.kind, &e.key).is_none() {
-                let buf = &mut elements[e.kind.index()];
+                let buf = &mut elements[element_table(e.kind, &e.value)][e.kind.index()];
                 if !buf.is_empty() {
                     buf.push_str(", ");
                 }
@@ -637,25 +708,34 @@ fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> Fa
         }
         record.insert_port(&sp.name, objects);
     }
-    for kind in MapKind::ALL {
-        let keyword = if kind.is_map() { "map" } else { "set" };
-        let _ = write!(
-            out,
-            "\t{keyword} {} {{\n\t\t{}\n",
-            kind.name(),
-            kind.type_decl(family)
-        );
-        let buf = &elements[kind.index()];
-        if !buf.is_empty() {
-            let _ = writeln!(out, "\t\telements = {{ {buf} }}");
+    for (t, body) in bodies.iter().enumerate() {
+        let table = table_name(t);
+        let _ = writeln!(out, "add table {fam} {table}\ndelete table {fam} {table}");
+        let _ = writeln!(out, "table {fam} {table} {{");
+        out.push_str(body);
+        for kind in MapKind::ALL {
+            if kind.is_sharded() != (t > 0) {
+                continue;
+            }
+            let keyword = if kind.is_map() { "map" } else { "set" };
+            let _ = write!(
+                out,
+                "\t{keyword} {} {{\n\t\t{}\n",
+                kind.name(),
+                kind.type_decl(family)
+            );
+            let buf = &elements[t][kind.index()];
+            if !buf.is_empty() {
+                let _ = writeln!(out, "\t\telements = {{ {buf} }}");
+            }
+            out.push_str("\t}\n");
         }
-        out.push_str("\t}\n");
+        out.push_str("}\n");
     }
-    out.push_str("}\n");
     record
 }
 
-/// The whole ruleset of both tables, as one `nft -f` transaction that atomically
+/// The whole ruleset of every table (main and shards, both families), as one `nft -f` transaction that atomically
 /// replaces whatever tables were there.
 pub fn render_full(model: &NodeModel) -> String {
     render_full_with_record(model).0
@@ -690,7 +770,9 @@ struct FamilyPartial {
 struct FamilyOps {
     /// Chains created if missing, flushed, then filled with these rules.
     chains: Vec<(String, Vec<Rule>)>,
-    deletes: Vec<(MapKind, String)>,
+    /// Elements deleted: table index, map, key.
+    deletes: Vec<(usize, MapKind, String)>,
+    /// Elements added: map, key, value (the value tells the table).
     adds: Vec<(MapKind, String, String)>,
     /// Chains flushed, then deleted.
     stale_chains: Vec<String>,
@@ -720,50 +802,56 @@ impl Partial {
     /// Appends the same transaction as `text` to a netlink batch, or says why it
     /// cannot (an element it cannot encode); the batch is then left unusable.
     pub fn encode(&self, batch: &mut Batch) -> Result<(), NeedsNft> {
+        let tables: Vec<String> = (0..TABLES).map(table_name).collect();
+        let table_of = |name: &str| tables[object_table(name)].as_str();
         for (family, partial) in Family::BOTH.into_iter().zip(&self.families) {
             let ops = &partial.ops;
             for (set, timeout) in &ops.new_sets {
-                batch.add_affinity_set(family, set, *timeout);
+                batch.add_affinity_set(family, table_of(set), set, *timeout);
             }
             for (chain, _) in &ops.chains {
-                batch.add_chain(family, chain);
-                batch.flush_chain(family, chain);
+                batch.add_chain(family, table_of(chain), chain);
+                batch.flush_chain(family, table_of(chain), chain);
             }
-            for kind in MapKind::ALL {
-                let keys = ops
-                    .deletes
-                    .iter()
-                    .filter(|(k, _)| *k == kind)
-                    .map(|(_, key)| element_bytes(key, ""))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !keys.is_empty() {
-                    batch.delete_elements(family, kind.name(), &keys);
+            for (t, table) in tables.iter().enumerate() {
+                for kind in MapKind::ALL {
+                    let keys = ops
+                        .deletes
+                        .iter()
+                        .filter(|(i, k, _)| *i == t && *k == kind)
+                        .map(|(_, _, key)| element_bytes(key, ""))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if !keys.is_empty() {
+                        batch.delete_elements(family, table, kind.name(), &keys);
+                    }
                 }
             }
             for (chain, rules) in &ops.chains {
                 for rule in rules {
-                    batch.add_rule(family, chain, |a| rule.encode(family, a));
+                    batch.add_rule(family, table_of(chain), chain, |a| rule.encode(family, a));
                 }
             }
-            for kind in MapKind::ALL {
-                let elements = ops
-                    .adds
-                    .iter()
-                    .filter(|(k, _, _)| *k == kind)
-                    .map(|(_, key, value)| element_bytes(key, value))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !elements.is_empty() {
-                    batch.add_elements(family, kind.name(), &elements);
+            for (t, table) in tables.iter().enumerate() {
+                for kind in MapKind::ALL {
+                    let elements = ops
+                        .adds
+                        .iter()
+                        .filter(|(k, _, v)| *k == kind && element_table(*k, v) == t)
+                        .map(|(_, key, value)| element_bytes(key, value))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if !elements.is_empty() {
+                        batch.add_elements(family, table, kind.name(), &elements);
+                    }
                 }
             }
             for chain in &ops.stale_chains {
-                batch.flush_chain(family, chain);
+                batch.flush_chain(family, table_of(chain), chain);
             }
             for chain in &ops.stale_chains {
-                batch.delete_chain(family, chain);
+                batch.delete_chain(family, table_of(chain), chain);
             }
             for set in &ops.stale_sets {
-                batch.delete_set(family, set);
+                batch.delete_set(family, table_of(set), set);
             }
         }
         Ok(())
@@ -842,7 +930,7 @@ fn render_family_partial(
                 let objects = render_port(ctx, sp, &mut chains);
                 ops.chains.append(&mut chains.collected);
                 for (set, timeout) in chains.collected_sets.drain(..) {
-                    if !record.sets.contains(&set) && !ops.new_sets.iter().any(|(s, _)| *s == set) {
+                    if !record.has_set(&set) && !ops.new_sets.iter().any(|(s, _)| *s == set) {
                         ops.new_sets.push((set, timeout));
                     }
                 }
@@ -875,8 +963,8 @@ fn render_family_partial(
             }
         }
     }
-    let mut deletes: [String; MapKind::ALL.len()] = Default::default();
-    let mut adds: [String; MapKind::ALL.len()] = Default::default();
+    let mut deletes: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
+    let mut adds: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
     for (kind, key) in dirty {
         let claims = record.claims.get(&(kind, key.to_string()));
         let before = claims.and_then(|c| c.first()).map(|(_, v)| v.as_str());
@@ -887,9 +975,10 @@ fn render_family_partial(
         if before == after {
             continue;
         }
-        if before.is_some() {
-            ops.deletes.push((kind, key.to_string()));
-            let buf = &mut deletes[kind.index()];
+        if let Some(before) = before {
+            let t = element_table(kind, before);
+            ops.deletes.push((t, kind, key.to_string()));
+            let buf = &mut deletes[t][kind.index()];
             if !buf.is_empty() {
                 buf.push_str(", ");
             }
@@ -897,7 +986,7 @@ fn render_family_partial(
         }
         if let Some(value) = after {
             ops.adds.push((kind, key.to_string(), value.to_string()));
-            let buf = &mut adds[kind.index()];
+            let buf = &mut adds[element_table(kind, value)][kind.index()];
             if !buf.is_empty() {
                 buf.push_str(", ");
             }
@@ -938,35 +1027,44 @@ fn render_family_partial(
     // Order: create chains and sets; drop elements pointing at old chains; fill chains;
     // add elements; empty, then delete, chains and sets nothing refers to any more.
     text.push_str(&decl);
-    for kind in MapKind::ALL {
-        let buf = &deletes[kind.index()];
-        if !buf.is_empty() {
-            let _ = writeln!(
-                text,
-                "delete element {fam} {TABLE} {} {{ {buf} }}",
-                kind.name()
-            );
+    for (t, bufs) in deletes.iter().enumerate() {
+        for kind in MapKind::ALL {
+            let buf = &bufs[kind.index()];
+            if !buf.is_empty() {
+                let _ = writeln!(
+                    text,
+                    "delete element {fam} {} {} {{ {buf} }}",
+                    table_name(t),
+                    kind.name()
+                );
+            }
         }
     }
     text.push_str(&body);
-    for kind in MapKind::ALL {
-        let buf = &adds[kind.index()];
-        if !buf.is_empty() {
-            let _ = writeln!(
-                text,
-                "add element {fam} {TABLE} {} {{ {buf} }}",
-                kind.name()
-            );
+    for (t, bufs) in adds.iter().enumerate() {
+        for kind in MapKind::ALL {
+            let buf = &bufs[kind.index()];
+            if !buf.is_empty() {
+                let _ = writeln!(
+                    text,
+                    "add element {fam} {} {} {{ {buf} }}",
+                    table_name(t),
+                    kind.name()
+                );
+            }
         }
     }
     for chain in &stale_chains {
-        let _ = writeln!(text, "flush chain {fam} {TABLE} {chain}");
+        let table = table_name(object_table(chain));
+        let _ = writeln!(text, "flush chain {fam} {table} {chain}");
     }
     for chain in &stale_chains {
-        let _ = writeln!(text, "delete chain {fam} {TABLE} {chain}");
+        let table = table_name(object_table(chain));
+        let _ = writeln!(text, "delete chain {fam} {table} {chain}");
     }
     for set in &stale_sets {
-        let _ = writeln!(text, "delete set {fam} {TABLE} {set}");
+        let table = table_name(object_table(set));
+        let _ = writeln!(text, "delete set {fam} {table} {set}");
     }
     ops.stale_sets = stale_sets.iter().map(|s| s.to_string()).collect();
     ops.stale_chains = stale_chains.iter().map(|c| c.to_string()).collect();

@@ -1,6 +1,7 @@
-//! The names and fixed layout of Switchyard's nftables ruleset: the two tables, the base
-//! chains and their hooks, the top-level chains and maps, and how per-service-port chain
-//! names are derived (a stable hash, so no Service name ever reaches nft unescaped).
+//! The names and fixed layout of Switchyard's nftables ruleset: the main and shard
+//! tables, the base chains and their hooks, the top-level chains and maps, and how
+//! per-service-port chain names are derived (a stable hash, so no Service name ever
+//! reaches nft unescaped).
 
 use std::{fmt::Write as _, net::IpAddr};
 
@@ -8,8 +9,65 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use switchyard_core::{Endpoint, IpFamily, ServicePortName};
 
-/// Name of the table in both families.
+/// Name of the main table in both families (fixed parts: filter checks, masquerading,
+/// hairpin, cluster IPs, no-endpoint maps).
 pub const TABLE: &str = "switchyard";
+
+/// Shard tables per family (`switchyard-0` ...): the per-service-port chains, affinity
+/// sets, and the verdict maps pointing into them (`service-ips`, `service-nodeports`,
+/// `firewall-ips`), each with its own hooks. A service port lives in one shard (a stable
+/// hash of its name), so a partial sync of one port touches (and makes the kernel
+/// re-validate) one small table only.
+pub const SHARDS: usize = 16;
+
+/// Tables per family: index 0 is the main table, `1 + i` is shard `i`.
+pub const TABLES: usize = SHARDS + 1;
+
+/// The name of table `index` (0: main, `1 + i`: shard `i`).
+pub fn table_name(index: usize) -> String {
+    if index == 0 {
+        TABLE.to_string()
+    } else {
+        format!("{TABLE}-{}", index - 1)
+    }
+}
+
+/// The table index of a table name, if it is one of ours.
+pub fn table_index(name: &str) -> Option<usize> {
+    if name == TABLE {
+        return Some(0);
+    }
+    let i: usize = name.strip_prefix(TABLE)?.strip_prefix('-')?.parse().ok()?;
+    (i < SHARDS && name == table_name(i + 1)).then_some(i + 1)
+}
+
+/// The table holding a chain or set named `name`: per-service-port objects
+/// (`svc-`, `local-`, `ext-`, `fw-`, `aff-` and two hex digits of the port's hash) live
+/// in their port's shard, everything else in the main table.
+pub fn object_table(name: &str) -> usize {
+    let rest = ["svc-", "local-", "ext-", "fw-", "aff-"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p));
+    match rest
+        .and_then(|r| r.get(..2))
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
+    {
+        Some(byte) => 1 + byte as usize % SHARDS,
+        None => 0,
+    }
+}
+
+/// The table holding an element of `kind` with `value`: sharded maps' elements live with
+/// the chain they point to.
+pub fn element_table(kind: MapKind, value: &str) -> usize {
+    if !kind.is_sharded() {
+        return 0;
+    }
+    value
+        .strip_prefix("goto ")
+        .or_else(|| value.strip_prefix("jump "))
+        .map_or(0, object_table)
+}
 
 /// The mark bit that asks `masquerading` to SNAT a packet (as kube-proxy's default).
 pub const MASQUERADE_MARK: &str = "0x4000";
@@ -39,16 +97,52 @@ pub struct BaseChain {
     pub priority: &'static str,
 }
 
-/// As upstream (numeric: nft 1.0.6 only names `dstnat` for prerouting; dstnat = -100,
-/// srcnat = 100): filter chains run before DNAT so they see the original destination;
-/// `filter-output-post-dnat` runs after it, for `cluster-ips-check`.
-pub const BASE_CHAINS: &[BaseChain] = &[
+/// The nat base chains of the main table run just before the shards' (the nat hook
+/// calls nat chains in priority order until one maps the connection), so the
+/// masquerade mark for cluster IP traffic sees the original destination.
+pub const MAIN_NAT_PRIORITY: &str = "-101";
+
+/// A shard's base chains: its NAT lookups (`services`) and its firewall checks. The
+/// filter chains run after the main table's (-110), keeping the order of the checks.
+pub const SHARD_BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
         name: "filter-prerouting",
         kind: "filter",
         hook: "prerouting",
-        priority: "-110",
+        priority: "-109",
     },
+    BaseChain {
+        name: "filter-output",
+        kind: "filter",
+        hook: "output",
+        priority: "-109",
+    },
+    BaseChain {
+        name: "nat-prerouting",
+        kind: "nat",
+        hook: "prerouting",
+        priority: "-100",
+    },
+    BaseChain {
+        name: "nat-output",
+        kind: "nat",
+        hook: "output",
+        priority: "-100",
+    },
+];
+
+/// Jumps from a shard's base chains.
+pub const SHARD_JUMPS: &[(&str, &str, &str)] = &[
+    ("filter-prerouting", "ct state new ", FIREWALL_CHECK_CHAIN),
+    ("filter-output", "ct state new ", FIREWALL_CHECK_CHAIN),
+    ("nat-prerouting", "", SERVICES_CHAIN),
+    ("nat-output", "", SERVICES_CHAIN),
+];
+
+/// As upstream (numeric: nft 1.0.6 only names `dstnat` for prerouting; dstnat = -100,
+/// srcnat = 100): filter chains run before DNAT so they see the original destination;
+/// `filter-output-post-dnat` runs after it, for `cluster-ips-check`.
+pub const BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
         name: "filter-input",
         kind: "filter",
@@ -77,13 +171,13 @@ pub const BASE_CHAINS: &[BaseChain] = &[
         name: "nat-prerouting",
         kind: "nat",
         hook: "prerouting",
-        priority: "-100",
+        priority: MAIN_NAT_PRIORITY,
     },
     BaseChain {
         name: "nat-output",
         kind: "nat",
         hook: "output",
-        priority: "-100",
+        priority: MAIN_NAT_PRIORITY,
     },
     BaseChain {
         name: NAT_POSTROUTING_CHAIN,
@@ -95,7 +189,6 @@ pub const BASE_CHAINS: &[BaseChain] = &[
 
 /// Jumps from base chains to top-level chains: (from, condition, to).
 pub const JUMPS: &[(&str, &str, &str)] = &[
-    ("filter-prerouting", "ct state new ", FIREWALL_CHECK_CHAIN),
     (
         "filter-input",
         "ct state new ",
@@ -117,7 +210,6 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
         "ct state new ",
         SERVICE_ENDPOINTS_CHECK_CHAIN,
     ),
-    ("filter-output", "ct state new ", FIREWALL_CHECK_CHAIN),
     (
         "filter-output-post-dnat",
         "ct state new ",
@@ -175,6 +267,14 @@ impl MapKind {
         self as usize
     }
 
+    /// Whether elements live in the shard tables (with the chains they point to).
+    pub fn is_sharded(self) -> bool {
+        matches!(
+            self,
+            MapKind::ServiceIps | MapKind::ServiceNodePorts | MapKind::FirewallIps
+        )
+    }
+
     /// Whether elements carry a verdict (a map) or not (a set).
     pub fn is_map(self) -> bool {
         !matches!(self, MapKind::ClusterIps | MapKind::Hairpin)
@@ -196,7 +296,7 @@ impl MapKind {
     }
 }
 
-/// One of the two tables.
+/// One of the two families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
     Ip,
@@ -304,7 +404,13 @@ impl PortChains {
         format!("fw-{}", self.base)
     }
 
-    /// Stable per-endpoint name part (`ep-` and a hash).
+    /// The table (index) of this port's chains and sets.
+    pub fn table(&self) -> usize {
+        1 + self.hash[0] as usize % SHARDS
+    }
+
+    /// Stable per-endpoint name part (`ep-` and a hash whose first byte is the port's,
+    /// so the name tells the shard).
     fn endpoint(&self, ep: &Endpoint) -> String {
         let mut hasher = Sha256::new();
         hasher.update(self.hash);
@@ -312,7 +418,8 @@ impl PortChains {
         let digest = hasher.finalize();
         let mut name = String::with_capacity(3 + 16);
         name.push_str("ep-");
-        push_hex(&mut name, &digest[..8]);
+        push_hex(&mut name, &self.hash[..1]);
+        push_hex(&mut name, &digest[..7]);
         name
     }
 
@@ -403,6 +510,40 @@ mod tests {
             PortChains::new(&spn("a", "bc", "")).service(),
             PortChains::new(&spn("ab", "c", "")).service()
         );
+    }
+
+    #[test]
+    fn objects_live_in_their_ports_shard() {
+        let a = PortChains::new(&spn("default", "web", "http"));
+        let ep = Endpoint {
+            ip: "10.1.0.1".parse().unwrap(),
+            port: 80,
+            local: false,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone_hints: vec![],
+            node_hints: vec![],
+        };
+        for n in [
+            a.service(),
+            a.local(),
+            a.external(),
+            a.firewall(),
+            a.affinity(&ep),
+        ] {
+            assert_eq!(object_table(&n), a.table(), "{n}");
+        }
+        assert_eq!(object_table("services"), 0);
+        assert_eq!(
+            element_table(MapKind::ServiceIps, &format!("goto {}", a.service())),
+            a.table()
+        );
+        assert_eq!(element_table(MapKind::NoEndpointServices, "drop"), 0);
+        for i in 0..TABLES {
+            assert_eq!(table_index(&table_name(i)), Some(i));
+        }
+        assert_eq!(table_index("switchyard-16"), None);
     }
 
     #[test]

@@ -21,9 +21,9 @@ use switchyard_core::{Drift, EngineError};
 use crate::{
     apply,
     netlink::NftSocket,
-    record::{Applied, FamilyRecord},
+    record::{Applied, TableRecord},
     render::{element_bytes, NeedsNft},
-    ruleset::{Family, MapKind, TABLE},
+    ruleset::{element_table, table_name, Family, MapKind},
     NftOptions,
 };
 
@@ -41,18 +41,18 @@ pub struct Listing {
     pub maps: HashMap<String, usize>,
 }
 
-/// Parses `nft [-a] list ...` output, keeping only `table FAMILY switchyard`; `None` when
-/// that table is not in the output. With `-a`, every rule line carries a `# handle N`
+/// Parses `nft [-a] list ...` output, keeping only `table FAMILY TABLE` (`table` is one
+/// of `ruleset::table_name`); `None` when that table is not in the output. With `-a`, every rule line carries a `# handle N`
 /// comment (chain headers carry one too and are not rules); elements are
 /// comma-separated.
-pub fn parse_listing(text: &str, family: Family) -> Option<Listing> {
+pub fn parse_listing(text: &str, family: Family, table: &str) -> Option<Listing> {
     enum In {
         Nothing,
         Chain(String),
         Map(String),
         Elements(String),
     }
-    let header = format!("table {} {TABLE} {{", family.nft());
+    let header = format!("table {} {table} {{", family.nft());
     let mut found = false;
     let mut ours = false;
     let mut listing = Listing::default();
@@ -126,14 +126,16 @@ const MAX_FINDINGS: usize = 5;
 /// Chains missing from or unexpected in `listing` (names only).
 pub fn compare_chain_names(
     family: Family,
+    table: usize,
     listing: &Listing,
-    record: &FamilyRecord,
+    record: &TableRecord,
 ) -> Vec<String> {
     let fam = family.nft();
+    let table = table_name(table);
     let mut out = Vec::new();
     for chain in record.chains.keys() {
         if !listing.chains.contains_key(chain) {
-            out.push(format!("chain {fam} {TABLE} {chain} is missing"));
+            out.push(format!("chain {fam} {table} {chain} is missing"));
             if out.len() >= MAX_FINDINGS {
                 return out;
             }
@@ -141,7 +143,7 @@ pub fn compare_chain_names(
     }
     for chain in listing.chains.keys() {
         if !record.chains.contains_key(chain) {
-            out.push(format!("unexpected chain {fam} {TABLE} {chain}"));
+            out.push(format!("unexpected chain {fam} {table} {chain}"));
             if out.len() >= MAX_FINDINGS {
                 return out;
             }
@@ -153,16 +155,18 @@ pub fn compare_chain_names(
 /// Rule counts of the chains `listing` shows that differ from the record.
 pub fn compare_rule_counts(
     family: Family,
+    table: usize,
     listing: &Listing,
-    record: &FamilyRecord,
+    record: &TableRecord,
 ) -> Vec<String> {
     let fam = family.nft();
+    let table = table_name(table);
     let mut out = Vec::new();
     for (chain, n) in &listing.chains {
         if let Some(expected) = record.chains.get(chain) {
             if n != expected {
                 out.push(format!(
-                    "chain {fam} {TABLE} {chain} has {n} rules, expected {expected}"
+                    "chain {fam} {table} {chain} has {n} rules, expected {expected}"
                 ));
                 if out.len() >= MAX_FINDINGS {
                     break;
@@ -174,32 +178,44 @@ pub fn compare_rule_counts(
 }
 
 /// Element counts of the maps and sets, and presence of affinity sets.
-pub fn compare_maps(family: Family, listing: &Listing, record: &FamilyRecord) -> Vec<String> {
+pub fn compare_maps(
+    family: Family,
+    table: usize,
+    listing: &Listing,
+    record: &TableRecord,
+) -> Vec<String> {
     let fam = family.nft();
+    let shard = table > 0;
+    let table = table_name(table);
     let mut out = Vec::new();
-    for kind in MapKind::ALL {
+    for kind in MapKind::ALL.into_iter().filter(|k| k.is_sharded() == shard) {
         let expected = record.map_counts[kind.index()];
         match listing.maps.get(kind.name()) {
-            None => out.push(format!("{fam} {TABLE} {} is missing", kind.name())),
+            None => out.push(format!("{fam} {table} {} is missing", kind.name())),
             Some(n) if *n != expected => out.push(format!(
-                "{fam} {TABLE} {} has {n} elements, expected {expected}",
+                "{fam} {table} {} has {n} elements, expected {expected}",
                 kind.name()
             )),
             Some(_) => {}
         }
     }
     if let Some(set) = record.sets.iter().find(|s| !listing.maps.contains_key(*s)) {
-        out.push(format!("set {fam} {TABLE} {set} is missing"));
+        out.push(format!("set {fam} {table} {set} is missing"));
     }
     out
 }
 
 /// Every difference between a full `-a` listing of the table and the record (at most a
 /// few of each kind).
-pub fn compare(family: Family, listing: &Listing, record: &FamilyRecord) -> Vec<String> {
-    let mut out = compare_chain_names(family, listing, record);
-    out.extend(compare_rule_counts(family, listing, record));
-    out.extend(compare_maps(family, listing, record));
+pub fn compare(
+    family: Family,
+    table: usize,
+    listing: &Listing,
+    record: &TableRecord,
+) -> Vec<String> {
+    let mut out = compare_chain_names(family, table, listing, record);
+    out.extend(compare_rule_counts(family, table, listing, record));
+    out.extend(compare_maps(family, table, listing, record));
     out
 }
 
@@ -232,58 +248,60 @@ pub async fn verify(
     };
     for family in Family::BOTH {
         let fam = family.nft();
-        let record = &applied.families[family.index()];
-        let Some(chains) = parse_listing(&chains_text, family) else {
-            found.push(format!("table {fam} {TABLE} is missing"));
-            continue;
-        };
-        found.extend(compare_chain_names(family, &chains, record));
         let sets = list(options, &["list", "sets", fam], &mut found).await?;
         let maps = list(options, &["list", "maps", fam], &mut found).await?;
-        if let (Some(sets), Some(maps)) = (sets, maps) {
-            let mut listing = parse_listing(&sets, family).unwrap_or_default();
-            let maps = parse_listing(&maps, family).unwrap_or_default();
-            listing.maps.extend(maps.maps);
-            found.extend(compare_maps(family, &listing, record));
-        }
-        if record.rule_count() <= FULL_LISTING_MAX_RULES {
-            if let Some(text) =
-                list(options, &["-a", "list", "table", fam, TABLE], &mut found).await?
-            {
-                let rules = parse_listing(&text, family).unwrap_or_default();
-                found.extend(compare_rule_counts(family, &rules, record));
-                for chain in record.chains.keys() {
-                    if !rules.chains.contains_key(chain) && chains.chains.contains_key(chain) {
-                        found.push(format!(
-                            "chain {fam} {TABLE} {chain} vanished while listing"
-                        ));
-                        break;
+        for (t, record) in applied.families[family.index()].tables.iter().enumerate() {
+            let table = table_name(t);
+            let Some(chains) = parse_listing(&chains_text, family, &table) else {
+                found.push(format!("table {fam} {table} is missing"));
+                continue;
+            };
+            found.extend(compare_chain_names(family, t, &chains, record));
+            if let (Some(sets), Some(maps)) = (&sets, &maps) {
+                let mut listing = parse_listing(sets, family, &table).unwrap_or_default();
+                let maps = parse_listing(maps, family, &table).unwrap_or_default();
+                listing.maps.extend(maps.maps);
+                found.extend(compare_maps(family, t, &listing, record));
+            }
+            if record.rule_count() <= FULL_LISTING_MAX_RULES {
+                if let Some(text) =
+                    list(options, &["-a", "list", "table", fam, &table], &mut found).await?
+                {
+                    let rules = parse_listing(&text, family, &table).unwrap_or_default();
+                    found.extend(compare_rule_counts(family, t, &rules, record));
+                    for chain in record.chains.keys() {
+                        if !rules.chains.contains_key(chain) && chains.chains.contains_key(chain) {
+                            found.push(format!(
+                                "chain {fam} {table} {chain} vanished while listing"
+                            ));
+                            break;
+                        }
                     }
                 }
-            }
-        } else {
-            let n = record.chains.len();
-            let start = *cursor % n.max(1);
-            let sample: Vec<&String> = record
-                .chains
-                .keys()
-                .cycle()
-                .skip(start)
-                .take(SAMPLED_CHAINS.min(n))
-                .collect();
-            for chain in sample {
-                if !chains.chains.contains_key(chain) {
-                    continue; // already reported missing
-                }
-                if let Some(text) = list(
-                    options,
-                    &["-a", "list", "chain", fam, TABLE, chain],
-                    &mut found,
-                )
-                .await?
-                {
-                    let rules = parse_listing(&text, family).unwrap_or_default();
-                    found.extend(compare_rule_counts(family, &rules, record));
+            } else {
+                let n = record.chains.len();
+                let start = *cursor % n.max(1);
+                let sample: Vec<&String> = record
+                    .chains
+                    .keys()
+                    .cycle()
+                    .skip(start)
+                    .take(SAMPLED_CHAINS.min(n))
+                    .collect();
+                for chain in sample {
+                    if !chains.chains.contains_key(chain) {
+                        continue; // already reported missing
+                    }
+                    if let Some(text) = list(
+                        options,
+                        &["-a", "list", "chain", fam, &table, chain],
+                        &mut found,
+                    )
+                    .await?
+                    {
+                        let rules = parse_listing(&text, family, &table).unwrap_or_default();
+                        found.extend(compare_rule_counts(family, t, &rules, record));
+                    }
                 }
             }
         }
@@ -319,101 +337,110 @@ pub fn verify_netlink(
     let mut found = Vec::new();
     for family in Family::BOTH {
         let fam = family.nft();
-        let record = &applied.families[family.index()];
-        let chains = socket.chains(family)?;
-        if chains.is_empty() {
-            found.push(format!("table {fam} {TABLE} is missing"));
-            continue;
-        }
-        let mut listing = Listing {
-            chains: chains.into_iter().map(|c| (c, 0)).collect(),
-            maps: HashMap::new(),
-        };
-        found.extend(compare_chain_names(family, &listing, record));
-        let sets = socket.sets(family)?.unwrap_or_default();
-        let mut sampled: Vec<MapKind> = Vec::new();
-        for set in sets {
-            let kind = MapKind::ALL.into_iter().find(|k| k.name() == set);
-            let n = match kind {
-                // Large maps: a dump restarts its walk of the set for every message
-                // (1.3 s for 250k elements), so check a sample of keys instead.
-                Some(kind) if record.map_counts[kind.index()] > LARGE_MAP => {
-                    sampled.push(kind);
-                    record.map_counts[kind.index()]
-                }
-                Some(_) => socket.element_count(family, &set)?.unwrap_or(0),
-                None => 0,
+        let family_record = &applied.families[family.index()];
+        let mut all_chains = socket.chains(family)?;
+        for (t, record) in family_record.tables.iter().enumerate() {
+            let table = table_name(t);
+            let chains = std::mem::take(&mut all_chains[t]);
+            if chains.is_empty() {
+                found.push(format!("table {fam} {table} is missing"));
+                continue;
+            }
+            let mut listing = Listing {
+                chains: chains.into_iter().map(|c| (c, 0)).collect(),
+                maps: HashMap::new(),
             };
-            listing.maps.insert(set, n);
-        }
-        found.extend(compare_maps(family, &listing, record));
-        for kind in sampled {
-            let sample: Vec<(&String, &str)> = record
-                .claims
-                .iter()
-                .filter(|((k, _), _)| *k == kind)
-                .skip(*cursor % record.map_counts[kind.index()].max(1))
-                .take(NETLINK_SAMPLED_KEYS)
-                .filter_map(|((_, key), claims)| claims.first().map(|(_, v)| (key, v.as_str())))
-                .collect();
-            let mut keys = Vec::with_capacity(sample.len());
-            for (key, value) in &sample {
-                match element_bytes(key, value) {
-                    Ok(e) => keys.push(e.key),
-                    Err(NeedsNft(what)) => found.push(format!("cannot encode {what}")),
-                }
-            }
-            let got = socket.elements_present(family, kind.name(), &keys)?;
-            for (i, (key, value)) in sample.iter().enumerate() {
-                match got.get(i) {
-                    None => {
-                        found.push(format!("{fam} {TABLE} {} lacks {key}", kind.name()));
-                        break;
+            found.extend(compare_chain_names(family, t, &listing, record));
+            let sets = socket.sets(family, &table)?.unwrap_or_default();
+            let mut sampled: Vec<MapKind> = Vec::new();
+            for set in sets {
+                let kind = MapKind::ALL.into_iter().find(|k| k.name() == set);
+                let n = match kind {
+                    // Large maps: a dump restarts its walk of the set for every message
+                    // (1.3 s for 250k elements), so check a sample of keys instead.
+                    Some(kind) if record.map_counts[kind.index()] > LARGE_MAP => {
+                        sampled.push(kind);
+                        record.map_counts[kind.index()]
                     }
-                    Some(chain) if kind.is_map() => {
-                        let expected = value.split_once(' ').map(|(_, c)| c);
-                        if chain.as_deref() != expected {
-                            found.push(format!(
-                                "{fam} {TABLE} {} maps {key} to {chain:?}, expected {value}",
-                                kind.name()
-                            ));
+                    Some(_) => socket.element_count(family, &table, &set)?.unwrap_or(0),
+                    None => 0,
+                };
+                listing.maps.insert(set, n);
+            }
+            found.extend(compare_maps(family, t, &listing, record));
+            for kind in sampled {
+                let sample: Vec<(&String, &str)> = family_record
+                    .claims
+                    .iter()
+                    .filter(|((k, _), _)| *k == kind)
+                    .filter_map(|((_, key), claims)| claims.first().map(|(_, v)| (key, v.as_str())))
+                    .filter(|(_, v)| element_table(kind, v) == t)
+                    .skip(*cursor % record.map_counts[kind.index()].max(1))
+                    .take(NETLINK_SAMPLED_KEYS)
+                    .collect();
+                let mut keys = Vec::with_capacity(sample.len());
+                for (key, value) in &sample {
+                    match element_bytes(key, value) {
+                        Ok(e) => keys.push(e.key),
+                        Err(NeedsNft(what)) => found.push(format!("cannot encode {what}")),
+                    }
+                }
+                let got = socket.elements_present(family, &table, kind.name(), &keys)?;
+                for (i, (key, value)) in sample.iter().enumerate() {
+                    match got.get(i) {
+                        None => {
+                            found.push(format!("{fam} {table} {} lacks {key}", kind.name()));
+                            break;
                         }
+                        Some(chain) if kind.is_map() => {
+                            let expected = value.split_once(' ').map(|(_, c)| c);
+                            if chain.as_deref() != expected {
+                                found.push(format!(
+                                    "{fam} {table} {} maps {key} to {chain:?}, expected {value}",
+                                    kind.name()
+                                ));
+                            }
+                        }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
                 }
             }
-        }
-        let all_rules = record.rule_count() <= FULL_LISTING_MAX_RULES;
-        let rules = if all_rules {
-            socket.rule_counts(family, None)?.unwrap_or_default()
-        } else {
-            let n = record.chains.len();
-            let start = *cursor % n.max(1);
-            let mut counts = HashMap::new();
-            for chain in record
-                .chains
-                .keys()
-                .cycle()
-                .skip(start)
-                .take(NETLINK_SAMPLED_CHAINS.min(n))
-            {
-                if !listing.chains.contains_key(chain) {
-                    continue; // already reported missing
+            let all_rules = record.rule_count() <= FULL_LISTING_MAX_RULES;
+            let rules = if all_rules {
+                socket
+                    .rule_counts(family, &table, None)?
+                    .unwrap_or_default()
+            } else {
+                let n = record.chains.len();
+                let start = *cursor % n.max(1);
+                let mut counts = HashMap::new();
+                for chain in record
+                    .chains
+                    .keys()
+                    .cycle()
+                    .skip(start)
+                    .take(NETLINK_SAMPLED_CHAINS.min(n))
+                {
+                    if !listing.chains.contains_key(chain) {
+                        continue; // already reported missing
+                    }
+                    let got = socket
+                        .rule_counts(family, &table, Some(chain))?
+                        .unwrap_or_default();
+                    counts.insert(chain.clone(), got.get(chain).copied().unwrap_or(0));
                 }
-                let got = socket.rule_counts(family, Some(chain))?.unwrap_or_default();
-                counts.insert(chain.clone(), got.get(chain).copied().unwrap_or(0));
+                counts
+            };
+            for (chain, n) in listing.chains.iter_mut() {
+                if let Some(count) = rules.get(chain) {
+                    *n = *count;
+                } else if !all_rules {
+                    // Not sampled this time: compare nothing.
+                    *n = record.chains.get(chain).copied().unwrap_or(0);
+                }
             }
-            counts
-        };
-        for (chain, n) in listing.chains.iter_mut() {
-            if let Some(count) = rules.get(chain) {
-                *n = *count;
-            } else if !all_rules {
-                // Not sampled this time: compare nothing.
-                *n = record.chains.get(chain).copied().unwrap_or(0);
-            }
+            found.extend(compare_rule_counts(family, t, &listing, record));
         }
-        found.extend(compare_rule_counts(family, &listing, record));
     }
     *cursor = cursor.wrapping_add(NETLINK_SAMPLED_CHAINS);
     Ok(if found.is_empty() {
@@ -430,8 +457,9 @@ mod tests {
     #[test]
     fn parses_chains_and_elements() {
         let text = "table ip switchyard { # handle 2\n\tset nodeport-ips { # handle 7\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 192.168.0.0/24 }\n\t}\n\n\tmap service-ips { # handle 8\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\telements = { 10.0.0.1 . tcp . 80 : goto svc-a,\n\t\t\t     10.0.0.2 . tcp . 80 : goto svc-b }\n\t}\n\tmap service-nodeports { # handle 9\n\t\ttype inet_proto . inet_service : verdict\n\t}\n\tchain nat-prerouting { # handle 1\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services # handle 11\n\t}\n\tchain svc-a { # handle 3\n\t}\n}\n";
-        let l = parse_listing(text, Family::Ip).unwrap();
-        assert!(parse_listing(text, Family::Ip6).is_none());
+        let l = parse_listing(text, Family::Ip, "switchyard").unwrap();
+        assert!(parse_listing(text, Family::Ip6, "switchyard").is_none());
+        assert!(parse_listing(text, Family::Ip, "switchyard-0").is_none());
         assert_eq!(l.maps["service-ips"], 2);
         assert_eq!(l.maps["service-nodeports"], 0);
         assert_eq!(l.maps["nodeport-ips"], 1);

@@ -13,7 +13,7 @@ use switchyard_nftables::{
     netlink::NftSocket,
     render::render_full_with_record,
     render_full, render_partial,
-    ruleset::Family,
+    ruleset::{table_name, Family, TABLES},
     verify::{compare, parse_listing},
 };
 
@@ -197,18 +197,20 @@ fn kernel_accepts_full_and_partial_rulesets() {
         partial.commit(&mut applied);
         let (ok, out) = reference.nft(&["-f", "-"], &render_full(&m2));
         prop_assert!(ok, "{out}");
-        for family in Family::BOTH {
-            let (ok, listing) = ns.nft(&["-a", "list", "table", family.nft(), "switchyard"], "");
+        for (family, t) in Family::BOTH.into_iter().flat_map(|f| (0..TABLES).map(move |t| (f, t))) {
+            let table = table_name(t);
+            let (ok, listing) = ns.nft(&["-a", "list", "table", family.nft(), &table], "");
             prop_assert!(ok, "{listing}");
             let diff = compare(
                 family,
-                &parse_listing(&listing, family).unwrap(),
-                &applied.families[family.index()],
+                t,
+                &parse_listing(&listing, family, &table).unwrap(),
+                &applied.families[family.index()].tables[t],
             );
-            prop_assert!(diff.is_empty(), "{diff:?}\nafter\n{text}\nlisting\n{listing}");
+            prop_assert!(diff.is_empty(), "{table}: {diff:?}\nafter\n{text}\nlisting\n{listing}");
             // And the kernel holds exactly what a full sync of the new model gives.
-            let (_, got) = ns.nft(&["list", "table", family.nft(), "switchyard"], "");
-            let (_, want) = reference.nft(&["list", "table", family.nft(), "switchyard"], "");
+            let (_, got) = ns.nft(&["list", "table", family.nft(), &table], "");
+            let (_, want) = reference.nft(&["list", "table", family.nft(), &table], "");
             let (got_n, want_n) = (normalized(&got), normalized(&want));
             if got_n != want_n {
                 let missing: Vec<_> = want_n.iter().filter(|b| !got_n.contains(b)).collect();

@@ -42,7 +42,7 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     let report = engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     assert!(report.full);
     assert!(report.rules > 0);
-    let (ok, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let (ok, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(ok, "{v4}");
     assert!(v4.contains("172.16.0.10 . tcp . 80 : goto svc-"), "{v4}");
     assert!(
@@ -51,7 +51,7 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     );
     assert!(v4.contains("tcp . 30080 : goto ext-"), "{v4}");
     assert!(v4.contains("dnat to 10.0.1.5:8080"));
-    let (ok, v6) = ns.nft(&["list", "table", "ip6", "switchyard"], "");
+    let (ok, v6) = ns.nft(&["list", "ruleset", "ip6"], "");
     assert!(ok, "{v6}");
     assert!(v6.contains("dnat to [fd00:10::5]:8080"), "{v6}");
     assert!(!v6.contains("172.16.0.11"));
@@ -68,7 +68,7 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     let report = engine.sync(&m2, &changes).await.unwrap();
     eprintln!("partial sync: {:?}", start.elapsed());
     assert!(!report.full);
-    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(!v4.contains("10.0.1.5"), "{v4}");
     assert!(!v4.contains("numgen"), "{v4}");
     assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
@@ -84,7 +84,7 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
         .sync(&m3, &ChangeSet::between(&m2, &m3))
         .await
         .unwrap();
-    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(v4.contains("172.16.0.11 . tcp . 443 : goto svc-"), "{v4}");
     assert!(
         !v4.contains("reject-chain,") && !v4.contains(": goto reject-chain }"),
@@ -97,11 +97,11 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
         .sync(&m4, &ChangeSet::between(&m3, &m4))
         .await
         .unwrap();
-    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(!v4.contains("172.16.0.10"), "{v4}");
     assert!(!v4.contains("aff-"), "{v4}");
     assert_eq!(engine.verify(&m4).await.unwrap(), Drift::None);
-    let (_, v6) = ns.nft(&["list", "table", "ip6", "switchyard"], "");
+    let (_, v6) = ns.nft(&["list", "ruleset", "ip6"], "");
     assert!(!v6.contains("chain svc-"), "{v6}");
 }
 
@@ -124,13 +124,15 @@ async fn verify_finds_drift_and_sync_restores() {
     assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
 
     // Flushed chain.
-    let (_, listing) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let (_, listing) = ns.nft(&["list", "ruleset", "ip"], "");
     let svc = listing
         .lines()
         .find_map(|l| l.trim().strip_prefix("chain svc-"))
         .map(|rest| format!("svc-{}", rest.trim_end_matches(" {")))
         .unwrap();
-    assert!(ns.nft(&["flush", "chain", "ip", "switchyard", &svc], "").0);
+    let table =
+        switchyard_nftables::ruleset::table_name(switchyard_nftables::ruleset::object_table(&svc));
+    assert!(ns.nft(&["flush", "chain", "ip", &table, &svc], "").0);
     let Drift::Found(what) = engine.verify(&m).await.unwrap() else {
         panic!("no drift after flushing {svc}")
     };
@@ -207,13 +209,16 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
     web.cluster_endpoints.clear();
     web.local_endpoints.clear();
     // ...because someone deleted the element it needs to delete.
+    let web_table = switchyard_nftables::ruleset::table_name(
+        switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table(),
+    );
     assert!(
         ns.nft(
             &[
                 "delete",
                 "element",
                 "ip",
-                "switchyard",
+                &web_table,
                 "service-ips",
                 "{ 172.16.0.10 . tcp . 80 }"
             ],
@@ -304,7 +309,7 @@ async fn shared_external_ip_moves_to_the_remaining_service() {
     b.external_ips = vec!["192.168.99.11".parse().unwrap()];
     let m1 = model(vec![a, b]);
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
-    let (_, v4) = ns.nft(&["list", "map", "ip", "switchyard", "service-ips"], "");
+    let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(v4.contains("192.168.99.11 . tcp . 80 : goto ext-"), "{v4}");
     let a_ext = v4.split("192.168.99.11 . tcp . 80 : goto ").nth(1).unwrap();
     assert!(a_ext.contains("-default-a-http-tcp"), "{v4}");
@@ -316,7 +321,7 @@ async fn shared_external_ip_moves_to_the_remaining_service() {
         .await
         .unwrap();
     assert!(!report.full);
-    let (_, v4) = ns.nft(&["list", "map", "ip", "switchyard", "service-ips"], "");
+    let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     let owner = v4.split("192.168.99.11 . tcp . 80 : goto ").nth(1).unwrap();
     assert!(
         owner.starts_with("ext-") && owner.contains("-default-b-http-tcp"),
@@ -365,6 +370,7 @@ async fn partial_phases() {
     let mut batch = socket.batch();
     batch.add_elements(
         switchyard_nftables::ruleset::Family::Ip,
+        "switchyard",
         "cluster-ips",
         &[switchyard_nftables::netlink::ElementBytes {
             key: vec![1, 2, 3, 4],
@@ -380,19 +386,24 @@ async fn partial_phases() {
     eprintln!("record commit {:?}", t.elapsed());
     use switchyard_nftables::ruleset::Family;
     let t = Instant::now();
-    let chains = socket.chains(Family::Ip).unwrap();
+    use switchyard_nftables::ruleset::{object_table, table_name};
+    let chains = socket.chains(Family::Ip).unwrap().concat();
     eprintln!("chain dump {:?} ({} chains)", t.elapsed(), chains.len());
     let t = Instant::now();
-    let sets = socket.sets(Family::Ip).unwrap().unwrap();
+    let sets = socket.sets(Family::Ip, "switchyard").unwrap().unwrap();
     eprintln!("set dump {:?}", t.elapsed());
     for set in sets {
         let t = Instant::now();
-        let n = socket.element_count(Family::Ip, &set).unwrap();
+        let n = socket
+            .element_count(Family::Ip, "switchyard", &set)
+            .unwrap();
         eprintln!("elements of {set}: {n:?} in {:?}", t.elapsed());
     }
     let t = Instant::now();
     for c in chains.iter().take(64) {
-        socket.rule_counts(Family::Ip, Some(c)).unwrap();
+        socket
+            .rule_counts(Family::Ip, &table_name(object_table(c)), Some(c))
+            .unwrap();
     }
     eprintln!("64 rule dumps {:?}", t.elapsed());
     let t = Instant::now();
@@ -457,13 +468,16 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
     web.local_endpoints.clear();
     // Someone deleted the element the partial sync must delete: the batch fails as a
     // whole.
+    let web_table = switchyard_nftables::ruleset::table_name(
+        switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table(),
+    );
     assert!(
         ns.nft(
             &[
                 "delete",
                 "element",
                 "ip",
-                "switchyard",
+                &web_table,
                 "service-ips",
                 "{ 172.16.0.10 . tcp . 80 }"
             ],
@@ -492,6 +506,6 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
         .unwrap();
     assert!(!report.full);
     assert_eq!(engine.verify(&m3).await.unwrap(), Drift::None);
-    let (_, v4) = ns.nft(&["list", "table", "ip", "switchyard"], "");
+    let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(v4.contains("dnat to 10.0.1.5:8080"), "{v4}");
 }
