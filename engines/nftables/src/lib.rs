@@ -19,26 +19,26 @@
 //!
 //! # Layout (per family)
 //!
-//! The main table `switchyard`: base chains `filter-input|forward|output` (priority
-//! -110, before DNAT), `filter-output-post-dnat` (-90), `nat-prerouting|output` (-101,
-//! jump `services`), `nat-postrouting` (100: hairpin check, then jump `masquerading`).
-//! Top-level chains: `services` (one masquerade-marking rule for cluster IP traffic from
-//! outside the cluster CIDRs, `ip daddr @cluster-ips ip saddr != @cluster-cidrs`),
-//! `masquerading`, `mark-for-masquerade` (mark 0x4000), `reject-chain`,
-//! `service-endpoints-check` and `nodeport-endpoints-check` (`no-endpoint-services` /
-//! `no-endpoint-nodeports`), `cluster-ips-check` (`cluster-ips`). Sets `nodeport-ips` and
-//! `cluster-cidrs` (intervals), `hairpin` (`endpoint . endpoint` address pairs:
-//! `ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade` in
-//! `nat-postrouting`).
+//! The main table `switchyard`: base chains `filter-prerouting|input|forward|output`
+//! (priority -110, before DNAT), `filter-output-post-dnat` (-90), `nat-prerouting|output`
+//! (-101, jump `services`), `nat-postrouting` (100: hairpin check, then jump
+//! `masquerading`). Top-level chains: `services` (one masquerade-marking rule for cluster
+//! IP traffic from outside the cluster CIDRs, `ip daddr @cluster-ips ip saddr !=
+//! @cluster-cidrs`), `masquerading`, `mark-for-masquerade` (mark 0x4000),
+//! `reject-chain`, `service-endpoints-check` and `nodeport-endpoints-check`
+//! (`no-endpoint-services` / `no-endpoint-nodeports`), `firewall-check` (`firewall-ips`),
+//! `cluster-ips-check` (`cluster-ips`). Sets `nodeport-ips` and `cluster-cidrs`
+//! (intervals), `hairpin` (`endpoint . endpoint` address pairs: `ct status dnat ip saddr
+//! . ip daddr @hairpin jump mark-for-masquerade` in `nat-postrouting`). Per service port
+//! with LoadBalancerSourceRanges (rare): `fw-H`.
 //!
 //! Shard tables `switchyard-0` ... `switchyard-15`, each holding the service ports whose
 //! name hashes to it: base chains `nat-prerouting|output` (-100, jump `services`: the
-//! `service-ips` / `service-nodeports` verdict maps, holding only the shard's keys) and
-//! `filter-prerouting|output` (-109, jump `firewall-check`: `firewall-ips`), copies of
-//! `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`, and per service port:
-//! `svc-H`, `local-H` (endpoint choice and DNAT inline: `numgen random mod (N-i) == 0
-//! meta l4proto P dnat to EP`), `ext-H`, `fw-H`; `H` is a hash of the service port name,
-//! so names are stable and safe, and its first byte picks the shard. A key claimed by
+//! `service-ips` / `service-nodeports` verdict maps, holding only the shard's keys),
+//! copies of `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`, and per service
+//! port: `svc-H`, `local-H` (endpoint choice and DNAT inline: `numgen random mod (N-i) ==
+//! 0 meta l4proto P dnat to EP`), `ext-H`; `H` is a hash of the service port name, so
+//! names are stable and safe, and its first byte picks the shard. A key claimed by
 //! several service ports lives in the shard of its first claimant (the one whose chain
 //! it points to). The kernel's nat hook runs nat chains in priority order until one
 //! maps the connection: the main table's masquerade mark first (it needs the original

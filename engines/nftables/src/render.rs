@@ -104,12 +104,16 @@ enum Style {
 
 /// Writes chains and their rules, counting rules. In `Commands` style, chain and set
 /// creation go to `decl` and rules to `body`, so every chain exists before any rule
-/// refers to it.
+/// refers to it. In `Block` style, chains of the main table (`fw-`) go to `main` when
+/// given (see `ruleset::object_table`), the others to `body`.
 struct ChainText<'a> {
     style: Style,
     family: Family,
     decl: &'a mut String,
     body: &'a mut String,
+    main: Option<&'a mut String>,
+    /// The open chain is written to `main`.
+    to_main: bool,
     chain: String,
     open: bool,
     rules: usize,
@@ -126,6 +130,8 @@ impl<'a> ChainText<'a> {
             family,
             decl,
             body,
+            main: None,
+            to_main: false,
             chain: String::new(),
             open: false,
             rules: 0,
@@ -134,12 +140,27 @@ impl<'a> ChainText<'a> {
         }
     }
 
+    /// Block style: chains of the main table go to `main`.
+    fn with_main(mut self, main: &'a mut String) -> Self {
+        self.main = Some(main);
+        self
+    }
+
+    /// Where the open chain is written (`Block` style).
+    fn out(&mut self) -> &mut String {
+        match (self.to_main, self.main.as_deref_mut()) {
+            (true, Some(main)) => main,
+            _ => &mut *self.body,
+        }
+    }
+
     /// Starts `name`; returns the rule count of the previous chain, if one was open.
     fn chain(&mut self, name: &str, objects: &mut PortObjects) {
         self.close(objects);
         match self.style {
             Style::Block => {
-                let _ = writeln!(self.body, "\tchain {name} {{");
+                self.to_main = object_table(name) == 0;
+                let _ = writeln!(self.out(), "\tchain {name} {{");
             }
             Style::Commands => {
                 let fam = self.family.nft();
@@ -161,7 +182,7 @@ impl<'a> ChainText<'a> {
         let text = rule.text(self.family);
         match self.style {
             Style::Block => {
-                let _ = writeln!(self.body, "\t\t{text}");
+                let _ = writeln!(self.out(), "\t\t{text}");
             }
             Style::Commands => {
                 let _ = writeln!(
@@ -182,7 +203,8 @@ impl<'a> ChainText<'a> {
     fn close(&mut self, objects: &mut PortObjects) {
         if self.open {
             if self.style == Style::Block {
-                self.body.push_str("\t}\n");
+                self.out().push_str("\t}\n");
+                self.to_main = false;
             }
             objects.chains.push((self.chain.clone(), self.rules));
             self.open = false;
@@ -554,8 +576,8 @@ fn no_localhost(family: Family) -> &'static str {
 }
 
 /// The fixed part of a shard table: its base chains, its `services` chain (the
-/// `service-ips` and `service-nodeports` lookups), `firewall-check`,
-/// `mark-for-masquerade`, and the replicated interval sets. Chain rule counts go to
+/// `service-ips` and `service-nodeports` lookups), `mark-for-masquerade`, and the
+/// replicated interval sets. Chain rule counts go to
 /// `record`.
 fn render_shard_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecord) {
     let ipx = ctx.family.nft();
@@ -577,14 +599,8 @@ fn render_shard_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecor
             ruleset::NODEPORT_IPS_SET
         ),
     ];
-    let fixed: [(&str, &[String]); 3] = [
+    let fixed: [(&str, &[String]); 2] = [
         (ruleset::SERVICES_CHAIN, &services),
-        (
-            ruleset::FIREWALL_CHECK_CHAIN,
-            &[format!(
-                "{ipx} daddr . meta l4proto . th dport vmap @firewall-ips"
-            )],
-        ),
         (
             ruleset::MARK_MASQ_CHAIN,
             &[format!(
@@ -626,7 +642,7 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecord) {
             ruleset::MARK_MASQ_CHAIN
         ));
     }
-    let fixed: [(&str, &[String]); 7] = [
+    let fixed: [(&str, &[String]); 8] = [
         (ruleset::SERVICES_CHAIN, &services),
         (
             ruleset::MASQUERADING_CHAIN,
@@ -663,6 +679,12 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecord) {
             )],
         ),
         (
+            ruleset::FIREWALL_CHECK_CHAIN,
+            &[format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @firewall-ips"
+            )],
+        ),
+        (
             ruleset::CLUSTER_IPS_CHECK_CHAIN,
             &[format!(
                 "{ipx} daddr @{} goto {}",
@@ -688,9 +710,11 @@ fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> Fa
 
     let mut elements: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
     let mut unused = String::new();
+    let (main, shards) = bodies.split_at_mut(1);
     for sp in model.services.values() {
         let table = PortChains::new(&sp.name).table();
-        let mut chains = ChainText::new(Style::Block, family, &mut unused, &mut bodies[table]);
+        let mut chains = ChainText::new(Style::Block, family, &mut unused, &mut shards[table - 1])
+            .with_main(&mut main[0]);
         let objects = render_port(&ctx, sp, &mut chains);
         for e in &objects.elements {
             if record.head(e.kind, &e.key).is_none() {

@@ -13,9 +13,9 @@ use switchyard_core::{Endpoint, IpFamily, ServicePortName};
 /// hairpin, cluster IPs, no-endpoint maps).
 pub const TABLE: &str = "switchyard";
 
-/// Shard tables per family (`switchyard-0` ...): the per-service-port chains, affinity
-/// sets, and the verdict maps pointing into them (`service-ips`, `service-nodeports`,
-/// `firewall-ips`), each with its own hooks. A service port lives in one shard (a stable
+/// Shard tables per family (`switchyard-0` ...): the per-service-port chains (but the
+/// rare `fw-` ones), affinity sets, and the verdict maps pointing into them
+/// (`service-ips`, `service-nodeports`), each with its own nat hooks. A service port lives in one shard (a stable
 /// hash of its name), so a partial sync of one port touches (and makes the kernel
 /// re-validate) one small table only.
 pub const SHARDS: usize = 16;
@@ -42,10 +42,12 @@ pub fn table_index(name: &str) -> Option<usize> {
 }
 
 /// The table holding a chain or set named `name`: per-service-port objects
-/// (`svc-`, `local-`, `ext-`, `fw-`, `aff-` and two hex digits of the port's hash) live
-/// in their port's shard, everything else in the main table.
+/// (`svc-`, `local-`, `ext-`, `aff-` and two hex digits of the port's hash) live in
+/// their port's shard, everything else in the main table (`fw-` chains too: they are
+/// rare, `firewall-ips` points to them and the filter hooks run it, so it stays in the
+/// small main table with the other filter checks).
 pub fn object_table(name: &str) -> usize {
-    let rest = ["svc-", "local-", "ext-", "fw-", "aff-"]
+    let rest = ["svc-", "local-", "ext-", "aff-"]
         .iter()
         .find_map(|p| name.strip_prefix(p));
     match rest
@@ -102,21 +104,8 @@ pub struct BaseChain {
 /// masquerade mark for cluster IP traffic sees the original destination.
 pub const MAIN_NAT_PRIORITY: &str = "-101";
 
-/// A shard's base chains: its NAT lookups (`services`) and its firewall checks. The
-/// filter chains run after the main table's (-110), keeping the order of the checks.
+/// A shard's base chains: its NAT lookups (`services`).
 pub const SHARD_BASE_CHAINS: &[BaseChain] = &[
-    BaseChain {
-        name: "filter-prerouting",
-        kind: "filter",
-        hook: "prerouting",
-        priority: "-109",
-    },
-    BaseChain {
-        name: "filter-output",
-        kind: "filter",
-        hook: "output",
-        priority: "-109",
-    },
     BaseChain {
         name: "nat-prerouting",
         kind: "nat",
@@ -133,8 +122,6 @@ pub const SHARD_BASE_CHAINS: &[BaseChain] = &[
 
 /// Jumps from a shard's base chains.
 pub const SHARD_JUMPS: &[(&str, &str, &str)] = &[
-    ("filter-prerouting", "ct state new ", FIREWALL_CHECK_CHAIN),
-    ("filter-output", "ct state new ", FIREWALL_CHECK_CHAIN),
     ("nat-prerouting", "", SERVICES_CHAIN),
     ("nat-output", "", SERVICES_CHAIN),
 ];
@@ -143,6 +130,12 @@ pub const SHARD_JUMPS: &[(&str, &str, &str)] = &[
 /// srcnat = 100): filter chains run before DNAT so they see the original destination;
 /// `filter-output-post-dnat` runs after it, for `cluster-ips-check`.
 pub const BASE_CHAINS: &[BaseChain] = &[
+    BaseChain {
+        name: "filter-prerouting",
+        kind: "filter",
+        hook: "prerouting",
+        priority: "-110",
+    },
     BaseChain {
         name: "filter-input",
         kind: "filter",
@@ -189,6 +182,7 @@ pub const BASE_CHAINS: &[BaseChain] = &[
 
 /// Jumps from base chains to top-level chains: (from, condition, to).
 pub const JUMPS: &[(&str, &str, &str)] = &[
+    ("filter-prerouting", "ct state new ", FIREWALL_CHECK_CHAIN),
     (
         "filter-input",
         "ct state new ",
@@ -210,6 +204,7 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
         "ct state new ",
         SERVICE_ENDPOINTS_CHECK_CHAIN,
     ),
+    ("filter-output", "ct state new ", FIREWALL_CHECK_CHAIN),
     (
         "filter-output-post-dnat",
         "ct state new ",
@@ -269,10 +264,7 @@ impl MapKind {
 
     /// Whether elements live in the shard tables (with the chains they point to).
     pub fn is_sharded(self) -> bool {
-        matches!(
-            self,
-            MapKind::ServiceIps | MapKind::ServiceNodePorts | MapKind::FirewallIps
-        )
+        matches!(self, MapKind::ServiceIps | MapKind::ServiceNodePorts)
     }
 
     /// Whether elements carry a verdict (a map) or not (a set).
@@ -525,15 +517,10 @@ mod tests {
             zone_hints: vec![],
             node_hints: vec![],
         };
-        for n in [
-            a.service(),
-            a.local(),
-            a.external(),
-            a.firewall(),
-            a.affinity(&ep),
-        ] {
+        for n in [a.service(), a.local(), a.external(), a.affinity(&ep)] {
             assert_eq!(object_table(&n), a.table(), "{n}");
         }
+        assert_eq!(object_table(&a.firewall()), 0);
         assert_eq!(object_table("services"), 0);
         assert_eq!(
             element_table(MapKind::ServiceIps, &format!("goto {}", a.service())),
