@@ -1,8 +1,9 @@
 //! The sync runner: turns state changes into engine syncs, and owns which engine runs.
 //!
 //! - changes are coalesced: a sync starts no sooner than `minSyncPeriod` after the last;
-//! - every `syncPeriod` the engine's `verify` checks the kernel for drift (counted and
-//!   logged) and a full resync is applied, which repairs it;
+//! - every `syncPeriod` a sync runs and the engine's `verify` checks the kernel for
+//!   drift (counted and logged); drift is repaired at once by a full rewrite, and
+//!   without drift the rewrite is full once an hour (upstream's `FullSyncPeriod`);
 //! - a failed sync is retried with exponential backoff (1 s doubling up to
 //!   `syncPeriod`) as a full sync; the rules applied before the failure stay in place;
 //! - the engine follows the ProxyConfig: requested mode, else the first available
@@ -73,6 +74,10 @@ pub fn effective_config(
     }
     selected
 }
+
+/// How often a full rewrite happens when nothing drifted (upstream kube-proxy's
+/// `FullSyncPeriod`).
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Builds engines by mode; implemented where the engine crates are known (the binary).
 pub trait EngineFactory: Send + Sync {
@@ -368,6 +373,14 @@ impl SyncRunner {
         if self.mode() != Some(mode) {
             return match self.switch_to(mode, model).await {
                 Ok(()) => {
+                    tracing::info!(
+                        mode = %mode,
+                        full = true,
+                        service_ports = model.services.len(),
+                        endpoints = model.endpoint_count(),
+                        total_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "synced"
+                    );
                     self.record_success(
                         model,
                         &diff,
@@ -580,16 +593,21 @@ impl SyncRunner {
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
         let mut next_periodic = Instant::now() + self.selected().config.sync_period;
+        let mut last_full: Option<Instant> = None;
         self.health.queued();
         loop {
             let config = self.selected().config;
             let now = Instant::now();
             let mut wake = next_periodic;
             if now >= next_periodic {
-                // Drift is logged and counted by check_drift; the periodic full
-                // rewrite that follows repairs it.
-                self.check_drift().await;
-                force_full = true;
+                // Every syncPeriod: a sync, and a drift check whose findings (logged and
+                // counted by check_drift) are repaired by a full rewrite at once. Without
+                // drift the rewrite is full only once per FULL_SYNC_PERIOD, as upstream:
+                // rewriting 50k services every 30 s would cost a third of a core.
+                let drift = self.check_drift().await.is_some();
+                if drift || last_full.is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD) {
+                    force_full = true;
+                }
                 pending = true;
                 next_periodic = now + config.sync_period;
                 continue;
@@ -608,6 +626,9 @@ impl SyncRunner {
                             force_full = true;
                         }
                         Pass::Synced { .. } | Pass::Unchanged => {
+                            if force_full {
+                                last_full = Some(Instant::now());
+                            }
                             pending = false;
                             pending_since = None;
                             force_full = false;
@@ -651,6 +672,7 @@ mod tests {
         syncs: Vec<(Mode, bool, usize)>,
         cleanups: Vec<Mode>,
         fail_next: bool,
+        drift_next: bool,
     }
 
     struct Recording(Mode, Arc<Mutex<Calls>>);
@@ -676,6 +698,9 @@ mod tests {
             Ok(SyncReport::default())
         }
         async fn verify(&mut self, _: &NodeModel) -> Result<Drift, EngineError> {
+            if std::mem::take(&mut self.1.lock().unwrap().drift_next) {
+                return Ok(Drift::Found("table deleted".into()));
+            }
             Ok(Drift::None)
         }
         async fn cleanup(&mut self) -> Result<(), EngineError> {
@@ -916,6 +941,42 @@ mod tests {
             vec![(n, true, 0), (n, false, 5)],
             "one coalesced sync"
         );
+        tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_sync_repairs_drift_with_a_full_rewrite() {
+        let Fixture {
+            runner,
+            calls,
+            state,
+            metrics,
+            ..
+        } = fixture("mode: nftables\nsyncPeriod: 2s\nminSyncPeriod: 0s");
+        state.lock().unwrap().upsert(service("a", "10.96.0.1"));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(runner.run(rx));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = Mode::Nftables;
+        assert_eq!(calls.lock().unwrap().syncs, vec![(n, true, 1)]);
+        // A period without drift: nothing to rewrite.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(
+            calls.lock().unwrap().syncs.len(),
+            1,
+            "no drift, no change: no rewrite"
+        );
+        // The kernel lost the rules: the next period's check rewrites everything.
+        calls.lock().unwrap().drift_next = true;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(
+            calls.lock().unwrap().syncs,
+            vec![(n, true, 1), (n, true, 0)]
+        );
+        assert!(metrics
+            .render()
+            .contains("switchyard_drift_repairs_total 1"));
         tx.send(true).unwrap();
         task.await.unwrap();
     }
