@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (root: they program a kernel inside private network namespaces)
-# and prints markdown tables; BENCHMARKS.md holds the figures and how they were taken.
+# Runs the benchmarks behind BENCHMARKS.md (root: they program a kernel inside private
+# network namespaces) and prints their markdown tables. Extra arguments go to every run.
+# iptables-nft at 50k services takes about half an hour: set BENCH_IPTABLES_NFT_50K=1 to
+# include it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "bench: run as root" >&2; exit 1; fi
-target/release/switchyard-bench --agent target/release/switchyard "$@"
+bench=target/release/switchyard-bench
+"$bench" --engines nftables --sizes 1000,10000,50000 --runs 3 --conn-rate-services 0 \
+  --agent target/release/switchyard "$@"
+"$bench" --engines iptables-legacy,iptables-nft --sizes 1000,10000 --runs 3 --conn-rate-services 0 "$@"
+"$bench" --engines iptables-legacy --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
+"$bench" --engines nftables --sizes 10 --runs 3 --conn-rate-services 10000 "$@"
+if [ -n "${BENCH_IPTABLES_NFT_50K:-}" ]; then
+  "$bench" --engines iptables-nft --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
+fi
