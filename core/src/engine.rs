@@ -1,10 +1,11 @@
 //! The contract between core and every dataplane engine. An engine owns kernel state and
 //! nothing else: it never reads the Kubernetes API and never derives service semantics.
 
-use std::time::Duration;
+use std::{process::Stdio, time::Duration};
 
 use async_trait::async_trait;
 use switchyard_crd::Mode;
+use tokio::{io::AsyncWriteExt, process::Command};
 
 use crate::{changes::ChangeSet, model::NodeModel};
 
@@ -71,4 +72,73 @@ pub trait ProxyEngine: Send {
     fn rule_counts(&self) -> Vec<(String, usize)> {
         Vec::new()
     }
+}
+
+/// Longest tool message kept in an error (`nft` echoes the offending input line, which
+/// can be a huge element list).
+const MESSAGE_MAX: usize = 4096;
+
+fn bounded(text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    let text = text.trim();
+    if text.len() <= MESSAGE_MAX {
+        return text.to_string();
+    }
+    let mut end = MESSAGE_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// Runs an engine's tool (`nft`, `iptables-restore`, ...) with `args`, `input` on stdin,
+/// optionally inside the named network namespace (`ip netns exec NAME TOOL`, for tests and
+/// benchmarks); returns its stdout. A non-zero exit is an [`EngineError::Apply`] carrying
+/// the tool's (bounded) stderr. Core does not know what the tools do.
+pub async fn run_tool(
+    netns: Option<&str>,
+    tool: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<String, EngineError> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, tool]);
+            c
+        }
+        None => Command::new(tool),
+    };
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let spawn_error = |source| EngineError::Spawn {
+        tool: tool.to_string(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let write = async move {
+        let r = stdin.write_all(input.as_bytes()).await;
+        drop(stdin);
+        r
+    };
+    let (written, output) = tokio::join!(write, child.wait_with_output());
+    let output = output.map_err(spawn_error)?;
+    if !output.status.success() {
+        return Err(EngineError::Apply {
+            tool: tool.to_string(),
+            message: format!("{}: {}", output.status, bounded(&output.stderr)),
+        });
+    }
+    // A write error with a successful exit means the tool did not read everything.
+    if let Err(e) = written {
+        return Err(EngineError::Apply {
+            tool: tool.to_string(),
+            message: format!("writing the transaction: {e}"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
