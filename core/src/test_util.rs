@@ -101,3 +101,66 @@ pub fn big_model(count: usize, endpoints: usize) -> NodeModel {
         .collect();
     model(services)
 }
+
+/// proptest strategies for renderer property tests: any address, prefix, protocol,
+/// endpoint, and names made to break a ruleset (quotes, newlines, rule and command
+/// syntax of both nft and iptables-restore, 253 characters).
+pub mod strategies {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    use crate::{Endpoint, Protocol};
+
+    pub fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+            any::<[u8; 16]>().prop_map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+            Just("::".parse().unwrap()),
+            Just("::ffff:10.0.0.1".parse().unwrap()),
+            Just("0.0.0.0".parse().unwrap()),
+            Just("10.0.0.5".parse().unwrap()),
+        ]
+    }
+
+    pub fn any_net() -> impl Strategy<Value = IpNet> {
+        (any_ip(), 0u8..=128).prop_map(|(ip, len)| {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            IpNet::new(ip, len % (max + 1)).unwrap().trunc()
+        })
+    }
+
+    pub fn any_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(.|\n){0,40}",
+            "[a-z0-9\"';{}\\\\\n é€😀$@#-]{0,60}",
+            Just("x".repeat(253)),
+            Just("é".repeat(253)),
+            Just("\"; flush ruleset; \"".to_string()),
+            Just("\"\n-A INPUT -j DROP\nCOMMIT\n*filter\n".to_string()),
+            Just("a b; -F".to_string()),
+        ]
+    }
+
+    pub fn any_protocol() -> impl Strategy<Value = Protocol> {
+        prop_oneof![
+            Just(Protocol::Tcp),
+            Just(Protocol::Udp),
+            Just(Protocol::Sctp)
+        ]
+    }
+
+    pub fn any_endpoint() -> impl Strategy<Value = Endpoint> {
+        (any_ip(), 1u16..=65535, any::<bool>()).prop_map(|(ip, port, local)| Endpoint {
+            ip,
+            port,
+            local,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone_hints: vec![],
+            node_hints: vec![],
+        })
+    }
+}

@@ -3,12 +3,12 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use ipnet::IpNet;
 use proptest::prelude::*;
 use support::netns::{have_root, Netns};
-use switchyard_core::{ChangeSet, Endpoint, NodeModel, Protocol, ServicePort, ServicePortName};
+use switchyard_core::test_util::strategies::{
+    any_endpoint, any_ip, any_name, any_net, any_protocol,
+};
+use switchyard_core::{ChangeSet, NodeModel, ServicePort, ServicePortName};
 use switchyard_nftables::{
     netlink::NftSocket,
     render::render_full_with_record,
@@ -16,54 +16,6 @@ use switchyard_nftables::{
     ruleset::{table_name, Family, TABLES},
     verify::{compare, parse_listing},
 };
-
-fn any_ip() -> impl Strategy<Value = IpAddr> {
-    prop_oneof![
-        any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
-        any::<[u8; 16]>().prop_map(|o| IpAddr::V6(Ipv6Addr::from(o))),
-        Just("::".parse().unwrap()),
-        Just("::ffff:10.0.0.1".parse().unwrap()),
-        Just("10.0.0.5".parse().unwrap()),
-    ]
-}
-
-fn any_net() -> impl Strategy<Value = IpNet> {
-    (any_ip(), 0u8..=128).prop_map(|(ip, len)| {
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        IpNet::new(ip, len % (max + 1)).unwrap().trunc()
-    })
-}
-
-fn any_name() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "(.|\n){0,40}",
-        "[a-z0-9\"';{}\\\\\n é€😀$@#-]{0,60}",
-        Just("x".repeat(253)),
-        Just("é".repeat(253)),
-        Just("\"; flush ruleset; \"".to_string()),
-    ]
-}
-
-fn any_protocol() -> impl Strategy<Value = Protocol> {
-    prop_oneof![
-        Just(Protocol::Tcp),
-        Just(Protocol::Udp),
-        Just(Protocol::Sctp)
-    ]
-}
-
-fn any_endpoint() -> impl Strategy<Value = Endpoint> {
-    (any_ip(), 1u16..=65535, any::<bool>()).prop_map(|(ip, port, local)| Endpoint {
-        ip,
-        port,
-        local,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: vec![],
-        node_hints: vec![],
-    })
-}
 
 prop_compose! {
     fn any_service_port()(
