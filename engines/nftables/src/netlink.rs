@@ -455,6 +455,34 @@ impl NftSocket {
         Batch::new(self.seq)
     }
 
+    /// Sends one datagram to the kernel, retrying when interrupted.
+    fn send(&self, buf: &[u8], what: &str) -> Result<(), EngineError> {
+        loop {
+            match sendto(
+                self.fd.as_raw_fd(),
+                buf,
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io_error(what, e)),
+            }
+        }
+    }
+
+    /// Receives one datagram into `recv_buf`, retrying when interrupted; returns its real
+    /// length, which exceeds the buffer when the datagram was truncated.
+    fn receive(&mut self, what: &str) -> Result<usize, EngineError> {
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io_error(what, e)),
+            }
+        }
+    }
+
     /// Sends `batch` and waits for the kernel's verdict on it.
     pub fn commit(&mut self, batch: Batch) -> Result<(), EngineError> {
         let messages = batch.len();
@@ -464,27 +492,12 @@ impl NftSocket {
         if messages == 0 {
             return Ok(());
         }
-        loop {
-            match sendto(
-                self.fd.as_raw_fd(),
-                &buf,
-                &NetlinkAddr::new(0, 0),
-                MsgFlags::empty(),
-            ) {
-                Ok(_) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(io_error("sending the batch", e)),
-            }
-        }
+        self.send(&buf, "sending the batch")?;
         let mut failure: Option<String> = None;
         loop {
-            let n = loop {
-                match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
-                    Ok(n) => break n.min(self.recv_buf.len()),
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(io_error("waiting for the kernel's answer", e)),
-                }
-            };
+            let n = self
+                .receive("waiting for the kernel's answer")?
+                .min(self.recv_buf.len());
             let mut data = &self.recv_buf[..n];
             while data.len() >= 16 {
                 let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
@@ -571,30 +584,13 @@ impl NftSocket {
         request(&mut Attrs(&mut buf));
         let len = buf.len() as u32;
         buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        loop {
-            match sendto(
-                self.fd.as_raw_fd(),
-                &buf,
-                &NetlinkAddr::new(0, 0),
-                MsgFlags::empty(),
-            ) {
-                Ok(_) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(io_error("sending a dump request", e)),
-            }
-        }
+        self.send(&buf, "sending a dump request")?;
         let mut failure = None;
         loop {
-            let n = loop {
-                match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
-                    Ok(n) if n > self.recv_buf.len() => {
-                        return Err(io_error("dump", "datagram larger than the buffer"))
-                    }
-                    Ok(n) => break n,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(io_error("reading a dump", e)),
-                }
-            };
+            let n = self.receive("reading a dump")?;
+            if n > self.recv_buf.len() {
+                return Err(io_error("dump", "datagram larger than the buffer"));
+            }
             let mut data = &self.recv_buf[..n];
             while data.len() >= 16 {
                 let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
@@ -732,27 +728,10 @@ impl NftSocket {
         }
         let len = buf.len() as u32;
         buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        loop {
-            match sendto(
-                self.fd.as_raw_fd(),
-                &buf,
-                &NetlinkAddr::new(0, 0),
-                MsgFlags::empty(),
-            ) {
-                Ok(_) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(io_error("sending an element request", e)),
-            }
-        }
+        self.send(&buf, "sending an element request")?;
         let mut found = Vec::new();
         loop {
-            let n = loop {
-                match recv(self.fd.as_raw_fd(), &mut self.recv_buf, MsgFlags::MSG_TRUNC) {
-                    Ok(n) => break n.min(self.recv_buf.len()),
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(io_error("reading elements", e)),
-                }
-            };
+            let n = self.receive("reading elements")?.min(self.recv_buf.len());
             let mut data = &self.recv_buf[..n];
             while data.len() >= 16 {
                 let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
