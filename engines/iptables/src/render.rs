@@ -416,6 +416,10 @@ pub fn render_port(sp: &ServicePort, ctx: &FamilyContext) -> Option<PortRules> {
                         Some(&cluster_comment),
                         format_args!("{masq} -j {}", chains::MARK_MASQ),
                     );
+                } else if ctx.cluster_cidrs.iter().any(|c| c.prefix_len() == 0) {
+                    // Every source is in the cluster: nothing to masquerade (and
+                    // iptables-nft cannot express `! -s 0.0.0.0/0`: the kernel
+                    // refuses a zero-length compare).
                 } else if ctx.cluster_cidrs.len() == 1 {
                     body.rule(
                         chain,

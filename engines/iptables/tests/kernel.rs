@@ -338,6 +338,38 @@ async fn failed_restore_keeps_rules_and_next_sync_is_full() {
     }
 }
 
+/// A cluster CIDR that covers a whole family (`0.0.0.0/0`, `::/0`) means no traffic is
+/// from outside the cluster: no masquerade rule, and nothing the kernel refuses
+/// (iptables-nft cannot load `! -s 0.0.0.0/0`; CI's property test found it).
+#[tokio::test]
+async fn catch_all_cluster_cidr_programs_on_both_backends() {
+    need_root!("catch_all_cluster_cidr_programs_on_both_backends");
+    for backend in BACKENDS {
+        for cidrs in [
+            vec!["0.0.0.0/0", "::/0"],
+            vec!["0.0.0.0/0", "10.0.0.0/8", "fd00::/8", "::/0"],
+        ] {
+            let ns = Netns::new();
+            let mut engine = IptablesEngine::new(ns.options(backend));
+            let mut m = two_services();
+            m.cluster_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+            engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+            assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+            let web = spn("default", "web", "http");
+            for v6 in [false, true] {
+                let saved = save(&ns, backend, v6);
+                let svc = chain_rules(&saved, &PortChain::Cluster.name(&web));
+                assert!(!svc.is_empty(), "{backend:?} {cidrs:?}: {saved}");
+                assert!(
+                    !svc.iter().any(|r| r.contains("SY-MARK-")),
+                    "{backend:?} {cidrs:?}: masquerade rule with a catch-all cluster CIDR: {svc:?}"
+                );
+            }
+            engine.cleanup().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn detects_the_backend_with_more_rules() {
     need_root!("detects_the_backend_with_more_rules");
