@@ -3,8 +3,9 @@
 //! syncs are computed against this record (the kernel is never re-listed to find out),
 //! and `verify` compares the kernel with it.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use foldhash::{HashMap, HashSet};
 use switchyard_core::ServicePortName;
 
 use crate::ruleset::{element_table, object_table, MapKind, TABLES};
@@ -35,8 +36,9 @@ impl PortObjects {
 
 /// Who wants a map key, and with which value. Several service ports can want the same
 /// key (e.g. two Services sharing an external IP and port); the first claimant's value
-/// is the one in the kernel.
-pub type Claims = Vec<(ServicePortName, String)>;
+/// is the one in the kernel. The name is shared with the port's record entry (one
+/// allocation per port, not one per element: 250k hairpin elements at 50k services).
+pub type Claims = Vec<(Arc<ServicePortName>, String)>;
 
 /// What one table (main or shard) holds.
 #[derive(Clone, Debug, Default)]
@@ -59,8 +61,9 @@ impl TableRecord {
 /// What one family's tables hold.
 #[derive(Clone, Debug)]
 pub struct FamilyRecord {
-    pub ports: HashMap<ServicePortName, PortObjects>,
-    pub claims: HashMap<(MapKind, String), Claims>,
+    pub ports: HashMap<Arc<ServicePortName>, PortObjects>,
+    /// Claims per map (indexed by `MapKind::index`), by element key.
+    pub claims: [HashMap<String, Claims>; MapKind::ALL.len()],
     /// Per table (0: main, `1 + i`: shard `i`, see `ruleset::table_name`).
     pub tables: Vec<TableRecord>,
 }
@@ -68,8 +71,8 @@ pub struct FamilyRecord {
 impl Default for FamilyRecord {
     fn default() -> Self {
         FamilyRecord {
-            ports: HashMap::new(),
-            claims: HashMap::new(),
+            ports: HashMap::default(),
+            claims: Default::default(),
             tables: vec![TableRecord::default(); TABLES],
         }
     }
@@ -78,10 +81,14 @@ impl Default for FamilyRecord {
 impl FamilyRecord {
     /// The value in the kernel for `key`, if any.
     pub fn head(&self, kind: MapKind, key: &str) -> Option<&str> {
-        self.claims
-            .get(&(kind, key.to_string()))
+        self.claims(kind, key)
             .and_then(|c| c.first())
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Who claims `key` in the map `kind`.
+    pub fn claims(&self, kind: MapKind, key: &str) -> Option<&Claims> {
+        self.claims[kind.index()].get(key)
     }
 
     /// Records a port's objects (after its elements were written, if it won them).
@@ -94,16 +101,23 @@ impl FamilyRecord {
         for set in &objects.sets {
             self.tables[object_table(set)].sets.insert(set.clone());
         }
+        if objects.is_empty() {
+            return;
+        }
+        let owner = Arc::new(name.clone());
         for e in &objects.elements {
-            let claims = self.claims.entry((e.kind, e.key.clone())).or_default();
+            let claims = match self.claims[e.kind.index()].get_mut(e.key.as_str()) {
+                Some(claims) => claims,
+                None => self.claims[e.kind.index()]
+                    .entry(e.key.clone())
+                    .or_default(),
+            };
             if claims.is_empty() {
                 self.tables[element_table(e.kind, &e.value)].map_counts[e.kind.index()] += 1;
             }
-            claims.push((name.clone(), e.value.clone()));
+            claims.push((owner.clone(), e.value.clone()));
         }
-        if !objects.is_empty() {
-            self.ports.insert(name.clone(), objects);
-        }
+        self.ports.insert(owner, objects);
     }
 
     /// Forgets a port's objects.
@@ -119,13 +133,13 @@ impl FamilyRecord {
         }
         for e in objects.elements {
             let kind = e.kind;
-            let k = (e.kind, e.key);
-            if let Some(claims) = self.claims.get_mut(&k) {
+            let map = &mut self.claims[kind.index()];
+            if let Some(claims) = map.get_mut(e.key.as_str()) {
                 let before = claims.first().map(|(_, v)| element_table(kind, v));
-                claims.retain(|(n, _)| n != name);
+                claims.retain(|(n, _)| **n != *name);
                 let after = claims.first().map(|(_, v)| element_table(kind, v));
                 if claims.is_empty() {
-                    self.claims.remove(&k);
+                    map.remove(e.key.as_str());
                 }
                 if before != after {
                     if let Some(t) = before {

@@ -990,10 +990,10 @@ fn render_family_partial(
     let mut deletes: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
     let mut adds: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
     for (kind, key) in dirty {
-        let claims = record.claims.get(&(kind, key.to_string()));
+        let claims = record.claims(kind, key);
         let before = claims.and_then(|c| c.first()).map(|(_, v)| v.as_str());
         let after = claims
-            .and_then(|c| c.iter().find(|(n, _)| !touched_owner(n)))
+            .and_then(|c| c.iter().find(|(n, _)| !touched_owner(n.as_ref())))
             .map(|(_, v)| v.as_str())
             .or_else(|| first_new.get(&(kind, key)).copied());
         if before == after {
