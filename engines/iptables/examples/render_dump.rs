@@ -1,5 +1,6 @@
 //! Writes the full IPv4 restore input for N synthetic services to stdout (for profiling
-//! the iptables tools): `cargo run --release -p switchyard-iptables --example render_dump -- 10000 2`.
+//! the iptables tools): `cargo run --release -p switchyard-iptables --example render_dump -- 10000 2 [nft]`
+//! (`nft`: the shape the engine sends to iptables-nft-restore).
 
 use std::{collections::BTreeMap, io::Write, net::IpAddr};
 
@@ -9,6 +10,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let per: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let shape = match args.next().as_deref() {
+        Some("nft") => switchyard_iptables::Shape::NftListFirst,
+        _ => switchyard_iptables::Shape::Plain,
+    };
     let mut services = BTreeMap::new();
     for i in 0..count {
         let cip: IpAddr = format!("172.{}.{}.{}", 16 + (i >> 16) % 16, (i >> 8) & 255, i & 255)
@@ -65,6 +70,6 @@ fn main() {
         masquerade_all: false,
         services,
     };
-    let text = switchyard_iptables::render_full(&model, IpFamily::V4);
+    let text = switchyard_iptables::render_full_shaped(&model, IpFamily::V4, shape);
     std::io::stdout().write_all(text.as_bytes()).unwrap();
 }

@@ -18,7 +18,8 @@ use crate::{
     backend::{detect_backend, Backend, Binaries},
     record::Applied,
     render::{
-        large_cluster, render_cleanup, render_family_full, render_family_partial, KernelChains,
+        large_cluster, render_cleanup, render_family_full, render_family_partial, without_list_all,
+        KernelChains, Shape, LIST_ALL,
     },
     verify,
 };
@@ -172,7 +173,12 @@ impl IptablesEngine {
         let mut texts = Vec::new();
         for family in FAMILIES {
             let kernel = self.inspect(&bins, family).await?;
-            let (text, record) = render_family_full(model, family, large, &kernel);
+            let shape = if self.backend == Some(Backend::Nft) {
+                Shape::NftListFirst
+            } else {
+                Shape::Plain
+            };
+            let (text, record) = render_family_full(model, family, large, &kernel, shape);
             let known = self.known.get_or_insert_with(Default::default);
             let known = &mut known[index(family)];
             // Stale chains found in the kernel are deleted by this transaction, but
@@ -183,7 +189,23 @@ impl IptablesEngine {
             texts.push((family, text));
         }
         for (family, text) in texts {
-            apply::restore(self.netns(), bins.restore(family), &text).await?;
+            let tool = bins.restore(family);
+            match apply::restore(self.netns(), tool, &text).await {
+                // iptables-nft refuses to list a table holding rules it cannot
+                // represent (made with `nft`); without the listing the input is the
+                // same transaction, only slower to load.
+                Err(EngineError::Apply { message, .. })
+                    if message.contains("incompatible")
+                        && text.contains(&format!("\n{LIST_ALL}")) =>
+                {
+                    tracing::warn!(
+                        %message,
+                        "iptables-nft cannot list the nat table; full sync without the listing (slow at scale)"
+                    );
+                    apply::restore(self.netns(), tool, &without_list_all(&text)).await?;
+                }
+                r => r?,
+            }
         }
         Ok(applied)
     }

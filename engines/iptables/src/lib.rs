@@ -28,4 +28,4 @@ pub mod verify;
 
 pub use backend::{detect_backend, Backend, Binaries};
 pub use engine::{IptOptions, IptablesEngine};
-pub use render::render_full;
+pub use render::{render_full, render_full_shaped, Shape};

@@ -397,3 +397,32 @@ async fn detects_the_backend_with_more_rules() {
     assert!(ok, "{out}");
     assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft);
 }
+
+/// The nft backend's full sync lists the nat table (`-S`) to keep iptables-nft-restore
+/// fast; a nat table holding a rule iptables-nft cannot represent (made with `nft`)
+/// makes the listing fail, and the engine then loads the same input without it.
+#[tokio::test]
+async fn nft_full_sync_over_a_nat_table_iptables_cannot_list() {
+    need_root!("nft_full_sync_over_a_nat_table_iptables_cannot_list");
+    let ns = Netns::new();
+    let (ok, out) = ns.run("iptables-nft", &["-t", "nat", "-N", "FOREIGN"], "");
+    assert!(ok, "{out}");
+    // `log` without a group: no iptables equivalent.
+    let (ok, out) = ns.run(
+        "nft",
+        &[
+            "add", "rule", "ip", "nat", "FOREIGN", "log", "prefix", "\"x\"",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    let mut engine = IptablesEngine::new(ns.options(Backend::Nft));
+    let m = two_services();
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+    // Again, from a state where the chains exist.
+    engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+    assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+    let (ok, out) = ns.run("nft", &["list", "chain", "ip", "nat", "FOREIGN"], "");
+    assert!(ok && out.contains("log prefix"), "{out}");
+}
