@@ -101,6 +101,17 @@ pub async fn run_tool(
     args: &[&str],
     input: &str,
 ) -> Result<String, EngineError> {
+    run_tool_pieces(netns, tool, args, &[input]).await
+}
+
+/// [`run_tool`] with stdin given as consecutive pieces, so a large input (a full sync at
+/// 50k services is ≈ 32 MB) need not be concatenated into one buffer first.
+pub async fn run_tool_pieces(
+    netns: Option<&str>,
+    tool: &str,
+    args: &[&str],
+    input: &[&str],
+) -> Result<String, EngineError> {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -121,9 +132,11 @@ pub async fn run_tool(
     let mut child = cmd.spawn().map_err(spawn_error)?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let write = async move {
-        let r = stdin.write_all(input.as_bytes()).await;
+        for piece in input {
+            stdin.write_all(piece.as_bytes()).await?;
+        }
         drop(stdin);
-        r
+        Ok::<(), std::io::Error>(())
     };
     let (written, output) = tokio::join!(write, child.wait_with_output());
     let output = output.map_err(spawn_error)?;

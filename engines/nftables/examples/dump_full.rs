@@ -15,12 +15,56 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
     let model = switchyard_core::test_util::big_model(services, 5);
+    let before = rss_mib();
     let start = Instant::now();
-    let (text, _) = switchyard_nftables::render::render_full_with_record(&model);
+    let (pieces, record) = switchyard_nftables::render::render_full_pieces(&model);
+    let took = start.elapsed();
+    for piece in &pieces {
+        print!("{piece}");
+    }
+    drop(pieces);
     eprintln!(
-        "rendered {services} services: {} bytes in {:?}",
-        text.len(),
-        start.elapsed()
+        "rendered {services} services in {took:?}; RSS {before:.0} MiB with the model, \
+         {:.0} MiB with the engine's record ({} rules)",
+        rss_mib(),
+        record.rule_count()
     );
-    print!("{text}");
+    if std::env::var_os("SY_RECORD_STATS").is_some() {
+        for (f, fam) in record.families.iter().enumerate() {
+            let elements: usize = fam.ports.values().map(|p| p.elements.len()).sum();
+            let key_bytes: usize = fam
+                .ports
+                .values()
+                .flat_map(|p| &p.elements)
+                .map(|e| e.key.len())
+                .sum();
+            let value_bytes: usize = fam
+                .ports
+                .values()
+                .flat_map(|p| &p.elements)
+                .map(|e| e.value.len())
+                .sum();
+            let chains: usize = fam.ports.values().map(|p| p.chains.len()).sum();
+            let chain_bytes: usize = fam
+                .ports
+                .values()
+                .flat_map(|p| &p.chains)
+                .map(|c| c.0.len())
+                .sum();
+            let claims: usize = fam.claims.iter().map(|m| m.len()).sum();
+            let table_chains: usize = fam.tables.iter().map(|t| t.chains.len()).sum();
+            eprintln!("family {f}: ports {} elements {elements} key bytes {key_bytes} value bytes {value_bytes} chains {chains} chain bytes {chain_bytes} claims {claims} table chains {table_chains}", fam.ports.len());
+        }
+    }
+}
+
+/// This process's resident set, MiB.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
 }

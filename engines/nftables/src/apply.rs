@@ -1,7 +1,10 @@
 //! Running `nft`: a transaction on stdin (`nft -f -`), or a listing. Optionally inside a
 //! network namespace (`ip netns exec NAME nft ...`), for tests and benchmarks.
 
-use switchyard_core::{engine::run_tool, EngineError};
+use switchyard_core::{
+    engine::{run_tool, run_tool_pieces},
+    EngineError,
+};
 
 use crate::NftOptions;
 
@@ -13,4 +16,16 @@ pub async fn run(options: &NftOptions, args: &[&str], input: &str) -> Result<Str
 /// Applies a transaction atomically.
 pub async fn transaction(options: &NftOptions, text: &str) -> Result<(), EngineError> {
     run(options, &["-f", "-"], text).await.map(drop)
+}
+
+/// Applies a transaction given as consecutive pieces of text, atomically.
+pub async fn transaction_pieces(options: &NftOptions, pieces: &[&str]) -> Result<(), EngineError> {
+    run_tool_pieces(
+        options.netns.as_deref(),
+        &options.nft_path,
+        &["-f", "-"],
+        pieces,
+    )
+    .await
+    .map(drop)
 }

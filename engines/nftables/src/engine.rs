@@ -13,7 +13,7 @@ use crate::{
     apply,
     netlink::{NftSocket, MAX_BATCH_BYTES},
     record::Applied,
-    render::{render_full_with_record, render_partial, NeedsNft, Partial},
+    render::{render_full_pieces, render_partial, NeedsNft, Partial},
     ruleset::{table_name, Family, TABLES},
     verify,
 };
@@ -117,15 +117,17 @@ impl ProxyEngine for NftablesEngine {
     ) -> Result<SyncReport, EngineError> {
         let full = changes.full || self.applied.is_none();
         if full {
-            let (text, applied) = render_full_with_record(model);
+            let (pieces, applied) = render_full_pieces(model);
             // Forget the record first: if applying fails, the next sync is full.
             self.applied = None;
             let start = Instant::now();
-            apply::transaction(&self.options, &text).await?;
+            let text: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            apply::transaction_pieces(&self.options, &text).await?;
             let apply_time = start.elapsed();
             let rules = applied.rule_count();
             self.applied = Some(applied);
-            tracing::debug!(bytes = text.len(), ?apply_time, "nftables full sync");
+            let bytes: usize = pieces.iter().map(String::len).sum();
+            tracing::debug!(bytes, ?apply_time, "nftables full sync");
             return Ok(SyncReport {
                 full: true,
                 service_ports_written: model.services.len(),

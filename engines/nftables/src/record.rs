@@ -3,19 +3,35 @@
 //! syncs are computed against this record (the kernel is never re-listed to find out),
 //! and `verify` compares the kernel with it.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use foldhash::{HashMap, HashSet};
 use switchyard_core::ServicePortName;
 
 use crate::ruleset::{element_table, object_table, MapKind, TABLES};
 
-/// One element of a map or set. `value` is empty for sets.
+/// One element of a map or set. `value` is empty for sets. Key and value are shared
+/// with the claims (one allocation each, however many places hold them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
     pub kind: MapKind,
-    pub key: String,
-    pub value: String,
+    pub key: Arc<str>,
+    pub value: Arc<str>,
+}
+
+impl Element {
+    pub fn new(kind: MapKind, key: String, value: String) -> Element {
+        static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+        Element {
+            kind,
+            key: key.into(),
+            value: if value.is_empty() {
+                EMPTY.clone()
+            } else {
+                value.into()
+            },
+        }
+    }
 }
 
 /// Everything one service port owns in one family's table.
@@ -38,7 +54,7 @@ impl PortObjects {
 /// key (e.g. two Services sharing an external IP and port); the first claimant's value
 /// is the one in the kernel. The name is shared with the port's record entry (one
 /// allocation per port, not one per element: 250k hairpin elements at 50k services).
-pub type Claims = Vec<(Arc<ServicePortName>, String)>;
+pub type Claims = Vec<(Arc<ServicePortName>, Arc<str>)>;
 
 /// What one table (main or shard) holds.
 #[derive(Clone, Debug, Default)]
@@ -63,7 +79,7 @@ impl TableRecord {
 pub struct FamilyRecord {
     pub ports: HashMap<Arc<ServicePortName>, PortObjects>,
     /// Claims per map (indexed by `MapKind::index`), by element key.
-    pub claims: [HashMap<String, Claims>; MapKind::ALL.len()],
+    pub claims: [HashMap<Arc<str>, Claims>; MapKind::ALL.len()],
     /// Per table (0: main, `1 + i`: shard `i`, see `ruleset::table_name`).
     pub tables: Vec<TableRecord>,
 }
@@ -83,7 +99,7 @@ impl FamilyRecord {
     pub fn head(&self, kind: MapKind, key: &str) -> Option<&str> {
         self.claims(kind, key)
             .and_then(|c| c.first())
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 
     /// Who claims `key` in the map `kind`.
@@ -106,7 +122,7 @@ impl FamilyRecord {
         }
         let owner = Arc::new(name.clone());
         for e in &objects.elements {
-            let claims = match self.claims[e.kind.index()].get_mut(e.key.as_str()) {
+            let claims = match self.claims[e.kind.index()].get_mut(&*e.key) {
                 Some(claims) => claims,
                 None => self.claims[e.kind.index()]
                     .entry(e.key.clone())
@@ -134,12 +150,12 @@ impl FamilyRecord {
         for e in objects.elements {
             let kind = e.kind;
             let map = &mut self.claims[kind.index()];
-            if let Some(claims) = map.get_mut(e.key.as_str()) {
+            if let Some(claims) = map.get_mut(&*e.key) {
                 let before = claims.first().map(|(_, v)| element_table(kind, v));
                 claims.retain(|(n, _)| **n != *name);
                 let after = claims.first().map(|(_, v)| element_table(kind, v));
                 if claims.is_empty() {
-                    map.remove(e.key.as_str());
+                    map.remove(&*e.key);
                 }
                 if before != after {
                     if let Some(t) = before {

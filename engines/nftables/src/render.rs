@@ -305,9 +305,9 @@ fn render_port(ctx: &FamilyCtx, sp: &ServicePort, chains: &mut ChainText<'_>) ->
         if !objects
             .elements
             .iter()
-            .any(|e| e.kind == kind && e.key == key)
+            .any(|e| e.kind == kind && *e.key == *key)
         {
-            objects.elements.push(Element { kind, key, value });
+            objects.elements.push(Element::new(kind, key, value));
         }
     };
     for ip in &cluster_ips {
@@ -697,8 +697,9 @@ fn render_fixed(ctx: &FamilyCtx, out: &mut String, record: &mut TableRecord) {
     render_interval_sets(ctx, out);
 }
 
-/// Renders one family's tables (main, then shards) into `out`, returning their record.
-fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> FamilyRecord {
+/// Renders one family's tables (main, then shards) as pieces of text appended to `out`
+/// (bodies are moved, not copied), returning their record.
+fn render_family_full(model: &NodeModel, family: Family, out: &mut Vec<String>) -> FamilyRecord {
     let ctx = FamilyCtx::new(model, family);
     let mut record = FamilyRecord::default();
     let fam = family.nft();
@@ -732,29 +733,33 @@ fn render_family_full(model: &NodeModel, family: Family, out: &mut String) -> Fa
         }
         record.insert_port(&sp.name, objects);
     }
-    for (t, body) in bodies.iter().enumerate() {
+    for (t, body) in bodies.into_iter().enumerate() {
         let table = table_name(t);
-        let _ = writeln!(out, "add table {fam} {table}\ndelete table {fam} {table}");
-        let _ = writeln!(out, "table {fam} {table} {{");
-        out.push_str(body);
+        out.push(format!(
+            "add table {fam} {table}\ndelete table {fam} {table}\ntable {fam} {table} {{\n"
+        ));
+        out.push(body);
+        let mut tail = String::new();
+        let out_tail = &mut tail;
         for kind in MapKind::ALL {
             if kind.is_sharded() != (t > 0) {
                 continue;
             }
             let keyword = if kind.is_map() { "map" } else { "set" };
             let _ = write!(
-                out,
+                out_tail,
                 "\t{keyword} {} {{\n\t\t{}\n",
                 kind.name(),
                 kind.type_decl(family)
             );
             let buf = &elements[t][kind.index()];
             if !buf.is_empty() {
-                let _ = writeln!(out, "\t\telements = {{ {buf} }}");
+                let _ = writeln!(out_tail, "\t\telements = {{ {buf} }}");
             }
-            out.push_str("\t}\n");
+            out_tail.push_str("\t}\n");
         }
-        out.push_str("}\n");
+        tail.push_str("}\n");
+        out.push(tail);
     }
     record
 }
@@ -767,7 +772,14 @@ pub fn render_full(model: &NodeModel) -> String {
 
 /// `render_full`, and the record of what the kernel holds once it is applied.
 pub fn render_full_with_record(model: &NodeModel) -> (String, Applied) {
-    let mut out = String::with_capacity(4096 + model.services.len() * 1200);
+    let (pieces, applied) = render_full_pieces(model);
+    (pieces.concat(), applied)
+}
+
+/// `render_full_with_record` as consecutive pieces of text (per table: header, chains,
+/// maps), to be fed to `nft` one after the other without concatenating them.
+pub fn render_full_pieces(model: &NodeModel) -> (Vec<String>, Applied) {
+    let mut out = Vec::with_capacity(4 * TABLES * Family::BOTH.len());
     let mut applied = Applied::default();
     for family in Family::BOTH {
         applied.families[family.index()] = render_family_full(model, family, &mut out);
@@ -991,10 +1003,10 @@ fn render_family_partial(
     let mut adds: Vec<[String; MapKind::ALL.len()]> = vec![Default::default(); TABLES];
     for (kind, key) in dirty {
         let claims = record.claims(kind, key);
-        let before = claims.and_then(|c| c.first()).map(|(_, v)| v.as_str());
+        let before = claims.and_then(|c| c.first()).map(|(_, v)| &**v);
         let after = claims
             .and_then(|c| c.iter().find(|(n, _)| !touched_owner(n.as_ref())))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
             .or_else(|| first_new.get(&(kind, key)).copied());
         if before == after {
             continue;

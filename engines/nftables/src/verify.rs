@@ -369,9 +369,9 @@ pub fn verify_netlink(
             }
             found.extend(compare_maps(family, t, &listing, record));
             for kind in sampled {
-                let sample: Vec<(&String, &str)> = family_record.claims[kind.index()]
+                let sample: Vec<(&str, &str)> = family_record.claims[kind.index()]
                     .iter()
-                    .filter_map(|(key, claims)| claims.first().map(|(_, v)| (key, v.as_str())))
+                    .filter_map(|(key, claims)| claims.first().map(|(_, v)| (&**key, &**v)))
                     .filter(|(_, v)| element_table(kind, v) == t)
                     .skip(*cursor % record.map_counts[kind.index()].max(1))
                     .take(NETLINK_SAMPLED_KEYS)
