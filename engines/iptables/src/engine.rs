@@ -189,23 +189,7 @@ impl IptablesEngine {
             texts.push((family, text));
         }
         for (family, text) in texts {
-            let tool = bins.restore(family);
-            match apply::restore(self.netns(), tool, &text).await {
-                // iptables-nft refuses to list a table holding rules it cannot
-                // represent (made with `nft`); without the listing the input is the
-                // same transaction, only slower to load.
-                Err(EngineError::Apply { message, .. })
-                    if message.contains("incompatible")
-                        && text.contains(&format!("\n{LIST_ALL}")) =>
-                {
-                    tracing::warn!(
-                        %message,
-                        "iptables-nft cannot list the nat table; full sync without the listing (slow at scale)"
-                    );
-                    apply::restore(self.netns(), tool, &without_list_all(&text)).await?;
-                }
-                r => r?,
-            }
+            restore_shaped(self.netns(), bins.restore(family), &text).await?;
         }
         Ok(applied)
     }
@@ -217,6 +201,24 @@ impl IptablesEngine {
                 known[index(family)] = applied.family(family).port_chains().cloned().collect();
             }
         }
+    }
+}
+
+/// `apply::restore`, and for input with a [`LIST_ALL`] line that iptables-nft refuses
+/// (a table holding rules it cannot represent, made with `nft`), the same input without
+/// that line: the same transaction, only slower to load.
+async fn restore_shaped(netns: Option<&str>, tool: &str, text: &str) -> Result<(), EngineError> {
+    match apply::restore(netns, tool, text).await {
+        Err(EngineError::Apply { message, .. })
+            if message.contains("incompatible") && text.contains(&format!("\n{LIST_ALL}")) =>
+        {
+            tracing::warn!(
+                %message,
+                "iptables-nft cannot list a table; restoring without the listing (slow at scale)"
+            );
+            apply::restore(netns, tool, &without_list_all(text)).await
+        }
+        r => r,
     }
 }
 
@@ -352,8 +354,13 @@ impl ProxyEngine for IptablesEngine {
                     Err(EngineError::Spawn { .. }) if !explicit => continue,
                     Err(e) => return Err(e),
                 };
-                if let Some(text) = render_cleanup(&saved) {
-                    apply::restore(self.netns(), bins.restore(family), &text).await?;
+                let shape = if backend == Backend::Nft {
+                    Shape::NftListFirst
+                } else {
+                    Shape::Plain
+                };
+                if let Some(text) = render_cleanup(&saved, shape) {
+                    restore_shaped(self.netns(), bins.restore(family), &text).await?;
                 }
             }
         }

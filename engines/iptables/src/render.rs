@@ -670,10 +670,10 @@ pub enum Shape {
 /// [`Shape::NftListFirst`]).
 pub const LIST_ALL: &str = "-S\n";
 
-/// `text` without its [`LIST_ALL`] line (for a table iptables-nft cannot list, e.g. one
+/// `text` without its [`LIST_ALL`] lines (for a table iptables-nft cannot list, e.g. one
 /// holding rules made with `nft`: then the slow shape is the only one that works).
 pub fn without_list_all(text: &str) -> String {
-    text.replacen(&format!("\n{LIST_ALL}"), "\n", 1)
+    text.replace(&format!("\n{LIST_ALL}"), "\n")
 }
 
 /// The full restore input for one family, with the record of what it programs.
@@ -890,8 +890,10 @@ pub fn render_family_partial(
 
 /// Restore input removing everything Switchyard made in one family, given its
 /// `iptables-save` output: jump rules from builtin chains (any rule there targeting an
-/// `SY-` chain), then every `SY-` chain. `None` when there is nothing to remove.
-pub fn render_cleanup(saved: &str) -> Option<String> {
+/// `SY-` chain), then every `SY-` chain. `None` when there is nothing to remove. With
+/// [`Shape::NftListFirst`], each table's section starts with [`LIST_ALL`] (tens of
+/// thousands of chains to delete otherwise cost minutes in iptables-nft-restore).
+pub fn render_cleanup(saved: &str, shape: Shape) -> Option<String> {
     let mut out = String::new();
     let mut section = String::new();
     let mut chains_here: Vec<String> = Vec::new();
@@ -908,6 +910,9 @@ pub fn render_cleanup(saved: &str) -> Option<String> {
         if line == "COMMIT" {
             if !section.is_empty() || !chains_here.is_empty() {
                 let _ = writeln!(out, "*{t}");
+                if shape == Shape::NftListFirst {
+                    out.push_str(LIST_ALL);
+                }
                 out.push_str(&section);
                 for c in &chains_here {
                     declare(&mut out, c);
@@ -948,11 +953,13 @@ mod tests {
     #[test]
     fn cleanup_removes_only_ours() {
         let saved = "*filter\n:INPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n:SY-FIREWALL - [0:0]\n-A INPUT -m comment --comment \"switchyard x\" -j SY-FIREWALL\n-A INPUT -j FOREIGN\n-A FOREIGN -j ACCEPT\n-A SY-FIREWALL -j DROP\nCOMMIT\n*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n";
-        let out = render_cleanup(saved).unwrap();
+        let out = render_cleanup(saved, Shape::Plain).unwrap();
         assert_eq!(
             out,
             "*filter\n-D INPUT -m comment --comment \"switchyard x\" -j SY-FIREWALL\n:SY-FIREWALL - [0:0]\n-X SY-FIREWALL\nCOMMIT\n"
         );
-        assert!(render_cleanup("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n").is_none());
+        assert!(render_cleanup("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", Shape::Plain).is_none());
+        let nft = render_cleanup(saved, Shape::NftListFirst).unwrap();
+        assert!(nft.starts_with("*filter\n-S\n-D INPUT "), "{nft}");
     }
 }

@@ -423,6 +423,8 @@ async fn nft_full_sync_over_a_nat_table_iptables_cannot_list() {
     // Again, from a state where the chains exist.
     engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
     assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+    // (`cleanup` reads the tables with iptables-nft-save, which prints nothing of such
+    // a table: it removes nothing there, as before.)
     let (ok, out) = ns.run("nft", &["list", "chain", "ip", "nat", "FOREIGN"], "");
     assert!(ok && out.contains("log prefix"), "{out}");
 }
