@@ -123,9 +123,11 @@ fn collect(path: &Path, doc: Value, out: &mut FileContents) {
         .unwrap_or("")
         .to_string();
     if kind == "List" || kind.ends_with("List") && doc.get("items").is_some() {
-        if let Some(Value::Array(items)) = doc.get("items") {
-            for item in items.clone() {
-                collect(path, item, out);
+        if let Value::Object(mut doc) = doc {
+            if let Some(Value::Array(items)) = doc.remove("items") {
+                for item in items {
+                    collect(path, item, out);
+                }
             }
         }
         return;
@@ -204,13 +206,17 @@ fn is_manifest(path: &Path) -> bool {
 }
 
 /// Follows a directory and keeps `ClusterState` equal to what its files say.
+///
+/// It keeps only keys, never objects: the last good version of an object that a broken
+/// edit made unreadable is the one already in `ClusterState`. Each key is allocated
+/// once and shared by `provided` and `owner`.
 pub struct ManifestDir {
     dir: PathBuf,
     stamps: BTreeMap<PathBuf, FileStamp>,
     /// Which objects each file provided last time it was read successfully.
-    provided: BTreeMap<PathBuf, BTreeSet<ObjectKey>>,
+    provided: BTreeMap<Arc<Path>, BTreeSet<Arc<ObjectKey>>>,
     /// Which file owns each object (the last one to provide it).
-    owner: BTreeMap<ObjectKey, PathBuf>,
+    owner: BTreeMap<Arc<ObjectKey>, Arc<Path>>,
     metrics: Metrics,
 }
 
@@ -267,7 +273,7 @@ impl ManifestDir {
         for path in gone {
             self.stamps.remove(&path);
             changed |= self.replace_file_objects(&path, Vec::new(), state);
-            self.provided.remove(&path);
+            self.provided.remove(path.as_path());
         }
         for (path, stamp) in seen {
             if self.stamps.get(&path) == Some(&stamp) {
@@ -297,12 +303,12 @@ impl ManifestDir {
                             _ => None,
                         })
                         .collect();
-                    let kept: Vec<ObjectKey> = self
+                    let kept: Vec<Arc<ObjectKey>> = self
                         .provided
-                        .get(&path)
+                        .get(path.as_path())
                         .into_iter()
                         .flatten()
-                        .filter(|k| invalid_keys.contains(k))
+                        .filter(|k| invalid_keys.contains(k.as_ref()))
                         .cloned()
                         .collect();
                     changed |= self.replace_file_objects_keeping(&path, &mut objects, &kept, state);
@@ -329,33 +335,38 @@ impl ManifestDir {
         &mut self,
         path: &Path,
         objects: &mut Vec<Object>,
-        keep: &[ObjectKey],
+        keep: &[Arc<ObjectKey>],
         state: &Mutex<ClusterState>,
     ) -> bool {
         let mut state = state.lock().expect("state lock poisoned");
         let mut changed = false;
-        let new_keys: BTreeSet<ObjectKey> = objects
-            .iter()
-            .map(Object::key)
-            .chain(keep.iter().cloned())
-            .collect();
-        if let Some(old) = self.provided.get(path) {
-            for key in old.difference(&new_keys) {
-                if self.owner.get(key).map(PathBuf::as_path) == Some(path) {
-                    self.owner.remove(key);
-                    changed |= state.remove(key);
-                }
-            }
-        }
+        let (path, old) = match self.provided.remove_entry(path) {
+            Some((path, old)) => (path, old),
+            None => (Arc::from(path), BTreeSet::new()),
+        };
+        let mut new_keys: BTreeSet<Arc<ObjectKey>> = keep.iter().cloned().collect();
         for object in objects.drain(..) {
             let key = object.key();
-            if let Some(other) = self.owner.get(&key).filter(|o| o.as_path() != path) {
-                tracing::warn!(object = %key, file = %path.display(), other = %other.display(), "object defined in two files; the most recently read wins");
-            }
-            self.owner.insert(key, path.to_path_buf());
+            let key = match self.owner.get_key_value(&key) {
+                Some((shared, other)) => {
+                    if *other != path {
+                        tracing::warn!(object = %key, file = %path.display(), other = %other.display(), "object defined in two files; the most recently read wins");
+                    }
+                    shared.clone()
+                }
+                None => Arc::new(key),
+            };
+            self.owner.insert(key.clone(), path.clone());
+            new_keys.insert(key);
             changed |= state.upsert(object);
         }
-        self.provided.insert(path.to_path_buf(), new_keys);
+        for key in old.difference(&new_keys) {
+            if self.owner.get(key) == Some(&path) {
+                self.owner.remove(key);
+                changed |= state.remove(key);
+            }
+        }
+        self.provided.insert(path, new_keys);
         changed
     }
 
@@ -460,6 +471,36 @@ mod tests {
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
         assert!(src.scan(&state));
         assert_eq!(state.lock().unwrap().service_count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_object() {
+        let dir = tmpdir("invalid");
+        let state = Mutex::new(ClusterState::default());
+        let mut src = ManifestDir::new(&dir, Metrics::new());
+        let other = SVC.replace("name: a", "name: b");
+        std::fs::write(dir.join("a.yaml"), format!("{SVC}---\n{other}")).unwrap();
+        assert!(src.scan(&state));
+        let port = |st: &ClusterState, name: &str| st.service("n", name).map(|s| s.ports[0].port);
+        // `a` turns invalid, `b` is edited: `a` keeps its last valid version.
+        std::fs::write(
+            dir.join("a.yaml"),
+            format!(
+                "{}---\n{}",
+                SVC.replace("port: 80", "port: 70000"),
+                other.replace("port: 80", "port: 81")
+            ),
+        )
+        .unwrap();
+        assert!(src.scan(&state));
+        assert_eq!(port(&state.lock().unwrap(), "a"), Some(80));
+        assert_eq!(port(&state.lock().unwrap(), "b"), Some(81));
+        // The file goes away: so do both.
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        assert!(src.scan(&state));
+        assert_eq!(state.lock().unwrap().service_count(), 0);
+        assert!(src.owner.is_empty() && src.provided.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,15 +9,12 @@ use std::{
 };
 
 use ipnet::IpNet;
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Node, Service};
 use switchyard_crd::EffectiveConfig;
 
 use crate::{
     changes::ChangeSet,
-    state::{ClusterState, ServiceKey},
+    state::{ClusterState, ServiceEntry, ServiceKey, SliceEntry},
 };
 
 /// The label linking an EndpointSlice to its Service.
@@ -224,15 +221,16 @@ impl NodeModel {
         node_port_addresses.sort();
         node_port_addresses.dedup();
 
-        let mut services = BTreeMap::new();
-        for svc in state.services() {
-            let ns = svc.metadata.namespace.as_deref().unwrap_or("");
-            let name = svc.metadata.name.as_deref().unwrap_or("");
-            let slices: Vec<&EndpointSlice> = state.slices_of(ns, name).collect();
-            for sp in service_ports(svc, &slices, node_name, zone) {
-                services.insert(sp.name.clone(), sp);
-            }
-        }
+        // Collected at once, the map is built with full nodes (inserting one by one in
+        // order leaves them half empty).
+        let services: BTreeMap<ServicePortName, ServicePort> = state
+            .services()
+            .flat_map(|(ns, name, svc)| {
+                let slices: Vec<&SliceEntry> = state.slices_of(ns, name).collect();
+                service_ports(ns, name, svc, &slices, node_name, zone)
+            })
+            .map(|sp| (sp.name.clone(), sp))
+            .collect();
 
         NodeModel {
             node_name: node_name.to_string(),
@@ -272,8 +270,8 @@ impl NodeModel {
                 .filter_map(|k| self.services.remove_entry(&k))
                 .collect();
             if let Some(svc) = state.service(ns, name) {
-                let slices: Vec<&EndpointSlice> = state.slices_of(ns, name).collect();
-                for sp in service_ports(svc, &slices, &self.node_name, zone) {
+                let slices: Vec<&SliceEntry> = state.slices_of(ns, name).collect();
+                for sp in service_ports(ns, name, svc, &slices, &self.node_name, zone) {
                     match old.remove(&sp.name) {
                         None => {
                             changes.added.insert(sp.name.clone());
@@ -353,116 +351,46 @@ pub fn is_proxied(svc: &Service) -> bool {
     }
 }
 
-fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = items
-        .into_iter()
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
-}
-
 /// The service ports of one Service with their endpoints on this node.
 fn service_ports(
-    svc: &Service,
-    slices: &[&EndpointSlice],
+    ns: &str,
+    name: &str,
+    svc: &ServiceEntry,
+    slices: &[&SliceEntry],
     node_name: &str,
     zone: &str,
 ) -> Vec<ServicePort> {
-    if !is_proxied(svc) {
+    if !svc.proxied {
         return Vec::new();
     }
-    let spec = svc.spec.as_ref().expect("checked by is_proxied");
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let mut cluster_ips = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => parse_ips(ips),
-        _ => parse_ips(spec.cluster_ip.iter()),
-    };
-    cluster_ips.dedup();
-    let external_ips = parse_ips(spec.external_ips.iter().flatten());
-    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let load_balancer_ips = if type_ == "LoadBalancer" {
-        parse_ips(
-            svc.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
-                .filter_map(|ing| ing.ip.as_ref()),
-        )
-    } else {
-        Vec::new()
-    };
-    let mut load_balancer_source_ranges: Vec<IpNet> = if load_balancer_ips.is_empty() {
-        Vec::new()
-    } else {
-        spec.load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .filter_map(|r| r.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
-            .collect()
-    };
-    load_balancer_source_ranges.sort();
-    load_balancer_source_ranges.dedup();
-    let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .unwrap_or(10800)
-    });
-    let node_ports_allowed = matches!(type_, "NodePort" | "LoadBalancer");
-
     let mut out = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let Some(protocol) = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP")) else {
-            continue;
-        };
-        let Ok(port_number) = u16::try_from(port.port) else {
-            continue;
-        };
-        let port_name = port.name.clone().unwrap_or_default();
-        let node_port = port
-            .node_port
-            .filter(|_| node_ports_allowed)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0);
+    for port in &svc.ports {
         let mut sp = ServicePort {
             name: ServicePortName {
-                namespace: ns.clone(),
-                name: name.clone(),
-                port: port_name.clone(),
-                protocol,
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                port: port.name.clone(),
+                protocol: port.protocol,
             },
-            protocol,
-            port: port_number,
-            cluster_ips: cluster_ips.clone(),
-            node_port,
-            external_ips: external_ips.clone(),
-            load_balancer_ips: load_balancer_ips.clone(),
-            load_balancer_source_ranges: load_balancer_source_ranges.clone(),
+            protocol: port.protocol,
+            port: port.port,
+            cluster_ips: svc.cluster_ips.clone(),
+            node_port: port.node_port,
+            external_ips: svc.external_ips.clone(),
+            load_balancer_ips: svc.load_balancer_ips.clone(),
+            load_balancer_source_ranges: svc.load_balancer_source_ranges.clone(),
             external_policy_local: false,
-            internal_policy_local,
-            affinity_timeout,
+            internal_policy_local: svc.internal_policy_local,
+            affinity_timeout: svc.affinity_timeout,
             health_check_node_port: None,
             cluster_endpoints: Vec::new(),
             local_endpoints: Vec::new(),
         };
-        sp.external_policy_local = external_policy_local && sp.externally_accessible();
+        sp.external_policy_local = svc.external_policy_local && sp.externally_accessible();
         if sp.external_policy_local {
-            sp.health_check_node_port = spec
-                .health_check_node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0);
+            sp.health_check_node_port = svc.health_check_node_port;
         }
-        let all = slice_endpoints(slices, &port_name, protocol, node_name);
+        let all = slice_endpoints(slices, &port.name, port.protocol, node_name);
         let (cluster, local) = categorize(
             &all,
             sp.internal_policy_local || sp.external_policy_local,
@@ -470,7 +398,9 @@ fn service_ports(
             zone,
         );
         sp.cluster_endpoints = cluster;
+        sp.cluster_endpoints.shrink_to_fit();
         sp.local_endpoints = local;
+        sp.local_endpoints.shrink_to_fit();
         out.push(sp);
     }
     out
@@ -479,67 +409,33 @@ fn service_ports(
 /// Every endpoint of the slices whose port named `port_name` has `protocol`, with
 /// duplicates (the same address in two slices) removed.
 fn slice_endpoints(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceEntry],
     port_name: &str,
     protocol: Protocol,
     node_name: &str,
 ) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
     for slice in slices {
-        if slice.address_type == "FQDN" {
-            continue;
-        }
-        let Some(port) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")) == Some(protocol)
-        }) else {
-            continue;
-        };
-        let Some(port_number) = port
-            .port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
+        let Some(port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.protocol == Some(protocol))
         else {
             continue;
         };
-        for ep in slice.endpoints.iter().flatten() {
-            let Some(ip) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.trim().parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            let cond = ep.conditions.as_ref();
-            // As upstream: a nil `ready` means ready; nil `serving` follows `ready`.
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            let local = ep.node_name.as_deref() == Some(node_name);
-            let hints = ep.hints.as_ref();
-            let mut zone_hints: Vec<String> = hints
-                .and_then(|h| h.for_zones.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.clone())
-                .collect();
-            zone_hints.sort();
-            let mut node_hints: Vec<String> = hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|n| n.name.clone())
-                .collect();
-            node_hints.sort();
+        let Some(port_number) = port.port else {
+            continue;
+        };
+        for ep in &slice.endpoints {
             let e = Endpoint {
-                ip,
+                ip: ep.ip,
                 port: port_number,
-                local,
-                ready,
-                serving,
-                terminating,
-                zone_hints,
-                node_hints,
+                local: ep.node_name.as_deref() == Some(node_name),
+                ready: ep.ready,
+                serving: ep.serving,
+                terminating: ep.terminating,
+                zone_hints: ep.zone_hints().to_vec(),
+                node_hints: ep.node_hints().to_vec(),
             };
             if !out.iter().any(|o| o.ip == e.ip && o.port == e.port) {
                 out.push(e);
@@ -638,6 +534,7 @@ fn categorize(
 mod tests {
     use super::*;
     use crate::state::Object;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
 
     fn state(yaml: &str) -> ClusterState {
         let mut st = ClusterState::default();

@@ -1,13 +1,28 @@
-//! `ClusterState`: the typed store of the Kubernetes objects this node cares about.
-//! Sources (the API watchers, the manifests directory) are its only writers.
+//! `ClusterState`: the store of the Kubernetes objects this node cares about. Sources
+//! (the API watchers, the manifests directory) are its only writers.
+//!
+//! Objects arrive whole (k8s-openapi types, validated by their source) but are kept only
+//! as much as the proxy reads them: a Service as a [`ServiceEntry`], an EndpointSlice as
+//! a [`SliceEntry`] (addresses parsed, node names shared), a Node without its images,
+//! conditions and managed fields. At 50,000 Services the whole objects cost ten times
+//! the memory of what the model needs from them. An edit to a field the proxy does not
+//! read is therefore not a change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
+use ipnet::IpNet;
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, NodeStatus, Service},
     discovery::v1::EndpointSlice,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_crd::ProxyConfig;
+
+use crate::model::{is_proxied, Protocol, SERVICE_NAME_LABEL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjectKind {
@@ -74,6 +89,315 @@ impl Object {
 /// `(namespace, name)` of a Service.
 pub type ServiceKey = (String, String);
 
+/// A Service as the proxy reads it: the fields the model uses, parsed. Everything here
+/// is a fact about the Service alone; what it means on one node is the model's job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Not headless and not ExternalName: kube-proxy programs it. When false, every
+    /// other field is empty.
+    pub proxied: bool,
+    /// `clusterIPs` (or `clusterIP`), parsed, sorted, deduplicated.
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    /// Load-balancer ingress IPs (not `ipMode: Proxy`), for `type: LoadBalancer` only.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges`, truncated to their prefix; empty without LB IPs.
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// `healthCheckNodePort`, when set and not zero.
+    pub health_check_node_port: Option<u16>,
+    /// The ports, in the Service's order, without those of an unknown protocol or an
+    /// out-of-range number.
+    pub ports: Vec<ServiceEntryPort>,
+}
+
+/// One port of a [`ServiceEntry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntryPort {
+    /// The port's `name` (empty for a single unnamed port).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Only for `type: NodePort` and `LoadBalancer`, and never zero.
+    pub node_port: Option<u16>,
+}
+
+fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = items
+        .into_iter()
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips.shrink_to_fit();
+    ips
+}
+
+impl ServiceEntry {
+    /// What the proxy reads of `svc`.
+    pub fn of(svc: &Service) -> ServiceEntry {
+        if !is_proxied(svc) {
+            return ServiceEntry::default();
+        }
+        let spec = svc.spec.as_ref().expect("checked by is_proxied");
+        let cluster_ips = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => parse_ips(ips),
+            _ => parse_ips(spec.cluster_ip.iter()),
+        };
+        let external_ips = parse_ips(spec.external_ips.iter().flatten());
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let load_balancer_ips = if type_ == "LoadBalancer" {
+            parse_ips(
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
+                    .filter_map(|ing| ing.ip.as_ref()),
+            )
+        } else {
+            Vec::new()
+        };
+        let mut load_balancer_source_ranges: Vec<IpNet> = if load_balancer_ips.is_empty() {
+            Vec::new()
+        } else {
+            spec.load_balancer_source_ranges
+                .iter()
+                .flatten()
+                .filter_map(|r| r.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
+                .collect()
+        };
+        load_balancer_source_ranges.sort();
+        load_balancer_source_ranges.dedup();
+        load_balancer_source_ranges.shrink_to_fit();
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(10800)
+        });
+        let node_ports_allowed = matches!(type_, "NodePort" | "LoadBalancer");
+        let mut ports: Vec<ServiceEntryPort> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|port| {
+                let protocol = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP"))?;
+                let number = u16::try_from(port.port).ok()?;
+                Some(ServiceEntryPort {
+                    name: port.name.clone().unwrap_or_default(),
+                    protocol,
+                    port: number,
+                    node_port: port
+                        .node_port
+                        .filter(|_| node_ports_allowed)
+                        .and_then(|p| u16::try_from(p).ok())
+                        .filter(|p| *p != 0),
+                })
+            })
+            .collect();
+        ports.shrink_to_fit();
+        ServiceEntry {
+            proxied: true,
+            cluster_ips,
+            external_ips,
+            load_balancer_ips,
+            load_balancer_source_ranges,
+            external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            affinity_timeout,
+            health_check_node_port: spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+            ports,
+        }
+    }
+}
+
+/// An EndpointSlice as the proxy reads it. An FQDN slice has no ports and no endpoints
+/// (the proxy never uses it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceEntry {
+    /// The Service its `kubernetes.io/service-name` label names (same namespace).
+    pub service: Option<String>,
+    /// The ports, in the slice's order.
+    pub ports: Vec<SlicePort>,
+    /// The endpoints whose first address parses, in the slice's order.
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One port of a [`SliceEntry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    /// The port's `name` (empty when unnamed).
+    pub name: String,
+    /// `None`: a protocol the proxy does not know.
+    pub protocol: Option<Protocol>,
+    /// `None`: no port number, or one out of range or zero.
+    pub port: Option<u16>,
+}
+
+/// One endpoint of a [`SliceEntry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// The endpoint's first address.
+    pub ip: IpAddr,
+    /// As upstream: a missing `ready` means ready.
+    pub ready: bool,
+    /// A missing `serving` follows `ready`.
+    pub serving: bool,
+    pub terminating: bool,
+    /// `nodeName`, shared by every endpoint on that node.
+    pub node_name: Option<Arc<str>>,
+    /// Topology hints; `None` when there are none (the common case).
+    pub hints: Option<Box<EndpointHints>>,
+}
+
+impl SliceEndpoint {
+    pub fn zone_hints(&self) -> &[String] {
+        self.hints.as_deref().map_or(&[], |h| &h.zones)
+    }
+
+    pub fn node_hints(&self) -> &[String] {
+        self.hints.as_deref().map_or(&[], |h| &h.nodes)
+    }
+}
+
+/// `hints.forZones` and `hints.forNodes` names, each sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointHints {
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
+}
+
+/// Node names shared by the endpoints that name them (a cluster has few nodes and
+/// hundreds of thousands of endpoints). Names no endpoint uses any more are dropped
+/// from time to time.
+#[derive(Clone, Debug, Default)]
+struct NodeNames {
+    names: HashSet<Arc<str>>,
+    /// Sweep unused names when there are more than this many.
+    sweep_above: usize,
+}
+
+impl NodeNames {
+    const MIN_SWEEP: usize = 1024;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        if self.names.len() >= self.sweep_above.max(Self::MIN_SWEEP) {
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+            self.sweep_above = self.names.len() * 2;
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(n.clone());
+        n
+    }
+}
+
+impl SliceEntry {
+    /// What the proxy reads of `slice`, node names taken from `node_names`.
+    fn of(slice: &EndpointSlice, node_names: &mut NodeNames) -> SliceEntry {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned();
+        if slice.address_type == "FQDN" {
+            return SliceEntry {
+                service,
+                ..SliceEntry::default()
+            };
+        }
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| SlicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")),
+                port: p
+                    .port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0),
+            })
+            .collect();
+        let mut endpoints: Vec<SliceEndpoint> = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter_map(|ep| {
+                let ip = ep
+                    .addresses
+                    .first()
+                    .and_then(|a| a.trim().parse::<IpAddr>().ok())?;
+                let cond = ep.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let hints = ep.hints.as_ref();
+                let mut zones: Vec<String> = hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| z.name.clone())
+                    .collect();
+                zones.sort();
+                let mut nodes: Vec<String> = hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n.name.clone())
+                    .collect();
+                nodes.sort();
+                Some(SliceEndpoint {
+                    ip,
+                    ready,
+                    serving: cond.and_then(|c| c.serving).unwrap_or(ready),
+                    terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+                    node_name: ep.node_name.as_deref().map(|n| node_names.get(n)),
+                    hints: (!zones.is_empty() || !nodes.is_empty())
+                        .then(|| Box::new(EndpointHints { zones, nodes })),
+                })
+            })
+            .collect();
+        endpoints.shrink_to_fit();
+        SliceEntry {
+            service,
+            ports,
+            endpoints,
+        }
+    }
+}
+
+/// A Node as the proxy reads it: name, labels (zone, ProxyConfig selection) and
+/// addresses.
+fn node_entry(node: Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name,
+            labels: node.metadata.labels,
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: node.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..NodeStatus::default()
+        }),
+    }
+}
+
 /// What changed since the last `take_changes`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateChanges {
@@ -85,12 +409,13 @@ pub struct StateChanges {
 
 #[derive(Clone, Debug)]
 pub struct ClusterState {
-    services: BTreeMap<ObjectKey, Service>,
-    endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    services: BTreeMap<ObjectKey, ServiceEntry>,
+    endpoint_slices: BTreeMap<ObjectKey, SliceEntry>,
     nodes: BTreeMap<String, Node>,
     proxy_configs: BTreeMap<String, ProxyConfig>,
-    /// EndpointSlices by the Service their `kubernetes.io/service-name` label names.
-    slices_by_service: HashMap<ServiceKey, BTreeSet<ObjectKey>>,
+    /// `(namespace, service, slice name)` of every EndpointSlice that names a Service.
+    slices_by_service: BTreeSet<(String, String, String)>,
+    node_names: NodeNames,
     changes: StateChanges,
     /// Bumped on every change, so readers can tell whether anything moved.
     generation: u64,
@@ -103,7 +428,8 @@ impl Default for ClusterState {
             endpoint_slices: BTreeMap::new(),
             nodes: BTreeMap::new(),
             proxy_configs: BTreeMap::new(),
-            slices_by_service: HashMap::new(),
+            slices_by_service: BTreeSet::new(),
+            node_names: NodeNames::default(),
             changes: StateChanges {
                 services: BTreeSet::new(),
                 global: true,
@@ -113,43 +439,35 @@ impl Default for ClusterState {
     }
 }
 
-/// The Service an EndpointSlice belongs to, from its label.
-fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
-    let name = slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(crate::model::SERVICE_NAME_LABEL)?;
-    Some((
-        slice.metadata.namespace.clone().unwrap_or_default(),
-        name.clone(),
-    ))
-}
-
 impl ClusterState {
-    /// Inserts or replaces an object. Returns whether the state changed.
+    /// Inserts or replaces an object. Returns whether the state changed (an edit to a
+    /// field the proxy does not read is no change).
     pub fn upsert(&mut self, object: Object) -> bool {
         let key = object.key();
         let changed = match object {
             Object::Service(o) => {
                 let svc = (key.namespace.clone(), key.name.clone());
-                let changed = replace(&mut self.services, key, *o);
+                let changed = replace(&mut self.services, key, ServiceEntry::of(&o));
                 if changed {
                     self.changes.services.insert(svc);
                 }
                 changed
             }
             Object::EndpointSlice(o) => {
-                let new_owner = slice_service(&o);
-                let old_owner = self.endpoint_slices.get(&key).and_then(slice_service);
-                let changed = replace(&mut self.endpoint_slices, key.clone(), *o);
+                let entry = SliceEntry::of(&o, &mut self.node_names);
+                let old_owner = self
+                    .endpoint_slices
+                    .get(&key)
+                    .and_then(|e| e.service.clone());
+                let new_owner = entry.service.clone();
+                let changed = replace(&mut self.endpoint_slices, key.clone(), entry);
                 if changed {
                     self.reindex_slice(&key, old_owner, new_owner);
                 }
                 changed
             }
             Object::Node(o) => {
-                let changed = replace(&mut self.nodes, key.name, *o);
+                let changed = replace(&mut self.nodes, key.name, node_entry(*o));
                 self.changes.global |= changed;
                 changed
             }
@@ -185,7 +503,7 @@ impl ClusterState {
             }
             ObjectKind::EndpointSlice => match self.endpoint_slices.remove(key) {
                 Some(old) => {
-                    self.reindex_slice(key, slice_service(&old), None);
+                    self.reindex_slice(key, old.service, None);
                     true
                 }
                 None => false,
@@ -206,22 +524,18 @@ impl ClusterState {
         removed
     }
 
-    fn reindex_slice(&mut self, key: &ObjectKey, old: Option<ServiceKey>, new: Option<ServiceKey>) {
+    /// Moves slice `key` from Service `old` to Service `new` (same namespace) in the
+    /// index, marking both changed.
+    fn reindex_slice(&mut self, key: &ObjectKey, old: Option<String>, new: Option<String>) {
         if let Some(svc) = old {
-            if let Some(set) = self.slices_by_service.get_mut(&svc) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.slices_by_service.remove(&svc);
-                }
-            }
-            self.changes.services.insert(svc);
+            self.slices_by_service
+                .remove(&(key.namespace.clone(), svc.clone(), key.name.clone()));
+            self.changes.services.insert((key.namespace.clone(), svc));
         }
         if let Some(svc) = new {
             self.slices_by_service
-                .entry(svc.clone())
-                .or_default()
-                .insert(key.clone());
-            self.changes.services.insert(svc);
+                .insert((key.namespace.clone(), svc.clone(), key.name.clone()));
+            self.changes.services.insert((key.namespace.clone(), svc));
         }
     }
 
@@ -235,7 +549,7 @@ impl ClusterState {
         self.changes.global = true;
     }
 
-    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceEntry> {
         self.services.get(&ObjectKey {
             kind: ObjectKind::Service,
             namespace: namespace.to_string(),
@@ -243,17 +557,25 @@ impl ClusterState {
         })
     }
 
-    /// The EndpointSlices labelled with Service `namespace/name`.
+    /// The EndpointSlices labelled with Service `namespace/name`, by slice name.
     pub fn slices_of<'a>(
         &'a self,
         namespace: &str,
         name: &str,
-    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    ) -> impl Iterator<Item = &'a SliceEntry> + 'a {
+        let first = (namespace.to_string(), name.to_string(), String::new());
+        let namespace = namespace.to_string();
+        let name = name.to_string();
         self.slices_by_service
-            .get(&(namespace.to_string(), name.to_string()))
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.endpoint_slices.get(k))
+            .range(first..)
+            .take_while(move |(ns, svc, _)| *ns == namespace && *svc == name)
+            .filter_map(|(ns, _, slice)| {
+                self.endpoint_slices.get(&ObjectKey {
+                    kind: ObjectKind::EndpointSlice,
+                    namespace: ns.clone(),
+                    name: slice.clone(),
+                })
+            })
     }
 
     /// Every key of one kind (for a source that relisted and must drop what is gone).
@@ -286,12 +608,11 @@ impl ClusterState {
         self.generation
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
-    }
-
-    pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
-        self.endpoint_slices.values()
+    /// Every Service with its `(namespace, name)`, in key order.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &str, &ServiceEntry)> {
+        self.services
+            .iter()
+            .map(|(k, s)| (k.namespace.as_str(), k.name.as_str(), s))
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -314,5 +635,89 @@ fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> 
             map.insert(key, value);
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(yaml: &str) -> Object {
+        let v: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "Service" => Object::Service(Box::new(serde_json::from_value(v).unwrap())),
+            "EndpointSlice" => Object::EndpointSlice(Box::new(serde_json::from_value(v).unwrap())),
+            "Node" => Object::Node(Box::new(serde_json::from_value(v).unwrap())),
+            k => panic!("{k}"),
+        }
+    }
+
+    const SVC: &str = "kind: Service\nmetadata: {name: s, namespace: ns, annotations: {a: b}}\nspec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80, targetPort: 8080}]}\n";
+    const SLICE: &str = "kind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], nodeName: n1, targetRef: {kind: Pod, name: p1}}\n- {addresses: [10.1.0.2], nodeName: n1, hints: {forZones: [{name: zb}, {name: za}]}}\nports: [{name: http, port: 8080}]\n";
+
+    #[test]
+    fn edits_to_unread_fields_are_no_change() {
+        let mut st = ClusterState::default();
+        assert!(st.upsert(object(SVC)));
+        assert!(st.upsert(object(SLICE)));
+        st.take_changes();
+        assert!(!st.upsert(object(&SVC.replace("{a: b}", "{a: c}"))));
+        assert!(!st.upsert(object(&SVC.replace("targetPort: 8080", "targetPort: 9090"))));
+        assert!(!st.upsert(object(&SLICE.replace("name: p1", "name: p2"))));
+        assert_eq!(st.take_changes(), StateChanges::default());
+        assert!(st.upsert(object(&SVC.replace("port: 80,", "port: 81,"))));
+        assert!(st.upsert(object(&SLICE.replace("10.1.0.2", "10.1.0.3"))));
+        assert_eq!(
+            st.take_changes().services,
+            BTreeSet::from([("ns".to_string(), "s".to_string())])
+        );
+    }
+
+    #[test]
+    fn slices_keep_what_the_model_reads_and_share_node_names() {
+        let mut st = ClusterState::default();
+        st.upsert(object(SLICE));
+        let slices: Vec<&SliceEntry> = st.slices_of("ns", "s").collect();
+        assert_eq!(slices.len(), 1);
+        let eps = &slices[0].endpoints;
+        assert_eq!(eps[0].ip, "10.1.0.1".parse::<IpAddr>().unwrap());
+        assert!(eps[0].ready && eps[0].serving && !eps[0].terminating);
+        assert!(eps[0].zone_hints().is_empty());
+        assert_eq!(eps[1].zone_hints(), ["za", "zb"]);
+        let (a, b) = (eps[0].node_name.clone(), eps[1].node_name.clone());
+        assert!(Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
+        assert_eq!(st.slices_of("ns", "other").count(), 0);
+
+        // Relabelled to another Service: both Services change.
+        st.take_changes();
+        st.upsert(object(
+            &SLICE.replace("service-name: s}", "service-name: t}"),
+        ));
+        assert_eq!(st.slices_of("ns", "s").count(), 0);
+        assert_eq!(st.slices_of("ns", "t").count(), 1);
+        assert_eq!(st.take_changes().services.len(), 2);
+    }
+
+    #[test]
+    fn unused_node_names_are_swept() {
+        let mut names = NodeNames::default();
+        let kept = names.get("kept");
+        for i in 0..5 * NodeNames::MIN_SWEEP {
+            names.get(&format!("gone-{i}"));
+        }
+        assert!(names.names.len() <= NodeNames::MIN_SWEEP + 1);
+        assert!(Arc::ptr_eq(&kept, &names.get("kept")));
+    }
+
+    #[test]
+    fn nodes_keep_labels_and_addresses_only() {
+        let mut st = ClusterState::default();
+        st.upsert(object("kind: Node\nmetadata: {name: n1, labels: {l: v}, annotations: {a: b}}\nspec: {podCIDR: 10.0.0.0/24}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.2}], images: [{names: [big]}]}\n"));
+        let node = st.node("n1").unwrap();
+        assert_eq!(node.metadata.labels.as_ref().unwrap()["l"], "v");
+        assert!(node.metadata.annotations.is_none() && node.spec.is_none());
+        let status = node.status.as_ref().unwrap();
+        assert_eq!(status.addresses.as_ref().unwrap()[0].address, "192.168.0.2");
+        assert!(status.images.is_none());
     }
 }
