@@ -101,17 +101,39 @@ pub async fn run_tool(
     args: &[&str],
     input: &str,
 ) -> Result<String, EngineError> {
-    run_tool_pieces(netns, tool, args, &[input]).await
+    let stdout = spawn_tool(netns, tool, args, &[input], Stdout::Keep).await?;
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
-/// [`run_tool`] with stdin given as consecutive pieces, so a large input (a full sync at
-/// 50k services is ≈ 32 MB) need not be concatenated into one buffer first.
-pub async fn run_tool_pieces(
+/// Applies a transaction with an engine's tool: like [`run_tool`], but stdin is given
+/// as consecutive pieces (a full sync at 50k services is ≈ 32 MB: no need to
+/// concatenate it first) and stdout is discarded, not collected (iptables-nft-restore
+/// may print a whole-table listing the engine asked for only for its side effect).
+pub async fn apply_with_tool(
     netns: Option<&str>,
     tool: &str,
     args: &[&str],
     input: &[&str],
-) -> Result<String, EngineError> {
+) -> Result<(), EngineError> {
+    spawn_tool(netns, tool, args, input, Stdout::Discard)
+        .await
+        .map(drop)
+}
+
+/// What becomes of a tool's stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stdout {
+    Keep,
+    Discard,
+}
+
+async fn spawn_tool(
+    netns: Option<&str>,
+    tool: &str,
+    args: &[&str],
+    input: &[&str],
+    stdout: Stdout,
+) -> Result<Vec<u8>, EngineError> {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -122,7 +144,10 @@ pub async fn run_tool_pieces(
     };
     cmd.args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(match stdout {
+            Stdout::Keep => Stdio::piped(),
+            Stdout::Discard => Stdio::null(),
+        })
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let spawn_error = |source| EngineError::Spawn {
@@ -153,5 +178,5 @@ pub async fn run_tool_pieces(
             message: format!("writing the transaction: {e}"),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(output.stdout)
 }

@@ -2,15 +2,18 @@
 //! and `*-save` listings. Optionally inside a network namespace
 //! (`ip netns exec NAME TOOL ...`), for tests and benchmarks.
 
-use switchyard_core::{engine::run_tool, EngineError};
+use switchyard_core::{
+    engine::{apply_with_tool, run_tool},
+    EngineError,
+};
 
 /// Applies restore input without flushing anything it does not name.
 pub async fn restore(netns: Option<&str>, tool: &str, text: &str) -> Result<(), EngineError> {
     // Bounded wait for the host-wide xtables lock, as kube-proxy (`-w 5`):
     // a held lock fails the sync, which is retried, instead of hanging the agent.
-    run_tool(netns, tool, &["--noflush", "--wait=5"], text)
-        .await
-        .map(drop)
+    // stdout is discarded: a full sync's input lists the nat table (see
+    // `render::LIST_ALL`) only for the tool's own caching.
+    apply_with_tool(netns, tool, &["--noflush", "--wait=5"], &[text]).await
 }
 
 /// The `nat` and `filter` tables as `*-save` prints them.

@@ -2,7 +2,7 @@
 //! network namespace (`ip netns exec NAME nft ...`), for tests and benchmarks.
 
 use switchyard_core::{
-    engine::{run_tool, run_tool_pieces},
+    engine::{apply_with_tool, run_tool},
     EngineError,
 };
 
@@ -15,17 +15,16 @@ pub async fn run(options: &NftOptions, args: &[&str], input: &str) -> Result<Str
 
 /// Applies a transaction atomically.
 pub async fn transaction(options: &NftOptions, text: &str) -> Result<(), EngineError> {
-    run(options, &["-f", "-"], text).await.map(drop)
+    transaction_pieces(options, &[text]).await
 }
 
 /// Applies a transaction given as consecutive pieces of text, atomically.
 pub async fn transaction_pieces(options: &NftOptions, pieces: &[&str]) -> Result<(), EngineError> {
-    run_tool_pieces(
+    apply_with_tool(
         options.netns.as_deref(),
         &options.nft_path,
         &["-f", "-"],
         pieces,
     )
     .await
-    .map(drop)
 }
