@@ -211,7 +211,14 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
 
 /// Starts the real agent on `services` services in a namespace; returns (seconds to
 /// first sync, RSS MiB after it).
-fn agent_memory(agent: &PathBuf, services: usize, per_service: usize) -> Result<(f64, f64)> {
+/// The agent's memory: resident after its first sync, and the peak it reached on the way.
+struct AgentMemory {
+    first_sync_s: f64,
+    rss_mib: f64,
+    peak_mib: f64,
+}
+
+fn agent_memory(agent: &PathBuf, services: usize, per_service: usize) -> Result<AgentMemory> {
     let ns = netns("agent")?;
     let dir = std::env::temp_dir().join(format!("sy-bench-manifests-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -247,13 +254,20 @@ fn agent_memory(agent: &PathBuf, services: usize, per_service: usize) -> Result<
         // Let allocations settle after the first sync.
         std::thread::sleep(Duration::from_secs(2));
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .context("VmRSS missing")?
-            .parse()?;
-        Ok((first_sync, kib / 1024.0))
+        let mib = |field: &str| -> Result<f64> {
+            let kib: f64 = status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .with_context(|| format!("{field} missing"))?
+                .parse()?;
+            Ok(kib / 1024.0)
+        };
+        Ok(AgentMemory {
+            first_sync_s: first_sync,
+            rss_mib: mib("VmRSS:")?,
+            peak_mib: mib("VmHWM:")?,
+        })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -325,13 +339,16 @@ fn main() -> Result<()> {
     if let Some(agent) = &args.agent {
         let size = *args.sizes.iter().max().unwrap_or(&1000);
         eprintln!("measuring the agent's memory at {size} services ...");
-        let (first, rss) = agent_memory(agent, size, args.endpoints)?;
+        let m = agent_memory(agent, size, args.endpoints)?;
         println!();
-        println!("| agent (`switchyard run`, nftables) | services | endpoints | start to first sync s | RSS after first sync MiB |");
-        println!("|---|---:|---:|---:|---:|");
+        println!("| agent (`switchyard run`, nftables) | services | endpoints | start to first sync s | RSS after first sync MiB | peak RSS MiB |");
+        println!("|---|---:|---:|---:|---:|---:|");
         println!(
-            "| manifests directory | {size} | {} | {first:.1} | {rss:.0} |",
-            size * args.endpoints
+            "| manifests directory | {size} | {} | {:.1} | {:.0} | {:.0} |",
+            size * args.endpoints,
+            m.first_sync_s,
+            m.rss_mib,
+            m.peak_mib
         );
     }
     Ok(())
