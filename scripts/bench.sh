@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks behind BENCHMARKS.md (root: they program a kernel inside private
 # network namespaces) and prints their markdown tables. Extra arguments go to every run.
-# iptables-nft at 50k services takes about half an hour: set BENCH_IPTABLES_NFT_50K=1 to
-# include it.
+# iptables-nft at 50k services takes about 3 minutes more: set BENCH_IPTABLES_NFT_50K=1
+# to include it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "bench: run as root" >&2; exit 1; fi

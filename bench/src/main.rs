@@ -26,6 +26,10 @@ use switchyard_nftables::{NftOptions, NftablesEngine};
 
 use crate::cluster::SyntheticCluster;
 
+/// The agent's allocator, so in-process engine figures are the agent's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An engine under measurement: nftables, or iptables on one backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
