@@ -146,8 +146,8 @@ impl EngineFactory for Engines {
         match mode {
             Mode::Nftables => Ok(Box::new(NftablesEngine::new(NftOptions::default()))),
             Mode::Iptables => Ok(Box::new(IptablesEngine::new(IptOptions {
-                netns: None,
                 backend: self.iptables_backend,
+                ..IptOptions::default()
             }))),
             other => Err(EngineError::Unavailable {
                 mode: other,
@@ -268,6 +268,14 @@ impl NodeSide {
         let caps = capabilities(&report);
         for c in &caps {
             tracing::info!(mode = %c.mode, usable = c.available, detail = %c.detail, "probe");
+        }
+        if !switchyard_core::engine::kernel_has_ipv6() {
+            // As kube-proxy on such a node: single-stack, said once, loudly.
+            tracing::warn!(
+                "this kernel has no IPv6 (booted with ipv6.disable=1: no /proc/sys/net/ipv6): \
+                 programming IPv4 only; IPv6 Service addresses and endpoints are not served \
+                 on this node"
+            );
         }
         tracing::info!(
             requested = %config.mode,
@@ -398,12 +406,12 @@ async fn cleanup() -> Result<()> {
         Box::new(NftablesEngine::new(NftOptions::default())),
         // Both iptables backends: whichever a previous run used.
         Box::new(IptablesEngine::new(IptOptions {
-            netns: None,
             backend: IptBackend::Nft,
+            ..IptOptions::default()
         })),
         Box::new(IptablesEngine::new(IptOptions {
-            netns: None,
             backend: IptBackend::Legacy,
+            ..IptOptions::default()
         })),
     ];
     let mut failures = Vec::new();

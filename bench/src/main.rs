@@ -78,10 +78,12 @@ pub fn engine_for(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
         Subject::IptablesNft => Box::new(IptablesEngine::new(IptOptions {
             netns,
             backend: Backend::Nft,
+            ..IptOptions::default()
         })),
         Subject::IptablesLegacy => Box::new(IptablesEngine::new(IptOptions {
             netns,
             backend: Backend::Legacy,
+            ..IptOptions::default()
         })),
     }
 }

@@ -180,3 +180,10 @@ async fn spawn_tool(
     }
     Ok(output.stdout)
 }
+
+/// Whether this kernel has IPv6 at all. A kernel booted with `ipv6.disable=1` has no
+/// `/proc/sys/net/ipv6` (in any network namespace), and no IPv6 netfilter hooks: engines
+/// then program IPv4 only, as kube-proxy runs single-stack there.
+pub fn kernel_has_ipv6() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
+}

@@ -9,7 +9,8 @@ use std::{collections::HashSet, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_core::{
-    ChangeSet, Drift, EngineError, IpFamily, NodeModel, ProxyEngine, SyncReport,
+    engine::kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, NodeModel, ProxyEngine,
+    SyncReport,
 };
 use switchyard_crd::Mode;
 
@@ -27,12 +28,26 @@ use crate::{
 const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 
 /// How the engine runs the iptables tools.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IptOptions {
     /// Run the tools inside this network namespace (`ip netns exec NAME ...`).
     pub netns: Option<String>,
     /// Which backend; `Detect` decides at the first sync (see [`detect_backend`]).
     pub backend: Backend,
+    /// Whether to program IPv6 with `ip6tables`: false on a kernel without IPv6
+    /// (booted with `ipv6.disable=1`), where every `ip6tables-restore` fails. Default:
+    /// what [`kernel_has_ipv6`] finds.
+    pub ipv6: bool,
+}
+
+impl Default for IptOptions {
+    fn default() -> Self {
+        IptOptions {
+            netns: None,
+            backend: Backend::default(),
+            ipv6: kernel_has_ipv6(),
+        }
+    }
 }
 
 /// The iptables dataplane engine.
@@ -73,6 +88,15 @@ impl IptablesEngine {
 
     pub fn options(&self) -> &IptOptions {
         &self.options
+    }
+
+    /// The families this engine programs: both, or IPv4 alone on a kernel without IPv6.
+    fn families(&self) -> &'static [IpFamily] {
+        if self.options.ipv6 {
+            &FAMILIES
+        } else {
+            &FAMILIES[..1]
+        }
     }
 
     /// The backend in use (`None` until detected at the first sync, with `Detect`).
@@ -171,7 +195,7 @@ impl IptablesEngine {
             ..Default::default()
         };
         let mut texts = Vec::new();
-        for family in FAMILIES {
+        for &family in self.families() {
             let kernel = self.inspect(&bins, family).await?;
             let shape = if self.backend == Some(Backend::Nft) {
                 Shape::NftListFirst
@@ -196,8 +220,9 @@ impl IptablesEngine {
 
     /// After a successful sync: the chains that exist are exactly the record's.
     fn settle_known(&mut self) {
+        let families = self.families();
         if let (Some(known), Some(applied)) = (&mut self.known, &self.applied) {
-            for family in FAMILIES {
+            for &family in families {
                 known[index(family)] = applied.family(family).port_chains().cloned().collect();
             }
         }
@@ -267,7 +292,7 @@ impl ProxyEngine for IptablesEngine {
         }
         let mut applied = previous.expect("checked above");
         let mut partials = Vec::new();
-        for family in FAMILIES {
+        for &family in self.families() {
             partials.push((
                 family,
                 render_family_partial(model, changes, &applied, family),
@@ -323,7 +348,7 @@ impl ProxyEngine for IptablesEngine {
             .binaries()
             .expect("a successful sync resolved the backend");
         let mut found = Vec::new();
-        for family in FAMILIES {
+        for &family in self.families() {
             let record = applied.family(family);
             let d = if self.backend == Some(Backend::Nft) {
                 verify::compare_targeted(self.netns(), &bins, family, record).await?
@@ -347,7 +372,7 @@ impl ProxyEngine for IptablesEngine {
         let explicit = self.options.backend != Backend::Detect;
         for backend in backends {
             let bins = backend.binaries().expect("concrete backend");
-            for family in FAMILIES {
+            for &family in self.families() {
                 let saved = match apply::save(self.netns(), bins.save(family)).await {
                     Ok(s) => s,
                     // A backend whose tools are missing holds nothing of ours.

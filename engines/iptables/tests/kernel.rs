@@ -7,7 +7,7 @@ use support::{netns::*, *};
 use switchyard_core::{ChangeSet, Drift, NodeModel, ProxyEngine};
 use switchyard_iptables::{
     chains::{endpoint_chain, PortChain},
-    detect_backend, Backend, IptablesEngine,
+    detect_backend, Backend, IptOptions, IptablesEngine,
 };
 
 macro_rules! need_root {
@@ -427,4 +427,40 @@ async fn nft_full_sync_over_a_nat_table_iptables_cannot_list() {
     // a table: it removes nothing there, as before.)
     let (ok, out) = ns.run("nft", &["list", "chain", "ip", "nat", "FOREIGN"], "");
     assert!(ok && out.contains("log prefix"), "{out}");
+}
+
+/// On a kernel without IPv6 (`ipv6.disable=1`, where every `ip6tables-restore` fails)
+/// the engine programs IPv4 alone: no `ip6tables` chain, and partial syncs, `verify` and
+/// cleanup never need one.
+#[tokio::test]
+async fn ipv4_only_kernel_programs_no_ip6tables_rules() {
+    need_root!("ipv4_only_kernel_programs_no_ip6tables_rules");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let mut engine = IptablesEngine::new(IptOptions {
+            ipv6: false,
+            ..ns.options(backend)
+        });
+        let m1 = two_services();
+        engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+        assert!(save(&ns, backend, false).contains("SY-SERVICES"));
+        assert!(!save(&ns, backend, true).contains("SY-"), "{backend:?}");
+        assert_eq!(engine.verify(&m1).await.unwrap(), Drift::None);
+
+        let mut m2 = m1.clone();
+        for sp in m2.services.values_mut() {
+            sp.cluster_endpoints
+                .retain(|e| e.ip.to_string() != "10.0.1.5");
+        }
+        let report = engine
+            .sync(&m2, &ChangeSet::between(&m1, &m2))
+            .await
+            .unwrap();
+        assert!(!report.full);
+        assert!(!save(&ns, backend, true).contains("SY-"), "{backend:?}");
+        assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+
+        engine.cleanup().await.unwrap();
+        assert!(!save(&ns, backend, false).contains("SY-"), "{backend:?}");
+    }
 }

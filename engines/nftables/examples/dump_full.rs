@@ -17,7 +17,7 @@ fn main() {
     let model = switchyard_core::test_util::big_model(services, 5);
     let before = rss_mib();
     let start = Instant::now();
-    let (pieces, record) = switchyard_nftables::render::render_full_pieces(&model);
+    let (pieces, record) = switchyard_nftables::render::render_full_pieces(&model, true);
     let took = start.elapsed();
     for piece in &pieces {
         print!("{piece}");

@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use switchyard_core::{ChangeSet, Drift, EngineError, NodeModel, ProxyEngine, SyncReport};
+use switchyard_core::{
+    engine::kernel_has_ipv6, ChangeSet, Drift, EngineError, NodeModel, ProxyEngine, SyncReport,
+};
 use switchyard_crd::Mode;
 
 use crate::{
@@ -28,6 +30,10 @@ pub struct NftOptions {
     /// Whether partial syncs write nf_tables netlink batches themselves, and `verify`
     /// reads netlink dumps (else both run `nft`, like full syncs).
     pub netlink_partials: bool,
+    /// Whether to program the `ip6` tables: false on a kernel without IPv6 (booted with
+    /// `ipv6.disable=1`), where the IPv6 nat hooks cannot be created and would fail the
+    /// whole transaction. Default: what [`kernel_has_ipv6`] finds.
+    pub ipv6: bool,
 }
 
 impl Default for NftOptions {
@@ -36,6 +42,7 @@ impl Default for NftOptions {
             netns: None,
             nft_path: "nft".to_string(),
             netlink_partials: true,
+            ipv6: kernel_has_ipv6(),
         }
     }
 }
@@ -117,7 +124,7 @@ impl ProxyEngine for NftablesEngine {
     ) -> Result<SyncReport, EngineError> {
         let full = changes.full || self.applied.is_none();
         if full {
-            let (pieces, applied) = render_full_pieces(model);
+            let (pieces, applied) = render_full_pieces(model, self.options.ipv6);
             // Forget the record first: if applying fails, the next sync is full.
             self.applied = None;
             let start = Instant::now();
@@ -187,7 +194,7 @@ impl ProxyEngine for NftablesEngine {
         self.applied = None;
         self.socket = None;
         let mut text = String::new();
-        for family in Family::BOTH {
+        for &family in Family::programmed(self.options.ipv6) {
             let fam = family.nft();
             for table in (0..TABLES).map(table_name) {
                 text.push_str(&format!(

@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use foldhash::{HashMap, HashSet};
 use switchyard_core::ServicePortName;
 
-use crate::ruleset::{element_table, object_table, MapKind, TABLES};
+use crate::ruleset::{element_table, object_table, Family, MapKind, TABLES};
 
 /// One element of a map or set. `value` is empty for sets. Key and value are shared
 /// with the claims (one allocation each, however many places hold them).
@@ -180,13 +180,21 @@ impl FamilyRecord {
     }
 }
 
-/// Both tables.
+/// Both families' tables.
 #[derive(Clone, Debug, Default)]
 pub struct Applied {
     pub families: [FamilyRecord; 2],
+    /// The kernel has no IPv6: only the `ip` tables were programmed (partial syncs,
+    /// `verify` and cleanup leave `ip6` alone).
+    pub ipv4_only: bool,
 }
 
 impl Applied {
+    /// The families this record covers.
+    pub fn programmed(&self) -> &'static [Family] {
+        Family::programmed(!self.ipv4_only)
+    }
+
     pub fn rule_count(&self) -> usize {
         self.families.iter().map(FamilyRecord::rule_count).sum()
     }

@@ -772,16 +772,20 @@ pub fn render_full(model: &NodeModel) -> String {
 
 /// `render_full`, and the record of what the kernel holds once it is applied.
 pub fn render_full_with_record(model: &NodeModel) -> (String, Applied) {
-    let (pieces, applied) = render_full_pieces(model);
+    let (pieces, applied) = render_full_pieces(model, true);
     (pieces.concat(), applied)
 }
 
 /// `render_full_with_record` as consecutive pieces of text (per table: header, chains,
 /// maps), to be fed to `nft` one after the other without concatenating them.
-pub fn render_full_pieces(model: &NodeModel) -> (Vec<String>, Applied) {
+/// Without `ipv6` (a kernel without IPv6) only the `ip` tables are written.
+pub fn render_full_pieces(model: &NodeModel, ipv6: bool) -> (Vec<String>, Applied) {
     let mut out = Vec::with_capacity(4 * TABLES * Family::BOTH.len());
-    let mut applied = Applied::default();
-    for family in Family::BOTH {
+    let mut applied = Applied {
+        ipv4_only: !ipv6,
+        ..Applied::default()
+    };
+    for &family in applied.programmed() {
         applied.families[family.index()] = render_family_full(model, family, &mut out);
     }
     (out, applied)
@@ -939,7 +943,7 @@ pub fn render_partial(model: &NodeModel, changes: &ChangeSet, applied: &Applied)
         .collect();
     let mut text = String::new();
     let mut families: [FamilyPartial; 2] = Default::default();
-    for family in Family::BOTH {
+    for &family in applied.programmed() {
         let record = &applied.families[family.index()];
         let ctx = FamilyCtx::new(model, family);
         families[family.index()] = render_family_partial(&ctx, model, &touched, record, &mut text);

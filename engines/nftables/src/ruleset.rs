@@ -298,6 +298,15 @@ pub enum Family {
 impl Family {
     pub const BOTH: [Family; 2] = [Family::Ip, Family::Ip6];
 
+    /// The families a node programs: both, or IPv4 alone on a kernel without IPv6.
+    pub fn programmed(ipv6: bool) -> &'static [Family] {
+        if ipv6 {
+            &Family::BOTH
+        } else {
+            &Family::BOTH[..1]
+        }
+    }
+
     /// The nft family keyword, also the address match keyword (`ip saddr`, `ip6 saddr`).
     pub fn nft(self) -> &'static str {
         match self {

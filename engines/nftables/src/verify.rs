@@ -246,7 +246,7 @@ pub async fn verify(
     let Some(chains_text) = list(options, &["list", "chains"], &mut found).await? else {
         return Ok(Drift::Found(found.join("; ")));
     };
-    for family in Family::BOTH {
+    for &family in applied.programmed() {
         let fam = family.nft();
         let sets = list(options, &["list", "sets", fam], &mut found).await?;
         let maps = list(options, &["list", "maps", fam], &mut found).await?;
@@ -335,7 +335,7 @@ pub fn verify_netlink(
     cursor: &mut usize,
 ) -> Result<Drift, EngineError> {
     let mut found = Vec::new();
-    for family in Family::BOTH {
+    for &family in applied.programmed() {
         let fam = family.nft();
         let family_record = &applied.families[family.index()];
         let mut all_chains = socket.chains(family)?;

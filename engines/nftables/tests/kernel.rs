@@ -199,6 +199,7 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
         netns: Some(ns.name.clone()),
         nft_path: fake.to_string_lossy().into_owned(),
         netlink_partials: false,
+        ipv6: true,
     });
     assert!(failing.sync(&m1, &ChangeSet::full(&m1)).await.is_err());
     assert!(failing.next_sync_is_full());
@@ -508,4 +509,45 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
     assert_eq!(engine.verify(&m3).await.unwrap(), Drift::None);
     let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(v4.contains("dnat to 10.0.1.5:8080"), "{v4}");
+}
+
+/// On a kernel without IPv6 (`ipv6.disable=1`: no IPv6 nat hooks, so an `ip6` nat chain
+/// would fail the whole transaction) the engine programs the `ip` tables alone, and
+/// partial syncs, `verify` and cleanup leave `ip6` alone too.
+#[tokio::test]
+async fn ipv4_only_kernel_programs_no_ip6_tables() {
+    need_root!("ipv4_only_kernel_programs_no_ip6_tables");
+    let ns = Netns::new();
+    let mut engine = NftablesEngine::new(NftOptions {
+        ipv6: false,
+        ..ns.options()
+    });
+    let tables = |ns: &Netns| {
+        let (ok, out) = ns.nft(&["list", "tables"], "");
+        assert!(ok, "{out}");
+        out
+    };
+    let m1 = two_services();
+    engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    let listed = tables(&ns);
+    assert!(listed.contains("table ip switchyard\n"), "{listed}");
+    assert!(!listed.contains("ip6"), "{listed}");
+    assert_eq!(engine.verify(&m1).await.unwrap(), Drift::None);
+
+    // A partial sync touching a dual-stack service: still nothing in ip6.
+    let mut m2 = m1.clone();
+    for sp in m2.services.values_mut() {
+        sp.cluster_endpoints
+            .retain(|e| e.ip.to_string() != "10.0.1.5");
+    }
+    let report = engine
+        .sync(&m2, &ChangeSet::between(&m1, &m2))
+        .await
+        .unwrap();
+    assert!(!report.full);
+    assert!(!tables(&ns).contains("ip6"));
+    assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
+
+    engine.cleanup().await.unwrap();
+    assert!(!tables(&ns).contains("switchyard"));
 }

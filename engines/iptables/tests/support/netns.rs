@@ -40,6 +40,7 @@ impl Netns {
         IptOptions {
             netns: Some(self.name.clone()),
             backend,
+            ipv6: true,
         }
     }
 }
