@@ -29,33 +29,6 @@ fn main() {
         rss_mib(),
         record.rule_count()
     );
-    if std::env::var_os("SY_RECORD_STATS").is_some() {
-        for (f, fam) in record.families.iter().enumerate() {
-            let elements: usize = fam.ports.values().map(|p| p.elements.len()).sum();
-            let key_bytes: usize = fam
-                .ports
-                .values()
-                .flat_map(|p| &p.elements)
-                .map(|e| e.key.len())
-                .sum();
-            let value_bytes: usize = fam
-                .ports
-                .values()
-                .flat_map(|p| &p.elements)
-                .map(|e| e.value.len())
-                .sum();
-            let chains: usize = fam.ports.values().map(|p| p.chains.len()).sum();
-            let chain_bytes: usize = fam
-                .ports
-                .values()
-                .flat_map(|p| &p.chains)
-                .map(|c| c.0.len())
-                .sum();
-            let claims: usize = fam.claims.iter().map(|m| m.len()).sum();
-            let table_chains: usize = fam.tables.iter().map(|t| t.chains.len()).sum();
-            eprintln!("family {f}: ports {} elements {elements} key bytes {key_bytes} value bytes {value_bytes} chains {chains} chain bytes {chain_bytes} claims {claims} table chains {table_chains}", fam.ports.len());
-        }
-    }
 }
 
 /// This process's resident set, MiB.
