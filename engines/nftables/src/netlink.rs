@@ -485,11 +485,11 @@ impl NftSocket {
 
     /// Sends `batch` and waits for the kernel's verdict on it.
     pub fn commit(&mut self, batch: Batch) -> Result<(), EngineError> {
-        let messages = batch.len();
+        let count = batch.len();
         let (buf, first, last) = batch.finish();
         // Sequence numbers: begin, messages..., end.
-        self.seq = first.wrapping_add(messages as u32 + 2);
-        if messages == 0 {
+        self.seq = first.wrapping_add(count as u32 + 2);
+        if count == 0 {
             return Ok(());
         }
         self.send(&buf, "sending the batch")?;
@@ -498,25 +498,16 @@ impl NftSocket {
             let n = self
                 .receive("waiting for the kernel's answer")?
                 .min(self.recv_buf.len());
-            let mut data = &self.recv_buf[..n];
-            while data.len() >= 16 {
-                let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
-                if len < 16 || len > data.len() {
-                    return Err(io_error("answer", "malformed netlink message"));
-                }
-                let kind = u16::from_ne_bytes([data[4], data[5]]);
-                let seq = u32::from_ne_bytes(data[8..12].try_into().expect("4"));
-                if kind == NLMSG_ERROR && len >= 20 {
-                    let errno = i32::from_ne_bytes(data[16..20].try_into().expect("4"));
+            for message in messages(&self.recv_buf[..n], "answer") {
+                let Message { kind, seq, body } = message?;
+                if kind == NLMSG_ERROR && body.len() >= 4 {
+                    let errno = i32::from_ne_bytes(body[0..4].try_into().expect("4"));
                     let in_batch = seq.wrapping_sub(first) <= last.wrapping_sub(first) + 1;
                     if in_batch {
                         if errno != 0 {
                             let index = seq.wrapping_sub(first);
                             failure.get_or_insert_with(|| {
-                                format!(
-                                    "message {index} of {messages}: {}",
-                                    Errno::from_raw(-errno)
-                                )
+                                format!("message {index} of {count}: {}", Errno::from_raw(-errno))
                             });
                         }
                         if seq == last || seq == first {
@@ -530,10 +521,42 @@ impl NftSocket {
                         }
                     }
                 }
-                data = &data[align4(len).min(data.len())..];
             }
         }
     }
+}
+
+/// One netlink message of a received datagram: type, sequence number, body (after the
+/// 16-byte header).
+struct Message<'a> {
+    kind: u16,
+    seq: u32,
+    body: &'a [u8],
+}
+
+/// The netlink messages of a received datagram, in order; a malformed header ends the
+/// iteration with an error (`what` names the exchange).
+fn messages<'a>(
+    mut data: &'a [u8],
+    what: &'static str,
+) -> impl Iterator<Item = Result<Message<'a>, EngineError>> {
+    std::iter::from_fn(move || {
+        if data.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
+        if len < 16 || len > data.len() {
+            data = &[];
+            return Some(Err(io_error(what, "malformed netlink message")));
+        }
+        let message = Message {
+            kind: u16::from_ne_bytes([data[4], data[5]]),
+            seq: u32::from_ne_bytes(data[8..12].try_into().expect("4")),
+            body: &data[16..len],
+        };
+        data = &data[align4(len).min(data.len())..];
+        Some(Ok(message))
+    })
 }
 
 /// The attributes of a message body: (type without flags, value).
@@ -591,16 +614,12 @@ impl NftSocket {
             if n > self.recv_buf.len() {
                 return Err(io_error("dump", "datagram larger than the buffer"));
             }
-            let mut data = &self.recv_buf[..n];
-            while data.len() >= 16 {
-                let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
-                if len < 16 || len > data.len() {
-                    return Err(io_error("dump", "malformed netlink message"));
-                }
-                let kind = u16::from_ne_bytes([data[4], data[5]]);
-                let msg_seq = u32::from_ne_bytes(data[8..12].try_into().expect("4"));
-                let body = &data[16..len];
-                data = &data[align4(len).min(data.len())..];
+            for message in messages(&self.recv_buf[..n], "dump") {
+                let Message {
+                    kind,
+                    seq: msg_seq,
+                    body,
+                } = message?;
                 if msg_seq != seq {
                     continue;
                 }
@@ -732,16 +751,12 @@ impl NftSocket {
         let mut found = Vec::new();
         loop {
             let n = self.receive("reading elements")?.min(self.recv_buf.len());
-            let mut data = &self.recv_buf[..n];
-            while data.len() >= 16 {
-                let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
-                if len < 16 || len > data.len() {
-                    return Err(io_error("elements", "malformed netlink message"));
-                }
-                let kind = u16::from_ne_bytes([data[4], data[5]]);
-                let msg_seq = u32::from_ne_bytes(data[8..12].try_into().expect("4"));
-                let body = &data[16..len];
-                data = &data[align4(len).min(data.len())..];
+            for message in messages(&self.recv_buf[..n], "elements") {
+                let Message {
+                    kind,
+                    seq: msg_seq,
+                    body,
+                } = message?;
                 if msg_seq != seq {
                     continue;
                 }
