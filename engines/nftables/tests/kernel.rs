@@ -33,6 +33,26 @@ fn two_services() -> switchyard_core::NodeModel {
     model(vec![web, empty])
 }
 
+/// Tampers with the kernel behind the engine's back: deletes the `service-ips` element
+/// of web's cluster IP, which a partial sync emptying web must delete (and so fails).
+fn delete_web_cluster_ip_element(ns: &Netns) {
+    let web_table = switchyard_nftables::ruleset::table_name(
+        switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table(),
+    );
+    let (ok, out) = ns.nft(
+        &[
+            "delete",
+            "element",
+            "ip",
+            &web_table,
+            "service-ips",
+            "{ 172.16.0.10 . tcp . 80 }",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+}
+
 #[tokio::test]
 async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     need_root!("sync_programs_maps_and_partial_removes_endpoint_chain");
@@ -210,23 +230,7 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
     web.cluster_endpoints.clear();
     web.local_endpoints.clear();
     // ...because someone deleted the element it needs to delete.
-    let web_table = switchyard_nftables::ruleset::table_name(
-        switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table(),
-    );
-    assert!(
-        ns.nft(
-            &[
-                "delete",
-                "element",
-                "ip",
-                &web_table,
-                "service-ips",
-                "{ 172.16.0.10 . tcp . 80 }"
-            ],
-            ""
-        )
-        .0
-    );
+    delete_web_cluster_ip_element(&ns);
     let (_, tampered) = ns.nft(&["list", "ruleset"], "");
     let err = engine.sync(&m2, &ChangeSet::between(&m1, &m2)).await;
     assert!(err.is_err(), "partial sync should fail");
@@ -469,23 +473,7 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
     web.local_endpoints.clear();
     // Someone deleted the element the partial sync must delete: the batch fails as a
     // whole.
-    let web_table = switchyard_nftables::ruleset::table_name(
-        switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table(),
-    );
-    assert!(
-        ns.nft(
-            &[
-                "delete",
-                "element",
-                "ip",
-                &web_table,
-                "service-ips",
-                "{ 172.16.0.10 . tcp . 80 }"
-            ],
-            ""
-        )
-        .0
-    );
+    delete_web_cluster_ip_element(&ns);
     let (_, tampered) = ns.nft(&["list", "ruleset"], "");
     let err = engine.sync(&m2, &ChangeSet::between(&m1, &m2)).await;
     let err = err.expect_err("partial sync should fail");
