@@ -155,6 +155,27 @@ impl EngineFactory for Engines {
             }),
         }
     }
+
+    fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
+        every_owner()
+    }
+}
+
+/// One engine per kind of kernel state Switchyard can leave on a node: their `cleanup`
+/// removes everything of that kind.
+fn every_owner() -> Vec<Box<dyn ProxyEngine>> {
+    vec![
+        Box::new(NftablesEngine::new(NftOptions::default())),
+        // Each iptables backend on its own: whichever a previous run used.
+        Box::new(IptablesEngine::new(IptOptions {
+            backend: IptBackend::Nft,
+            ..IptOptions::default()
+        })),
+        Box::new(IptablesEngine::new(IptOptions {
+            backend: IptBackend::Legacy,
+            ..IptOptions::default()
+        })),
+    ]
 }
 
 /// Deletes stale UDP conntrack flows over netlink, as upstream kube-proxy does.
@@ -402,18 +423,7 @@ async fn wait_for_signal() {
 }
 
 async fn cleanup() -> Result<()> {
-    let mut engines: Vec<Box<dyn ProxyEngine>> = vec![
-        Box::new(NftablesEngine::new(NftOptions::default())),
-        // Both iptables backends: whichever a previous run used.
-        Box::new(IptablesEngine::new(IptOptions {
-            backend: IptBackend::Nft,
-            ..IptOptions::default()
-        })),
-        Box::new(IptablesEngine::new(IptOptions {
-            backend: IptBackend::Legacy,
-            ..IptOptions::default()
-        })),
-    ];
+    let mut engines = every_owner();
     let mut failures = Vec::new();
     for engine in &mut engines {
         match engine.cleanup().await {

@@ -52,6 +52,13 @@ pub enum EngineError {
 pub trait ProxyEngine: Send {
     fn mode(&self) -> Mode;
 
+    /// Names the kernel state this engine programs (`nftables`, `iptables-nft`,
+    /// `iptables-legacy`...): two engines with different owners never delete each
+    /// other's objects, and the runner removes at start what other owners left.
+    fn owner(&self) -> String {
+        self.mode().to_string()
+    }
+
     /// Brings the kernel to `model`. `changes` says what differs from the model last
     /// applied successfully; `changes.full` asks for a rewrite of everything. On error
     /// the previously applied rules must still be in place.

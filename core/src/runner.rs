@@ -82,6 +82,13 @@ pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 /// Builds engines by mode; implemented where the engine crates are known (the binary).
 pub trait EngineFactory: Send + Sync {
     fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError>;
+
+    /// One engine per kind of kernel state any engine of this binary can leave behind
+    /// (see [`ProxyEngine::owner`]), used only for `cleanup`: what a previous process in
+    /// another mode left.
+    fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
+        Vec::new()
+    }
 }
 
 /// Removes conntrack entries that would keep UDP clients talking to endpoints that are
@@ -133,6 +140,8 @@ pub struct SyncRunner {
     /// Metric labels set for the current choice, to reset on change.
     reported: Option<EngineChoice>,
     stale_flows: Option<Box<dyn StaleFlowCleaner>>,
+    /// Other engines' leftovers were removed after this process's first sync.
+    leftovers_removed: bool,
 }
 
 /// Outcome of one pass, for tests and logs.
@@ -181,6 +190,7 @@ impl SyncRunner {
             status,
             reported: None,
             stale_flows: None,
+            leftovers_removed: false,
         }
     }
 
@@ -264,6 +274,15 @@ impl SyncRunner {
 
     /// Makes `mode`'s engine the active one, make-before-break: the new engine is fully
     /// programmed and verified before the old one is cleaned up.
+    ///
+    /// When the new engine fails to start:
+    /// - during a live switch, the old engine keeps serving and whatever the new one
+    ///   left (a stale table of a previous run, half of a two-family apply) is removed;
+    /// - at process start there is no old engine, and what the kernel holds is most
+    ///   likely a previous process's working ruleset: it is left in place, the new engine
+    ///   becomes the active one without being in sync, and the next passes retry it with
+    ///   full syncs. Cleaning up here would turn one refused transaction (an xtables lock
+    ///   held for 5 s, one nft rejection) into an outage.
     async fn switch_to(&mut self, mode: Mode, model: &NodeModel) -> Result<(), String> {
         let mut engine = self.factory.build(mode).map_err(|e| e.to_string())?;
         let from = self.mode();
@@ -279,8 +298,13 @@ impl SyncRunner {
         }
         .await;
         if let Err(e) = result {
-            if let Err(c) = engine.cleanup().await {
-                tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+            if self.engine.is_some() {
+                if let Err(c) = engine.cleanup().await {
+                    tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+                }
+            } else {
+                tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
+                self.engine = Some(engine);
             }
             return Err(e);
         }
@@ -297,6 +321,35 @@ impl SyncRunner {
         }
         self.engine = Some(engine);
         Ok(())
+    }
+
+    /// Removes what other engines left on the node (a previous process in another mode
+    /// or iptables backend): nobody owns those rules any more, and they would keep
+    /// routing to whatever endpoints they knew. Runs once, after the active engine's
+    /// first successful sync (make-before-break, as a live switch does).
+    async fn remove_leftovers(&mut self) {
+        let Some(active) = self.engine.as_ref() else {
+            return;
+        };
+        let keep = active.owner();
+        let mut done = true;
+        for mut other in self.factory.leftover_cleaners() {
+            if other.owner() == keep {
+                continue;
+            }
+            match other.cleanup().await {
+                Ok(()) => {
+                    tracing::debug!(owner = %other.owner(), "no leftovers of another engine remain")
+                }
+                // Its tools are not installed: it cannot have left anything.
+                Err(EngineError::Spawn { .. }) => {}
+                Err(e) => {
+                    done = false;
+                    tracing::warn!(owner = %other.owner(), error = %e, "removing another engine's leftover rules failed; retrying after the next sync")
+                }
+            }
+        }
+        self.leftovers_removed = done;
     }
 
     /// Brings the model up to date with the state: only the Services that changed are
@@ -356,6 +409,9 @@ impl SyncRunner {
             )
             .await;
         self.model = model;
+        if matches!(pass, Pass::Synced { .. } | Pass::Unchanged) && !self.leftovers_removed {
+            self.remove_leftovers().await;
+        }
         pass
     }
 
@@ -671,7 +727,8 @@ mod tests {
         /// (mode, full, service ports) per sync.
         syncs: Vec<(Mode, bool, usize)>,
         cleanups: Vec<Mode>,
-        fail_next: bool,
+        /// Syncs to refuse from now on.
+        fail_next: usize,
         drift_next: bool,
     }
 
@@ -688,7 +745,8 @@ mod tests {
             changes: &ChangeSet,
         ) -> Result<SyncReport, EngineError> {
             let mut c = self.1.lock().unwrap();
-            if std::mem::take(&mut c.fail_next) {
+            if c.fail_next > 0 {
+                c.fail_next -= 1;
                 return Err(EngineError::Apply {
                     tool: "test".into(),
                     message: "refused".into(),
@@ -713,6 +771,12 @@ mod tests {
     impl EngineFactory for Factory {
         fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError> {
             Ok(Box::new(Recording(mode, self.0.clone())))
+        }
+        fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
+            [Mode::Iptables, Mode::Nftables]
+                .into_iter()
+                .map(|m| Box::new(Recording(m, self.0.clone())) as Box<dyn ProxyEngine>)
+                .collect()
         }
     }
 
@@ -818,7 +882,7 @@ mod tests {
             }
         );
 
-        calls.lock().unwrap().fail_next = true;
+        calls.lock().unwrap().fail_next = 1;
         state.lock().unwrap().upsert(service("c", "10.96.0.3"));
         assert!(matches!(
             runner.sync_once(false, None).await,
@@ -880,10 +944,97 @@ mod tests {
         );
         assert!(!health.verdict().healthy);
         assert!(
-            calls.lock().unwrap().cleanups.is_empty(),
+            !calls.lock().unwrap().cleanups.contains(&Mode::Nftables),
             "previous rules stay"
         );
         assert_eq!(runner.mode(), Some(Mode::Nftables));
+    }
+
+    /// Issue 14 defect 1: a restarted agent whose first sync is refused must leave the
+    /// previous process's rules in place and retry, never clean them up.
+    #[tokio::test]
+    async fn failed_first_sync_keeps_the_kernel_rules_and_retries() {
+        let Fixture {
+            mut runner,
+            calls,
+            state,
+            health,
+            ..
+        } = fixture("mode: nftables");
+        state.lock().unwrap().upsert(service("a", "10.96.0.1"));
+        calls.lock().unwrap().fail_next = 2;
+        for _ in 0..2 {
+            assert!(matches!(
+                runner.sync_once(false, None).await,
+                Pass::Failed(_)
+            ));
+            assert!(!health.verdict().healthy);
+        }
+        assert!(
+            calls.lock().unwrap().cleanups.is_empty(),
+            "nothing may be cleaned up while the first sync fails"
+        );
+        assert_eq!(runner.mode(), Some(Mode::Nftables), "the engine stays");
+        assert_eq!(
+            runner.sync_once(false, None).await,
+            Pass::Synced {
+                full: true,
+                service_ports: 1
+            }
+        );
+        let c = calls.lock().unwrap();
+        // A full rewrite (the retry's change set names nothing: the model was built).
+        assert_eq!(c.syncs, vec![(Mode::Nftables, true, 0)]);
+        // Only then are other engines' leftovers removed, never the active one's.
+        assert_eq!(c.cleanups, vec![Mode::Iptables]);
+    }
+
+    /// Issue 14 defect 10: after a restart into another mode, the previous mode's rules
+    /// are removed once the new engine has synced (and not before).
+    #[tokio::test]
+    async fn leftovers_of_other_engines_go_after_the_first_sync_only() {
+        let Fixture {
+            mut runner, calls, ..
+        } = fixture("mode: iptables");
+        calls.lock().unwrap().fail_next = 1;
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Failed(_)
+        ));
+        assert!(calls.lock().unwrap().cleanups.is_empty());
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Synced { .. }
+        ));
+        assert_eq!(calls.lock().unwrap().cleanups, vec![Mode::Nftables]);
+        assert_eq!(runner.sync_once(false, None).await, Pass::Unchanged);
+        assert_eq!(
+            calls.lock().unwrap().cleanups,
+            vec![Mode::Nftables],
+            "once per process"
+        );
+    }
+
+    /// A live switch whose new engine fails keeps the old engine serving and removes what
+    /// the new one left.
+    #[tokio::test]
+    async fn failed_live_switch_keeps_the_old_engine() {
+        let Fixture {
+            mut runner,
+            calls,
+            state,
+            ..
+        } = fixture("mode: nftables");
+        runner.sync_once(false, None).await;
+        calls.lock().unwrap().cleanups.clear();
+        state.lock().unwrap().upsert(config("mode: iptables"));
+        calls.lock().unwrap().fail_next = 1;
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Failed(_)
+        ));
+        assert_eq!(runner.mode(), Some(Mode::Nftables));
+        assert_eq!(calls.lock().unwrap().cleanups, vec![Mode::Iptables]);
     }
 
     #[tokio::test]
@@ -905,7 +1056,8 @@ mod tests {
         let c = calls.lock().unwrap();
         // The new engine was programmed before the old one was cleaned up.
         assert_eq!(c.syncs.last(), Some(&(Mode::Iptables, true, 1)));
-        assert_eq!(c.cleanups, vec![Mode::Nftables]);
+        // At start the other engine's leftovers; at the switch, the old engine.
+        assert_eq!(c.cleanups, vec![Mode::Iptables, Mode::Nftables]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -74,6 +74,19 @@ impl Agent {
         extra_args: &[&str],
         log_path: &Path,
     ) -> Result<Agent> {
+        Agent::start_with_env(netns_name, manifests, node_name, extra_args, &[], log_path)
+    }
+
+    /// Like [`Agent::start`], with extra environment variables (such as a `PATH` that puts
+    /// a test's wrapper of a dataplane tool first).
+    pub fn start_with_env(
+        netns_name: &str,
+        manifests: &Path,
+        node_name: &str,
+        extra_args: &[&str],
+        env: &[(String, String)],
+        log_path: &Path,
+    ) -> Result<Agent> {
         let bin = agent_binary()?;
         let log = File::create(log_path)
             .with_context(|| format!("creating agent log {}", log_path.display()))?;
@@ -91,6 +104,7 @@ impl Agent {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -155,6 +169,12 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would end the process: nothing runs on exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, wait up to 3 s, then SIGKILL.

@@ -321,15 +321,26 @@ impl Sandbox {
     /// Starts the agent in the node namespace reading `manifests`; `extra_args` are appended
     /// to `switchyard run --manifests DIR --node-name test-node`.
     pub fn run_agent(&mut self, manifests: &Path, extra_args: &[&str]) -> Result<()> {
+        self.run_agent_with_env(manifests, extra_args, &[])
+    }
+
+    /// Like [`Sandbox::run_agent`], with extra environment variables for the agent.
+    pub fn run_agent_with_env(
+        &mut self,
+        manifests: &Path,
+        extra_args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
         if let Some(mut old) = self.agent.take() {
             old.stop();
         }
         let log = self.logs.path().join("agent.log");
-        self.agent = Some(Agent::start(
+        self.agent = Some(Agent::start_with_env(
             self.node.name(),
             manifests,
             NODE_NAME,
             extra_args,
+            env,
             &log,
         )?);
         Ok(())

@@ -260,6 +260,14 @@ impl ProxyEngine for IptablesEngine {
         Mode::Iptables
     }
 
+    fn owner(&self) -> String {
+        match self.backend {
+            Some(b) => format!("iptables-{}", b.as_str()),
+            // Not resolved yet: it may own either backend's chains.
+            None => "iptables".to_string(),
+        }
+    }
+
     fn rule_counts(&self) -> Vec<(String, usize)> {
         IptablesEngine::rule_counts(self)
     }
