@@ -1,33 +1,32 @@
 //! Switchyard's core: everything between the sources of Kubernetes objects and the
 //! dataplane engines.
 //!
-//! - [`state`]: `ClusterState`, the typed store every source feeds.
+//! - [`state`]: `ClusterState`, the typed store every source feeds, read by the model
+//!   (`switchyard-model`) as its catalog.
 //! - [`validation`]: per-object checks; an invalid object is reported and skipped.
-//! - [`model`]: `NodeModel`, what every service port means on this node.
-//! - [`changes`]: `ChangeSet`, the difference between two models.
-//! - [`engine`]: the `ProxyEngine` contract every dataplane implements.
-//! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair).
+//! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair, engine
+//!   choice and make-before-break switches).
 //! - [`manifests`]: the standalone source reading a directory of YAML/JSON.
-//! - [`metrics`] and [`health`]: what the node tells the outside world.
+//! - [`metrics`], [`health`] and [`service_health`]: what the node tells the outside
+//!   world.
 //!
-//! Core never renders kernel rules and never talks to a kernel.
+//! The model, its plans, change sets and the engine contract live in
+//! `switchyard-model` (re-exported here as [`model`], [`changes`] and [`engine`]). Core
+//! renders no kernel rules; it reaches the kernel only through engines, and through the
+//! stale-flow cleaner and servers the binary gives it.
 
-pub mod changes;
-pub mod engine;
 pub mod engine_choice;
 pub mod health;
 pub mod manifests;
 pub mod metrics;
-pub mod model;
 pub mod runner;
 pub mod selection;
 pub mod service_health;
 pub mod state;
-#[cfg(feature = "test-util")]
-pub mod test_util;
 pub mod validation;
 
-pub use changes::ChangeSet;
-pub use engine::{Drift, EngineError, ProxyEngine, SyncReport};
-pub use model::{Endpoint, IpFamily, NodeModel, Protocol, ServicePort, ServicePortName};
+pub use switchyard_model::{
+    changes, engine, model, ChangeSet, Drift, EngineError, IpFamily, NodeModel, Protocol,
+    ProxyEngine, ServicePortName, ServicePortPlan, SyncReport,
+};
 pub use state::{ClusterState, Object, ObjectKey, ObjectKind};

@@ -22,7 +22,28 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_crd::ProxyConfig;
 
-use crate::model::{is_proxied, Protocol, SERVICE_NAME_LABEL};
+use switchyard_model::{
+    Catalog, EndpointHints, ModelConfig, NodeFacts, Protocol, ServiceEntry, ServiceEntryPort,
+    SliceEndpoint, SliceEntry, SlicePort,
+};
+pub use switchyard_model::ServiceKey;
+
+/// The label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label naming its zone, matched against EndpointSlice zone hints.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Whether kube-proxy programs this Service at all: not headless, not ExternalName.
+pub fn is_proxied(svc: &Service) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return false;
+    }
+    match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => false,
+        Some(_) => true,
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjectKind {
@@ -86,47 +107,6 @@ impl Object {
     }
 }
 
-/// `(namespace, name)` of a Service.
-pub type ServiceKey = (String, String);
-
-/// A Service as the proxy reads it: the fields the model uses, parsed. Everything here
-/// is a fact about the Service alone; what it means on one node is the model's job.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceEntry {
-    /// Not headless and not ExternalName: kube-proxy programs it. When false, every
-    /// other field is empty.
-    pub proxied: bool,
-    /// `clusterIPs` (or `clusterIP`), parsed, sorted, deduplicated.
-    pub cluster_ips: Vec<IpAddr>,
-    pub external_ips: Vec<IpAddr>,
-    /// Load-balancer ingress IPs (not `ipMode: Proxy`), for `type: LoadBalancer` only.
-    pub load_balancer_ips: Vec<IpAddr>,
-    /// `loadBalancerSourceRanges`, truncated to their prefix; empty without LB IPs.
-    pub load_balancer_source_ranges: Vec<IpNet>,
-    /// `externalTrafficPolicy: Local`.
-    pub external_policy_local: bool,
-    /// `internalTrafficPolicy: Local`.
-    pub internal_policy_local: bool,
-    /// `sessionAffinity: ClientIP` timeout in seconds.
-    pub affinity_timeout: Option<u32>,
-    /// `healthCheckNodePort`, when set and not zero.
-    pub health_check_node_port: Option<u16>,
-    /// The ports, in the Service's order, without those of an unknown protocol or an
-    /// out-of-range number.
-    pub ports: Vec<ServiceEntryPort>,
-}
-
-/// One port of a [`ServiceEntry`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceEntryPort {
-    /// The port's `name` (empty for a single unnamed port).
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-    /// Only for `type: NodePort` and `LoadBalancer`, and never zero.
-    pub node_port: Option<u16>,
-}
-
 fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = items
         .into_iter()
@@ -138,9 +118,8 @@ fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
     ips
 }
 
-impl ServiceEntry {
-    /// What the proxy reads of `svc`.
-    pub fn of(svc: &Service) -> ServiceEntry {
+/// What the proxy reads of `svc`.
+pub fn service_entry(svc: &Service) -> ServiceEntry {
         if !is_proxied(svc) {
             return ServiceEntry::default();
         }
@@ -159,7 +138,8 @@ impl ServiceEntry {
                     .and_then(|lb| lb.ingress.as_ref())
                     .into_iter()
                     .flatten()
-                    .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
+                    // Upstream's IsVIPMode: no ipMode, or VIP.
+                    .filter(|ing| matches!(ing.ip_mode.as_deref(), None | Some("VIP")))
                     .filter_map(|ing| ing.ip.as_ref()),
             )
         } else {
@@ -215,69 +195,17 @@ impl ServiceEntry {
             external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             affinity_timeout,
+            // Upstream's NeedsHealthCheck: type LoadBalancer, externalTrafficPolicy Local.
             health_check_node_port: spec
                 .health_check_node_port
+                .filter(|_| {
+                    type_ == "LoadBalancer"
+                        && spec.external_traffic_policy.as_deref() == Some("Local")
+                })
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p != 0),
             ports,
         }
-    }
-}
-
-/// An EndpointSlice as the proxy reads it. An FQDN slice has no ports and no endpoints
-/// (the proxy never uses it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SliceEntry {
-    /// The Service its `kubernetes.io/service-name` label names (same namespace).
-    pub service: Option<String>,
-    /// The ports, in the slice's order.
-    pub ports: Vec<SlicePort>,
-    /// The endpoints whose first address parses, in the slice's order.
-    pub endpoints: Vec<SliceEndpoint>,
-}
-
-/// One port of a [`SliceEntry`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlicePort {
-    /// The port's `name` (empty when unnamed).
-    pub name: String,
-    /// `None`: a protocol the proxy does not know.
-    pub protocol: Option<Protocol>,
-    /// `None`: no port number, or one out of range or zero.
-    pub port: Option<u16>,
-}
-
-/// One endpoint of a [`SliceEntry`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SliceEndpoint {
-    /// The endpoint's first address.
-    pub ip: IpAddr,
-    /// As upstream: a missing `ready` means ready.
-    pub ready: bool,
-    /// A missing `serving` follows `ready`.
-    pub serving: bool,
-    pub terminating: bool,
-    /// `nodeName`, shared by every endpoint on that node.
-    pub node_name: Option<Arc<str>>,
-    /// Topology hints; `None` when there are none (the common case).
-    pub hints: Option<Box<EndpointHints>>,
-}
-
-impl SliceEndpoint {
-    pub fn zone_hints(&self) -> &[String] {
-        self.hints.as_deref().map_or(&[], |h| &h.zones)
-    }
-
-    pub fn node_hints(&self) -> &[String] {
-        self.hints.as_deref().map_or(&[], |h| &h.nodes)
-    }
-}
-
-/// `hints.forZones` and `hints.forNodes` names, each sorted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndpointHints {
-    pub zones: Vec<String>,
-    pub nodes: Vec<String>,
 }
 
 /// Node names shared by the endpoints that name them (a cluster has few nodes and
@@ -307,9 +235,8 @@ impl NodeNames {
     }
 }
 
-impl SliceEntry {
-    /// What the proxy reads of `slice`, node names taken from `node_names`.
-    fn of(slice: &EndpointSlice, node_names: &mut NodeNames) -> SliceEntry {
+/// What the proxy reads of `slice`, node names taken from `node_names`.
+fn slice_entry(slice: &EndpointSlice, node_names: &mut NodeNames) -> SliceEntry {
         let service = slice
             .metadata
             .labels
@@ -364,7 +291,8 @@ impl SliceEntry {
                 Some(SliceEndpoint {
                     ip,
                     ready,
-                    serving: cond.and_then(|c| c.serving).unwrap_or(ready),
+                    // As upstream: a missing `serving` means serving.
+                    serving: cond.and_then(|c| c.serving).unwrap_or(true),
                     terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
                     node_name: ep.node_name.as_deref().map(|n| node_names.get(n)),
                     hints: (!zones.is_empty() || !nodes.is_empty())
@@ -378,7 +306,6 @@ impl SliceEntry {
             ports,
             endpoints,
         }
-    }
 }
 
 /// A Node as the proxy reads it: name, labels (zone, ProxyConfig selection) and
@@ -447,14 +374,14 @@ impl ClusterState {
         let changed = match object {
             Object::Service(o) => {
                 let svc = (key.namespace.clone(), key.name.clone());
-                let changed = replace(&mut self.services, key, ServiceEntry::of(&o));
+                let changed = replace(&mut self.services, key, service_entry(&o));
                 if changed {
                     self.changes.services.insert(svc);
                 }
                 changed
             }
             Object::EndpointSlice(o) => {
-                let entry = SliceEntry::of(&o, &mut self.node_names);
+                let entry = slice_entry(&o, &mut self.node_names);
                 let old_owner = self
                     .endpoint_slices
                     .get(&key)
@@ -625,6 +552,66 @@ impl ClusterState {
 
     pub fn service_count(&self) -> usize {
         self.services.len()
+    }
+}
+
+impl Catalog for ClusterState {
+    fn service(&self, namespace: &str, name: &str) -> Option<&ServiceEntry> {
+        ClusterState::service(self, namespace, name)
+    }
+
+    fn services(&self) -> Box<dyn Iterator<Item = (&str, &str, &ServiceEntry)> + '_> {
+        Box::new(ClusterState::services(self))
+    }
+
+    fn slices_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> Box<dyn Iterator<Item = &'a SliceEntry> + 'a> {
+        Box::new(ClusterState::slices_of(self, namespace, name))
+    }
+}
+
+impl ClusterState {
+    /// What the model knows of node `name`: its primary InternalIPs (the first of each
+    /// family, in the order the Node lists them) and its zone label. A node without a
+    /// Node object has neither.
+    pub fn node_facts(&self, name: &str) -> NodeFacts {
+        let node = self.node(name);
+        let mut primary_ips: Vec<IpAddr> = Vec::new();
+        let addresses = node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for a in addresses.iter().filter(|a| a.type_ == "InternalIP") {
+            if let Ok(ip) = a.address.parse::<IpAddr>() {
+                if !primary_ips.iter().any(|i| i.is_ipv4() == ip.is_ipv4()) {
+                    primary_ips.push(ip);
+                }
+            }
+        }
+        let zone = node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        NodeFacts {
+            name: name.to_string(),
+            primary_ips,
+            zone,
+        }
+    }
+}
+
+/// The part of a ProxyConfig the model reads.
+pub fn model_config(config: &switchyard_crd::EffectiveConfig) -> ModelConfig {
+    ModelConfig {
+        cluster_cidrs: config.cluster_cidrs.clone(),
+        masquerade_all: config.masquerade_all,
+        node_port_cidrs: config.node_port_cidrs.clone(),
+        node_port_primary: config.node_port_primary,
     }
 }
 

@@ -3,12 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{NodeModel, ServicePort, ServicePortName};
+use crate::{
+    model::NodeModel,
+    name::ServicePortName,
+    plan::ServicePortPlan,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
-    /// Rewrite everything (first sync, periodic resync, after a failure or drift, or
-    /// node-wide settings changed).
+    /// Rewrite everything (first sync, after a failure or drift, hourly, or node-wide
+    /// settings changed).
     pub full: bool,
     /// Present in the new model only.
     pub added: BTreeSet<ServicePortName>,
@@ -16,10 +20,10 @@ pub struct ChangeSet {
     pub changed: BTreeSet<ServicePortName>,
     /// Present in the old model only.
     pub removed: BTreeSet<ServicePortName>,
-    /// The old versions of the `changed` and `removed` service ports (for what depends
-    /// on the difference, such as stale conntrack flows). Empty for a full rewrite that
-    /// has no previous model.
-    pub previous: BTreeMap<ServicePortName, ServicePort>,
+    /// The old plans of the `changed` and `removed` service ports (for what depends on
+    /// the difference, such as stale conntrack flows). Empty for a full rewrite that has
+    /// no previous model.
+    pub previous: BTreeMap<ServicePortName, ServicePortPlan>,
 }
 
 impl ChangeSet {
@@ -39,12 +43,12 @@ impl ChangeSet {
             full: old.globals_differ(new),
             ..ChangeSet::default()
         };
-        for (name, sp) in &new.services {
+        for (name, plan) in &new.services {
             match old.services.get(name) {
                 None => {
                     cs.added.insert(name.clone());
                 }
-                Some(o) if o != sp => {
+                Some(o) if o != plan => {
                     cs.changed.insert(name.clone());
                     cs.previous.insert(name.clone(), o.clone());
                 }
@@ -66,6 +70,7 @@ impl ChangeSet {
         self
     }
 
+    /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         !self.full && self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
     }
@@ -73,5 +78,13 @@ impl ChangeSet {
     /// Number of service ports this change touches.
     pub fn len(&self) -> usize {
         self.added.len() + self.changed.len() + self.removed.len()
+    }
+
+    /// Every service port named, added, changed or removed.
+    pub fn touched(&self) -> impl Iterator<Item = &ServicePortName> {
+        self.added
+            .iter()
+            .chain(&self.changed)
+            .chain(&self.removed)
     }
 }
