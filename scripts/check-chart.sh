@@ -325,7 +325,10 @@ def check_agent(scenario, docs, ebpf):
         fail(scenario, f"no eBPF pool but agent has {sorted(added & ebpf_caps)}")
     if added - ebpf_caps - {"NET_ADMIN", "NET_RAW"}:
         fail(scenario, f"agent has unexpected capabilities {sorted(added - ebpf_caps - {'NET_ADMIN', 'NET_RAW'})}")
+    # Liveness (and startup) is "the loops turn", readiness is "synced": a node whose
+    # syncs fail must not be restarted (issue 14, defect 2).
     probes = {
+        "startupProbe": "/livez",
         "livenessProbe": "/livez",
         "readinessProbe": "/healthz",
     }
