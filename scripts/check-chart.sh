@@ -128,6 +128,8 @@ must_fail "a fallback repeating the mode" "repeats mode" -f "$tmp/repeat.yaml"
 must_fail "a ProxyConfig name used twice" "used twice" -f "$tmp/duplicate.yaml"
 must_fail "auto as a fallback" "is not one of" -f "$tmp/auto-fallback.yaml"
 must_fail "an unknown mode" "is not one of" -f "$tmp/bad-mode.yaml"
+must_fail "the node restriction before Kubernetes 1.30" "needs ValidatingAdmissionPolicy" --kube-version 1.29.0
+render "$tmp/no-restriction.yaml" --kube-version 1.29.0 --set agent.nodeRestriction.enabled=false
 
 # --- checks of the rendered objects ------------------------------------------------------
 python3 - "$tmp" "$chart/crds/switchyard.yaml" "$namespace" "$release" <<'PY'
@@ -367,6 +369,34 @@ def check_agent(scenario, docs, ebpf):
         fail(scenario, "agent has no resources")
 
 
+def check_node_restriction(scenario, docs, enabled):
+    """The ValidatingAdmissionPolicy keeping each agent to its own ProxyNode (its CEL is
+    evaluated against its inputs in e2e/tests/admission_policy.rs)."""
+    name = f"{prefix}-agent-own-proxynode"
+    policies = find(docs, "ValidatingAdmissionPolicy")
+    bindings = find(docs, "ValidatingAdmissionPolicyBinding")
+    if not enabled:
+        if policies or bindings:
+            fail(scenario, "node restriction disabled but a policy is rendered")
+        return
+    p = one(scenario, docs, "ValidatingAdmissionPolicy", name)
+    b = one(scenario, docs, "ValidatingAdmissionPolicyBinding", name)
+    if p is None or b is None:
+        return
+    spec = p["spec"]
+    rules = spec["matchConstraints"]["resourceRules"]
+    if rules != [{"apiGroups": ["switchyard.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                  "resources": ["proxynodes", "proxynodes/status"]}]:
+        fail(scenario, f"policy matches {rules}")
+    agent = f"system:serviceaccount:{namespace}:{prefix}-agent"
+    if [c["expression"].strip() for c in spec.get("matchConditions", [])] != [f"request.userInfo.username == '{agent}'"]:
+        fail(scenario, f"policy does not match exactly the agent's service account {agent}")
+    if spec.get("failurePolicy") != "Fail":
+        fail(scenario, "policy must fail closed")
+    if b["spec"] != {"policyName": name, "validationActions": ["Deny"]}:
+        fail(scenario, f"binding {b['spec']}")
+
+
 def check_operator(scenario, docs):
     d = one(scenario, docs, "Deployment", f"{prefix}-operator")
     if d is None:
@@ -431,6 +461,7 @@ for scenario, (ebpf, configs) in scenarios.items():
     check_rbac(scenario, docs)
     check_agent(scenario, docs, ebpf)
     check_operator(scenario, docs)
+    check_node_restriction(scenario, docs, True)
     specs = check_proxy_configs(scenario, docs, configs)
     check_api_server_env(scenario, docs, None)
     if scenario == "ebpf" and specs.get("ebpf-pool", {}).get("ebpf") != {"maxServices": 65536, "maxEndpoints": 262144}:
@@ -440,6 +471,7 @@ for scenario, (ebpf, configs) in scenarios.items():
     kinds = sorted({d["kind"] for d in docs})
     print(f"ok: rendered {scenario}: {len(docs)} objects ({', '.join(kinds)})" if not failures else f"checked {scenario}")
 check_api_server_env("apiserver", load("apiserver"), "172.18.0.2")
+check_node_restriction("no-restriction", load("no-restriction"), False)
 
 if failures:
     for f in failures:
