@@ -297,16 +297,24 @@ mod tests {
         tokio::spawn(serve_healthz(addr, h.clone()));
         // Not synced, but nothing has stopped: not ready, alive.
         let (code, body) = get(addr, "/healthz").await;
-        assert_eq!((code, &body["nodeHealthy"]), (503, &serde_json::json!(false)));
+        assert_eq!(
+            (code, &body["nodeHealthy"]),
+            (503, &serde_json::json!(false))
+        );
         let (code, body) = get(addr, "/livez").await;
         assert_eq!(code, 200, "{body}");
         // A loop that stops ticking makes /livez fail, naming it.
-        let _scan = h.liveness().register("manifests scan", Duration::from_millis(20));
+        let _scan = h
+            .liveness()
+            .register("manifests scan", Duration::from_millis(20));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (code, body) = get(addr, "/livez").await;
         assert_eq!(code, 503, "{body}");
         assert!(
-            body["reason"].as_str().unwrap().starts_with("manifests scan silent"),
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("manifests scan silent"),
             "{body}"
         );
     }

@@ -429,8 +429,11 @@ impl ManifestDir {
         }
         let mut objects = contents.objects;
         // Keep the last valid version of objects that are now invalid or undecodable.
-        let failed: BTreeSet<&ObjectKey> =
-            contents.errors.iter().filter_map(ManifestError::object).collect();
+        let failed: BTreeSet<&ObjectKey> = contents
+            .errors
+            .iter()
+            .filter_map(ManifestError::object)
+            .collect();
         let kept: Vec<Arc<ObjectKey>> = self
             .provided
             .get(path)
@@ -723,9 +726,8 @@ mod tests {
         let other = svc.replace("name: a", "name: b");
         std::fs::write(dir.join("a.yaml"), format!("{svc}---\n{other}")).unwrap();
         assert!(src.scan(&state).changed);
-        let port = |st: &ClusterState, name: &str| {
-            st.service("default", name).map(|s| s.ports[0].port)
-        };
+        let port =
+            |st: &ClusterState, name: &str| st.service("default", name).map(|s| s.ports[0].port);
         // `a` gets a port of the wrong type (a decode error), `b` is edited.
         std::fs::write(
             dir.join("a.yaml"),
@@ -753,7 +755,8 @@ mod tests {
         // An undecodable object never seen valid enters nothing.
         std::fs::write(
             dir.join("c.yaml"),
-            svc.replace("name: a", "name: c").replace("port: 80", "port: [1]"),
+            svc.replace("name: a", "name: c")
+                .replace("port: 80", "port: [1]"),
         )
         .unwrap();
         assert!(!src.scan(&state).changed);
@@ -781,12 +784,16 @@ mod tests {
         std::os::unix::fs::symlink(missing.join("gone"), missing.join("b.yaml")).unwrap();
         std::fs::write(missing.join("a.yaml"), SVC).unwrap();
         let why = src.scan(&state).incomplete.unwrap();
-        assert!(why.contains("b.yaml"), "a dangling link is not a read: {why}");
+        assert!(
+            why.contains("b.yaml"),
+            "a dangling link is not a read: {why}"
+        );
         std::fs::remove_file(missing.join("b.yaml")).unwrap();
         // An invalid object does not hold the read back.
         std::fs::write(
             missing.join("c.yaml"),
-            SVC.replace("name: a", "name: c").replace("port: 80", "port: 70000"),
+            SVC.replace("name: a", "name: c")
+                .replace("port: 80", "port: 70000"),
         )
         .unwrap();
         assert_eq!(src.scan(&state).incomplete, None);
@@ -814,7 +821,10 @@ mod tests {
             .unwrap();
         assert_eq!(state.lock().unwrap().service_count(), 1);
         let live = liveness.verdict();
-        assert!(live.alive && live.loops[0].name == "manifests scan", "{live:?}");
+        assert!(
+            live.alive && live.loops[0].name == "manifests scan",
+            "{live:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -165,9 +165,12 @@ fn agent_follows_edits() -> Result<()> {
         ("switchyard_unparseable_files_total", 1.0),
         (r#"switchyard_invalid_objects_total{kind="Service"}"#, 2.0),
     ] {
-        let got = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse::<f64>().ok());
+        let got = metrics.lines().find_map(|l| {
+            l.strip_prefix(metric)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
         ensure!(
             got == Some(want),
             "{metric} is {got:?}, expected {want}; metrics:\n{metrics}"

@@ -38,7 +38,10 @@ const WATCH: Duration = Duration::from_secs(3);
 fn objects(mode: &str, endpoint: &str) -> Vec<(String, Value)> {
     vec![
         ("node.yaml".into(), node_object()),
-        ("config.yaml".into(), proxy_config(mode, &Default::default())),
+        (
+            "config.yaml".into(),
+            proxy_config(mode, &Default::default()),
+        ),
         (
             "svc.yaml".into(),
             cluster_ip_service("web", "172.30.9.1", PORT),
