@@ -367,6 +367,13 @@ def check_agent(scenario, docs, ebpf):
             fail(scenario, "Bidirectional propagation needs a privileged container")
     if "resources" not in c:
         fail(scenario, "agent has no resources")
+    # BENCHMARKS.md "Agent pod memory": a full sync at 50k Services peaks at the agent's
+    # 369 MiB plus nft's 1,444 MiB in the container; the default limit must hold it.
+    limit = c.get("resources", {}).get("limits", {}).get("memory", "0")
+    units = {"Mi": 1, "Gi": 1024}
+    mib = float(limit[:-2]) * units[limit[-2:]] if limit[-2:] in units else 0
+    if mib < 369 + 1444:
+        fail(scenario, f"agent memory limit {limit} is below a 50k-Service full sync (1813 MiB)")
 
 
 def check_node_restriction(scenario, docs, enabled):
