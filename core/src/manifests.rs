@@ -49,13 +49,13 @@ pub enum ManifestError {
         document: usize,
         message: String,
     },
-    #[error("{file}: {kind} {name}: field {field}: {message}")]
+    #[error("{file}: {} {name}: field {field}: {message}", kind.as_str())]
     Decode {
         file: PathBuf,
-        kind: String,
+        kind: ObjectKind,
         name: String,
         /// The object's identity, when its metadata names it.
-        object: Option<ObjectKey>,
+        object: Option<Box<ObjectKey>>,
         field: String,
         message: String,
     },
@@ -74,7 +74,7 @@ impl ManifestError {
     pub fn object(&self) -> Option<&ObjectKey> {
         match self {
             ManifestError::Invalid { source, .. } => Some(&source.object),
-            ManifestError::Decode { object, .. } => object.as_ref(),
+            ManifestError::Decode { object, .. } => object.as_deref(),
             _ => None,
         }
     }
@@ -195,9 +195,9 @@ fn collect(path: &Path, doc: Value, out: &mut FileContents) {
         }
         Err((field, message)) => out.errors.push(ManifestError::Decode {
             file: path.to_path_buf(),
-            kind,
+            kind: object_kind,
             name: display,
-            object: identity,
+            object: identity.map(Box::new),
             field,
             message,
         }),
@@ -420,11 +420,11 @@ impl ManifestDir {
         self.broken.remove(path);
         for e in &contents.errors {
             let kind = match e {
-                ManifestError::Invalid { source, .. } => source.object.kind.as_str().to_string(),
-                ManifestError::Decode { kind, .. } => kind.clone(),
-                _ => "unknown".to_string(),
+                ManifestError::Invalid { source, .. } => source.object.kind.as_str(),
+                ManifestError::Decode { kind, .. } => kind.as_str(),
+                _ => "unknown",
             };
-            self.metrics.invalid_object(&kind);
+            self.metrics.invalid_object(kind);
             tracing::warn!(error = %e, "skipping invalid object (its last valid version, if any, stays in force)");
         }
         let mut objects = contents.objects;
