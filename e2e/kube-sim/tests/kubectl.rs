@@ -1,14 +1,36 @@
 //! kubectl 1.32 against the simulator: discovery, apply (client- and server-side), get with
 //! server-side Table printing (built-in and CRD printer columns), patch, edit, delete, diff.
-//! Skipped when `/usr/bin/kubectl` is absent.
+//! kubectl is the one on `PATH` (`scripts/install-deps.sh` installs it when missing). Without
+//! it these tests FAIL when `CI=true`, and otherwise say loudly that they were skipped.
 
 use std::path::{Path, PathBuf};
 
 use switchyard_kube_sim::KubeSim;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
+/// kubectl on `PATH`; `None` (after a loud SKIPPED line) when absent, a failure under
+/// `CI=true`.
+fn kubectl(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let why = "kubectl is not on PATH (scripts/install-deps.sh installs it)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: {why}; CI=true so this is a failure");
+        }
+        // Straight to stderr, so the harness's capture does not hide it.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("\n*** SKIPPED: {test}: {why} ***\n\n").as_bytes(),
+        );
+    }
+    found
+}
 
 struct Kubectl {
+    bin: PathBuf,
     _sim: KubeSim,
     dir: PathBuf,
     kubeconfig: PathBuf,
@@ -16,16 +38,14 @@ struct Kubectl {
 
 impl Kubectl {
     async fn start(name: &str) -> Option<Kubectl> {
-        if !Path::new(KUBECTL).exists() {
-            eprintln!("skipping: {KUBECTL} not found");
-            return None;
-        }
+        let bin = kubectl(&format!("kubectl tests ({name})"))?;
         let sim = KubeSim::start().await.unwrap();
         let dir = std::env::temp_dir().join(format!("kube-sim-{name}-{}", sim.port()));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
         Some(Kubectl {
+            bin,
             _sim: sim,
             dir,
             kubeconfig,
@@ -40,7 +60,7 @@ impl Kubectl {
 
     /// Runs kubectl; returns (success, stdout, stderr).
     async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-        let mut cmd = tokio::process::Command::new(KUBECTL);
+        let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", &self.dir)
@@ -383,8 +403,8 @@ async fn crd_printer_columns_patch_edit() {
     );
 }
 
-fn kubectl_sync(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(KUBECTL)
+fn kubectl_sync(bin: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(bin)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("HOME", kubeconfig.parent().unwrap())
@@ -399,22 +419,22 @@ fn kubectl_sync(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
 /// The background (sync) handle: serves kubectl without a caller runtime; stop/restart.
 #[test]
 fn background_sim_stop_restart() {
-    if !Path::new(KUBECTL).exists() {
+    let Some(bin) = kubectl("background_sim_stop_restart") else {
         return;
-    }
+    };
     let mut sim = switchyard_kube_sim::BackgroundKubeSim::start().unwrap();
     let dir = std::env::temp_dir().join(format!("kube-sim-bg-{}", sim.port()));
     std::fs::create_dir_all(&dir).unwrap();
     let kc = dir.join("kubeconfig");
     sim.write_kubeconfig(&kc).unwrap();
     sim.apply_yaml(NODE).unwrap();
-    let (ok, out) = kubectl_sync(&kc, &["get", "nodes", "-o", "name"]);
+    let (ok, out) = kubectl_sync(&bin, &kc, &["get", "nodes", "-o", "name"]);
     assert!(ok && out.contains("node/test-node"), "{out}");
     sim.stop();
-    let (ok, _) = kubectl_sync(&kc, &["get", "nodes", "--request-timeout=2s"]);
+    let (ok, _) = kubectl_sync(&bin, &kc, &["get", "nodes", "--request-timeout=2s"]);
     assert!(!ok, "stopped simulator answers nothing");
     sim.restart().unwrap();
-    let (ok, out) = kubectl_sync(&kc, &["get", "nodes", "-o", "name"]);
+    let (ok, out) = kubectl_sync(&bin, &kc, &["get", "nodes", "-o", "name"]);
     assert!(ok && out.contains("node/test-node"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -422,9 +442,9 @@ fn background_sim_stop_restart() {
 /// The `kube-sim` binary: `--port`, `--kubeconfig`, `--load`.
 #[test]
 fn binary_serves_kubectl() {
-    if !Path::new(KUBECTL).exists() {
+    let Some(bin) = kubectl("binary_serves_kubectl") else {
         return;
-    }
+    };
     let dir = std::env::temp_dir().join(format!("kube-sim-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kc = dir.join("kubeconfig");
@@ -444,7 +464,7 @@ fn binary_serves_kubectl() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let (ok, out) = kubectl_sync(&kc, &["get", "svc", "-A", "-o", "name"]);
+    let (ok, out) = kubectl_sync(&bin, &kc, &["get", "svc", "-A", "-o", "name"]);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
