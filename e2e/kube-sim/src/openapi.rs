@@ -32,10 +32,12 @@ pub fn gv_path(group: &str, version: &str) -> String {
 /// a schema.
 pub fn document(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
     let mut schemas = serde_json::Map::new();
+    let mut paths = serde_json::Map::new();
     for t in types.iter().filter(|t| t.group == group && t.version == version) {
         let Some(schema) = &t.schema else { continue };
         let name = format!("{}.{}.{}", reversed(group), version, t.kind);
         let gvk = json!([{"group": group, "version": version, "kind": t.kind}]);
+        add_paths(&mut paths, t, &name);
         let mut s = schema.clone();
         let props = s["properties"].as_object_mut().map(std::mem::take).unwrap_or_default();
         let mut all = serde_json::Map::new();
@@ -67,9 +69,35 @@ pub fn document(types: &[ResourceType], group: &str, version: &str) -> Option<Va
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
-        "paths": {},
+        "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// The read operations of a kind: `kubectl explain` finds a resource's kind through the
+/// `x-kubernetes-group-version-kind` of its paths' operations. No write operations are
+/// published, so kubectl does not assume server-side field validation (which the
+/// simulator does not implement) and keeps validating on its side as before.
+fn add_paths(paths: &mut serde_json::Map<String, Value>, t: &ResourceType, schema: &str) {
+    let base = format!("/{}", gv_path(&t.group, &t.version));
+    let collection = if t.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}", t.plural)
+    } else {
+        format!("{base}/{}", t.plural)
+    };
+    let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
+    let op = |action: &str, reference: String| {
+        json!({"get": {
+            "operationId": format!("{action}{}", t.kind),
+            "responses": {"200": {"description": "OK", "content": {"application/json": {
+                "schema": {"$ref": reference}}}}},
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk,
+        }})
+    };
+    let r = format!("#/components/schemas/{schema}");
+    paths.insert(collection.clone(), op("list", format!("{r}List")));
+    paths.insert(format!("{collection}/{{name}}"), op("get", r));
 }
 
 /// A short content hash for `serverRelativeURL` (FNV-1a; clients only compare it).
