@@ -183,7 +183,9 @@ mod tests {
     fn limits_check_values() {
         assert!(DurationLimit::SYNC.check(Duration::ZERO).is_err());
         assert!(DurationLimit::MIN_SYNC.check(Duration::ZERO).is_ok());
-        assert!(DurationLimit::SYNC.check(Duration::from_secs(3601)).is_err());
+        assert!(DurationLimit::SYNC
+            .check(Duration::from_secs(3601))
+            .is_err());
         assert!(DurationLimit::SYNC.check(Duration::from_secs(3600)).is_ok());
     }
 }

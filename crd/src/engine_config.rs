@@ -70,9 +70,7 @@ impl IpvsScheduler {
 }
 
 /// A scheduler flag, as `ipvsadm -b` names it; each belongs to one scheduler.
-#[derive(
-    Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash,
-)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpvsSchedulerFlag {
     /// `sh`: fall back to another real server when the hashed one is unavailable.
     #[serde(rename = "sh-fallback")]
@@ -139,7 +137,11 @@ pub struct IpvsConfig {
     pub udp_timeout: Option<String>,
     /// CIDRs whose IPVS virtual servers the agent must never touch (kube-proxy's
     /// `excludeCIDRs`).
-    #[serde(default, rename = "excludeCIDRs", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "excludeCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = 16), transform = bounds::cidr_list)]
     pub exclude_cidrs: Vec<String>,
 }

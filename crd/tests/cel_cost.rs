@@ -39,7 +39,10 @@ fn every_rule_is_within_the_api_servers_cost_budget() {
             );
             total = total.saturating_add(c.total);
         }
-        println!("{name}: {} rules, total {total} (limit {PER_CRD_COST_LIMIT})", costs.len());
+        println!(
+            "{name}: {} rules, total {total} (limit {PER_CRD_COST_LIMIT})",
+            costs.len()
+        );
         assert!(total <= PER_CRD_COST_LIMIT, "{name}: total {total}");
         rules += costs.len();
         let errors = crd_admission::validate(&crd);

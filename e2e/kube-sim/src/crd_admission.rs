@@ -62,7 +62,11 @@ pub fn validate(crd: &Value) -> Vec<FieldError> {
             if c.total > cel::PER_RULE_COST_LIMIT {
                 errors.push(FieldError::forbidden(
                     &c.path,
-                    cel::cost_error_message("estimated rule cost", c.total, cel::PER_RULE_COST_LIMIT),
+                    cel::cost_error_message(
+                        "estimated rule cost",
+                        c.total,
+                        cel::PER_RULE_COST_LIMIT,
+                    ),
                 ));
             }
             total = total.saturating_add(c.total);
@@ -72,7 +76,7 @@ pub fn validate(crd: &Value) -> Vec<FieldError> {
                 .iter()
                 .filter(|c| c.total >= cel::PER_CRD_COST_LIMIT / 100)
                 .collect();
-            top.sort_by(|a, b| b.total.cmp(&a.total));
+            top.sort_by_key(|c| std::cmp::Reverse(c.total));
             for c in top.into_iter().take(4) {
                 errors.push(FieldError::forbidden(
                     &c.path,
@@ -129,8 +133,14 @@ fn children(schema: &Value) -> Vec<(String, &Value)> {
 
 fn structural(schema: &Value, path: &str, root: bool, errors: &mut Vec<FieldError>) {
     let flag = |k: &str| schema.get(k).and_then(Value::as_bool) == Some(true);
-    let typed = schema.get("type").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
-    if !typed && !flag("x-kubernetes-int-or-string") && !flag("x-kubernetes-preserve-unknown-fields") {
+    let typed = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.is_empty());
+    if !typed
+        && !flag("x-kubernetes-int-or-string")
+        && !flag("x-kubernetes-preserve-unknown-fields")
+    {
         errors.push(FieldError {
             detail: "must not be empty for specified object fields".into(),
             ..FieldError::required(&format!("{path}.type"))
@@ -167,7 +177,11 @@ fn structural(schema: &Value, path: &str, root: bool, errors: &mut Vec<FieldErro
             "items must be a schema object and not an array",
         ));
     }
-    if schema.get("properties").is_some() && schema.get("additionalProperties").is_some_and(Value::is_object) {
+    if schema.get("properties").is_some()
+        && schema
+            .get("additionalProperties")
+            .is_some_and(Value::is_object)
+    {
         errors.push(FieldError::forbidden(
             &format!("{path}.additionalProperties"),
             "additionalProperties and properties are mutual exclusive",
@@ -180,10 +194,19 @@ fn structural(schema: &Value, path: &str, root: bool, errors: &mut Vec<FieldErro
 
 /// How many elements a node multiplies its children by (`extractMaxElements`).
 fn max_elements(schema: &Value) -> Option<u64> {
-    let bound = |k: &str| schema.get(k).and_then(Value::as_i64).map(|v| v.max(0) as u64);
+    let bound = |k: &str| {
+        schema
+            .get(k)
+            .and_then(Value::as_i64)
+            .map(|v| v.max(0) as u64)
+    };
     match schema.get("type").and_then(Value::as_str) {
         Some("array") => bound("maxItems"),
-        Some("object") if schema.get("additionalProperties").is_some_and(Value::is_object) => {
+        Some("object")
+            if schema
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
             bound("maxProperties")
         }
         _ => Some(1),
@@ -198,7 +221,9 @@ fn walk_rules(
     costs: &mut Vec<RuleCost>,
     errors: &mut Vec<FieldError>,
 ) {
-    let rules = schema.get("x-kubernetes-validations").and_then(Value::as_array);
+    let rules = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array);
     if let Some(rules) = rules.filter(|r| !r.is_empty()) {
         let decl = if root {
             DeclType::of_resource_root(schema)
@@ -216,7 +241,11 @@ fn walk_rules(
                 continue;
             }
             let Some(decl) = &decl else {
-                errors.push(FieldError::invalid(&rule_path, r.clone(), "the schema node has no CEL type"));
+                errors.push(FieldError::invalid(
+                    &rule_path,
+                    r.clone(),
+                    "the schema node has no CEL type",
+                ));
                 continue;
             };
             match cost::estimate(text, decl) {
@@ -239,6 +268,13 @@ fn walk_rules(
     let factor = max_elements(schema);
     let child_cardinality = cardinality.zip(factor).map(|(c, f)| c.saturating_mul(f));
     for (seg, child) in children(schema) {
-        walk_rules(child, &format!("{path}.{seg}"), child_cardinality, false, costs, errors);
+        walk_rules(
+            child,
+            &format!("{path}.{seg}"),
+            child_cardinality,
+            false,
+            costs,
+            errors,
+        );
     }
 }

@@ -33,13 +33,19 @@ pub fn gv_path(group: &str, version: &str) -> String {
 pub fn document(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
     let mut schemas = serde_json::Map::new();
     let mut paths = serde_json::Map::new();
-    for t in types.iter().filter(|t| t.group == group && t.version == version) {
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
         let Some(schema) = &t.schema else { continue };
         let name = format!("{}.{}.{}", reversed(group), version, t.kind);
         let gvk = json!([{"group": group, "version": version, "kind": t.kind}]);
         add_paths(&mut paths, t, &name);
         let mut s = schema.clone();
-        let props = s["properties"].as_object_mut().map(std::mem::take).unwrap_or_default();
+        let props = s["properties"]
+            .as_object_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         let mut all = serde_json::Map::new();
         all.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}));
         all.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}));
@@ -48,7 +54,8 @@ pub fn document(types: &[ResourceType], group: &str, version: &str) -> Option<Va
         s["properties"] = Value::Object(all);
         s["x-kubernetes-group-version-kind"] = gvk.clone();
         schemas.insert(name.clone(), s);
-        let list_gvk = json!([{"group": group, "version": version, "kind": format!("{}List", t.kind)}]);
+        let list_gvk =
+            json!([{"group": group, "version": version, "kind": format!("{}List", t.kind)}]);
         schemas.insert(
             format!("{name}List"),
             json!({

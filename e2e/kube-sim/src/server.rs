@@ -374,7 +374,10 @@ fn serve(
         }
         Route::OpenApiV3 => {
             let store = shared.store.lock().expect("store lock");
-            let rest = uri.path().trim_end_matches('/').trim_start_matches("/openapi/v3");
+            let rest = uri
+                .path()
+                .trim_end_matches('/')
+                .trim_start_matches("/openapi/v3");
             let doc = match rest.trim_start_matches('/').split('/').collect::<Vec<_>>()[..] {
                 [""] => Some(openapi::index(store.types())),
                 ["api", v] => openapi::document(store.types(), "", v),

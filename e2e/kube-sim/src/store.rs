@@ -9,13 +9,13 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use crate::crd_admission;
 use crate::defaults::Allocators;
 use crate::events;
 use crate::patch;
 use crate::registry::{self, ResourceType};
 use crate::selector::Selectors;
 use crate::status::ApiError;
-use crate::crd_admission;
 use crate::validation;
 
 /// Watch event type.
@@ -395,7 +395,12 @@ impl Store {
 
     /// Admission of a write: schema defaults, validation and rules for custom objects
     /// (`old`: the stored version on an update), create-time checks for CRDs.
-    fn admit(&self, rt: &ResourceType, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         let name = object_name(obj).to_string();
         if let Some(schema) = &rt.schema {
             validation::admit(schema, obj, old)
@@ -405,7 +410,9 @@ impl Store {
             registry::from_crd(obj).map_err(|m| ApiError::invalid(&rt.kind, &name, m))?;
             let errors = crd_admission::validate(obj);
             if !errors.is_empty() {
-                return Err(ApiError::invalid_fields(&rt.group, &rt.kind, &name, &errors));
+                return Err(ApiError::invalid_fields(
+                    &rt.group, &rt.kind, &name, &errors,
+                ));
             }
         }
         Ok(())

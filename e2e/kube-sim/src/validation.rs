@@ -26,7 +26,11 @@ const ENVELOPE: [&str; 3] = ["metadata", "apiVersion", "kind"];
 /// on an update). The object keeps its defaults even when it is refused.
 pub fn admit(schema: &Value, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>> {
     let Some(top) = obj.as_object_mut() else {
-        return Err(vec![FieldError::invalid("", json!("object"), "must be an object")]);
+        return Err(vec![FieldError::invalid(
+            "",
+            json!("object"),
+            "must be an object",
+        )]);
     };
     let props = schema.get("properties").and_then(Value::as_object);
     for (k, sub) in props.into_iter().flatten() {
@@ -143,7 +147,11 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(v.is_string() || v.is_i64() || v.is_u64()) {
             errors.push(FieldError::invalid(
                 path,
@@ -183,7 +191,10 @@ fn type_error(schema: &Value, v: &Value, path: &str) -> FieldError {
 }
 
 fn limit(schema: &Value, key: &str) -> Option<u64> {
-    schema.get(key).and_then(Value::as_f64).map(|f| f.max(0.0) as u64)
+    schema
+        .get(key)
+        .and_then(Value::as_f64)
+        .map(|f| f.max(0.0) as u64)
 }
 
 fn check_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<FieldError>) {
@@ -210,7 +221,11 @@ fn check_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<FieldError
                 json!(s),
                 format!("{path} in body should match '{p}'"),
             )),
-            Err(e) => errors.push(FieldError::invalid(path, json!(s), format!("bad pattern: {e}"))),
+            Err(e) => errors.push(FieldError::invalid(
+                path,
+                json!(s),
+                format!("bad pattern: {e}"),
+            )),
         }
     }
 }

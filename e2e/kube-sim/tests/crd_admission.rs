@@ -28,7 +28,10 @@ fn crd(spec_props: Value) -> Value {
 }
 
 fn errors(c: &Value) -> Vec<String> {
-    crd_admission::validate(c).iter().map(ToString::to_string).collect()
+    crd_admission::validate(c)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 const PREFIX: &str = "spec.validation.openAPIV3Schema.properties[spec]";
@@ -63,8 +66,10 @@ fn documentation_example_bounded_is_allowed() {
 
 #[test]
 fn documentation_example_nested_lists() {
-    let flat = crd(json!({"foo": {"type": "array", "items": {"type": "integer"},
-        "x-kubernetes-validations": [{"rule": "self.all(x, x == 5)"}]}}));
+    let flat = crd(
+        json!({"foo": {"type": "array", "items": {"type": "integer"},
+        "x-kubernetes-validations": [{"rule": "self.all(x, x == 5)"}]}}),
+    );
     assert_eq!(errors(&flat), Vec::<String>::new());
     let nested = crd(json!({"foo": {"type": "array", "items": {"type": "array",
         "items": {"type": "integer"},
@@ -77,11 +82,13 @@ fn documentation_example_nested_lists() {
 }
 
 fn network_tags(max_items: u64) -> Value {
-    crd(json!({"networkTags": {"type": "array", "maxItems": max_items,
+    crd(
+        json!({"networkTags": {"type": "array", "maxItems": max_items,
         "items": {"type": "string"},
         "x-kubernetes-validations": [{
             "rule": "self.all(x, x.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'))",
-            "message": "network tags must be RFC1035 labels"}]}}))
+            "message": "network tags must be RFC1035 labels"}]}}),
+    )
 }
 
 #[test]
@@ -112,16 +119,23 @@ fn total_over_the_crd_budget() {
     // Eleven rules of ~9.4M each: every one within the per-rule limit, the sum not.
     let mut props = serde_json::Map::new();
     for i in 0..11 {
-        props.insert(format!("f{i}"), json!({"type": "array", "maxItems": 30,
+        props.insert(
+            format!("f{i}"),
+            json!({"type": "array", "maxItems": 30,
             "items": {"type": "string"},
-            "x-kubernetes-validations": [{"rule": "self.all(x, x.startsWith(x))"}]}));
+            "x-kubernetes-validations": [{"rule": "self.all(x, x.startsWith(x))"}]}),
+        );
     }
     let e = errors(&crd(Value::Object(props)));
     assert!(
         e.last().unwrap().starts_with("spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of"),
         "{e:?}"
     );
-    assert!(e.iter().any(|m| m.contains("contributed to estimated rule cost total")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("contributed to estimated rule cost total")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -143,7 +157,10 @@ fn rules_that_do_not_compile_are_refused() {
             .unwrap());
         let e = errors(&c);
         assert_eq!(e.len(), 1, "{rule}: {e:?}");
-        assert!(e[0].contains("properties[b].x-kubernetes-validations[0].rule: Invalid value"), "{e:?}");
+        assert!(
+            e[0].contains("properties[b].x-kubernetes-validations[0].rule: Invalid value"),
+            "{e:?}"
+        );
         assert!(e[0].contains(fragment), "{rule}: {e:?}");
     }
 }
@@ -154,14 +171,22 @@ fn non_structural_schemas_are_refused() {
         "ref": {"type": "object", "$ref": "#/definitions/x"}}));
     let e = errors(&c);
     assert!(e.contains(&format!("{PREFIX}.properties[untyped].type: Required value: must not be empty for specified object fields")), "{e:?}");
-    assert!(e.contains(&format!("{PREFIX}.properties[ref].$ref: Forbidden: $ref is not supported")), "{e:?}");
+    assert!(
+        e.contains(&format!(
+            "{PREFIX}.properties[ref].$ref: Forbidden: $ref is not supported"
+        )),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn estimator_unit_costs() {
     let root = DeclType::of(&json!({"type": "string", "maxLength": 16})).unwrap();
     // matches: ceil((64 + 1) * 0.1) = 7 times ceil(len('^a+$') * 0.25) = 1, plus `self`.
-    assert_eq!(cost::estimate("self.matches('^a+$')", &root).unwrap().max, 8);
+    assert_eq!(
+        cost::estimate("self.matches('^a+$')", &root).unwrap().max,
+        8
+    );
     // isCIDR: a traversal of its argument, ceil(64 * 0.1) = 7, plus `self`.
     assert_eq!(cost::estimate("isCIDR(self)", &root).unwrap().max, 8);
 }

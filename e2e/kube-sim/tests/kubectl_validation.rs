@@ -40,7 +40,10 @@ async fn invalid_proxy_configs_are_refused_with_the_api_servers_errors() {
     let Some(k) = with_crds("pxc-invalid").await else {
         return;
     };
-    let f = k.file("repeat.yaml", &pxc("repeat", "  mode: ipvs\n  fallback: [nftables, ipvs]\n"));
+    let f = k.file(
+        "repeat.yaml",
+        &pxc("repeat", "  mode: ipvs\n  fallback: [nftables, ipvs]\n"),
+    );
     let err = k.fails(&["apply", "-f", &f]).await;
     assert!(
         err.contains(r#"The ProxyConfig "repeat" is invalid: spec: Invalid value: "object": fallback may not repeat mode"#),
@@ -49,30 +52,57 @@ async fn invalid_proxy_configs_are_refused_with_the_api_servers_errors() {
 
     for (value, fragment) in [
         ("2h", "must be a duration from greater than 0 to 1h"),
-        ("99999999999999999999h", "must be a duration from greater than 0 to 1h"),
+        (
+            "99999999999999999999h",
+            "must be a duration from greater than 0 to 1h",
+        ),
         ("soon", "must be a duration from greater than 0 to 1h"),
-        ("1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h", "Too long: may not be more than 32 bytes"),
+        (
+            "1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h",
+            "Too long: may not be more than 32 bytes",
+        ),
     ] {
-        let f = k.file("duration.yaml", &pxc("duration", &format!("  syncPeriod: \"{value}\"\n")));
+        let f = k.file(
+            "duration.yaml",
+            &pxc("duration", &format!("  syncPeriod: \"{value}\"\n")),
+        );
         let err = k.fails(&["apply", "-f", &f]).await;
         assert!(err.contains("spec.syncPeriod: "), "{value}: {err}");
         assert!(err.contains(fragment), "{value}: {err}");
     }
-    let f = k.file("ipvs.yaml", &pxc("ipvs", "  ipvs: {tcpTimeout: 25h, scheduler: fastest}\n"));
+    let f = k.file(
+        "ipvs.yaml",
+        &pxc("ipvs", "  ipvs: {tcpTimeout: 25h, scheduler: fastest}\n"),
+    );
     let err = k.fails(&["apply", "-f", &f]).await;
-    assert!(err.contains("spec.ipvs.scheduler: Unsupported value: \"fastest\""), "{err}");
+    assert!(
+        err.contains("spec.ipvs.scheduler: Unsupported value: \"fastest\""),
+        "{err}"
+    );
 
     let cidrs: Vec<String> = (0..17).map(|i| format!("10.{i}.0.0/16")).collect();
-    let f = k.file("many.yaml", &pxc("many", &format!("  clusterCIDRs: [{}]\n", cidrs.join(", "))));
+    let f = k.file(
+        "many.yaml",
+        &pxc("many", &format!("  clusterCIDRs: [{}]\n", cidrs.join(", "))),
+    );
     let err = k.fails(&["apply", "-f", &f]).await;
-    assert!(err.contains("spec.clusterCIDRs: Too many: 17: must have at most 16 items"), "{err}");
+    assert!(
+        err.contains("spec.clusterCIDRs: Too many: 17: must have at most 16 items"),
+        "{err}"
+    );
 
-    let f = k.file("npa.yaml", &pxc("npa", "  nodePortAddresses: [primary, banana]\n"));
+    let f = k.file(
+        "npa.yaml",
+        &pxc("npa", "  nodePortAddresses: [primary, banana]\n"),
+    );
     let err = k.fails(&["apply", "-f", &f]).await;
     assert!(err.contains(r#"spec.nodePortAddresses: Invalid value: "array": every entry must be a CIDR or "primary""#), "{err}");
 
     let (ok, out, _) = k.run(&["get", "pxc", "-o", "name"]).await;
-    assert!(ok && out.trim().is_empty(), "nothing invalid was stored: {out}");
+    assert!(
+        ok && out.trim().is_empty(),
+        "nothing invalid was stored: {out}"
+    );
 }
 
 #[tokio::test]
@@ -98,13 +128,32 @@ async fn valid_proxy_configs_are_stored_with_their_defaults() {
     assert_eq!(get("{.spec.syncPeriod}").await, "1m30s");
     // An update is validated too, against the stored object.
     let err = k
-        .fails(&["patch", "pxc", "ok", "--type", "merge", "-p", r#"{"spec":{"mode":"nftables"}}"#])
+        .fails(&[
+            "patch",
+            "pxc",
+            "ok",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"mode":"nftables"}}"#,
+        ])
         .await;
     assert!(err.contains("fallback may not repeat mode"), "{err}");
     let err = k
-        .fails(&["patch", "pxc", "ok", "--type", "merge", "-p", r#"{"spec":{"ipvs":{"scheduler":"rr"}}}"#])
+        .fails(&[
+            "patch",
+            "pxc",
+            "ok",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"ipvs":{"scheduler":"rr"}}}"#,
+        ])
         .await;
-    assert!(err.contains("schedulerFlags must belong to the scheduler"), "{err}");
+    assert!(
+        err.contains("schedulerFlags must belong to the scheduler"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -152,11 +201,16 @@ async fn a_crd_the_api_server_would_refuse_is_refused() {
             && err.contains("* spec.validation.openAPIV3Schema.properties[spec].properties[nodePortAddresses].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x"),
         "{err}"
     );
-    let bad_rule = std::fs::read_to_string(CHART_CRDS)
-        .unwrap()
-        .replacen("rule: self.startsWith('/')", "rule: self.startsWith(", 1);
+    let bad_rule = std::fs::read_to_string(CHART_CRDS).unwrap().replacen(
+        "rule: self.startsWith('/')",
+        "rule: self.startsWith(",
+        1,
+    );
     let f = k.file("bad-rule.yaml", &bad_rule);
     let err = k.fails(&["apply", "-f", &f]).await;
-    assert!(err.contains("properties[cgroupPath].x-kubernetes-validations[0].rule: Invalid value"), "{err}");
+    assert!(
+        err.contains("properties[cgroupPath].x-kubernetes-validations[0].rule: Invalid value"),
+        "{err}"
+    );
     assert!(err.contains("compilation failed"), "{err}");
 }

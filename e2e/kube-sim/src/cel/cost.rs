@@ -206,7 +206,9 @@ impl<'d> Estimator<'d> {
                     .and_then(|s| s.last())
                     .cloned()
                     .ok_or_else(|| {
-                        CompileError(format!("undeclared reference to '{name}' (in container '')"))
+                        CompileError(format!(
+                            "undeclared reference to '{name}' (in container '')"
+                        ))
                     })?;
                 n.cost = Cost::fixed(1);
                 n
@@ -250,7 +252,9 @@ impl<'d> Estimator<'d> {
                 let mut cost = Cost::fixed(30);
                 for entry in &map.entries {
                     if let cel::common::ast::EntryExpr::MapEntry(m) = &entry.expr {
-                        cost = cost.add(self.expr(&m.key)?.cost).add(self.expr(&m.value)?.cost);
+                        cost = cost
+                            .add(self.expr(&m.key)?.cost)
+                            .add(self.expr(&m.value)?.cost);
                     }
                 }
                 Node {
@@ -260,7 +264,9 @@ impl<'d> Estimator<'d> {
                     size: Some(Size::fixed(map.entries.len() as u64)),
                 }
             }
-            Expr::Struct(_) => return Err(CompileError("message construction is not supported".into())),
+            Expr::Struct(_) => {
+                return Err(CompileError("message construction is not supported".into()))
+            }
             Expr::Comprehension(c) => self.comprehension(c)?,
             Expr::Call(call) => self.call(call)?,
             Expr::Unspecified => return Err(CompileError("empty expression".into())),
@@ -364,10 +370,7 @@ fn literal(l: &LiteralValue) -> Node<'static> {
         LiteralValue::UInt(_) => (Ty::Uint, None),
         LiteralValue::Double(_) => (Ty::Double, None),
         LiteralValue::Null => (Ty::Null, None),
-        LiteralValue::String(s) => (
-            Ty::Str,
-            Some(Size::fixed(s.inner().chars().count() as u64)),
-        ),
+        LiteralValue::String(s) => (Ty::Str, Some(Size::fixed(s.inner().chars().count() as u64))),
         LiteralValue::Bytes(b) => (Ty::Bytes, Some(Size::fixed(b.len() as u64))),
     };
     Node {
@@ -418,11 +421,30 @@ fn function_cost<'d>(
     args: &[Node<'d>],
     arg_cost: Cost,
 ) -> Result<CallEstimate<'d>, CompileError> {
+    operator_cost(name, target, args, arg_cost)
+        .or_else(|| string_cost(name, target, args, arg_cost))
+        .or_else(|| conversion_cost(name, target, args, arg_cost))
+        .unwrap_or_else(|| {
+            Err(CompileError(format!(
+                "undeclared reference to '{name}' (in container '')"
+            )))
+        })
+}
+
+/// Operators: logic, comparisons, `in`, arithmetic, indexing.
+#[allow(unused_variables)]
+fn operator_cost<'d>(
+    name: &str,
+    target: Option<&Node<'d>>,
+    args: &[Node<'d>],
+    arg_cost: Cost,
+) -> Option<Result<CallEstimate<'d>, CompileError>> {
     let one = Cost::fixed(1).add(arg_cost);
     let arg_size = |i: usize| args.get(i).map_or(UNKNOWN, Node::size_or_unknown);
     let target_size = || target.map_or(UNKNOWN, Node::size_or_unknown);
-    let bool_result = |c: Cost| Ok((c, Ty::Bool, None, None));
-    match name {
+    let bool_result =
+        |c: Cost| -> Result<CallEstimate<'d>, CompileError> { Ok((c, Ty::Bool, None, None)) };
+    Some(match name {
         "_&&_" | "_||_" => bool_result(Cost {
             min: args[0].cost.min,
             max: args[0].cost.max.saturating_add(args[1].cost.max),
@@ -438,9 +460,8 @@ fn function_cost<'d>(
                 min: u64::from(smallest > 0),
                 max: smallest,
             };
-            let compare_strings = name == "_==_"
-                || name == "_!=_"
-                || matches!(args[0].ty, Ty::Str | Ty::Bytes);
+            let compare_strings =
+                name == "_==_" || name == "_!=_" || matches!(args[0].ty, Ty::Str | Ty::Bytes);
             if compare_strings {
                 bool_result(by_factor(range, STRING_TRAVERSAL).add(arg_cost))
             } else {
@@ -452,6 +473,53 @@ fn function_cost<'d>(
             _ => bool_result(arg_size(1).add(arg_cost)),
         },
         "!_" | "@not_strictly_false" => bool_result(one),
+        "_+_" => match &args[0].ty {
+            Ty::Str | Ty::Bytes => {
+                let size = arg_size(0).add(arg_size(1));
+                Ok((
+                    by_factor(size, STRING_TRAVERSAL).add(arg_cost),
+                    args[0].ty.clone(),
+                    None,
+                    Some(size),
+                ))
+            }
+            Ty::List(_) => Ok((
+                one,
+                args[0].ty.clone(),
+                None,
+                Some(arg_size(0).add(arg_size(1))),
+            )),
+            other => Ok((one, other.clone(), None, None)),
+        },
+        "_-_" | "_*_" | "_/_" | "_%_" | "-_" => Ok((one, args[0].ty.clone(), None, None)),
+        "_[_]" => {
+            let (ty, decl) = match (&args[0].ty, args[0].decl.map(|d| &d.kind)) {
+                (_, Some(DeclKind::List(e))) | (_, Some(DeclKind::Map(e))) => {
+                    (Ty::of(e), Some(&**e))
+                }
+                (Ty::List(e), _) | (Ty::Map(e), _) => ((**e).clone(), None),
+                _ => (Ty::Dyn, None),
+            };
+            Ok((one, ty, decl, None))
+        }
+        _ => return None,
+    })
+}
+
+/// String and regex functions, and the Kubernetes IP/URL library.
+#[allow(unused_variables)]
+fn string_cost<'d>(
+    name: &str,
+    target: Option<&Node<'d>>,
+    args: &[Node<'d>],
+    arg_cost: Cost,
+) -> Option<Result<CallEstimate<'d>, CompileError>> {
+    let one = Cost::fixed(1).add(arg_cost);
+    let arg_size = |i: usize| args.get(i).map_or(UNKNOWN, Node::size_or_unknown);
+    let target_size = || target.map_or(UNKNOWN, Node::size_or_unknown);
+    let bool_result =
+        |c: Cost| -> Result<CallEstimate<'d>, CompileError> { Ok((c, Ty::Bool, None, None)) };
+    Some(match name {
         "matches" | "find" | "findAll" => {
             let (subject, regex) = match target {
                 Some(t) => (t.size_or_unknown(), arg_size(0)),
@@ -475,12 +543,26 @@ fn function_cost<'d>(
             bool_result(by_factor(arg_size(0), STRING_TRAVERSAL).add(arg_cost))
         }
         "isCIDR" | "isIP" | "cidr" | "ip" | "url" | "isURL" | "quantity" | "isQuantity" => {
-            let ty = if name.starts_with("is") { Ty::Bool } else { Ty::Dyn };
-            Ok((by_factor(arg_size(0), STRING_TRAVERSAL).add(arg_cost), ty, None, None))
+            let ty = if name.starts_with("is") {
+                Ty::Bool
+            } else {
+                Ty::Dyn
+            };
+            Ok((
+                by_factor(arg_size(0), STRING_TRAVERSAL).add(arg_cost),
+                ty,
+                None,
+                None,
+            ))
         }
         "lowerAscii" | "upperAscii" | "trim" | "substring" => {
             let s = target_size();
-            Ok((by_factor(s, STRING_TRAVERSAL).add(arg_cost), Ty::Str, None, Some(s)))
+            Ok((
+                by_factor(s, STRING_TRAVERSAL).add(arg_cost),
+                Ty::Str,
+                None,
+                Some(s),
+            ))
         }
         "replace" | "split" => {
             let ty = if name == "split" {
@@ -488,32 +570,43 @@ fn function_cost<'d>(
             } else {
                 Ty::Str
             };
-            Ok((by_factor(target_size(), 2.0 * STRING_TRAVERSAL).add(arg_cost), ty, None, None))
+            Ok((
+                by_factor(target_size(), 2.0 * STRING_TRAVERSAL).add(arg_cost),
+                ty,
+                None,
+                None,
+            ))
         }
-        "_+_" => match &args[0].ty {
-            Ty::Str | Ty::Bytes => {
-                let size = arg_size(0).add(arg_size(1));
-                Ok((
-                    by_factor(size, STRING_TRAVERSAL).add(arg_cost),
-                    args[0].ty.clone(),
-                    None,
-                    Some(size),
-                ))
-            }
-            Ty::List(_) => Ok((one, args[0].ty.clone(), None, Some(arg_size(0).add(arg_size(1))))),
-            other => Ok((one, other.clone(), None, None)),
-        },
-        "_-_" | "_*_" | "_/_" | "_%_" | "-_" => Ok((one, args[0].ty.clone(), None, None)),
-        "_[_]" => {
-            let (ty, decl) = match (&args[0].ty, args[0].decl.map(|d| &d.kind)) {
-                (_, Some(DeclKind::List(e))) | (_, Some(DeclKind::Map(e))) => {
-                    (Ty::of(e), Some(&**e))
-                }
-                (Ty::List(e), _) | (Ty::Map(e), _) => ((**e).clone(), None),
-                _ => (Ty::Dyn, None),
-            };
-            Ok((one, ty, decl, None))
-        }
+        "indexOf" | "lastIndexOf" => Ok((
+            by_factor(target_size(), STRING_TRAVERSAL).add(arg_cost),
+            Ty::Int,
+            None,
+            None,
+        )),
+        "join" => Ok((
+            by_factor(target_size(), STRING_TRAVERSAL).add(arg_cost),
+            Ty::Str,
+            None,
+            None,
+        )),
+        _ => return None,
+    })
+}
+
+/// Conversions, `size`, and the list library.
+#[allow(unused_variables)]
+fn conversion_cost<'d>(
+    name: &str,
+    target: Option<&Node<'d>>,
+    args: &[Node<'d>],
+    arg_cost: Cost,
+) -> Option<Result<CallEstimate<'d>, CompileError>> {
+    let one = Cost::fixed(1).add(arg_cost);
+    let arg_size = |i: usize| args.get(i).map_or(UNKNOWN, Node::size_or_unknown);
+    let target_size = || target.map_or(UNKNOWN, Node::size_or_unknown);
+    let bool_result =
+        |c: Cost| -> Result<CallEstimate<'d>, CompileError> { Ok((c, Ty::Bool, None, None)) };
+    Some(match name {
         "size" => Ok((one, Ty::Int, None, None)),
         "int" => Ok((one, Ty::Int, None, None)),
         "uint" => Ok((one, Ty::Uint, None, None)),
@@ -525,12 +618,6 @@ fn function_cost<'d>(
         "timestamp" => Ok((one, Ty::Timestamp, None, None)),
         "dyn" => Ok((one, args[0].ty.clone(), args[0].decl, args[0].size)),
         "type" => Ok((one, Ty::Dyn, None, None)),
-        "indexOf" | "lastIndexOf" => Ok((
-            by_factor(target_size(), STRING_TRAVERSAL).add(arg_cost),
-            Ty::Int,
-            None,
-            None,
-        )),
         "isSorted" | "sum" | "min" | "max" => {
             let elem = match target.map(|t| &t.ty) {
                 Some(Ty::List(e)) => (**e).clone(),
@@ -539,11 +626,8 @@ fn function_cost<'d>(
             let ty = if name == "isSorted" { Ty::Bool } else { elem };
             Ok((target_size().add(arg_cost), ty, None, None))
         }
-        "join" => Ok((by_factor(target_size(), STRING_TRAVERSAL).add(arg_cost), Ty::Str, None, None)),
-        other => Err(CompileError(format!(
-            "undeclared reference to '{other}' (in container '')"
-        ))),
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -566,8 +650,9 @@ mod tests {
 
     #[test]
     fn compile_errors() {
-        let root = DeclType::of(&json!({"type": "object", "properties": {"a": {"type": "string"}}}))
-            .unwrap();
+        let root =
+            DeclType::of(&json!({"type": "object", "properties": {"a": {"type": "string"}}}))
+                .unwrap();
         assert!(estimate("self.nope == 'x'", &root)
             .unwrap_err()
             .0

@@ -73,8 +73,17 @@ impl DeclType {
     }
 
     fn of_node(schema: &Value, resource_root: bool) -> Option<DeclType> {
-        let int = |key: &str| schema.get(key).and_then(Value::as_i64).map(|v| v.max(0) as u64);
-        if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+        let int = |key: &str| {
+            schema
+                .get(key)
+                .and_then(Value::as_i64)
+                .map(|v| v.max(0) as u64)
+        };
+        if schema
+            .get("x-kubernetes-int-or-string")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             return Some(DeclType {
                 kind: DeclKind::Dyn,
                 max_elements: MAX_REQUEST_SIZE_BYTES - 2,
@@ -84,9 +93,8 @@ impl DeclType {
         match schema.get("type").and_then(Value::as_str)? {
             "array" => {
                 let items = Self::of_node(schema.get("items")?, embedded(schema.get("items")?))?;
-                let max = int("maxItems").unwrap_or(
-                    (MAX_REQUEST_SIZE_BYTES - 2) / (items.min_serialized_size + 1),
-                );
+                let max = int("maxItems")
+                    .unwrap_or((MAX_REQUEST_SIZE_BYTES - 2) / (items.min_serialized_size + 1));
                 Some(DeclType {
                     kind: DeclKind::List(Box::new(items)),
                     max_elements: max,

@@ -163,13 +163,24 @@ mod tests {
         assert!(is_cidr(Arc::new("fd00::/64".into())));
         assert!(!is_cidr(Arc::new("10.0.0.0".into())));
         assert!(!is_cidr(Arc::new("10.0.0.0/33".into())));
-        assert!(evaluate("isCIDR(self[0]) && !isCIDR(self[1])", &json!(["1.2.3.0/24", "x"]), None).unwrap());
+        assert!(evaluate(
+            "isCIDR(self[0]) && !isCIDR(self[1])",
+            &json!(["1.2.3.0/24", "x"]),
+            None
+        )
+        .unwrap());
         assert!(evaluate("self.matches('^a+$')", &json!("aaa"), None).unwrap());
-        assert!(evaluate("self.matches('b')", &json!("abc"), None).unwrap(), "matches is a search");
+        assert!(
+            evaluate("self.matches('b')", &json!("abc"), None).unwrap(),
+            "matches is a search"
+        );
         assert!(evaluate("duration(self) <= duration('1h')", &json!("59m59s"), None).unwrap());
         assert!(!evaluate("duration(self) <= duration('1h')", &json!("1h0.5s"), None).unwrap());
         assert!(evaluate("self.x > 1", &json!({"x": 2}), None).unwrap());
-        assert!(evaluate("self == oldSelf", &json!(1), None).unwrap(), "skipped on create");
+        assert!(
+            evaluate("self == oldSelf", &json!(1), None).unwrap(),
+            "skipped on create"
+        );
         assert!(!evaluate("self == oldSelf", &json!(1), Some(&json!(2))).unwrap());
     }
 }
