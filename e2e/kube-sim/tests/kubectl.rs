@@ -1,98 +1,10 @@
 //! kubectl 1.32 against the simulator: discovery, apply (client- and server-side), get with
 //! server-side Table printing (built-in and CRD printer columns), patch, edit, delete, diff.
-//! kubectl is the one on `PATH` (`scripts/install-deps.sh` installs it when missing). Without
-//! it these tests FAIL when `CI=true`, and otherwise say loudly that they were skipped.
+//! kubectl is found as `common::kubectl` says (skipped without it, failing under CI=true).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use switchyard_kube_sim::KubeSim;
-
-/// kubectl on `PATH`; `None` (after a loud SKIPPED line) when absent, a failure under
-/// `CI=true`.
-fn kubectl(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let why = "kubectl is not on PATH (scripts/install-deps.sh installs it)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: {why}; CI=true so this is a failure");
-        }
-        // Straight to stderr, so the harness's capture does not hide it.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("\n*** SKIPPED: {test}: {why} ***\n\n").as_bytes(),
-        );
-    }
-    found
-}
-
-struct Kubectl {
-    bin: PathBuf,
-    _sim: KubeSim,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    async fn start(name: &str) -> Option<Kubectl> {
-        let bin = kubectl(&format!("kubectl tests ({name})"))?;
-        let sim = KubeSim::start().await.unwrap();
-        let dir = std::env::temp_dir().join(format!("kube-sim-{name}-{}", sim.port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
-        Some(Kubectl {
-            bin,
-            _sim: sim,
-            dir,
-            kubeconfig,
-        })
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// Runs kubectl; returns (success, stdout, stderr).
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-        let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.dir)
-            .env_remove("KUBECTL_EXTERNAL_DIFF");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().await.unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        self.run_env(args, &[]).await
-    }
-
-    /// Runs kubectl, asserting success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args).await;
-        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
-        out
-    }
-}
-
-impl Drop for Kubectl {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::kubectl::{binary, kubectl_sync, Kubectl};
 
 fn header(out: &str) -> Vec<String> {
     out.lines()
@@ -403,23 +315,10 @@ async fn crd_printer_columns_patch_edit() {
     );
 }
 
-fn kubectl_sync(bin: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", kubeconfig.parent().unwrap())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// The background (sync) handle: serves kubectl without a caller runtime; stop/restart.
 #[test]
 fn background_sim_stop_restart() {
-    let Some(bin) = kubectl("background_sim_stop_restart") else {
+    let Some(bin) = binary() else {
         return;
     };
     let mut sim = switchyard_kube_sim::BackgroundKubeSim::start().unwrap();
@@ -442,7 +341,7 @@ fn background_sim_stop_restart() {
 /// The `kube-sim` binary: `--port`, `--kubeconfig`, `--load`.
 #[test]
 fn binary_serves_kubectl() {
-    let Some(bin) = kubectl("binary_serves_kubectl") else {
+    let Some(bin) = binary() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("kube-sim-bin-{}", std::process::id()));
