@@ -7,7 +7,7 @@
 //!   stay attached while no process holds them. A new loader replaces each one without a
 //!   gap: tc links are swapped atomically (`BPF_LINK_UPDATE` through aya's
 //!   `attach_to_link`); cgroup links have no update in aya 0.14, so the new program is
-//!   attached beside the old one (multi-attach) before the old link is released. Running
+//!   attached beside the old one (cgroup links always coexist) before the old link is released. Running
 //!   both for that moment is harmless: the second sees an already-translated backend
 //!   address, which is no VIP.
 //! - tc programs attach as TCX links (kernel 6.6+): no clsact qdisc is created, so there is
@@ -214,8 +214,10 @@ fn attach_cgroup(sock: &mut Ebpf, cfg: &DataplaneConfig, links: &Path) -> Result
         prog.load().map_err(prog_err(name))?;
         let path = links.join(format!("cgroup-{name}"));
         let old = pinned_link(&path)?;
+        // A cgroup BPF link takes no flags (BPF_LINK_CREATE rejects BPF_F_ALLOW_MULTI) yet
+        // always coexists with other links: `Single` is aya's "no flags".
         let id = prog
-            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(name))?;
         let link: FdLink = prog
             .take_link(id)
