@@ -10,13 +10,20 @@
  * - recvmsg4/6:     unconnected UDP replies: the backend's address is shown as the VIP.
  * - getpeername4/6: connected sockets report the VIP as their peer.
  *
+ * - cgroup_skb/egress: drops the packets of Drop entries (below).
+ *
  * Targets: Forward rewrites; Reject fails the call with ECONNREFUSED (bpf_set_retval,
- * kernel 5.18); Drop leaves the destination alone: the packet leaves towards the VIP and
- * the tc egress program on the external interfaces drops it (tc.c), so TCP retries its SYN
- * and UDP sends succeed, and the client times out as with netfilter's DROP.
+ * kernel 5.18). Drop leaves the destination alone and marks the socket (socket-local
+ * storage); the cgroup_skb egress program drops that socket's packets to a Drop entry
+ * with "drop + congestion notification", which the stack reports as NET_XMIT_DROP: TCP
+ * keeps retransmitting its SYN and a UDP send succeeds (ENOBUFS is not reported without
+ * IP_RECVERR), so the client times out as with netfilter's DROP. It runs before neighbour
+ * resolution, so the VIP's route does not matter (a tc program would not see a packet to
+ * an on-link VIP that never resolves, and the client would get EHOSTUNREACH). Packets of
+ * unmarked sockets cost one socket-storage lookup.
  *
  * Minimum kernels: connect/sendmsg hooks 4.17/4.18, recvmsg 5.2, getpeername 5.8,
- * bpf_get_netns_cookie for sock_addr 5.7, bpf_set_retval 5.18.
+ * bpf_get_netns_cookie for sock_addr 5.7, bpf_set_retval 5.18, socket-local storage 5.2.
  */
 #include "maps.h"
 
@@ -25,6 +32,14 @@
 #define ECONNREFUSED 111
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Sockets that addressed a Drop entry: their packets are checked on egress. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} sy_drop_socks SEC(".maps");
 
 static __always_inline struct svc_value *svc_lookup(const __u8 *addr, __be16 port, __u32 proto)
 {
@@ -57,8 +72,15 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, const __u8 *dst, __
 	__u64 netns;
 
 	*out = NULL;
-	if (!svc || svc->action == ACTION_DROP)
+	if (!svc)
 		return 1;
+	if (svc->action == ACTION_DROP) {
+		struct bpf_sock *sk = ctx->sk;
+
+		if (sk)
+			bpf_sk_storage_get(&sy_drop_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		return 1;
+	}
 	if (svc->action == ACTION_REJECT)
 		goto reject;
 	netns = bpf_get_netns_cookie(ctx);
@@ -209,4 +231,45 @@ SEC("cgroup/getpeername6")
 int sy_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return revnat6(ctx);
+}
+
+#define CGROUP_SKB_PASS 1
+#define CGROUP_SKB_DROP_CN 2
+
+/* Drops a marked socket's packets whose destination is a node-scope Drop entry. */
+SEC("cgroup_skb/egress")
+int sy_drop_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct svc_key k = { .scope = SCOPE_NODE };
+	struct svc_value *svc;
+	__u32 l4;
+
+	if (!sk)
+		return CGROUP_SKB_PASS;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || !bpf_sk_storage_get(&sy_drop_socks, sk, 0, 0))
+		return CGROUP_SKB_PASS;
+	if (skb->protocol == bpf_htons(0x0800)) {
+		__u8 vihl;
+		__be32 daddr;
+
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 16, &daddr, 4) ||
+		    bpf_skb_load_bytes(skb, 9, &k.proto, 1))
+			return CGROUP_SKB_PASS;
+		addr_set_v4(k.addr, daddr);
+		l4 = (vihl & 0x0f) * 4;
+	} else if (skb->protocol == bpf_htons(0x86dd)) {
+		if (bpf_skb_load_bytes(skb, 24, k.addr, 16) || bpf_skb_load_bytes(skb, 6, &k.proto, 1))
+			return CGROUP_SKB_PASS;
+		l4 = 40;
+	} else {
+		return CGROUP_SKB_PASS;
+	}
+	if (bpf_skb_load_bytes(skb, l4 + 2, &k.port, 2))
+		return CGROUP_SKB_PASS;
+	svc = bpf_map_lookup_elem(&sy_services, &k);
+	if (svc && svc->action == ACTION_DROP)
+		return CGROUP_SKB_DROP_CN;
+	return CGROUP_SKB_PASS;
 }

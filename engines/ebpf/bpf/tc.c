@@ -11,11 +11,8 @@
  *      else DNAT to a backend and, for masquerade entries (eTP=Cluster), SNAT to the node
  *      address; both directions are recorded in the LRU flow maps.
  *   The rewritten packet continues into the stack, which routes it to the backend.
- * Egress (external interfaces):
- *   1. replies of flows that did not pass an ingress hook on their way back (a backend in
- *      the node's own network namespace) are translated back;
- *   2. packets to a node-scope Drop entry (socket LB leaves them addressed to the VIP) are
- *      dropped, so the client times out.
+ * Egress (external interfaces): replies of flows that did not pass an ingress hook on
+ * their way back (a backend in the node's own network namespace) are translated back.
  *
  * Why LRU flow maps and not the kernel's conntrack through the bpf_ct kfuncs: no netfilter
  * involvement at all (the issue's "netfilter bypassed"), nothing to load (nf_conntrack,
@@ -436,9 +433,7 @@ int sy_tc_ingress(struct __sk_buff *skb)
 SEC("classifier")
 int sy_tc_egress(struct __sk_buff *skb)
 {
-	struct svc_key k = { .scope = SCOPE_NODE };
 	struct flow_nat *nat;
-	struct svc_value *svc;
 	struct packet p;
 
 	if (parse(skb, &p))
@@ -449,11 +444,5 @@ int sy_tc_egress(struct __sk_buff *skb)
 
 		return rewrite(skb, &p, &copy);
 	}
-	__builtin_memcpy(k.addr, p.flow.daddr, 16);
-	k.port = p.flow.dport;
-	k.proto = p.flow.proto;
-	svc = bpf_map_lookup_elem(&sy_services, &k);
-	if (svc && svc->action == ACTION_DROP)
-		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

@@ -26,7 +26,8 @@ use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, LinkOrder,
+        SchedClassifier, TcAttachType,
     },
     sys::SyscallError,
     Ebpf, EbpfLoader,
@@ -45,6 +46,9 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "sy_recvmsg6",
     "sy_getpeername6",
 ];
+
+/// The cgroup_skb egress program of `sock.c` (Drop entries).
+const DROP_EGRESS: &str = "sy_drop_egress";
 
 const TC_INGRESS: &str = "sy_tc_ingress";
 const TC_EGRESS: &str = "sy_tc_egress";
@@ -205,6 +209,8 @@ fn pin(link: FdLink, path: &Path) -> Result<(), EbpfError> {
 
 fn attach_cgroup(sock: &mut Ebpf, cfg: &DataplaneConfig, links: &Path) -> Result<(), EbpfError> {
     let cgroup = File::open(&cfg.cgroup).map_err(io_err("opening cgroup", &cfg.cgroup))?;
+    // A cgroup BPF link takes no flags (BPF_LINK_CREATE rejects BPF_F_ALLOW_MULTI) yet
+    // always coexists with other links: `Single` is aya's "no flags".
     for name in SOCK_PROGRAMS {
         let prog: &mut CgroupSockAddr = sock
             .program_mut(name)
@@ -214,29 +220,48 @@ fn attach_cgroup(sock: &mut Ebpf, cfg: &DataplaneConfig, links: &Path) -> Result
         prog.load().map_err(prog_err(name))?;
         let path = links.join(format!("cgroup-{name}"));
         let old = pinned_link(&path)?;
-        // A cgroup BPF link takes no flags (BPF_LINK_CREATE rejects BPF_F_ALLOW_MULTI) yet
-        // always coexists with other links: `Single` is aya's "no flags".
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(name))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(prog_err(name))?
-            .try_into()
-            .map_err(|e| EbpfError::Link {
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
-        if let Some(old) = old {
-            // Unpinned but still attached until `old_fd` is dropped, after the new pin.
-            let old_fd = old.unpin().map_err(io_err("unpinning", &path))?;
-            pin(link, &path)?;
-            drop(old_fd);
-        } else {
-            pin(link, &path)?;
-        }
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        replace_pinned(link.try_into(), old, &path)?;
     }
-    Ok(())
+    let prog: &mut CgroupSkb = sock
+        .program_mut(DROP_EGRESS)
+        .ok_or(EbpfError::MissingProgram(DROP_EGRESS))?
+        .try_into()
+        .map_err(prog_err(DROP_EGRESS))?;
+    prog.load().map_err(prog_err(DROP_EGRESS))?;
+    let path = links.join(format!("cgroup-{DROP_EGRESS}"));
+    let old = pinned_link(&path)?;
+    let id = prog
+        .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(prog_err(DROP_EGRESS))?;
+    let link = prog.take_link(id).map_err(prog_err(DROP_EGRESS))?;
+    replace_pinned(link.try_into(), old, &path)
+}
+
+/// Pins the new link at `path` in place of `old` (when there was one), keeping `old`
+/// attached until the new one is pinned.
+fn replace_pinned(
+    link: Result<FdLink, LinkError>,
+    old: Option<PinnedLink>,
+    path: &Path,
+) -> Result<(), EbpfError> {
+    let link = link.map_err(|e| EbpfError::Link {
+        path: path.into(),
+        source: Box::new(e),
+    })?;
+    match old {
+        Some(old) => {
+            // Unpinned but still attached until `old_fd` is dropped, after the new pin.
+            let old_fd = old.unpin().map_err(io_err("unpinning", path))?;
+            pin(link, path)?;
+            drop(old_fd);
+            Ok(())
+        }
+        None => pin(link, path),
+    }
 }
 
 fn attach_tc(tc: &mut Ebpf, cfg: &DataplaneConfig, links: &Path) -> Result<(), EbpfError> {
