@@ -10,7 +10,10 @@
  *      Drop (shot), Reject (TCP RST or ICMP port unreachable sent back out the interface),
  *      else DNAT to a backend and, for masquerade entries (eTP=Cluster), SNAT to the node
  *      address; both directions are recorded in the LRU flow maps.
- *   The rewritten packet continues into the stack, which routes it to the backend.
+ *   A rewritten packet is sent on by the program itself (bpf_fib_lookup, then
+ *   bpf_redirect_neigh to the egress device, kernel 5.10): handed to the stack, a packet
+ *   whose source is now a node address (SNAT, or a reply's VIP) would be dropped as a
+ *   martian by the input route check. A destination that is local goes up the stack.
  * Egress (external interfaces): replies of flows that did not pass an ingress hook on
  * their way back (a backend in the node's own network namespace) are translated back.
  *
@@ -369,6 +372,59 @@ recorded:
 	return bpf_map_update_elem(&sy_nat_fwd, &p->flow, fwd, BPF_ANY) ? -1 : 0;
 }
 
+/* Sends a packet rewritten to flow `n` out of the device its route uses (see the top). */
+static __always_inline int forward_out(struct __sk_buff *skb, const struct packet *p,
+				       const struct flow_nat *n)
+{
+	struct bpf_fib_lookup fib = {};
+	long ret;
+
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = p->flow.proto;
+	fib.sport = n->sport;
+	fib.dport = n->dport;
+	fib.tot_len = skb->len - ETH_LEN;
+	if (!p->v6) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = addr_v4(n->saddr);
+		fib.ipv4_dst = addr_v4(n->daddr);
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, n->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, n->daddr, 16);
+	}
+	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS || ret == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+	return TC_ACT_OK;
+}
+
+/* Rewrites an ingress packet to flow `n` and sends it on. */
+static __always_inline int translate_in(struct __sk_buff *skb, const struct packet *p,
+					const struct flow_nat *n)
+{
+	if (rewrite(skb, p, n) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	return forward_out(skb, p, n);
+}
+
+/* A TCP SYN opens a new connection: an old flow with the same tuple (a reused client
+ * port) is over, and the service is looked up again. */
+static __always_inline int is_syn(const struct packet *p)
+{
+	return p->flow.proto == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02;
+}
+
+/* Deletes the reply-direction entry of a client flow about to be replaced. */
+static __always_inline void forget_flow(const struct packet *p, const struct flow_nat *fwd)
+{
+	struct flow_key rk = { .sport = fwd->dport, .dport = fwd->sport, .proto = p->flow.proto };
+
+	__builtin_memcpy(rk.saddr, fwd->daddr, 16);
+	__builtin_memcpy(rk.daddr, fwd->saddr, 16);
+	bpf_map_delete_elem(&sy_nat_rev, &rk);
+}
+
 /* A new packet to an external-scope service entry. */
 static __always_inline int serve(struct __sk_buff *skb, const struct packet *p,
 				 const struct svc_value *svc)
@@ -400,7 +456,7 @@ static __always_inline int serve(struct __sk_buff *skb, const struct packet *p,
 	}
 	if (flow_create(p, &fwd, svc))
 		return TC_ACT_SHOT;
-	return rewrite(skb, p, &fwd);
+	return translate_in(skb, p, &fwd);
 }
 
 SEC("classifier")
@@ -414,13 +470,19 @@ int sy_tc_ingress(struct __sk_buff *skb)
 	if (parse(skb, &p))
 		return TC_ACT_OK;
 	nat = bpf_map_lookup_elem(&sy_nat_rev, &p.flow);
-	if (!nat)
-		nat = bpf_map_lookup_elem(&sy_nat_fwd, &p.flow);
 	if (nat) {
 		struct flow_nat copy = *nat;
 
-		return rewrite(skb, &p, &copy);
+		return translate_in(skb, &p, &copy);
 	}
+	nat = bpf_map_lookup_elem(&sy_nat_fwd, &p.flow);
+	if (nat && !is_syn(&p)) {
+		struct flow_nat copy = *nat;
+
+		return translate_in(skb, &p, &copy);
+	}
+	if (nat)
+		forget_flow(&p, nat);
 	__builtin_memcpy(k.addr, p.flow.daddr, 16);
 	k.port = p.flow.dport;
 	k.proto = p.flow.proto;
