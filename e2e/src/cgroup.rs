@@ -46,7 +46,8 @@ impl PrivateCgroup {
             NEXT_CGROUP.fetch_add(1, Ordering::SeqCst)
         );
         let path = cgroup2_root.join(name);
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(PrivateCgroup { path })
     }
 
@@ -64,7 +65,10 @@ impl Drop for PrivateCgroup {
 fn remove_cgroup(path: &Path) {
     for _ in 0..50 {
         let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
         if pids.is_empty() && std::fs::remove_dir(path).is_ok() {
             return;
         }

@@ -76,7 +76,10 @@ fn main() {
             Err(e) => Response::Error(format!("bad request {line:?}: {e}")),
         };
         let text = serde_json::to_string(&response).expect("responses serialize");
-        if writeln!(stdout, "{text}").and_then(|_| stdout.flush()).is_err() {
+        if writeln!(stdout, "{text}")
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             break;
         }
     }

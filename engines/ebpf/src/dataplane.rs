@@ -295,15 +295,24 @@ fn encode(sp: &ServicePort) -> Result<Applied, EbpfError> {
     }
     for (key, entry) in &sp.entries {
         let bad = |reason: String| EbpfError::BadService {
-            key: format!("{}:{} {:?} {:?}", key.vip, key.port, key.protocol, key.scope),
+            key: format!(
+                "{}:{} {:?} {:?}",
+                key.vip, key.port, key.protocol, key.scope
+            ),
             reason,
         };
         if entry.id != sp.id {
-            return Err(bad(format!("entry id {} in service port {}", entry.id, sp.id)));
+            return Err(bad(format!(
+                "entry id {} in service port {}",
+                entry.id, sp.id
+            )));
         }
         let count = match (entry.action, sp.sets.get(&entry.target)) {
             (Action::Forward, None) => {
-                return Err(bad(format!("forwards to set {:?}, not given", entry.target)))
+                return Err(bad(format!(
+                    "forwards to set {:?}, not given",
+                    entry.target
+                )))
             }
             (Action::Forward, Some(set)) => {
                 if let Some(b) = set.iter().find(|b| b.addr.is_ipv4() != key.vip.is_ipv4()) {

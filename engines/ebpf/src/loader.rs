@@ -235,7 +235,11 @@ fn attach_cgroup(sock: &mut Ebpf, cfg: &DataplaneConfig, links: &Path) -> Result
     let path = links.join(format!("cgroup-{DROP_EGRESS}"));
     let old = pinned_link(&path)?;
     let id = prog
-        .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .attach(
+            &cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )
         .map_err(prog_err(DROP_EGRESS))?;
     let link = prog.take_link(id).map_err(prog_err(DROP_EGRESS))?;
     replace_pinned(link.try_into(), old, &path)

@@ -101,9 +101,9 @@ impl Dataplane {
         for (id, want) in &self.record {
             match kernel.get(id) {
                 None => drift.push(format!("service id {id}: missing from the maps")),
-                Some(have) if have != want => {
-                    drift.push(format!("service id {id}: maps differ from what was applied"))
-                }
+                Some(have) if have != want => drift.push(format!(
+                    "service id {id}: maps differ from what was applied"
+                )),
                 Some(_) => {}
             }
         }

@@ -28,7 +28,13 @@ fn endpoint_changes_and_a_loader_restart_lose_no_connection() {
     }
     let node = Node::new(&["10.0.1.1", "10.0.1.2", "10.0.1.3"], &[8080]);
     let mut dp = node.load();
-    let mut sp = cluster_ip(20, "10.96.0.30", 80, &[Protocol::Tcp], &["10.0.1.1:8080", "10.0.1.2:8080"]);
+    let mut sp = cluster_ip(
+        20,
+        "10.96.0.30",
+        80,
+        &[Protocol::Tcp],
+        &["10.0.1.1:8080", "10.0.1.2:8080"],
+    );
     dp.upsert_service(&sp).unwrap();
 
     // Endpoint changes (add, replace, remove) while connections run back to back.
@@ -43,12 +49,18 @@ fn endpoint_changes_and_a_loader_restart_lose_no_connection() {
             thread::sleep(Duration::from_millis(400));
             sp.sets.insert(TargetSet::Internal, backends(eps));
             let w = dp.upsert_service(&sp).unwrap();
-            assert!(w.writes + w.deletes <= 3, "a one-endpoint change is a few writes: {w:?}");
+            assert!(
+                w.writes + w.deletes <= 3,
+                "a one-endpoint change is a few writes: {w:?}"
+            );
         }
         looping.join().unwrap()
     });
     assert!(stats.ok > 50, "{stats:?}");
-    assert_eq!(stats.failed, 0, "connections failed during endpoint changes: {stats:?}");
+    assert_eq!(
+        stats.failed, 0,
+        "connections failed during endpoint changes: {stats:?}"
+    );
     assert!(dp.verify().unwrap().is_empty());
 
     // A restart: the old dataplane goes away (every fd closed, as at process exit) and a
@@ -64,7 +76,10 @@ fn endpoint_changes_and_a_loader_restart_lose_no_connection() {
     });
     let dp2 = stats;
     let back = dp2.read_back().unwrap();
-    assert_eq!(back[&20], sp, "the restarted dataplane reads back what was applied");
+    assert_eq!(
+        back[&20], sp,
+        "the restarted dataplane reads back what was applied"
+    );
     assert!(dp2.verify().unwrap().is_empty());
     drop(dp2);
     let after = loop_for(&node, Duration::from_millis(500));
@@ -79,8 +94,14 @@ fn a_restart_keeps_traffic_flowing() {
     let node = Node::new(&["10.0.1.1"], &[8080]);
     let dp = {
         let mut dp = node.load();
-        dp.upsert_service(&cluster_ip(21, "10.96.0.30", 80, &[Protocol::Tcp], &["10.0.1.1:8080"]))
-            .unwrap();
+        dp.upsert_service(&cluster_ip(
+            21,
+            "10.96.0.30",
+            80,
+            &[Protocol::Tcp],
+            &["10.0.1.1:8080"],
+        ))
+        .unwrap();
         dp
     };
     let stats = thread::scope(|s| {
@@ -93,12 +114,19 @@ fn a_restart_keeps_traffic_flowing() {
         looping.join().unwrap()
     });
     assert!(stats.ok > 20, "{stats:?}");
-    assert_eq!(stats.failed, 0, "connections failed across restarts: {stats:?}");
+    assert_eq!(
+        stats.failed, 0,
+        "connections failed across restarts: {stats:?}"
+    );
 }
 
 fn qdiscs(node: &Node, dev: &str) -> String {
     let ns = node.sb.node_ns().name().to_string();
-    run_cmd(std::process::Command::new("ip").args(["netns", "exec", &ns, "tc", "qdisc", "show", "dev", dev])).unwrap()
+    run_cmd(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "tc", "qdisc", "show", "dev", dev]),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -109,22 +137,39 @@ fn cleanup_leaves_no_pins_links_or_qdiscs() {
     let node = Node::new(&["10.0.1.1"], &[8080]);
     let qdiscs_before = (qdiscs(&node, "uplink"), qdiscs(&node, "cbr0"));
     let mut dp = node.load();
-    dp.upsert_service(&cluster_ip(22, "10.96.0.30", 80, &[Protocol::Tcp], &["10.0.1.1:8080"]))
-        .unwrap();
+    dp.upsert_service(&cluster_ip(
+        22,
+        "10.96.0.30",
+        80,
+        &[Protocol::Tcp],
+        &["10.0.1.1:8080"],
+    ))
+    .unwrap();
     assert!(node.cfg.pin_dir().join("sy_services").exists());
     let link_ids = pinned_link_ids(&node);
-    assert_eq!(link_ids.len(), 9 + 3, "8 sock_addr + 1 cgroup_skb + 3 tc links: {link_ids:?}");
+    assert_eq!(
+        link_ids.len(),
+        9 + 3,
+        "8 sock_addr + 1 cgroup_skb + 3 tc links: {link_ids:?}"
+    );
     assert!(link_ids.iter().all(|id| link_exists(*id)));
     drop(dp);
     switchyard_ebpf::cleanup(&node.cfg.pin_root).unwrap();
     assert!(!node.cfg.pin_root.exists(), "pin directory removed");
     let left: Vec<u64> = link_ids.into_iter().filter(|id| link_exists(*id)).collect();
     assert!(left.is_empty(), "links left attached: {left:?}");
-    assert!(matches!(
-        node.probe("pod", VIP, switchyard_e2e::Proto::Tcp),
-        switchyard_e2e::Outcome::Timeout | switchyard_e2e::Outcome::Refused(_)
-    ), "the VIP is no longer translated");
-    assert_eq!((qdiscs(&node, "uplink"), qdiscs(&node, "cbr0")), qdiscs_before, "no qdisc added or left");
+    assert!(
+        matches!(
+            node.probe("pod", VIP, switchyard_e2e::Proto::Tcp),
+            switchyard_e2e::Outcome::Timeout | switchyard_e2e::Outcome::Refused(_)
+        ),
+        "the VIP is no longer translated"
+    );
+    assert_eq!(
+        (qdiscs(&node, "uplink"), qdiscs(&node, "cbr0")),
+        qdiscs_before,
+        "no qdisc added or left"
+    );
 }
 
 /// The ids of the links pinned in the dataplane's links directory, as bpftool reads them.

@@ -30,9 +30,17 @@ fn cluster_ip_tcp_and_udp_from_pod_and_node_reach_every_backend() {
     for (role, src) in [("pod", "10.0.0.2"), ("node", "192.168.0.2")] {
         for proto in [Proto::Tcp, Proto::Udp] {
             let seen = node.reached(role, "10.96.0.10:80", proto, 30);
-            assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), all, "{role} {proto}");
+            assert_eq!(
+                seen.keys().cloned().collect::<BTreeSet<_>>(),
+                all,
+                "{role} {proto}"
+            );
             for sources in seen.values() {
-                assert_eq!(sources, &[src.parse().unwrap()].into(), "{role} {proto}: no masquerade");
+                assert_eq!(
+                    sources,
+                    &[src.parse().unwrap()].into(),
+                    "{role} {proto}: no masquerade"
+                );
             }
         }
     }
@@ -50,7 +58,13 @@ fn unconnected_udp_replies_come_from_the_vip() {
     }
     let node = Node::new(&["10.0.1.1", "10.0.1.2"], &[5353]);
     let mut dp = node.load();
-    let sp = cluster_ip(2, "10.96.0.53", 53, &[Protocol::Udp], &["10.0.1.1:5353", "10.0.1.2:5353"]);
+    let sp = cluster_ip(
+        2,
+        "10.96.0.53",
+        53,
+        &[Protocol::Udp],
+        &["10.0.1.1:5353", "10.0.1.2:5353"],
+    );
     dp.upsert_service(&sp).unwrap();
     let src = node.sb.source("pod").unwrap();
     let vip = "10.96.0.53:53".parse().unwrap();
@@ -66,7 +80,11 @@ fn unconnected_udp_replies_come_from_the_vip() {
             Outcome::Answered { backend, .. } => backends.insert(backend),
             other => panic!("unconnected UDP to the VIP: {other}"),
         };
-        assert_eq!(from, Some(vip), "recvfrom must report the VIP (recvmsg4 reverse translation)");
+        assert_eq!(
+            from,
+            Some(vip),
+            "recvfrom must report the VIP (recvmsg4 reverse translation)"
+        );
     }
     assert_eq!(backends.len(), 2);
 }
@@ -97,7 +115,8 @@ fn client_ip_affinity_sticks_to_one_backend() {
         .into_iter()
         .filter(|b| *b != chosen)
         .collect();
-    sp.sets.insert(switchyard_ebpf::TargetSet::Internal, backends(&rest));
+    sp.sets
+        .insert(switchyard_ebpf::TargetSet::Internal, backends(&rest));
     dp.upsert_service(&sp).unwrap();
     let after = node.reached("pod", "10.96.0.11:80", Proto::Tcp, 20);
     assert_eq!(after.len(), 1, "affinity after the change: {after:?}");
@@ -115,11 +134,15 @@ fn reject_refuses_and_drop_times_out() {
         (4, "10.96.0.20", switchyard_ebpf::Action::Reject),
         (5, "10.96.0.21", switchyard_ebpf::Action::Drop),
     ] {
-        let mut sp = switchyard_ebpf::ServicePort { id, ..Default::default() };
+        let mut sp = switchyard_ebpf::ServicePort {
+            id,
+            ..Default::default()
+        };
         for p in [Protocol::Tcp, Protocol::Udp] {
             let mut e = forward(id, switchyard_ebpf::TargetSet::Internal);
             e.action = action;
-            sp.entries.insert(key(vip, 80, p, switchyard_ebpf::Scope::Node), e);
+            sp.entries
+                .insert(key(vip, 80, p, switchyard_ebpf::Scope::Node), e);
         }
         dp.upsert_service(&sp).unwrap();
     }

@@ -12,8 +12,8 @@ use std::{
 
 use switchyard_e2e::{netns::run_cmd, Outcome, Proto, Sandbox};
 use switchyard_ebpf::{
-    mounts, Action, Backend, Dataplane, DataplaneConfig, MapSizes, Protocol, Scope,
-    ServiceEntry, ServiceKey, ServicePort, TargetSet,
+    mounts, Action, Backend, Dataplane, DataplaneConfig, MapSizes, Protocol, Scope, ServiceEntry,
+    ServiceKey, ServicePort, TargetSet,
 };
 
 pub const TIMEOUT: Duration = Duration::from_millis(1500);
@@ -69,11 +69,20 @@ impl Node {
 
     /// The backends reached over `tries` probes (panics on anything but an answer), with
     /// the sources they saw.
-    pub fn reached(&self, role: &str, dst: &str, proto: Proto, tries: usize) -> BTreeMap<String, BTreeSet<IpAddr>> {
+    pub fn reached(
+        &self,
+        role: &str,
+        dst: &str,
+        proto: Proto,
+        tries: usize,
+    ) -> BTreeMap<String, BTreeSet<IpAddr>> {
         let mut out: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
         for _ in 0..tries {
             match self.probe(role, dst, proto) {
-                Outcome::Answered { backend, seen_source } => {
+                Outcome::Answered {
+                    backend,
+                    seen_source,
+                } => {
                     out.entry(backend).or_default().insert(seen_source.ip());
                 }
                 other => panic!("{role} -> {dst} {proto}: {other}"),
@@ -135,8 +144,10 @@ pub fn cluster_ip(id: u32, vip: &str, port: u16, protos: &[Protocol], eps: &[&st
     };
     sp.sets.insert(TargetSet::Internal, backends(eps));
     for p in protos {
-        sp.entries
-            .insert(key(vip, port, *p, Scope::Node), forward(id, TargetSet::Internal));
+        sp.entries.insert(
+            key(vip, port, *p, Scope::Node),
+            forward(id, TargetSet::Internal),
+        );
     }
     sp
 }
