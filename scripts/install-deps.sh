@@ -15,6 +15,10 @@ have shellcheck || need+=(shellcheck)
 have jq || need+=(jq)
 have bpftool || need+=(bpftool)
 have cc || need+=(gcc)
+# The eBPF engine's build.rs compiles bpf/*.c with clang against libbpf's headers.
+have clang || need+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+[ -f /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"

@@ -7,11 +7,13 @@
 //! - [`sandbox`]: the node / external / pod topology and the agent running in it
 //! - [`echo`]: echo servers naming the endpoint and the source they saw
 //! - [`probe`]: one TCP/UDP request from a source role, classified
+//! - [`cgroup`]: private cgroups and the client process running inside one
 //! - [`agent`]: the agent process, its log and `/healthz`
 //! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
 //! - [`scenario`]: scenario files, playing their flows, the report
 
 pub mod agent;
+pub mod cgroup;
 pub mod echo;
 pub mod manifests;
 pub mod netns;
