@@ -6,7 +6,9 @@
 //! (loaded, built in, or loaded on demand). When the test fails and `nf_tables` is
 //! loadable but not loaded (the kernel could not autoload it: no `modprobe`, no module
 //! tree in the agent's root), that is the cause named — "kernel module nf_tables not
-//! loaded but loadable" — not the ruleset or the `nft` version.
+//! loaded but loadable" — not the ruleset or the `nft` version (`nft --version` itself
+//! fails there: nft 1.0.6 opens a netfilter netlink socket first, and gets "Protocol not
+//! supported").
 
 use switchyard_crd::Mode;
 
@@ -140,8 +142,16 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             }
         },
         Err(e) => {
-            f.fail("nft version", e.to_string(), [format!("nft >= {MIN_NFT}")]);
-            false
+            // nft opens a netfilter netlink socket even for --version ("Protocol not
+            // supported" without nf_tables): when that module is not loaded, it is the
+            // cause, not nft.
+            let missing = if module_finding(ctx, module, None, &mut f) {
+                MODULE.to_string()
+            } else {
+                format!("nft >= {MIN_NFT}")
+            };
+            f.fail("nft version", e.to_string(), [missing]);
+            return f.finish(Mode::Nftables);
         }
     };
     if !nft_ok {

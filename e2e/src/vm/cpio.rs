@@ -82,7 +82,7 @@ impl Archive {
 
     /// Header-plus-name and data each end on a 4-byte boundary.
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }
@@ -103,7 +103,7 @@ mod tests {
         a.char_device("dev/console", 0o600, 5, 1);
         let bytes = a.finish();
         assert_eq!(&bytes[..6], b"070701");
-        assert_eq!(bytes.len() % 4, 0);
+        assert!(bytes.len().is_multiple_of(4));
         // First header: ino 1, mode 040755, namesize 4 ("bin\0"), name at offset 110.
         let header = std::str::from_utf8(&bytes[..110]).unwrap();
         assert_eq!(&header[6..14], "00000001");

@@ -17,7 +17,7 @@ use super::{error::VmError, report::JobOutcome, Job};
 /// A test binary and the package directory it runs from.
 #[derive(Clone, Debug)]
 pub struct TestBinary {
-    /// The `[[test]]` target name, e.g. `sandbox_selftest`.
+    /// The test target's name (its file stem), e.g. `sandbox_selftest`.
     pub name: String,
     pub path: PathBuf,
     pub package_dir: PathBuf,
@@ -44,24 +44,30 @@ struct Artifact {
 
 #[derive(Deserialize)]
 struct Target {
-    name: String,
+    src_path: PathBuf,
     kind: Vec<String>,
 }
 
 impl TestBinary {
-    /// Builds (when stale) and locates integration test target `test` (the file name
-    /// under a package's `tests/`), which must be unique in the workspace.
-    pub fn from_cargo(test: &str) -> Result<TestBinary, VmError> {
+    /// Builds (when stale) and locates the integration test whose source is `source`,
+    /// relative to the workspace root (e.g. `e2e/tests/sandbox_selftest.rs`; several
+    /// packages have a `tests/kernel.rs`).
+    pub fn from_cargo(source: &str) -> Result<TestBinary, VmError> {
+        let root = crate::agent::workspace_root();
+        let src = root.join(source);
+        let name = src
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let err = |detail: String| VmError::TestBinary {
-            test: test.to_string(),
+            test: source.to_string(),
             detail,
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let manifest = crate::agent::workspace_root().join("Cargo.toml");
         let out = Command::new(cargo)
             .args(["test", "--workspace", "--no-run", "--message-format=json"])
-            .args(["--test", test, "--manifest-path"])
-            .arg(&manifest)
+            .args(["--test", &name, "--manifest-path"])
+            .arg(root.join("Cargo.toml"))
             .output()
             .map_err(|e| err(format!("cannot run cargo: {e}")))?;
         if !out.status.success() {
@@ -71,29 +77,21 @@ impl TestBinary {
                 super::report::tail(&String::from_utf8_lossy(&out.stderr), 20)
             )));
         }
-        let found: Vec<TestBinary> = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Artifact>(l).ok())
             .filter(|a| a.reason == "compiler-artifact")
-            .filter_map(|a| {
+            .find_map(|a| {
                 let target = a.target?;
-                let ours = target.name == test && target.kind.iter().any(|k| k == "test");
+                let ours = target.src_path == src && target.kind.iter().any(|k| k == "test");
                 let dir = a.manifest_path?.parent()?.to_path_buf();
                 ours.then_some(TestBinary {
-                    name: test.to_string(),
+                    name: name.clone(),
                     path: a.executable?,
                     package_dir: dir,
                 })
             })
-            .collect();
-        match <[TestBinary; 1]>::try_from(found) {
-            Ok([binary]) => Ok(binary),
-            Err(found) if found.is_empty() => Err(err("cargo built no such test target".into())),
-            Err(found) => Err(err(format!(
-                "{} packages have a test target of that name",
-                found.len()
-            ))),
-        }
+            .ok_or_else(|| err("cargo built no test target from that file".into()))
     }
 
     /// The names of the tests that are not `#[ignore]`d.

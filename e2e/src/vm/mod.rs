@@ -264,6 +264,7 @@ impl VmLane {
                 NEXT_RUN.fetch_add(1, Ordering::Relaxed)
             )),
         };
+        prune_old_runs(&self.work_dir);
         let spool = dir.spool();
         let _ = std::fs::remove_dir_all(&dir.root);
         std::fs::create_dir_all(spool.dir()).map_err(|e| VmError::io(spool.dir(), e))?;
@@ -303,6 +304,24 @@ impl VmLane {
             let _ = std::fs::remove_dir_all(&dir.root);
         }
         Ok(report)
+    }
+}
+
+/// Runs that did not complete keep their directory for a look; a day later it goes.
+fn prune_old_runs(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if old && entry.file_name().to_string_lossy().starts_with("run-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
