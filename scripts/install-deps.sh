@@ -16,16 +16,7 @@ have jq || need+=(jq)
 have bpftool || need+=(bpftool)
 have cc || need+=(gcc)
 
-if [ ${#need[@]} -gt 0 ]; then
-  echo "install-deps: installing ${need[*]}"
-  if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing ${need[*]} and not root: run as root (or sudo make ...)" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/apt-install.sh" install-deps "${need[@]}"
 
 if ! have cargo; then
   echo "install-deps: cargo not found on PATH (expected the machine's rustup toolchain in ~/.cargo/bin)" >&2

@@ -12,21 +12,12 @@ set -euo pipefail
 need=()
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
-[ -x /bin/busybox ] || need+=(busybox-static)
+installed busybox-static || need+=(busybox-static)
 installed linux-image-amd64 || need+=(tiny-initramfs linux-image-amd64)
 
-if [ ${#need[@]} -gt 0 ]; then
-  echo "install-vm-lane-deps: installing ${need[*]}"
-  if [ "$(id -u)" != 0 ]; then
-    echo "install-vm-lane-deps: missing ${need[*]} and not root: run as root (or sudo make ...)" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/apt-install.sh" install-vm-lane-deps "${need[@]}"
 
-# The lane boots the newest installed Debian kernel; say which, so a CI log shows it.
+# The lane boots the newest installed Debian kernel: check it is there with its modules.
 kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
 if [ -z "$kernel" ]; then
   echo "install-vm-lane-deps: no /boot/vmlinuz-*-amd64 after installing linux-image-amd64" >&2
