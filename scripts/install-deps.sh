@@ -20,16 +20,7 @@ have clang || need+=(clang)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 [ -f /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)
 
-if [ ${#need[@]} -gt 0 ]; then
-  echo "install-deps: installing ${need[*]}"
-  if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing ${need[*]} and not root: run as root (or sudo make ...)" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/apt-install.sh" install-deps "${need[@]}"
 
 # kubectl, for the kubectl e2e tests against the kube API simulator (they fail under
 # CI=true without it). Debian's package when the configured repositories have one, else

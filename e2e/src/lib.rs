@@ -11,6 +11,7 @@
 //! - [`agent`]: the agent process, its log and `/healthz`
 //! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
 //! - [`scenario`]: scenario files, playing their flows, the report
+//! - [`vm`]: the qemu VM lane, running jobs and test binaries on a kernel with IPVS
 
 pub mod agent;
 pub mod cgroup;
@@ -20,6 +21,7 @@ pub mod netns;
 pub mod probe;
 pub mod sandbox;
 pub mod scenario;
+pub mod vm;
 
 pub use probe::{Outcome, Proto, Source};
 pub use sandbox::{require_root, Sandbox};
