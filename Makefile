@@ -3,12 +3,16 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build demo test lint unit kernel bench clean
+.PHONY: all deps vm-deps build demo test lint unit kernel bench clean
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
+
+# qemu, Debian's kernel and static busybox for the IPVS VM lane (e2e/tests/vm_lane.rs).
+vm-deps:
+	@scripts/install-vm-lane-deps.sh
 
 build: deps
 	$(CARGO) build --workspace --all-targets
@@ -21,10 +25,11 @@ demo: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	shellcheck scripts/*.sh .ci/run e2e/kind/*.sh
+	shellcheck scripts/*.sh .ci/run e2e/kind/*.sh e2e/vm/init e2e/vm/modprobe
 
-# Everything: lint, unit and property tests, kernel tests, scenarios against the real binary.
-test: lint
+# Everything: lint, unit and property tests, kernel tests, scenarios against the real binary,
+# and the IPVS VM lane.
+test: lint vm-deps
 	scripts/check-chart.sh
 	$(CARGO) build --workspace --bins
 	SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard $(CARGO) test --workspace --no-fail-fast

@@ -128,6 +128,8 @@ must_fail "a fallback repeating the mode" "repeats mode" -f "$tmp/repeat.yaml"
 must_fail "a ProxyConfig name used twice" "used twice" -f "$tmp/duplicate.yaml"
 must_fail "auto as a fallback" "is not one of" -f "$tmp/auto-fallback.yaml"
 must_fail "an unknown mode" "is not one of" -f "$tmp/bad-mode.yaml"
+must_fail "the node restriction before Kubernetes 1.30" "needs ValidatingAdmissionPolicy" --kube-version 1.29.0
+render "$tmp/no-restriction.yaml" --kube-version 1.29.0 --set agent.nodeRestriction.enabled=false
 
 # --- checks of the rendered objects ------------------------------------------------------
 python3 - "$tmp" "$chart/crds/switchyard.yaml" "$namespace" "$release" <<'PY'
@@ -325,7 +327,10 @@ def check_agent(scenario, docs, ebpf):
         fail(scenario, f"no eBPF pool but agent has {sorted(added & ebpf_caps)}")
     if added - ebpf_caps - {"NET_ADMIN", "NET_RAW"}:
         fail(scenario, f"agent has unexpected capabilities {sorted(added - ebpf_caps - {'NET_ADMIN', 'NET_RAW'})}")
+    # Liveness (and startup) is "the loops turn", readiness is "synced": a node whose
+    # syncs fail must not be restarted (issue 14, defect 2).
     probes = {
+        "startupProbe": "/livez",
         "livenessProbe": "/livez",
         "readinessProbe": "/healthz",
     }
@@ -362,6 +367,41 @@ def check_agent(scenario, docs, ebpf):
             fail(scenario, "Bidirectional propagation needs a privileged container")
     if "resources" not in c:
         fail(scenario, "agent has no resources")
+    # BENCHMARKS.md "Agent pod memory": a full sync at 50k Services peaks at the agent's
+    # 369 MiB plus nft's 1,444 MiB in the container; the default limit must hold it.
+    limit = c.get("resources", {}).get("limits", {}).get("memory", "0")
+    units = {"Mi": 1, "Gi": 1024}
+    mib = float(limit[:-2]) * units[limit[-2:]] if limit[-2:] in units else 0
+    if mib < 369 + 1444:
+        fail(scenario, f"agent memory limit {limit} is below a 50k-Service full sync (1813 MiB)")
+
+
+def check_node_restriction(scenario, docs, enabled):
+    """The ValidatingAdmissionPolicy keeping each agent to its own ProxyNode (its CEL is
+    evaluated against its inputs in e2e/tests/admission_policy.rs)."""
+    name = f"{prefix}-agent-own-proxynode"
+    policies = find(docs, "ValidatingAdmissionPolicy")
+    bindings = find(docs, "ValidatingAdmissionPolicyBinding")
+    if not enabled:
+        if policies or bindings:
+            fail(scenario, "node restriction disabled but a policy is rendered")
+        return
+    p = one(scenario, docs, "ValidatingAdmissionPolicy", name)
+    b = one(scenario, docs, "ValidatingAdmissionPolicyBinding", name)
+    if p is None or b is None:
+        return
+    spec = p["spec"]
+    rules = spec["matchConstraints"]["resourceRules"]
+    if rules != [{"apiGroups": ["switchyard.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                  "resources": ["proxynodes", "proxynodes/status"]}]:
+        fail(scenario, f"policy matches {rules}")
+    agent = f"system:serviceaccount:{namespace}:{prefix}-agent"
+    if [c["expression"].strip() for c in spec.get("matchConditions", [])] != [f"request.userInfo.username == '{agent}'"]:
+        fail(scenario, f"policy does not match exactly the agent's service account {agent}")
+    if spec.get("failurePolicy") != "Fail":
+        fail(scenario, "policy must fail closed")
+    if b["spec"] != {"policyName": name, "validationActions": ["Deny"]}:
+        fail(scenario, f"binding {b['spec']}")
 
 
 def check_operator(scenario, docs):
@@ -428,6 +468,7 @@ for scenario, (ebpf, configs) in scenarios.items():
     check_rbac(scenario, docs)
     check_agent(scenario, docs, ebpf)
     check_operator(scenario, docs)
+    check_node_restriction(scenario, docs, True)
     specs = check_proxy_configs(scenario, docs, configs)
     check_api_server_env(scenario, docs, None)
     if scenario == "ebpf" and specs.get("ebpf-pool", {}).get("ebpf") != {"maxServices": 65536, "maxEndpoints": 262144}:
@@ -437,6 +478,7 @@ for scenario, (ebpf, configs) in scenarios.items():
     kinds = sorted({d["kind"] for d in docs})
     print(f"ok: rendered {scenario}: {len(docs)} objects ({', '.join(kinds)})" if not failures else f"checked {scenario}")
 check_api_server_env("apiserver", load("apiserver"), "172.18.0.2")
+check_node_restriction("no-restriction", load("no-restriction"), False)
 
 if failures:
     for f in failures:

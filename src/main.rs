@@ -111,6 +111,15 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panic in any thread or task ends the process, loudly: a silently dead watcher or
+    // scan thread would leave a "healthy" node that no longer follows its sources. The
+    // dataplane keeps its rules; the restarted process picks up from there.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(panic = %info, "a thread or task panicked: exiting (status 70) so the process is restarted; dataplane rules stay in place");
+        std::process::exit(70);
+    }));
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -261,6 +270,7 @@ struct NodeSide {
     state: Arc<Mutex<ClusterState>>,
     notify: Arc<Notify>,
     metrics: Metrics,
+    health: Health,
 }
 
 impl NodeSide {
@@ -274,6 +284,7 @@ impl NodeSide {
             state: Arc::new(Mutex::new(ClusterState::default())),
             notify: Arc::new(Notify::new()),
             metrics: Metrics::new(),
+            health: Health::new(switchyard_crd::EffectiveConfig::default().sync_period),
         }
     }
 
@@ -306,7 +317,7 @@ impl NodeSide {
             metrics = %config.metrics_bind_address,
             "switchyard running"
         );
-        let health = Health::new(config.sync_period);
+        let health = self.health.clone();
         spawn_server(
             "healthz",
             serve_healthz(config.healthz_bind_address, health.clone()),
@@ -353,15 +364,17 @@ impl NodeSide {
 }
 
 async fn run_standalone(dir: PathBuf, args: NodeArgs) -> Result<()> {
-    if !dir.is_dir() {
-        bail!("--manifests {}: not a directory", dir.display());
-    }
     let node = NodeSide::new(args);
-    ManifestDir::new(&dir, node.metrics.clone()).follow(
-        node.state.clone(),
-        node.notify.clone(),
-        Duration::from_millis(200),
-    );
+    // No sync (so no rule is touched) before the directory has been read completely.
+    ManifestDir::new(&dir, node.metrics.clone())
+        .follow(
+            node.state.clone(),
+            node.notify.clone(),
+            Duration::from_millis(200),
+            &node.health.liveness(),
+        )
+        .first_read()
+        .await?;
     node.run(format!("manifests {}", dir.display()), None).await
 }
 

@@ -7,8 +7,8 @@
 //! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair, engine
 //!   choice and make-before-break switches).
 //! - [`manifests`]: the standalone source reading a directory of YAML/JSON.
-//! - [`metrics`], [`health`] and [`service_health`]: what the node tells the outside
-//!   world.
+//! - [`metrics`], [`health`], [`liveness`] and [`service_health`]: what the node tells
+//!   the outside world.
 //!
 //! The model, its plans, change sets and the engine contract live in
 //! `switchyard-model` (re-exported here as [`model`], [`changes`] and [`engine`]). Core
@@ -17,6 +17,7 @@
 
 pub mod engine_choice;
 pub mod health;
+pub mod liveness;
 pub mod manifests;
 pub mod metrics;
 pub mod runner;

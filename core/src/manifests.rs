@@ -4,8 +4,18 @@
 //! `ClusterState`, other kinds are ignored.
 //!
 //! Bad input never stops the source: a file that does not parse keeps the objects it
-//! last provided; an invalid object is reported (file, object, field), counted, and its
-//! last valid version (if any) stays.
+//! last provided; an object that is invalid or does not decode (a field of the wrong
+//! type) is reported (file, object, field), counted, and its last valid version (if any)
+//! stays.
+//!
+//! **The first read.** Until the directory has been read once completely — listed, with
+//! at least one manifest file, every manifest file read and parsed — [`Following`] says
+//! the first sync must wait. A node restarted while its directory is missing, empty,
+//! unreadable or half-written would otherwise program an empty (or partial) ruleset over
+//! the working rules its previous run left; waiting keeps them serving, as the agent waits
+//! for its first lists from the API server. Object-level errors do not hold the first
+//! read: an API server would have refused such an object too. After the first read,
+//! the same problems keep the last good objects instead.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,11 +25,12 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::{
+    liveness::Liveness,
     metrics::Metrics,
-    state::{ClusterState, Object, ObjectKey},
+    state::{ClusterState, Object, ObjectKey, ObjectKind},
     validation::validate,
 };
 
@@ -38,11 +49,13 @@ pub enum ManifestError {
         document: usize,
         message: String,
     },
-    #[error("{file}: {kind} {name}: field {field}: {message}")]
+    #[error("{file}: {} {name}: field {field}: {message}", kind.as_str())]
     Decode {
         file: PathBuf,
-        kind: String,
+        kind: ObjectKind,
         name: String,
+        /// The object's identity, when its metadata names it.
+        object: Option<Box<ObjectKey>>,
         field: String,
         message: String,
     },
@@ -52,6 +65,19 @@ pub enum ManifestError {
         #[source]
         source: Box<crate::validation::InvalidObject>,
     },
+    #[error("the manifests scan thread stopped before the directory was read once")]
+    Stopped,
+}
+
+impl ManifestError {
+    /// The object an object-level error is about (its last valid version stays).
+    pub fn object(&self) -> Option<&ObjectKey> {
+        match self {
+            ManifestError::Invalid { source, .. } => Some(&source.object),
+            ManifestError::Decode { object, .. } => object.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +158,10 @@ fn collect(path: &Path, doc: Value, out: &mut FileContents) {
         }
         return;
     }
+    let Some(object_kind) = kind_of(api_version, &kind) else {
+        tracing::debug!(file = %path.display(), %kind, "ignoring object of a kind the proxy does not use");
+        return;
+    };
     let name = doc
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -141,23 +171,19 @@ fn collect(path: &Path, doc: Value, out: &mut FileContents) {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
     };
+    let identity = identity(object_kind, &doc);
     fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, (String, String)> {
         serde_path_to_error::deserialize(v)
             .map_err(|e| (e.path().to_string(), e.inner().to_string()))
     }
-    let decoded: Result<Option<Object>, (String, String)> = match (api_version, kind.as_str()) {
-        ("v1", "Service") => decode(doc).map(|o| Some(Object::Service(Box::new(o)))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            decode(doc).map(|o| Some(Object::EndpointSlice(Box::new(o))))
-        }
-        ("v1", "Node") => decode(doc).map(|o| Some(Object::Node(Box::new(o)))),
-        ("switchyard.dev/v1alpha1", "ProxyConfig") => {
-            decode(doc).map(|o| Some(Object::ProxyConfig(Box::new(o))))
-        }
-        _ => Ok(None),
+    let decoded: Result<Object, (String, String)> = match object_kind {
+        ObjectKind::Service => decode(doc).map(|o| Object::Service(Box::new(o))),
+        ObjectKind::EndpointSlice => decode(doc).map(|o| Object::EndpointSlice(Box::new(o))),
+        ObjectKind::Node => decode(doc).map(|o| Object::Node(Box::new(o))),
+        ObjectKind::ProxyConfig => decode(doc).map(|o| Object::ProxyConfig(Box::new(o))),
     };
     match decoded {
-        Ok(Some(mut object)) => {
+        Ok(mut object) => {
             default_namespace(&mut object);
             match validate(&object) {
                 Ok(()) => out.objects.push(object),
@@ -167,17 +193,49 @@ fn collect(path: &Path, doc: Value, out: &mut FileContents) {
                 }),
             }
         }
-        Ok(None) => {
-            tracing::debug!(file = %path.display(), %kind, "ignoring object of a kind the proxy does not use")
-        }
         Err((field, message)) => out.errors.push(ManifestError::Decode {
             file: path.to_path_buf(),
-            kind,
+            kind: object_kind,
             name: display,
+            object: identity.map(Box::new),
             field,
             message,
         }),
     }
+}
+
+/// The kinds the proxy reads, by `apiVersion` and `kind`.
+fn kind_of(api_version: &str, kind: &str) -> Option<ObjectKind> {
+    match (api_version, kind) {
+        ("v1", "Service") => Some(ObjectKind::Service),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Some(ObjectKind::EndpointSlice),
+        ("v1", "Node") => Some(ObjectKind::Node),
+        ("switchyard.dev/v1alpha1", "ProxyConfig") => Some(ObjectKind::ProxyConfig),
+        _ => None,
+    }
+}
+
+/// The key an object will have once decoded (namespace defaulted as
+/// [`default_namespace`] does), read from its raw metadata; `None` without a name.
+fn identity(kind: ObjectKind, doc: &Value) -> Option<ObjectKey> {
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str)?;
+    if name.is_empty() {
+        return None;
+    }
+    let namespace = doc
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let namespaced = matches!(kind, ObjectKind::Service | ObjectKind::EndpointSlice);
+    Some(ObjectKey {
+        kind,
+        namespace: if namespaced && namespace.is_empty() {
+            "default".to_string()
+        } else {
+            namespace.to_string()
+        },
+        name: name.to_string(),
+    })
 }
 
 /// Namespaced kinds without a namespace live in `default`, as `kubectl apply` would put
@@ -205,6 +263,22 @@ fn is_manifest(path: &Path) -> bool {
         )
 }
 
+/// Longest silence of the scan thread before `/livez` fails, beyond the scan interval:
+/// a scan re-reads only the files that changed, and reading one 46 MB file of 50k
+/// Services and EndpointSlices takes a few seconds (BENCHMARKS.md, the agent at 50k).
+pub const SCAN_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// What one scan found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The state changed.
+    pub changed: bool,
+    /// Why the directory, as it stands, is not completely read: it cannot be listed, it
+    /// holds no manifest file, or a manifest file could not be read or parsed (at its
+    /// last change). `None`: complete.
+    pub incomplete: Option<String>,
+}
+
 /// Follows a directory and keeps `ClusterState` equal to what its files say.
 ///
 /// It keeps only keys, never objects: the last good version of an object that a broken
@@ -217,6 +291,8 @@ pub struct ManifestDir {
     provided: BTreeMap<Arc<Path>, BTreeSet<Arc<ObjectKey>>>,
     /// Which file owns each object (the last one to provide it).
     owner: BTreeMap<Arc<ObjectKey>, Arc<Path>>,
+    /// Manifest files whose last read failed, and why.
+    broken: BTreeMap<PathBuf, String>,
     metrics: Metrics,
 }
 
@@ -227,28 +303,35 @@ impl ManifestDir {
             stamps: BTreeMap::new(),
             provided: BTreeMap::new(),
             owner: BTreeMap::new(),
+            broken: BTreeMap::new(),
             metrics,
         }
     }
 
-    /// Reads whatever changed since the last scan into `state`. Returns whether the
-    /// state changed. A missing or unreadable directory is reported and changes nothing.
-    pub fn scan(&mut self, state: &Mutex<ClusterState>) -> bool {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read manifests directory; keeping current state");
-                return false;
-            }
-        };
+    /// Lists the manifest files; `Err` when the directory itself cannot be read. Entries
+    /// that cannot be examined make the listing incomplete (the second value).
+    fn list(&self) -> Result<(BTreeMap<PathBuf, FileStamp>, Vec<String>), String> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| format!("cannot read directory {}: {e}", self.dir.display()))?;
         let mut seen = BTreeMap::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
+        let mut problems = Vec::new();
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    problems.push(format!("{}: {e}", self.dir.display()));
+                    continue;
+                }
+            };
             if !is_manifest(&path) {
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
             };
             if !meta.is_file() {
                 continue;
@@ -263,6 +346,22 @@ impl ManifestDir {
                 },
             );
         }
+        Ok((seen, problems))
+    }
+
+    /// Reads whatever changed since the last scan into `state`. A missing or unreadable
+    /// directory is reported and changes nothing.
+    pub fn scan(&mut self, state: &Mutex<ClusterState>) -> Scan {
+        let (seen, problems) = match self.list() {
+            Ok(listed) => listed,
+            Err(reason) => {
+                tracing::debug!(%reason, "keeping current state");
+                return Scan {
+                    changed: false,
+                    incomplete: Some(reason),
+                };
+            }
+        };
         let mut changed = false;
         let gone: Vec<PathBuf> = self
             .stamps
@@ -272,54 +371,78 @@ impl ManifestDir {
             .collect();
         for path in gone {
             self.stamps.remove(&path);
+            self.broken.remove(&path);
             changed |= self.replace_file_objects(&path, Vec::new(), state);
             self.provided.remove(path.as_path());
         }
+        let empty = seen.is_empty();
         for (path, stamp) in seen {
             if self.stamps.get(&path) == Some(&stamp) {
                 continue;
             }
             self.stamps.insert(path.clone(), stamp);
-            match read_file(&path) {
-                Ok(contents) => {
-                    for e in &contents.errors {
-                        let kind = match e {
-                            ManifestError::Invalid { source, .. } => {
-                                source.object.kind.as_str().to_string()
-                            }
-                            ManifestError::Decode { kind, .. } => kind.clone(),
-                            _ => "unknown".to_string(),
-                        };
-                        self.metrics.invalid_object(&kind);
-                        tracing::warn!(error = %e, "skipping invalid object (its last valid version, if any, stays in force)");
-                    }
-                    let mut objects = contents.objects;
-                    // Keep the last valid version of objects that are now invalid.
-                    let invalid_keys: BTreeSet<ObjectKey> = contents
-                        .errors
-                        .iter()
-                        .filter_map(|e| match e {
-                            ManifestError::Invalid { source, .. } => Some(source.object.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    let kept: Vec<Arc<ObjectKey>> = self
-                        .provided
-                        .get(path.as_path())
-                        .into_iter()
-                        .flatten()
-                        .filter(|k| invalid_keys.contains(k.as_ref()))
-                        .cloned()
-                        .collect();
-                    changed |= self.replace_file_objects_keeping(&path, &mut objects, &kept, state);
-                }
-                Err(e) => {
-                    self.metrics.unparseable_files.inc();
-                    tracing::warn!(error = %e, "skipping file that does not parse (objects it provided before stay in force)");
-                }
-            }
+            changed |= self.read_changed_file(&path, state);
         }
-        changed
+        let incomplete = if let Some(problem) = problems.into_iter().next() {
+            Some(problem)
+        } else if let Some((file, why)) = self.broken.iter().next() {
+            Some(format!("{}: {why}", file.display()))
+        } else if empty {
+            Some(format!(
+                "no manifest (*.yaml, *.yml, *.json) in {} yet",
+                self.dir.display()
+            ))
+        } else {
+            None
+        };
+        Scan {
+            changed,
+            incomplete,
+        }
+    }
+
+    /// Reads one new or changed file into `state`; returns whether the state changed.
+    fn read_changed_file(&mut self, path: &Path, state: &Mutex<ClusterState>) -> bool {
+        let contents = match read_file(path) {
+            Ok(contents) => contents,
+            Err(e) => {
+                self.metrics.unparseable_files.inc();
+                tracing::warn!(error = %e, "skipping file that does not parse (objects it provided before stay in force)");
+                let why = match &e {
+                    ManifestError::Read { source, .. } => format!("cannot read: {source}"),
+                    ManifestError::Parse { message, .. } => format!("does not parse: {message}"),
+                    other => other.to_string(),
+                };
+                self.broken.insert(path.to_path_buf(), why);
+                return false;
+            }
+        };
+        self.broken.remove(path);
+        for e in &contents.errors {
+            let kind = match e {
+                ManifestError::Invalid { source, .. } => source.object.kind.as_str(),
+                ManifestError::Decode { kind, .. } => kind.as_str(),
+                _ => "unknown",
+            };
+            self.metrics.invalid_object(kind);
+            tracing::warn!(error = %e, "skipping invalid object (its last valid version, if any, stays in force)");
+        }
+        let mut objects = contents.objects;
+        // Keep the last valid version of objects that are now invalid or undecodable.
+        let failed: BTreeSet<&ObjectKey> = contents
+            .errors
+            .iter()
+            .filter_map(ManifestError::object)
+            .collect();
+        let kept: Vec<Arc<ObjectKey>> = self
+            .provided
+            .get(path)
+            .into_iter()
+            .flatten()
+            .filter(|k| failed.contains(k.as_ref()))
+            .cloned()
+            .collect();
+        self.replace_file_objects_keeping(path, &mut objects, &kept, state)
     }
 
     fn replace_file_objects(
@@ -370,26 +493,114 @@ impl ManifestDir {
         changed
     }
 
-    /// Scans every `interval` on a dedicated thread, waking `notify` on change, until
-    /// `stop` is set. The first scan happens before this returns.
+    /// Scans every `interval` on a dedicated thread ("manifests"), waking `notify` on
+    /// change, for as long as the process runs. The thread ticks a heartbeat in
+    /// `liveness` each time round (`manifests scan`, allowed `interval` +
+    /// [`SCAN_SILENCE_LIMIT`] of silence).
     pub fn follow(
         mut self,
         state: Arc<Mutex<ClusterState>>,
         notify: Arc<Notify>,
         interval: Duration,
-    ) -> std::thread::JoinHandle<()> {
-        if self.scan(&state) {
-            notify.notify_one();
-        }
+        liveness: &Liveness,
+    ) -> Following {
+        let (done, first_read) = watch::channel(false);
+        let heartbeat = liveness.register("manifests scan", interval + SCAN_SILENCE_LIMIT);
+        let fault = ScanFault::from_env();
+        let mut waiting = WaitLog::default();
         std::thread::Builder::new()
             .name("manifests".into())
             .spawn(move || loop {
-                std::thread::sleep(interval);
-                if self.scan(&state) {
+                heartbeat.tick();
+                let scan = self.scan(&state);
+                if scan.changed {
                     notify.notify_one();
                 }
+                if !*done.borrow() {
+                    match &scan.incomplete {
+                        None => {
+                            tracing::info!(dir = %self.dir.display(), "manifests directory read completely: syncing may start");
+                            let _ = done.send(true);
+                        }
+                        Some(reason) => waiting.report(reason),
+                    }
+                } else if let Some(fault) = fault {
+                    fault.strike();
+                }
+                std::thread::sleep(interval);
             })
-            .expect("spawning the manifests thread")
+            .expect("spawning the manifests thread");
+        Following { first_read }
+    }
+}
+
+/// A followed directory (see [`ManifestDir::follow`]).
+pub struct Following {
+    first_read: watch::Receiver<bool>,
+}
+
+impl Following {
+    /// Returns once the directory has been read completely (see the module doc): no
+    /// sync may start before. Logs why it waits, meanwhile, from the scan thread.
+    pub async fn first_read(&mut self) -> Result<(), ManifestError> {
+        self.first_read
+            .wait_for(|done| *done)
+            .await
+            .map(|_| ())
+            .map_err(|_| ManifestError::Stopped)
+    }
+}
+
+/// Logs why the first sync waits: at once when the reason changes, then every 30 s.
+#[derive(Default)]
+struct WaitLog {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl WaitLog {
+    fn report(&mut self, reason: &str) {
+        let due = match &self.last {
+            Some((last, at)) => last != reason || at.elapsed() >= Duration::from_secs(30),
+            None => true,
+        };
+        if due {
+            tracing::warn!(%reason, "manifests directory not read completely yet: no sync until it is (the rules already in the kernel stay)");
+            self.last = Some((reason.to_string(), std::time::Instant::now()));
+        }
+    }
+}
+
+/// Faults the reliability tests inject into the scan thread through the environment
+/// variable `SWITCHYARD_FAULT` (never set in production), after the first complete
+/// read: `manifests-panic` panics the thread, `manifests-stall` stops it for good
+/// (no more scans, no more heartbeats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScanFault {
+    Panic,
+    Stall,
+}
+
+impl ScanFault {
+    fn from_env() -> Option<ScanFault> {
+        let value = std::env::var("SWITCHYARD_FAULT").ok()?;
+        match value.as_str() {
+            "manifests-panic" => Some(ScanFault::Panic),
+            "manifests-stall" => Some(ScanFault::Stall),
+            other => {
+                tracing::warn!(value = %other, "SWITCHYARD_FAULT: not a fault of the manifests scan thread (manifests-panic, manifests-stall); ignored");
+                None
+            }
+        }
+    }
+
+    fn strike(self) {
+        tracing::warn!(fault = ?self, "SWITCHYARD_FAULT: injecting a fault into the manifests scan thread");
+        match self {
+            ScanFault::Panic => panic!("SWITCHYARD_FAULT=manifests-panic: injected panic"),
+            ScanFault::Stall => loop {
+                std::thread::park();
+            },
+        }
     }
 }
 
@@ -452,24 +663,24 @@ mod tests {
         let mut src = ManifestDir::new(&dir, metrics.clone());
         std::fs::write(dir.join("a.yaml"), SVC).unwrap();
         std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
-        assert!(src.scan(&state));
+        assert!(src.scan(&state).changed);
         assert_eq!(state.lock().unwrap().service_count(), 1);
-        assert!(!src.scan(&state), "nothing changed");
+        assert!(!src.scan(&state).changed, "nothing changed");
 
         // A broken edit keeps the last good objects.
         std::fs::write(dir.join("a.yaml"), "kind: [unclosed").unwrap();
-        assert!(!src.scan(&state));
+        assert!(!src.scan(&state).changed);
         assert_eq!(state.lock().unwrap().service_count(), 1);
         assert_eq!(metrics.unparseable_files.get(), 1);
 
         // Rename into place.
         std::fs::write(dir.join(".b.tmp"), SVC.replace("name: a", "name: b")).unwrap();
         std::fs::rename(dir.join(".b.tmp"), dir.join("b.yml")).unwrap();
-        assert!(src.scan(&state));
+        assert!(src.scan(&state).changed);
         assert_eq!(state.lock().unwrap().service_count(), 2);
 
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
-        assert!(src.scan(&state));
+        assert!(src.scan(&state).changed);
         assert_eq!(state.lock().unwrap().service_count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -481,7 +692,7 @@ mod tests {
         let mut src = ManifestDir::new(&dir, Metrics::new());
         let other = SVC.replace("name: a", "name: b");
         std::fs::write(dir.join("a.yaml"), format!("{SVC}---\n{other}")).unwrap();
-        assert!(src.scan(&state));
+        assert!(src.scan(&state).changed);
         let port = |st: &ClusterState, name: &str| st.service("n", name).map(|s| s.ports[0].port);
         // `a` turns invalid, `b` is edited: `a` keeps its last valid version.
         std::fs::write(
@@ -493,14 +704,127 @@ mod tests {
             ),
         )
         .unwrap();
-        assert!(src.scan(&state));
+        assert!(src.scan(&state).changed);
         assert_eq!(port(&state.lock().unwrap(), "a"), Some(80));
         assert_eq!(port(&state.lock().unwrap(), "b"), Some(81));
         // The file goes away: so do both.
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
-        assert!(src.scan(&state));
+        assert!(src.scan(&state).changed);
         assert_eq!(state.lock().unwrap().service_count(), 0);
         assert!(src.owner.is_empty() && src.provided.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_undecodable_edit_keeps_the_last_valid_object() {
+        let dir = tmpdir("decode");
+        let metrics = Metrics::new();
+        let state = Mutex::new(ClusterState::default());
+        let mut src = ManifestDir::new(&dir, metrics.clone());
+        // No namespace: the object lives in `default`, and so must its kept version.
+        let svc = SVC.replace("namespace: n", "labels: {}");
+        let other = svc.replace("name: a", "name: b");
+        std::fs::write(dir.join("a.yaml"), format!("{svc}---\n{other}")).unwrap();
+        assert!(src.scan(&state).changed);
+        let port =
+            |st: &ClusterState, name: &str| st.service("default", name).map(|s| s.ports[0].port);
+        // `a` gets a port of the wrong type (a decode error), `b` is edited.
+        std::fs::write(
+            dir.join("a.yaml"),
+            format!(
+                "{}---\n{}",
+                svc.replace("port: 80", "port: eighty"),
+                other.replace("port: 80", "port: 81")
+            ),
+        )
+        .unwrap();
+        assert!(src.scan(&state).changed);
+        assert_eq!(port(&state.lock().unwrap(), "a"), Some(80), "a kept");
+        assert_eq!(port(&state.lock().unwrap(), "b"), Some(81));
+        assert!(metrics
+            .render()
+            .contains(r#"switchyard_invalid_objects_total{kind="Service"} 1"#));
+        // Fixed again: the new version wins.
+        std::fs::write(
+            dir.join("a.yaml"),
+            format!("{}---\n{other}", svc.replace("port: 80", "port: 82")),
+        )
+        .unwrap();
+        assert!(src.scan(&state).changed);
+        assert_eq!(port(&state.lock().unwrap(), "a"), Some(82));
+        // An undecodable object never seen valid enters nothing.
+        std::fs::write(
+            dir.join("c.yaml"),
+            svc.replace("name: a", "name: c")
+                .replace("port: 80", "port: [1]"),
+        )
+        .unwrap();
+        assert!(!src.scan(&state).changed);
+        assert_eq!(port(&state.lock().unwrap(), "c"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn complete_only_once_every_manifest_is_read() {
+        let dir = tmpdir("complete");
+        let state = Mutex::new(ClusterState::default());
+        let missing = dir.join("not-yet");
+        let mut src = ManifestDir::new(&missing, Metrics::new());
+        let why = src.scan(&state).incomplete.unwrap();
+        assert!(why.contains("cannot read directory"), "{why}");
+        std::fs::create_dir(&missing).unwrap();
+        std::fs::write(missing.join("README.txt"), "not a manifest").unwrap();
+        let why = src.scan(&state).incomplete.unwrap();
+        assert!(why.starts_with("no manifest"), "{why}");
+        std::fs::write(missing.join("a.yaml"), "kind: [unclosed").unwrap();
+        let why = src.scan(&state).incomplete.unwrap();
+        assert!(why.contains("a.yaml: does not parse"), "{why}");
+        // Unchanged, still broken: still incomplete.
+        assert!(src.scan(&state).incomplete.is_some());
+        std::os::unix::fs::symlink(missing.join("gone"), missing.join("b.yaml")).unwrap();
+        std::fs::write(missing.join("a.yaml"), SVC).unwrap();
+        let why = src.scan(&state).incomplete.unwrap();
+        assert!(
+            why.contains("b.yaml"),
+            "a dangling link is not a read: {why}"
+        );
+        std::fs::remove_file(missing.join("b.yaml")).unwrap();
+        // An invalid object does not hold the read back.
+        std::fs::write(
+            missing.join("c.yaml"),
+            SVC.replace("name: a", "name: c")
+                .replace("port: 80", "port: 70000"),
+        )
+        .unwrap();
+        assert_eq!(src.scan(&state).incomplete, None);
+        assert_eq!(state.lock().unwrap().service_count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn following_waits_for_the_first_complete_read() {
+        let dir = tmpdir("following");
+        let state = Arc::new(Mutex::new(ClusterState::default()));
+        let liveness = Liveness::new();
+        let mut following = ManifestDir::new(&dir, Metrics::new()).follow(
+            state.clone(),
+            Arc::new(Notify::new()),
+            Duration::from_millis(10),
+            &liveness,
+        );
+        let wait = tokio::time::timeout(Duration::from_millis(200), following.first_read());
+        assert!(wait.await.is_err(), "an empty directory is no first read");
+        std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), following.first_read())
+            .await
+            .expect("read once a manifest is there")
+            .unwrap();
+        assert_eq!(state.lock().unwrap().service_count(), 1);
+        let live = liveness.verdict();
+        assert!(
+            live.alive && live.loops[0].name == "manifests scan",
+            "{live:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

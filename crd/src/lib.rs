@@ -8,7 +8,9 @@
 //! This crate owns types and their meaning only; it never talks to an API server or a
 //! kernel.
 
+pub mod bounds;
 mod duration;
+mod engine_config;
 mod proxy_config;
 mod proxy_node;
 
@@ -27,7 +29,10 @@ pub fn crds_yaml() -> String {
 }
 
 pub use duration::{parse_duration, DurationError};
+pub use engine_config::{
+    ConntrackConfig, ConntrackSettings, EbpfConfig, EbpfSettings, IpvsConfig, IpvsScheduler,
+    IpvsSchedulerFlag, IpvsSettings,
+};
 pub use proxy_config::{
-    ConfigError, ConntrackConfig, EbpfConfig, EffectiveConfig, IpvsConfig, Mode, ProxyConfig,
-    ProxyConfigSpec, ProxyConfigStatus,
+    ConfigError, EffectiveConfig, Mode, ProxyConfig, ProxyConfigSpec, ProxyConfigStatus,
 };

@@ -11,7 +11,12 @@ use serde::{Deserialize, Serialize};
 
 pub use switchyard_model::Mode;
 
+use crate::bounds::{self, DurationLimit};
 use crate::duration::parse_duration;
+use crate::engine_config::{
+    engine_settings, ConntrackConfig, ConntrackSettings, EbpfConfig, EbpfSettings, IpvsConfig,
+    IpvsSettings,
+};
 
 /// Per-pool proxy configuration. Cluster-scoped; the agent on each node uses the
 /// highest-priority config whose `nodeSelector` matches its Node.
@@ -34,22 +39,29 @@ pub struct ProxyConfigSpec {
     /// Which nodes this config governs; empty selects every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
-    /// Higher wins when several configs select a node.
+    /// Higher wins when several configs select a node; a tie is a conflict reported on
+    /// the nodes.
     #[serde(default)]
     pub priority: i32,
-    /// Requested engine (default `iptables`, as kube-proxy).
+    /// Requested engine: iptables (default, as kube-proxy), nftables, ipvs, ebpf, or auto
+    /// (the best one each node supports).
     #[serde(default)]
     pub mode: Mode,
-    /// Ordered engines to use when `mode` is unavailable on a node; empty = none.
+    /// Ordered engines to use when `mode` is unavailable on a node; empty = none (the
+    /// node reports Degraded and keeps its previous rules). No repeats, no `auto`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("!('auto' in self)").message("fallback may not contain auto"))]
     pub fallback: Vec<Mode>,
-    /// Full resync and drift-check period (default `30s`).
+    /// Full resync and drift-check period (default `30s`, at most `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$')").message("must be a duration such as 30s, 1m30s or 500ms"))]
+    #[schemars(transform = bounds::sync_duration)]
     pub sync_period: Option<String>,
-    /// Minimum time between two syncs (default `1s`).
+    /// Minimum time between two syncs (default `1s`, at most `1h`, not above
+    /// `syncPeriod`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches('^(0|([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+)$')").message("must be a duration such as 1s or 500ms"))]
+    #[schemars(transform = bounds::min_sync_duration)]
     pub min_sync_period: Option<String>,
     /// Pod CIDRs for local-traffic detection; empty = no detector.
     #[serde(
@@ -57,6 +69,7 @@ pub struct ProxyConfigSpec {
         rename = "clusterCIDRs",
         skip_serializing_if = "Vec::is_empty"
     )]
+    #[schemars(length(max = 16), transform = bounds::cidr_list)]
     pub cluster_cidrs: Vec<String>,
     /// SNAT every packet sent to a service VIP.
     #[serde(default)]
@@ -64,56 +77,30 @@ pub struct ProxyConfigSpec {
     /// CIDRs (or `primary`) of node addresses that accept NodePort traffic; empty = the
     /// node's primary IPs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), transform = node_port_addresses_items)]
     #[x_kube(validation = Rule::new("self.all(a, a == 'primary' || isCIDR(a))").message("every entry must be a CIDR or \"primary\""))]
     pub node_port_addresses: Vec<String>,
+    /// IPVS engine tuning (scheduler, flags, strict ARP, timeouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipvs: Option<IpvsConfig>,
+    /// Conntrack table size and timeouts, applied by every engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackConfig>,
+    /// eBPF engine tuning (cgroup, map sizes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebpf: Option<EbpfConfig>,
-    /// Default `0.0.0.0:10256`.
+    /// `ip:port` of the health server (default `0.0.0.0:10256`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub healthz_bind_address: Option<String>,
-    /// Default `127.0.0.1:10249`.
+    /// `ip:port` of the metrics server (default `127.0.0.1:10249`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub metrics_bind_address: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct IpvsConfig {
-    /// IPVS scheduler (`rr`, `wrr`, `lc`, `sh`, ...); default `rr`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduler: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_fin_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp_timeout: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConntrackConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_per_core: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_established_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_close_wait_timeout: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct EbpfConfig {
-    /// Capacity of the service map.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_services: Option<u32>,
-    /// Capacity of the backend map.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_endpoints: Option<u32>,
+fn node_port_addresses_items(schema: &mut schemars::Schema) {
+    bounds::bound_items(schema, bounds::MAX_CIDR_LENGTH);
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -152,6 +139,12 @@ pub struct EffectiveConfig {
     pub node_port_primary: bool,
     pub healthz_bind_address: SocketAddr,
     pub metrics_bind_address: SocketAddr,
+    /// The `ipvs` block (defaults when absent), for the IPVS engine.
+    pub ipvs: IpvsSettings,
+    /// The `conntrack` block, for every engine's conntrack sizing.
+    pub conntrack: ConntrackSettings,
+    /// The `ebpf` block, for the eBPF engine.
+    pub ebpf: EbpfSettings,
 }
 
 impl Default for EffectiveConfig {
@@ -162,31 +155,58 @@ impl Default for EffectiveConfig {
     }
 }
 
+fn bad(field: &str, message: String) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        message,
+    }
+}
+
+fn duration_field(
+    field: &str,
+    value: &Option<String>,
+    default: Duration,
+    limit: DurationLimit,
+) -> Result<Duration, ConfigError> {
+    let Some(s) = value else {
+        return Ok(default);
+    };
+    if s.len() > bounds::MAX_DURATION_LENGTH {
+        return Err(bad(
+            field,
+            format!("longer than {} characters", bounds::MAX_DURATION_LENGTH),
+        ));
+    }
+    let d = parse_duration(s).map_err(|e| bad(field, e.to_string()))?;
+    limit.check(d).map_err(|m| bad(field, m))
+}
+
+fn bind_address(
+    field: &str,
+    value: &Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let s = value.as_deref().unwrap_or(default);
+    if s.len() > bounds::MAX_ADDRESS_LENGTH {
+        return Err(bad(
+            field,
+            format!("longer than {} characters", bounds::MAX_ADDRESS_LENGTH),
+        ));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| bad(field, format!("{s:?} is not an ip:port address")))
+}
+
 impl ProxyConfigSpec {
-    /// Applies kube-proxy's defaults and validates every field; the first problem found
-    /// is returned with the field it concerns.
-    pub fn effective(&self) -> Result<EffectiveConfig, ConfigError> {
-        let bad = |field: &str, message: String| ConfigError {
-            field: field.to_string(),
-            message,
-        };
-        let duration = |field: &str, value: &Option<String>, default: Duration| match value {
-            None => Ok(default),
-            Some(s) => parse_duration(s).map_err(|e| bad(field, e.to_string())),
-        };
-        let sync_period = duration("syncPeriod", &self.sync_period, Duration::from_secs(30))?;
-        if sync_period.is_zero() {
-            return Err(bad("syncPeriod", "must be greater than zero".into()));
-        }
-        let min_sync_period = duration(
-            "minSyncPeriod",
-            &self.min_sync_period,
-            Duration::from_secs(1),
-        )?;
-        if min_sync_period > sync_period {
+    fn check_fallback(&self) -> Result<(), ConfigError> {
+        if self.fallback.len() > bounds::MAX_FALLBACK {
             return Err(bad(
-                "minSyncPeriod",
-                "must not be longer than syncPeriod".into(),
+                "fallback",
+                format!(
+                    "{} entries, at most {} allowed",
+                    self.fallback.len(),
+                    bounds::MAX_FALLBACK
+                ),
             ));
         }
         if self.fallback.contains(&self.mode) {
@@ -206,21 +226,25 @@ impl ProxyConfigSpec {
                 ));
             }
         }
-        let mut cluster_cidrs = Vec::new();
-        for (i, c) in self.cluster_cidrs.iter().enumerate() {
-            let net: IpNet = c.trim().parse().map_err(|_| {
-                bad(
-                    &format!("clusterCIDRs[{i}]"),
-                    format!("{c:?} is not a CIDR"),
-                )
-            })?;
-            cluster_cidrs.push(net.trunc());
+        Ok(())
+    }
+
+    fn node_port_addresses(&self) -> Result<(Vec<IpNet>, bool), ConfigError> {
+        if self.node_port_addresses.len() > bounds::MAX_NODE_PORT_ADDRESSES {
+            return Err(bad(
+                "nodePortAddresses",
+                format!(
+                    "{} entries, at most {} allowed",
+                    self.node_port_addresses.len(),
+                    bounds::MAX_NODE_PORT_ADDRESSES
+                ),
+            ));
         }
-        let mut node_port_cidrs = Vec::new();
-        let mut node_port_primary = false;
+        let mut cidrs = Vec::new();
+        let mut primary = false;
         for (i, c) in self.node_port_addresses.iter().enumerate() {
             if c.trim() == "primary" {
-                node_port_primary = true;
+                primary = true;
                 continue;
             }
             let net: IpNet = c.trim().parse().map_err(|_| {
@@ -229,13 +253,38 @@ impl ProxyConfigSpec {
                     format!("{c:?} is neither a CIDR nor \"primary\""),
                 )
             })?;
-            node_port_cidrs.push(net.trunc());
+            cidrs.push(net.trunc());
         }
-        let addr = |field: &str, value: &Option<String>, default: &str| {
-            let s = value.as_deref().unwrap_or(default);
-            s.parse::<SocketAddr>()
-                .map_err(|_| bad(field, format!("{s:?} is not an ip:port address")))
-        };
+        Ok((cidrs, primary))
+    }
+
+    /// Applies kube-proxy's defaults and validates every field, with the same bounds the
+    /// CRD schema states ([`crate::bounds`]); the first problem found is returned with
+    /// the field it concerns.
+    pub fn effective(&self) -> Result<EffectiveConfig, ConfigError> {
+        let sync_period = duration_field(
+            "syncPeriod",
+            &self.sync_period,
+            Duration::from_secs(30),
+            DurationLimit::SYNC,
+        )?;
+        let min_sync_period = duration_field(
+            "minSyncPeriod",
+            &self.min_sync_period,
+            Duration::from_secs(1),
+            DurationLimit::MIN_SYNC,
+        )?;
+        if min_sync_period > sync_period {
+            return Err(bad(
+                "minSyncPeriod",
+                "must not be longer than syncPeriod".into(),
+            ));
+        }
+        self.check_fallback()?;
+        let cluster_cidrs =
+            crate::engine_config::cidrs("clusterCIDRs", &self.cluster_cidrs, bounds::MAX_CIDRS)?;
+        let (node_port_cidrs, node_port_primary) = self.node_port_addresses()?;
+        let (ipvs, conntrack, ebpf) = engine_settings(&self.ipvs, &self.conntrack, &self.ebpf)?;
         Ok(EffectiveConfig {
             mode: self.mode,
             fallback: self.fallback.clone(),
@@ -245,16 +294,19 @@ impl ProxyConfigSpec {
             masquerade_all: self.masquerade_all,
             node_port_cidrs,
             node_port_primary,
-            healthz_bind_address: addr(
+            healthz_bind_address: bind_address(
                 "healthzBindAddress",
                 &self.healthz_bind_address,
                 "0.0.0.0:10256",
             )?,
-            metrics_bind_address: addr(
+            metrics_bind_address: bind_address(
                 "metricsBindAddress",
                 &self.metrics_bind_address,
                 "127.0.0.1:10249",
             )?,
+            ipvs,
+            conntrack,
+            ebpf,
         })
     }
 }
@@ -306,6 +358,59 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(spec.effective().unwrap_err().field, "syncPeriod");
+        let spec = ProxyConfigSpec {
+            ipvs: Some(IpvsConfig {
+                udp_timeout: Some("25h".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            spec.effective().unwrap_err().to_string(),
+            "spec.ipvs.udpTimeout: 90000s is longer than the maximum 24h"
+        );
+    }
+
+    /// Issue 14 defect 3: an overflowing period is a field error, never a panic, and
+    /// nothing beyond the ceiling reaches the runner's `Instant + period`.
+    #[test]
+    fn huge_durations_are_field_errors() {
+        for (value, fragment) in [
+            ("99999999999999999999h", "too large"),
+            ("3000000000000000h", "longer than the maximum 1h"),
+            ("2h", "longer than the maximum 1h"),
+            ("0", "greater than zero"),
+        ] {
+            let spec = ProxyConfigSpec {
+                sync_period: Some(value.into()),
+                ..Default::default()
+            };
+            let e = spec.effective().unwrap_err();
+            assert_eq!(e.field, "syncPeriod", "{value}");
+            assert!(e.message.contains(fragment), "{value}: {e}");
+        }
+        let spec = ProxyConfigSpec {
+            sync_period: Some("1h".into()),
+            min_sync_period: Some("0".into()),
+            ..Default::default()
+        };
+        let c = spec.effective().unwrap();
+        assert_eq!(c.sync_period, Duration::from_secs(3600));
+        assert_eq!(c.min_sync_period, Duration::ZERO);
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let spec = ProxyConfigSpec {
+            cluster_cidrs: vec!["10.0.0.0/8".into(); 17],
+            ..Default::default()
+        };
+        assert_eq!(spec.effective().unwrap_err().field, "clusterCIDRs");
+        let spec = ProxyConfigSpec {
+            healthz_bind_address: Some(format!("{}:1", "1".repeat(70))),
+            ..Default::default()
+        };
+        assert_eq!(spec.effective().unwrap_err().field, "healthzBindAddress");
     }
 }
 
@@ -325,6 +430,13 @@ mod crd_tests {
             "pxc",
             "enum",
             "must be a duration",
+            "maxItems: 16",
+            "maxLength: 64",
+            "x-kubernetes-list-type: set",
+            "duration(self) <= duration('1h')",
+            "strictARP",
+            "cgroupPath",
+            "tcpEstablishedTimeout",
         ] {
             assert!(y.contains(needle), "{needle} missing from\n{y}");
         }

@@ -7,17 +7,21 @@
 //! - [`sandbox`]: the node / external / pod topology and the agent running in it
 //! - [`echo`]: echo servers naming the endpoint and the source they saw
 //! - [`probe`]: one TCP/UDP request from a source role, classified
+//! - [`cgroup`]: private cgroups and the client process running inside one
 //! - [`agent`]: the agent process, its log and `/healthz`
 //! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
 //! - [`scenario`]: scenario files, playing their flows, the report
+//! - [`vm`]: the qemu VM lane, running jobs and test binaries on a kernel with IPVS
 
 pub mod agent;
+pub mod cgroup;
 pub mod echo;
 pub mod manifests;
 pub mod netns;
 pub mod probe;
 pub mod sandbox;
 pub mod scenario;
+pub mod vm;
 
 pub use probe::{Outcome, Proto, Source};
 pub use sandbox::{require_root, Sandbox};

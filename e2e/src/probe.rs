@@ -32,7 +32,9 @@ use crate::{echo::parse_echo_line, netns};
 /// TIMEOUT.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -66,7 +68,7 @@ pub struct Source {
 }
 
 /// What became of one probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// An echo server answered: `backend` is the endpoint `ip:port` it names, `seen_source`
     /// the client address it saw.
@@ -103,10 +105,41 @@ pub fn probe(src: &Source, dst: SocketAddr, proto: Proto, timeout: Duration) -> 
         );
     }
     let ip = src.ip;
-    netns::run_in(&src.netns, move || match proto {
+    netns::run_in(&src.netns, move || probe_here(ip, dst, proto, timeout))?
+}
+
+/// [`probe`] on the calling thread, which must already be in the source's namespace.
+pub fn probe_here(ip: IpAddr, dst: SocketAddr, proto: Proto, timeout: Duration) -> Result<Outcome> {
+    match proto {
         Proto::Tcp => probe_tcp(ip, dst, timeout),
         Proto::Udp => probe_udp(ip, dst, timeout),
-    })?
+    }
+}
+
+/// One datagram from an unconnected UDP socket (sendto / recvfrom) on the calling thread,
+/// which must be in the source's namespace: the outcome and the address the answer came
+/// from, as recvfrom reports it.
+pub fn probe_udp_unconnected(
+    ip: IpAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<(Outcome, Option<SocketAddr>)> {
+    let sock = UdpSocket::from(new_socket(ip, SockType::Datagram)?);
+    sock.set_read_timeout(Some(timeout))?;
+    if let Err(e) = sock.send_to(b"probe\n", dst) {
+        return match classify_io(&e) {
+            Some(o) => Ok((o, None)),
+            None => Err(e).with_context(|| format!("sending to {dst}")),
+        };
+    }
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Ok((answered(&String::from_utf8_lossy(&buf[..n]))?, Some(from))),
+        Err(e) => match classify_io(&e) {
+            Some(o) => Ok((o, None)),
+            None => Err(e).with_context(|| format!("receiving from {dst}")),
+        },
+    }
 }
 
 /// A long-lived TCP connection to a stream echo port (see

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Once,
+        Mutex, Once,
     },
     time::Duration,
 };
@@ -22,6 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
     agent::{http_get, Agent, DEFAULT_HEALTHZ, DEFAULT_METRICS},
+    cgroup::{CgroupClient, PrivateCgroup},
     echo::{EchoServer, StreamEchoServer},
     manifests::ManifestDir,
     netns::{run_cmd, NetNs},
@@ -107,8 +108,10 @@ struct Pod {
 
 /// The sandboxed node with its outside world and pods. See the module doc.
 pub struct Sandbox {
-    // Drop order: agent, pods, client, ext, node.
+    // Drop order: agent, the cgroup client and its cgroup, pods, client, ext, node.
     agent: Option<Agent>,
+    cgroup_client: Option<Mutex<CgroupClient>>,
+    cgroup: Option<PrivateCgroup>,
     pods: Vec<Pod>,
     client: Pod,
     ext: NetNs,
@@ -214,6 +217,8 @@ impl Sandbox {
         )?;
         Ok(Sandbox {
             agent: None,
+            cgroup_client: None,
+            cgroup: None,
             pods: Vec::new(),
             client,
             ext,
@@ -307,7 +312,9 @@ impl Sandbox {
         })
     }
 
-    /// One request from `role` to `dst` (see [`probe::probe`]).
+    /// One request from `role` to `dst` (see [`probe::probe`]). With a private cgroup
+    /// ([`Sandbox::enable_cgroup`]), the node's own clients (`pod`, `node`, endpoint pods)
+    /// probe from the cgroup's client process; the external roles never do.
     pub fn probe(
         &self,
         role: &str,
@@ -315,7 +322,40 @@ impl Sandbox {
         proto: Proto,
         timeout: Duration,
     ) -> Result<Outcome> {
-        probe::probe(&self.source(role)?, dst, proto, timeout)
+        let src = self.source(role)?;
+        match &self.cgroup_client {
+            Some(client) if !role.starts_with("ext") => client
+                .lock()
+                .map_err(|_| anyhow!("cgroup client lock poisoned"))?
+                .probe(&src, dst, proto, timeout),
+            _ => probe::probe(&src, dst, proto, timeout),
+        }
+    }
+
+    /// Opt-in: creates a private cgroup under the cgroup v2 mount `cgroup2_root` and a
+    /// client process inside it that makes the node-side probes from then on (see
+    /// [`crate::cgroup`]). Returns the cgroup's directory, to attach cgroup programs to.
+    /// Removed (its processes killed) when the sandbox is dropped.
+    pub fn enable_cgroup(&mut self, cgroup2_root: &Path) -> Result<PathBuf> {
+        if let Some(cg) = &self.cgroup {
+            return Ok(cg.path().to_path_buf());
+        }
+        let cg = PrivateCgroup::create(cgroup2_root)?;
+        let client = CgroupClient::spawn(&cg)?;
+        let path = cg.path().to_path_buf();
+        self.cgroup = Some(cg);
+        self.cgroup_client = Some(Mutex::new(client));
+        Ok(path)
+    }
+
+    /// The client process in the private cgroup, for requests beyond [`Sandbox::probe`]
+    /// (connection loops, unconnected UDP).
+    pub fn cgroup_client(&self) -> Result<std::sync::MutexGuard<'_, CgroupClient>> {
+        self.cgroup_client
+            .as_ref()
+            .ok_or_else(|| anyhow!("no private cgroup (call enable_cgroup first)"))?
+            .lock()
+            .map_err(|_| anyhow!("cgroup client lock poisoned"))
     }
 
     /// Starts the agent in the node namespace reading `manifests`; `extra_args` are appended
@@ -423,6 +463,8 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_agent();
+        self.cgroup_client = None;
+        self.cgroup = None;
         self.pods.clear();
     }
 }

@@ -1,7 +1,10 @@
 //! The standalone agent follows its manifests directory: an EndpointSlice shrinking from
 //! two endpoints to one takes effect within 2 s, a deleted Service stops answering, and
-//! garbage YAML or an invalid Service next to valid ones neither stops the agent nor
-//! disturbs the valid services (and new valid services are still picked up).
+//! garbage YAML, an invalid Service, or an edit giving a Service a field of the wrong type
+//! next to valid ones neither stops the agent nor disturbs the valid services (the edited
+//! one keeps its last valid version), each is counted in the metrics
+//! (`switchyard_unparseable_files_total`, `switchyard_invalid_objects_total{kind}`), and
+//! new valid services are still picked up.
 
 use std::{
     collections::BTreeMap,
@@ -132,11 +135,14 @@ fn agent_follows_edits() -> Result<()> {
         |s| !s.contains_key("10.180.0.1:8080"),
     )?;
 
-    // Garbage and an invalid Service next to valid ones.
+    // Garbage, an invalid Service, and b edited into a type error, next to valid ones.
     dir.write_text("garbage.yaml", "this: is: [not valid yaml\n  - {{{\n")?;
     let mut bad = service("bad", "172.30.1.9");
     bad["spec"]["ports"][0]["port"] = Value::from(70000);
     dir.write_object("svc-bad.yaml", &bad)?;
+    let mut undecodable = service("b", "172.30.1.2");
+    undecodable["spec"]["ports"][0]["port"] = Value::from("eighty");
+    dir.write_object("svc-b.yaml", &undecodable)?;
     std::thread::sleep(Duration::from_millis(1500));
     ensure!(
         sb.agent_mut()?.is_running(),
@@ -152,13 +158,23 @@ fn agent_follows_edits() -> Result<()> {
         |s| s.keys().eq(["10.180.0.3:8080"].iter()),
     )?;
     sb.wait_healthy(Duration::from_secs(2))?;
-    if let Ok(metrics) = sb.metrics() {
-        for line in metrics.lines().filter(|l| {
-            l.starts_with("switchyard_invalid_objects")
-                || l.starts_with("switchyard_unparseable_files")
-        }) {
-            println!("after the bad manifests: {line}");
-        }
+    // Each bad input counted once: the garbage file; the invalid Service and the
+    // undecodable edit of b.
+    let metrics = sb.metrics()?;
+    for (metric, want) in [
+        ("switchyard_unparseable_files_total", 1.0),
+        (r#"switchyard_invalid_objects_total{kind="Service"}"#, 2.0),
+    ] {
+        let got = metrics.lines().find_map(|l| {
+            l.strip_prefix(metric)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        ensure!(
+            got == Some(want),
+            "{metric} is {got:?}, expected {want}; metrics:\n{metrics}"
+        );
     }
     // The agent still follows edits: a new valid service is programmed.
     dir.write_object("svc-c.yaml", &service("c", "172.30.1.3"))?;

@@ -9,7 +9,7 @@ use switchyard_crd::Mode;
 use crate::{
     kernel_module::KernelModules,
     netns::Netns,
-    report::{Check, ModeReport},
+    report::{Check, ModeReport, NotLoaded},
     roots::ProbeRoots,
 };
 
@@ -17,6 +17,8 @@ pub(crate) struct Context {
     pub roots: ProbeRoots,
     pub release: String,
     pub timeout: Duration,
+    /// Set: the IPVS checks first load the IPVS modules with this scheduler.
+    pub load_ipvs_scheduler: Option<String>,
     netns_name: Option<String>,
     netns: OnceCell<Result<Netns, String>>,
     modules: OnceCell<KernelModules>,
@@ -33,6 +35,7 @@ impl Context {
             roots,
             release,
             timeout,
+            load_ipvs_scheduler: None,
             netns_name,
             netns: OnceCell::new(),
             modules: OnceCell::new(),
@@ -65,6 +68,7 @@ impl Context {
 pub(crate) struct Findings {
     checks: Vec<Check>,
     missing: Vec<String>,
+    not_loaded: Vec<NotLoaded>,
     notes: Vec<String>,
 }
 
@@ -83,11 +87,30 @@ impl Findings {
         self.missing.extend(missing.into_iter().map(Into::into));
     }
 
+    /// A failed check whose cause is kernel module `module`: present for this kernel but
+    /// not loaded (`load_error`: modprobe's error, when loading was tried).
+    pub fn fail_not_loaded(
+        &mut self,
+        name: &str,
+        detail: impl Into<String>,
+        module: &str,
+        load_error: Option<String>,
+    ) {
+        self.checks.push(Check::new(name, false, detail));
+        if !self.not_loaded.iter().any(|n| n.module == module) {
+            self.not_loaded.push(NotLoaded {
+                module: module.to_string(),
+                load_error,
+            });
+        }
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
 
     pub fn finish(self, mode: Mode) -> ModeReport {
         ModeReport::new(mode, self.checks, self.missing, self.notes)
+            .with_not_loaded(self.not_loaded)
     }
 }

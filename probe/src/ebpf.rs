@@ -1,26 +1,38 @@
-//! The eBPF engine's needs: the `bpf` syscall, `cgroup_sock_addr` and `sched_cls`
-//! program types and LRU hash maps (asked of `bpftool feature probe kernel --json`; when
-//! bpftool is absent these are reported "not checked"), a cgroup v2 hierarchy, kernel
-//! BTF, and bpffs.
+//! The eBPF engine's needs (see `engines/ebpf`): the `bpf` syscall; the program types,
+//! map types and helpers its programs use (asked of `bpftool feature probe kernel --json`;
+//! when bpftool is absent these are reported "not checked"); the attach types it uses,
+//! by kernel release (getpeername hooks 5.8, TCX links 6.6); a cgroup v2 mount (found in
+//! `/proc/self/mountinfo`: a hybrid hierarchy mounts it at `/sys/fs/cgroup/unified`);
+//! kernel BTF; and bpffs, which the engine mounts itself when it is missing (a note, not a
+//! blocker).
 
 use std::collections::HashSet;
 
 use serde_json::Value;
 use switchyard_crd::Mode;
 
+use switchyard_ebpf::mounts::{cgroup2_mount, parse_mountinfo};
+
 use crate::{
     command,
     context::{Context, Findings},
     report::ModeReport,
+    version::Version,
 };
 
 /// `(check name, bpftool JSON section, key, missing name)`.
-const FEATURES: [(&str, &str, &str, &str); 3] = [
+const FEATURES: [(&str, &str, &str, &str); 6] = [
     (
         "cgroup_sock_addr programs",
         "program_types",
         "have_cgroup_sock_addr_prog_type",
         "cgroup_sock_addr program type",
+    ),
+    (
+        "cgroup_skb programs",
+        "program_types",
+        "have_cgroup_skb_prog_type",
+        "cgroup_skb program type",
     ),
     (
         "sched_cls programs",
@@ -34,18 +46,37 @@ const FEATURES: [(&str, &str, &str, &str); 3] = [
         "have_lru_hash_map_type",
         "lru_hash map type",
     ),
+    (
+        "lpm_trie maps",
+        "map_types",
+        "have_lpm_trie_map_type",
+        "lpm_trie map type",
+    ),
+    (
+        "sk_storage maps",
+        "map_types",
+        "have_sk_storage_map_type",
+        "sk_storage map type",
+    ),
 ];
 
-/// `(mount point, fs type)` of every line of a `/proc/mounts`.
-fn mounts(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            let _source = parts.next()?;
-            Some((parts.next()?.to_string(), parts.next()?.to_string()))
-        })
-        .collect()
-}
+/// `(program type, helper)` the programs call (bpftool's `helpers.<type>_available_helpers`).
+const HELPERS: [(&str, &str); 7] = [
+    ("cgroup_sock_addr", "bpf_set_retval"),
+    ("cgroup_sock_addr", "bpf_get_netns_cookie"),
+    ("cgroup_sock_addr", "bpf_get_socket_cookie"),
+    ("cgroup_sock_addr", "bpf_sk_storage_get"),
+    ("cgroup_skb", "bpf_sk_storage_get"),
+    ("sched_cls", "bpf_fib_lookup"),
+    ("sched_cls", "bpf_redirect_neigh"),
+];
+
+/// `(attach type, minimum kernel)`: attach types bpftool does not probe.
+const ATTACH_TYPES: [(&str, Version); 3] = [
+    ("cgroup connect/sendmsg/recvmsg hooks", Version::new(5, 2, 0)),
+    ("cgroup getpeername hooks", Version::new(5, 8, 0)),
+    ("tcx links (pinnable tc attachment)", Version::new(6, 6, 0)),
+];
 
 /// File system types the kernel knows (`/proc/filesystems`).
 fn filesystems(text: &str) -> HashSet<String> {
@@ -122,34 +153,20 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
         }
     }
 
-    let mounted = std::fs::read_to_string(proc.join("mounts"))
-        .map(|t| mounts(&t))
-        .unwrap_or_default();
+    check_helpers(&mut f, features.as_ref().and_then(|r| r.as_ref().ok()));
+    check_attach_types(&mut f, &ctx.release);
+
+    let mountinfo = std::fs::read_to_string(proc.join("self/mountinfo")).unwrap_or_default();
     let known_fs = std::fs::read_to_string(proc.join("filesystems"))
         .map(|t| filesystems(&t))
         .unwrap_or_default();
-
-    let unified = sys.join("fs/cgroup");
-    if unified.join("cgroup.controllers").exists() {
-        f.pass(
+    match cgroup2_mount(&mountinfo) {
+        Some(at) => f.pass("cgroup v2", format!("cgroup2 mounted at {}", at.display())),
+        None => f.fail(
             "cgroup v2",
-            format!("unified hierarchy at {}", unified.display()),
-        );
-    } else if let Some((at, _)) = mounted.iter().find(|(_, ty)| ty == "cgroup2") {
-        f.pass("cgroup v2", format!("cgroup2 mounted at {at} (hybrid)"));
-        f.note(format!(
-            "cgroup v2 is at {at}, not {}: attach cgroup programs there",
-            unified.display()
-        ));
-    } else {
-        f.fail(
-            "cgroup v2",
-            format!(
-                "no cgroup2 mount ({} absent)",
-                unified.join("cgroup.controllers").display()
-            ),
+            format!("no cgroup2 mount in {}", proc.join("self/mountinfo").display()),
             ["cgroup v2 mount"],
-        );
+        ),
     }
 
     let btf = sys.join("kernel/btf/vmlinux");
@@ -161,17 +178,17 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
 
     let bpffs = sys.join("fs/bpf");
     let bpffs_str = bpffs.display().to_string();
-    if mounted
+    if parse_mountinfo(&mountinfo)
         .iter()
-        .any(|(at, ty)| ty == "bpf" && *at == bpffs_str)
+        .any(|m| m.fs_type == "bpf" && m.mount_point == bpffs)
     {
         f.pass("bpffs", format!("mounted at {bpffs_str}"));
     } else if known_fs.contains("bpf") {
         f.pass(
             "bpffs",
-            format!("supported, not mounted at {bpffs_str} (mount -t bpf bpf {bpffs_str})"),
+            format!("supported, not mounted at {bpffs_str}: the engine mounts it"),
         );
-        f.note(format!("bpffs is not mounted at {bpffs_str}"));
+        f.note(format!("bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it"));
     } else {
         f.fail(
             "bpffs",
@@ -182,16 +199,57 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
     f.finish(Mode::Ebpf)
 }
 
+/// The helpers the programs call, per program type.
+fn check_helpers(f: &mut Findings, json: Option<&Value>) {
+    let Some(json) = json else {
+        return; // already reported as "not checked" with the program types
+    };
+    for (prog, helper) in HELPERS {
+        let name = format!("{helper} in {prog} programs");
+        let list = &json["helpers"][format!("{prog}_available_helpers")];
+        let found = list
+            .as_array()
+            .is_some_and(|l| l.iter().any(|h| h.as_str() == Some(helper)));
+        if found {
+            f.pass(&name, "bpftool: available");
+        } else {
+            f.fail(&name, "bpftool: not available", [name.as_str()]);
+        }
+    }
+}
+
+/// Attach types by kernel release.
+fn check_attach_types(f: &mut Findings, release: &str) {
+    let Some(have) = Version::from_kernel_release(release) else {
+        for (name, _) in ATTACH_TYPES {
+            f.fail(name, format!("kernel release {release:?} not understood"), [name]);
+        }
+        return;
+    };
+    for (name, min) in ATTACH_TYPES {
+        if have >= min {
+            f.pass(name, format!("kernel {release} >= {}.{}", min.major, min.minor));
+        } else {
+            f.fail(
+                name,
+                format!("kernel {release} < {}.{}", min.major, min.minor),
+                [name],
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_mounts_and_filesystems() {
-        let m =
-            mounts("cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n");
-        assert_eq!(m[0], ("/sys/fs/cgroup/unified".into(), "cgroup2".into()));
-        assert_eq!(m[1].1, "bpf");
+    fn finds_the_hybrid_cgroup2_mount_and_filesystems() {
+        let info = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(info).as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/unified"))
+        );
         let fs = filesystems("nodev\tcgroup2\n\text4\nnodev\tbpf\n");
         assert!(fs.contains("bpf") && fs.contains("ext4") && !fs.contains("nodev"));
     }

@@ -49,3 +49,29 @@ pub enum GenlError {
     #[error("malformed netlink answer: {0}")]
     Decode(String),
 }
+
+/// A kernel module `modprobe` could not load, with modprobe's own words.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleLoadError {
+    #[error("{module:?} is not a kernel module name (expected [a-z0-9_-]+, not starting with -)")]
+    BadName { module: String },
+    #[error("cannot load kernel module {module}: modprobe is not installed (package kmod)")]
+    NoModprobe { module: String },
+    #[error("cannot load kernel module {module}: {source}")]
+    Modprobe {
+        module: String,
+        #[source]
+        source: CommandError,
+    },
+}
+
+impl ModuleLoadError {
+    /// The module that could not be loaded.
+    pub fn module(&self) -> &str {
+        match self {
+            ModuleLoadError::BadName { module }
+            | ModuleLoadError::NoModprobe { module }
+            | ModuleLoadError::Modprobe { module, .. } => module,
+        }
+    }
+}

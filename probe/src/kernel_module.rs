@@ -1,10 +1,13 @@
 //! Whether a kernel module is there: loaded (`/proc/modules`, `/sys/module/NAME`), built
 //! in (`/lib/modules/$(uname -r)/modules.builtin`) or loadable (listed in `modules.dep`).
-//! Read-only; never loads anything.
+//! [`KernelModules`] only reads. [`load`] is the one function here that changes the
+//! kernel (it runs `modprobe`), and runs only when a caller asks for it: the probe itself
+//! never loads anything unless [`Probe::load_ipvs_modules`](crate::Probe::load_ipvs_modules)
+//! says so.
 
-use std::{collections::HashSet, fmt, path::Path};
+use std::{collections::HashSet, fmt, path::Path, time::Duration};
 
-use crate::roots::ProbeRoots;
+use crate::{command, error::ModuleLoadError, roots::ProbeRoots};
 
 /// How a module is available, or that it is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +105,25 @@ impl KernelModules {
         }
     }
 
+    /// Whether the module lists (`modules.dep`, `modules.builtin`) could be read, i.e.
+    /// whether [`ModuleState::Missing`] means missing rather than unknown.
+    pub fn has_module_lists(&self) -> bool {
+        self.gaps.is_empty()
+    }
+
+    /// Why `name` is in `state`, in a few words for a check's detail (e.g. `not loaded,
+    /// loadable (modprobe ip_vs)`).
+    pub fn describe(&self, name: &str, state: ModuleState) -> String {
+        match state {
+            ModuleState::Loaded | ModuleState::Builtin => state.to_string(),
+            ModuleState::Loadable => format!("not loaded, loadable (modprobe {name})"),
+            ModuleState::Missing if self.has_module_lists() => {
+                "not loaded, not built in, not in modules.dep".to_string()
+            }
+            ModuleState::Missing => format!("not loaded; {}", self.gaps.join("; ")),
+        }
+    }
+
     /// The state of module `name` (`-` and `_` are the same).
     pub fn state(&self, name: &str) -> ModuleState {
         let name = name.replace('-', "_");
@@ -123,6 +145,35 @@ impl KernelModules {
     }
 }
 
+/// True for a bare module name (`[a-z0-9_-]+`, not starting with `-`): nothing
+/// `modprobe` could take for an option.
+pub fn is_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Loads module `name` (and what it depends on) with `modprobe`, waiting at most
+/// `timeout`. Changes the kernel: for callers that decided to (the agent, the VM lane).
+pub fn load(name: &str, timeout: Duration) -> Result<(), ModuleLoadError> {
+    if !is_module_name(name) {
+        return Err(ModuleLoadError::BadName {
+            module: name.to_string(),
+        });
+    }
+    let modprobe = command::find("modprobe").ok_or_else(|| ModuleLoadError::NoModprobe {
+        module: name.to_string(),
+    })?;
+    command::run(&modprobe, &[name], None, timeout)
+        .map(|_| ())
+        .map_err(|source| ModuleLoadError::Modprobe {
+            module: name.to_string(),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +189,13 @@ mod tests {
             "nf_conntrack"
         );
         assert_eq!(module_name_from_path("ip_vs.ko.xz"), "ip_vs");
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_module_name() {
+        for bad in ["", "-r", "ip_vs rr", "../x", "IP_VS"] {
+            let err = load(bad, Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(err, ModuleLoadError::BadName { .. }), "{err}");
+        }
     }
 }

@@ -14,8 +14,13 @@
 //!   say what each engine's checks are).
 //! - [`ProbeReport`], [`ModeReport`], [`Check`]: the findings, serializable for
 //!   `switchyard probe --output json` and the `ProxyNode` status.
+//! - [`ProbeReport::warnings`]: node problems no mode owns ([`bridge`]: a pod bridge
+//!   without `br_netfilter`).
+//! - [`ipvs::load_modules`], [`Probe::load_ipvs_modules`]: the one way the probe changes
+//!   the kernel, loading the IPVS modules, and only when asked.
 //! - building blocks: [`kernel_module`], [`version`], [`genl`], [`netns`], [`command`].
 
+pub mod bridge;
 pub mod command;
 mod context;
 pub mod ebpf;
@@ -32,8 +37,8 @@ pub mod version;
 
 use std::time::Duration;
 
-pub use error::{CommandError, GenlError, NetnsError};
-pub use report::{Check, ModeReport, ProbeReport};
+pub use error::{CommandError, GenlError, ModuleLoadError, NetnsError};
+pub use report::{Check, ModeReport, NotLoaded, ProbeReport};
 pub use roots::ProbeRoots;
 pub use switchyard_crd::Mode;
 
@@ -46,6 +51,7 @@ pub struct Probe {
     netns: Option<String>,
     roots: ProbeRoots,
     timeout: Duration,
+    load_ipvs_scheduler: Option<String>,
 }
 
 impl Default for Probe {
@@ -54,6 +60,7 @@ impl Default for Probe {
             netns: None,
             roots: ProbeRoots::default(),
             timeout: Duration::from_secs(10),
+            load_ipvs_scheduler: None,
         }
     }
 }
@@ -78,6 +85,14 @@ impl Probe {
         self
     }
 
+    /// Before the IPVS checks, loads `ip_vs`, `ip_vs_<scheduler>` and `nf_conntrack` with
+    /// `modprobe` ([`ipvs::load_modules`]), as kube-proxy does: a module that will not
+    /// load is reported with modprobe's error. Changes the kernel; off by default.
+    pub fn load_ipvs_modules(mut self, scheduler: impl Into<String>) -> Self {
+        self.load_ipvs_scheduler = Some(scheduler.into());
+        self
+    }
+
     /// The longest any one tool may run before it is killed and its check fails.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -90,12 +105,13 @@ impl Probe {
             .roots
             .kernel_release()
             .unwrap_or_else(|| "unknown".into());
-        let ctx = Context::new(
+        let mut ctx = Context::new(
             self.roots.clone(),
             release.clone(),
             self.timeout,
             self.netns.clone(),
         );
+        ctx.load_ipvs_scheduler = self.load_ipvs_scheduler.clone();
         let mut seen = Vec::new();
         let mut reports = Vec::new();
         for &mode in modes {
@@ -114,6 +130,9 @@ impl Probe {
         ProbeReport {
             kernel_release: release,
             modes: reports,
+            warnings: bridge::br_netfilter_warning(&self.roots)
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchyard_crd::Mode;
 
+use crate::kernel_module::is_module_name;
+
 /// The findings for every probed mode on this node.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -15,6 +17,9 @@ pub struct ProbeReport {
     pub kernel_release: String,
     /// One entry per probed mode, in the order asked for.
     pub modes: Vec<ModeReport>,
+    /// Node problems that no single mode owns, e.g. a pod bridge without `br_netfilter`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Whether one engine can run here, and why not.
@@ -31,9 +36,25 @@ pub struct ModeReport {
     /// (`nft >= 1.0.1`, `kernel >= 5.13`, `ipset command`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
+    /// The kernel modules in `missing` whose cause is "not loaded" rather than "absent":
+    /// loadable but not loaded, or a load that failed (with modprobe's error). Also in
+    /// `missing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_loaded: Vec<NotLoaded>,
     /// Facts worth knowing that are not failures (backend chosen, versions, mounts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// A kernel module that is not loaded although this kernel has it (loadable), or that a
+/// load was tried for and failed (`load_error` says why).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotLoaded {
+    pub module: String,
+    /// `modprobe`'s error, when loading it was tried and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
 }
 
 /// One thing tested, with what was seen.
@@ -57,14 +78,6 @@ impl Check {
     }
 }
 
-/// True when `name` is a bare kernel-module name (`[a-z0-9_]+`).
-fn is_module_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 impl ModeReport {
     /// Builds a report; `available` follows from `missing` (deduplicated, order kept).
     pub fn new(mode: Mode, checks: Vec<Check>, missing: Vec<String>, notes: Vec<String>) -> Self {
@@ -79,22 +92,58 @@ impl ModeReport {
             available: unique.is_empty() && checks.iter().all(|c| c.ok),
             checks,
             missing: unique,
+            not_loaded: Vec::new(),
             notes,
         }
     }
 
-    /// One line naming what is missing, e.g. `missing kernel modules ip_vs, ip_vs_rr`;
-    /// `available` when nothing is.
+    /// Marks modules of `missing` as present but not loaded (adding any not listed yet).
+    pub fn with_not_loaded(mut self, not_loaded: Vec<NotLoaded>) -> Self {
+        for n in &not_loaded {
+            if !self.missing.contains(&n.module) {
+                self.missing.push(n.module.clone());
+            }
+        }
+        self.available = self.available && not_loaded.is_empty();
+        self.not_loaded = not_loaded;
+        self
+    }
+
+    /// One line naming what is missing, e.g. `missing kernel modules ip_vs, ip_vs_rr`,
+    /// `kernel module nf_tables not loaded but loadable (modprobe nf_tables)` or `kernel
+    /// module ip_vs could not be loaded: …`; `available` when nothing is.
     pub fn reason(&self) -> String {
         if self.available {
             return "available".to_string();
+        }
+        let mut parts = Vec::new();
+        let (failed, idle): (Vec<&NotLoaded>, Vec<&NotLoaded>) =
+            self.not_loaded.iter().partition(|n| n.load_error.is_some());
+        for n in failed {
+            parts.push(format!(
+                "kernel module {} could not be loaded: {}",
+                n.module,
+                n.load_error.as_deref().unwrap_or_default()
+            ));
+        }
+        let idle: Vec<&str> = idle.iter().map(|n| n.module.as_str()).collect();
+        match idle.len() {
+            0 => {}
+            1 => parts.push(format!(
+                "kernel module {m} not loaded but loadable (modprobe {m})",
+                m = idle[0]
+            )),
+            _ => parts.push(format!(
+                "kernel modules {} not loaded but loadable (modprobe them)",
+                idle.join(", ")
+            )),
         }
         let (modules, others): (Vec<&str>, Vec<&str>) = self
             .missing
             .iter()
             .map(String::as_str)
+            .filter(|m| !self.not_loaded.iter().any(|n| n.module == *m))
             .partition(|m| is_module_name(m));
-        let mut parts = Vec::new();
         match modules.len() {
             0 => {}
             1 => parts.push(format!("missing kernel module {}", modules[0])),
@@ -162,6 +211,9 @@ impl ProbeReport {
                 out.push_str(&format!("  note: {n}\n"));
             }
         }
+        for w in &self.warnings {
+            out.push_str(&format!("\nwarning: {w}\n"));
+        }
         out
     }
 }
@@ -204,6 +256,7 @@ mod tests {
         let r = ProbeReport {
             kernel_release: "6.1.0".into(),
             modes: vec![report(&["ip_vs"])],
+            warnings: vec!["bridge cbr0 without br_netfilter".into()],
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["kernelRelease"], "6.1.0");
@@ -212,5 +265,41 @@ mod tests {
         let back: ProbeReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, r);
         assert!(r.table().contains("missing kernel module ip_vs"));
+        assert!(r.table().contains("warning: bridge cbr0"));
+    }
+
+    #[test]
+    fn reason_says_not_loaded_apart_from_absent() {
+        let not_loaded = |module: &str, load_error: Option<&str>| NotLoaded {
+            module: module.into(),
+            load_error: load_error.map(str::to_string),
+        };
+        let r = report(&["nf_tables"]).with_not_loaded(vec![not_loaded("nf_tables", None)]);
+        assert!(!r.available);
+        assert_eq!(
+            r.reason(),
+            "kernel module nf_tables not loaded but loadable (modprobe nf_tables)"
+        );
+        let r = report(&["ip_vs_sh", "ipset command"]).with_not_loaded(vec![
+            not_loaded("ip_vs", Some("modprobe: FATAL: Module ip_vs not found")),
+            not_loaded("ip_vs_rr", None),
+            not_loaded("ip_vs_wrr", None),
+        ]);
+        assert_eq!(
+            r.reason(),
+            "kernel module ip_vs could not be loaded: modprobe: FATAL: Module ip_vs not \
+             found; kernel modules ip_vs_rr, ip_vs_wrr not loaded but loadable (modprobe \
+             them); missing kernel module ip_vs_sh; missing ipset command"
+        );
+        assert_eq!(
+            r.missing,
+            [
+                "ip_vs_sh",
+                "ipset command",
+                "ip_vs",
+                "ip_vs_rr",
+                "ip_vs_wrr"
+            ]
+        );
     }
 }

@@ -1,7 +1,13 @@
 //! A real probe of this machine's kernel. Needs root (throwaway network namespaces); the
-//! checks program nothing outside them.
+//! checks program nothing outside them. Each IPVS test asserts what is right for the kind
+//! of kernel it finds: the host's has no IPVS at all; the VM lane's (`e2e/tests/vm_lane.rs`
+//! runs this binary there) has `ip_vs` loaded; a kernel where it is only loadable is
+//! covered too.
 
-use switchyard_probe::{probe, Mode, ProbeRoots};
+use switchyard_probe::{
+    kernel_module::{KernelModules, ModuleState},
+    probe, Mode, ModeReport, Probe, ProbeRoots,
+};
 
 /// True when the test may go on; skips loudly (or fails under CI) without root.
 fn have_root() -> bool {
@@ -66,22 +72,7 @@ fn probes_this_machine() {
         .iter()
         .any(|n| n.starts_with("iptables backend: nft (")));
 
-    let ipvs = report.get(Mode::Ipvs).unwrap();
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
-        assert!(ipvs.available, "IPVS is active but: {}", ipvs.reason());
-    } else if !ipvs.available {
-        // No IPVS here (this machine's kernel has none): it must say so precisely.
-        assert!(
-            ipvs.missing.contains(&"ip_vs".to_string())
-                || ipvs.missing.contains(&"IPVS netlink family".to_string()),
-            "{ipvs:#?}"
-        );
-        assert!(
-            ipvs.reason().starts_with("missing kernel module"),
-            "{}",
-            ipvs.reason()
-        );
-    }
+    assert_ipvs_fits_this_kernel(report.get(Mode::Ipvs).unwrap());
 
     // The JSON form round-trips.
     let json = serde_json::to_string(&report).unwrap();
@@ -94,30 +85,122 @@ fn probes_this_machine() {
     assert!(!netns_list().contains(&prefix), "{}", netns_list());
 }
 
-/// On this machine's kernel (no CONFIG_IP_VS) the probe names `ip_vs` as missing.
+/// The state of `ip_vs` on the running kernel, read before any probe (which may load it).
+fn ip_vs_state() -> ModuleState {
+    let roots = ProbeRoots::default();
+    let release = roots.kernel_release().expect("kernel release");
+    KernelModules::read(&roots, &release).state("ip_vs")
+}
+
+fn in_vm_lane() -> bool {
+    std::env::var("SWITCHYARD_VM_LANE").as_deref() == Ok("1")
+}
+
+fn check<'a>(report: &'a ModeReport, name: &str) -> &'a switchyard_probe::Check {
+    report
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name:?}: {report:#?}"))
+}
+
+/// What the IPVS report must say, given what the kernel has.
+fn assert_ipvs_fits_this_kernel(ipvs: &ModeReport) {
+    let state = ip_vs_state();
+    eprintln!("ip_vs on this kernel: {state}; IPVS: {}", ipvs.reason());
+    match state {
+        ModuleState::Loaded | ModuleState::Builtin => {
+            assert!(check(ipvs, "module ip_vs").ok, "{ipvs:#?}");
+            let family = check(ipvs, "netlink family");
+            assert!(family.ok && family.detail.starts_with("IPVS resolves to family id"));
+            assert!(check(ipvs, "schedulers").detail.contains("rr"), "{ipvs:#?}");
+            assert!(ipvs.available, "IPVS is loaded but: {}", ipvs.reason());
+        }
+        // Resolving the family autoloads it; if that cannot happen, the cause is named.
+        ModuleState::Loadable => {
+            let family = check(ipvs, "netlink family");
+            if !family.ok {
+                assert!(ipvs.not_loaded.iter().any(|n| n.module == "ip_vs"));
+                assert!(
+                    ipvs.reason()
+                        .contains("kernel module ip_vs not loaded but loadable"),
+                    "{}",
+                    ipvs.reason()
+                );
+            }
+        }
+        ModuleState::Missing => {
+            assert!(!ipvs.available, "{ipvs:#?}");
+            assert_eq!(ipvs.missing.first().map(String::as_str), Some("ip_vs"));
+            assert!(ipvs.not_loaded.is_empty(), "{ipvs:#?}");
+            assert!(
+                ipvs.reason().starts_with("missing kernel module"),
+                "{}",
+                ipvs.reason()
+            );
+            assert!(!check(ipvs, "module ip_vs").ok);
+            assert!(!check(ipvs, "netlink family").ok);
+        }
+    }
+}
+
+/// The IPVS report on its own (the whole-machine test covers it among the others).
 #[test]
-fn no_ipvs_kernel_reports_ip_vs_missing() {
+fn ipvs_report_fits_this_kernel() {
     if !have_root() {
         return;
     }
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
-        eprintln!("IPVS is active on this kernel; covered by probes_this_machine");
+    let report = probe(&[Mode::Ipvs]);
+    assert_ipvs_fits_this_kernel(report.get(Mode::Ipvs).unwrap());
+}
+
+/// `load_ipvs_modules` with a scheduler no kernel has: each module that would not load
+/// is named, with modprobe's error. Runs only where it cannot change the host's kernel:
+/// in the VM lane, or where `ip_vs` cannot be loaded at all.
+#[test]
+fn loading_ipvs_modules_names_each_failure_and_why() {
+    if !have_root() {
         return;
     }
-    let report = probe(&[Mode::Ipvs]);
-    let ipvs = report.get(Mode::Ipvs).unwrap();
-    let release = report.kernel_release.clone();
-    let modules_dir = std::path::Path::new("/lib/modules").join(&release);
-    let loadable = std::fs::read_to_string(modules_dir.join("modules.dep"))
-        .map(|t| t.contains("/ip_vs.ko"))
-        .unwrap_or(false);
-    if !loadable {
-        assert!(!ipvs.available, "{ipvs:#?}");
-        assert_eq!(
-            ipvs.missing.first().map(String::as_str),
-            Some("ip_vs"),
-            "{ipvs:#?}"
+    let state = ip_vs_state();
+    if !in_vm_lane() && state == ModuleState::Loadable {
+        eprintln!(
+            "SKIPPED: ip_vs is loadable here, and this test would load it into the host's \
+             kernel; the VM lane runs it"
         );
-        assert!(ipvs.reason().contains("ip_vs"), "{}", ipvs.reason());
+        return;
+    }
+    let report = Probe::new().load_ipvs_modules("nosuch").run(&[Mode::Ipvs]);
+    let ipvs = report.get(Mode::Ipvs).unwrap();
+    eprintln!("{}", report.table());
+    let nosuch = ipvs
+        .not_loaded
+        .iter()
+        .find(|n| n.module == "ip_vs_nosuch")
+        .unwrap_or_else(|| panic!("{ipvs:#?}"));
+    let error = nosuch.load_error.as_deref().unwrap_or_default();
+    assert!(error.contains("ip_vs_nosuch"), "{error}");
+    assert!(!ipvs.available);
+    assert!(
+        ipvs.reason()
+            .contains("kernel module ip_vs_nosuch could not be loaded: "),
+        "{}",
+        ipvs.reason()
+    );
+    if state == ModuleState::Missing {
+        // Not loadable at all: ip_vs is named, with modprobe's words.
+        let ip_vs = ipvs.not_loaded.iter().find(|n| n.module == "ip_vs");
+        let error = ip_vs.and_then(|n| n.load_error.as_deref());
+        assert!(error.is_some_and(|e| e.contains("ip_vs")), "{ipvs:#?}");
+        assert!(
+            ipvs.reason()
+                .starts_with("kernel module ip_vs could not be loaded: "),
+            "{}",
+            ipvs.reason()
+        );
+    } else {
+        assert!(check(ipvs, "module ip_vs").ok, "{ipvs:#?}");
+        assert!(check(ipvs, "netlink family").ok, "{ipvs:#?}");
+        assert_eq!(ipvs.missing, ["ip_vs_nosuch"], "{ipvs:#?}");
     }
 }

@@ -12,14 +12,25 @@
 //! - [`selector`]: label and field selectors.
 //! - [`table`]: `Table` output for kubectl (printer columns, JSONPath, ages).
 //! - [`protobuf`]: minimal decoding of kubectl's protobuf request bodies.
-//! - [`validation`]: CRD schema checks (required, enum, types).
+//! - [`validation`]: what the API server does to a custom object on write: schema
+//!   defaults, structural checks, CEL rules.
+//! - [`cel`]: CEL for validation rules: schema types and sizes, cost estimation, rule
+//!   evaluation.
+//! - [`crd_admission`]: create-time checks of a CRD (structural schema, rules that
+//!   compile, rule cost within budget).
+//! - [`field_error`]: field errors worded as the API server words them.
+//! - [`openapi`]: the OpenAPI v3 documents kubectl reads (`kubectl explain`).
 //! - [`events`]: core/v1 ⇄ events.k8s.io/v1 Event conversion (shared storage).
 //! - [`defaults`]: Service defaulting (cluster IP and node port allocation).
 //! - [`status`]: errors as `Status` objects.
 
 pub mod background;
+pub mod cel;
+pub mod crd_admission;
 pub mod defaults;
 pub mod events;
+pub mod field_error;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

@@ -1,4 +1,4 @@
-//! The HTTP front: path routing (discovery, OpenAPI stubs, resource paths), query parsing,
+//! The HTTP front: path routing (discovery, OpenAPI documents, resource paths), query parsing,
 //! content negotiation (JSON, Table) and translation of verbs onto the store.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
 
+use crate::openapi;
 use crate::registry::{self, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::status::{self, ApiError};
@@ -371,10 +372,23 @@ fn serve(
                 Vec::new(),
             ))
         }
-        Route::OpenApiV3 if uri.path().trim_end_matches('/') == "/openapi/v3" => {
-            return Ok(Answer::Json(200, json!({"paths": {}})))
+        Route::OpenApiV3 => {
+            let store = shared.store.lock().expect("store lock");
+            let rest = uri
+                .path()
+                .trim_end_matches('/')
+                .trim_start_matches("/openapi/v3");
+            let doc = match rest.trim_start_matches('/').split('/').collect::<Vec<_>>()[..] {
+                [""] => Some(openapi::index(store.types())),
+                ["api", v] => openapi::document(store.types(), "", v),
+                ["apis", g, v] => openapi::document(store.types(), g, v),
+                _ => None,
+            };
+            return doc
+                .map(|d| Answer::Json(200, d))
+                .ok_or_else(|| ApiError::no_route(uri.path()));
         }
-        Route::OpenApiV3 | Route::Unknown => return Err(ApiError::no_route(uri.path())),
+        Route::Unknown => return Err(ApiError::no_route(uri.path())),
         other => {
             if method != Method::GET {
                 return Err(ApiError::method_not_allowed(method.as_str()));

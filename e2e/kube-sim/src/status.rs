@@ -2,6 +2,8 @@
 
 use serde_json::{json, Value};
 
+use crate::field_error::{aggregate, FieldError};
+
 /// An error answer: HTTP code, `reason` and message, plus optional `details`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -86,6 +88,24 @@ impl ApiError {
             format!("{kind} \"{name}\" is invalid: {message}"),
         );
         e.details = Some(json!({"name": name, "kind": kind, "causes": causes}));
+        e
+    }
+
+    /// 422 Invalid from field errors, as `apierrors.NewInvalid`: the message is
+    /// `KIND.GROUP "NAME" is invalid: ERRORS` and each error is a cause.
+    pub fn invalid_fields(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let causes: Vec<Value> = errors.iter().map(FieldError::cause).collect();
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{qualified} \"{name}\" is invalid: {}", aggregate(errors)),
+        );
+        e.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
         e
     }
 

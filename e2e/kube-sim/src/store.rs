@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use crate::crd_admission;
 use crate::defaults::Allocators;
 use crate::events;
 use crate::patch;
@@ -392,13 +393,27 @@ impl Store {
         Ok(())
     }
 
-    fn validate(&self, rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
-        let name = object_name(obj);
+    /// Admission of a write: schema defaults, validation and rules for custom objects
+    /// (`old`: the stored version on an update), create-time checks for CRDs.
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let name = object_name(obj).to_string();
         if let Some(schema) = &rt.schema {
-            validation::validate(schema, obj).map_err(|m| ApiError::invalid(&rt.kind, name, m))?;
+            validation::admit(schema, obj, old)
+                .map_err(|e| ApiError::invalid_fields(&rt.group, &rt.kind, &name, &e))?;
         }
         if rt.plural == "customresourcedefinitions" {
-            registry::from_crd(obj).map_err(|m| ApiError::invalid(&rt.kind, name, m))?;
+            registry::from_crd(obj).map_err(|m| ApiError::invalid(&rt.kind, &name, m))?;
+            let errors = crd_admission::validate(obj);
+            if !errors.is_empty() {
+                return Err(ApiError::invalid_fields(
+                    &rt.group, &rt.kind, &name, &errors,
+                ));
+            }
         }
         Ok(())
     }
@@ -463,7 +478,7 @@ impl Store {
         if rt.plural == "namespaces" && obj["status"]["phase"].is_null() {
             obj["status"] = json!({"phase": "Active"});
         }
-        self.validate(rt, &obj)?;
+        self.admit(rt, &mut obj, None)?;
         if rt.namespaced {
             self.ensure_namespace(&ns_key);
         }
@@ -578,7 +593,7 @@ impl Store {
         let bump = spec_part(&old, rt.has_status) != spec_part(&new, rt.has_status);
         new["metadata"]["generation"] = json!(if bump { generation + 1 } else { generation });
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-        self.validate(rt, &new)?;
+        self.admit(rt, &mut new, Some(&old))?;
         let key = rt.store_key();
         let finalizers_gone = new["metadata"]["finalizers"]
             .as_array()

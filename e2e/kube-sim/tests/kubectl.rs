@@ -1,78 +1,10 @@
 //! kubectl 1.32 against the simulator: discovery, apply (client- and server-side), get with
 //! server-side Table printing (built-in and CRD printer columns), patch, edit, delete, diff.
-//! Skipped when `/usr/bin/kubectl` is absent.
+//! kubectl is found as `common::kubectl` says (skipped without it, failing under CI=true).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use switchyard_kube_sim::KubeSim;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-struct Kubectl {
-    _sim: KubeSim,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    async fn start(name: &str) -> Option<Kubectl> {
-        if !Path::new(KUBECTL).exists() {
-            eprintln!("skipping: {KUBECTL} not found");
-            return None;
-        }
-        let sim = KubeSim::start().await.unwrap();
-        let dir = std::env::temp_dir().join(format!("kube-sim-{name}-{}", sim.port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
-        Some(Kubectl {
-            _sim: sim,
-            dir,
-            kubeconfig,
-        })
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// Runs kubectl; returns (success, stdout, stderr).
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-        let mut cmd = tokio::process::Command::new(KUBECTL);
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.dir)
-            .env_remove("KUBECTL_EXTERNAL_DIFF");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().await.unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        self.run_env(args, &[]).await
-    }
-
-    /// Runs kubectl, asserting success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args).await;
-        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
-        out
-    }
-}
-
-impl Drop for Kubectl {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::kubectl::{binary, kubectl_sync, Kubectl};
 
 fn header(out: &str) -> Vec<String> {
     out.lines()
@@ -383,38 +315,25 @@ async fn crd_printer_columns_patch_edit() {
     );
 }
 
-fn kubectl_sync(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(KUBECTL)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", kubeconfig.parent().unwrap())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// The background (sync) handle: serves kubectl without a caller runtime; stop/restart.
 #[test]
 fn background_sim_stop_restart() {
-    if !Path::new(KUBECTL).exists() {
+    let Some(bin) = binary() else {
         return;
-    }
+    };
     let mut sim = switchyard_kube_sim::BackgroundKubeSim::start().unwrap();
     let dir = std::env::temp_dir().join(format!("kube-sim-bg-{}", sim.port()));
     std::fs::create_dir_all(&dir).unwrap();
     let kc = dir.join("kubeconfig");
     sim.write_kubeconfig(&kc).unwrap();
     sim.apply_yaml(NODE).unwrap();
-    let (ok, out) = kubectl_sync(&kc, &["get", "nodes", "-o", "name"]);
+    let (ok, out) = kubectl_sync(&bin, &kc, &["get", "nodes", "-o", "name"]);
     assert!(ok && out.contains("node/test-node"), "{out}");
     sim.stop();
-    let (ok, _) = kubectl_sync(&kc, &["get", "nodes", "--request-timeout=2s"]);
+    let (ok, _) = kubectl_sync(&bin, &kc, &["get", "nodes", "--request-timeout=2s"]);
     assert!(!ok, "stopped simulator answers nothing");
     sim.restart().unwrap();
-    let (ok, out) = kubectl_sync(&kc, &["get", "nodes", "-o", "name"]);
+    let (ok, out) = kubectl_sync(&bin, &kc, &["get", "nodes", "-o", "name"]);
     assert!(ok && out.contains("node/test-node"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -422,9 +341,9 @@ fn background_sim_stop_restart() {
 /// The `kube-sim` binary: `--port`, `--kubeconfig`, `--load`.
 #[test]
 fn binary_serves_kubectl() {
-    if !Path::new(KUBECTL).exists() {
+    let Some(bin) = binary() else {
         return;
-    }
+    };
     let dir = std::env::temp_dir().join(format!("kube-sim-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kc = dir.join("kubeconfig");
@@ -444,7 +363,7 @@ fn binary_serves_kubectl() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let (ok, out) = kubectl_sync(&kc, &["get", "svc", "-A", "-o", "name"]);
+    let (ok, out) = kubectl_sync(&bin, &kc, &["get", "svc", "-A", "-o", "name"]);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,371 @@
+//! The qemu VM lane (`switchyard_e2e::vm`), proven with the project's own tests: one boot
+//! of Debian's kernel runs, in order,
+//! - `switchyard probe` with the kernel's module autoload off, before anything loaded
+//!   `nf_tables`: nftables is unavailable because that module is not loaded but loadable,
+//! - `switchyard probe --output json` (IPVS available in the VM, missing on the host),
+//! - the probe's kernel tests (`probe/tests/kernel.rs`), one job per test,
+//! - `/proc/modules` and three empty jobs (per-job overhead),
+//! - every test of `tests/sandbox_selftest.rs` and the nftables scenarios of
+//!   `tests/scenarios.rs`, unchanged, one job per test,
+//! - `switchyard probe` in a namespace with a bridge after `modprobe -r br_netfilter`
+//!   (the probe warns), then `br_netfilter` again,
+//! - a job that outlives its 2 s bound (the runner kills it; the next job still runs),
+//! - a job that stops the runner itself, so the VM no longer answers: the host kills qemu
+//!   at the job's bound plus the lane's grace, with an error naming the job.
+//!
+//! Each `#[test]` checks its part of that one boot (booting costs ~10 s under TCG; the
+//! whole lane takes about 2 minutes). Needs root; skips loudly without it, fails under
+//! `CI=true`. `SWITCHYARD_VM_SCENARIO` chooses the scenario files (see
+//! [`DEFAULT_SCENARIO`]).
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use switchyard_e2e::{
+    agent::agent_binary,
+    require_root,
+    vm::{Exit, Job, TestBinary, TestVerdict, VmError, VmLane, VmReport, VmStatus},
+};
+
+/// The scenario file run in the VM by default: the shared ClusterIP scenario. All fifteen
+/// files take ~5 minutes under TCG (28 s on the host), so they are opt-in
+/// (`SWITCHYARD_VM_SCENARIO=` — empty matches every file).
+const DEFAULT_SCENARIO: &str = "cluster-ip-general";
+const HANG_BOUND: Duration = Duration::from_secs(2);
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The names of the jobs running a test binary's tests.
+struct TestJobs {
+    probe: Vec<String>,
+    selftests: Vec<String>,
+    scenarios: Vec<String>,
+}
+
+struct LaneRun {
+    report: VmReport,
+    tests: TestJobs,
+}
+
+/// `sh -c SCRIPT` with the agent binary as `$0`.
+fn shell_job(name: &str, script: &str) -> Job {
+    let agent = agent_binary().expect("switchyard binary");
+    Job::new(name, "/bin/sh").args(["-c", script, &agent.to_string_lossy()])
+}
+
+fn names(jobs: &[Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.name.clone()).collect()
+}
+
+fn jobs() -> (Vec<Job>, TestJobs) {
+    let agent = agent_binary().expect("switchyard binary");
+    let probe_tests = TestBinary::from_cargo("probe/tests/kernel.rs")
+        .and_then(|b| b.jobs())
+        .expect("probe/tests/kernel.rs");
+    let mut jobs = vec![
+        // First: nothing has loaded nf_tables yet.
+        shell_job(
+            "probe-without-autoload",
+            "echo /nonexistent > /proc/sys/kernel/modprobe; \"$0\" probe --output json; \
+             rc=$?; echo /sbin/modprobe > /proc/sys/kernel/modprobe; exit $rc",
+        ),
+        Job::new("probe", &agent).args(["probe", "--output", "json"]),
+        Job::new("modules", "/bin/cat").arg("/proc/modules"),
+    ];
+    let probe_test_names = names(&probe_tests);
+    jobs.extend(probe_tests);
+    for i in 0..3 {
+        jobs.push(Job::new(format!("empty-{i}"), "/bin/true"));
+    }
+    let selftest =
+        TestBinary::from_cargo("e2e/tests/sandbox_selftest.rs").expect("sandbox_selftest");
+    let selftests = selftest.jobs().expect("listing sandbox_selftest");
+    let scenarios = TestBinary::from_cargo("e2e/tests/scenarios.rs").expect("scenarios");
+    let filter =
+        std::env::var("SWITCHYARD_VM_SCENARIO").unwrap_or_else(|_| DEFAULT_SCENARIO.into());
+    let scenario_job = scenarios
+        .job("scenarios_nftables")
+        .env("SWITCHYARD_SCENARIO", filter);
+    let (selftest_names, scenario_names) = (names(&selftests), vec![scenario_job.name.clone()]);
+    jobs.extend(selftests);
+    jobs.push(scenario_job);
+    jobs.push(shell_job(
+        "bridge-without-br-netfilter",
+        "modprobe -r br_netfilter || exit 99; ip netns add sy-brtest && \
+         ip -n sy-brtest link add cbr0 type bridge && \
+         ip netns exec sy-brtest \"$0\" probe --output json; rc=$?; \
+         ip netns del sy-brtest; modprobe br_netfilter; exit $rc",
+    ));
+    jobs.push(
+        Job::new("sleeper", "/bin/sleep")
+            .arg("600")
+            .timeout(HANG_BOUND),
+    );
+    jobs.push(Job::new("after-sleeper", "/bin/echo").arg("still here"));
+    // Stops its parent, the runner: nothing in the VM enforces the bound any more.
+    jobs.push(
+        Job::new("vm-hang", "/bin/sh")
+            .args(["-c", "kill -STOP $PPID; sleep 600"])
+            .timeout(HANG_BOUND),
+    );
+    let tests = TestJobs {
+        probe: probe_test_names,
+        selftests: selftest_names,
+        scenarios: scenario_names,
+    };
+    (jobs, tests)
+}
+
+/// The one boot every test here reads.
+fn lane() -> &'static LaneRun {
+    static RUN: OnceLock<LaneRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let lane = VmLane::new()
+            .expect("VM lane")
+            .runner(env!("CARGO_BIN_EXE_vm-lane-runner"))
+            .hang_grace(GRACE);
+        let started = Instant::now();
+        let (jobs, tests) = jobs();
+        let report = lane.run(&jobs).expect("running the VM lane");
+        let t = &report.timings;
+        let jobs_total: Duration = report.jobs.iter().map(|j| j.duration).sum();
+        let empty: Vec<Duration> = report
+            .jobs
+            .iter()
+            .filter(|j| j.name.starts_with("empty-"))
+            .map(|j| j.duration)
+            .collect();
+        eprintln!(
+            "VM lane ({}): {} jobs; to runner {:?} (guest uptime {:?}), modules loaded at \
+             {:?}, jobs {:.1?}, empty jobs {:?}, wall {:.1?} ({:.1?} with cargo locating the test binaries)",
+            lane.kernel().release,
+            jobs.len(),
+            t.ready,
+            t.uptime_at_ready,
+            t.prepared,
+            jobs_total,
+            empty,
+            t.wall,
+            started.elapsed()
+        );
+        for job in &report.jobs {
+            eprintln!("  {:<60} {:?} {:.1?}", job.name, job.exit, job.duration);
+        }
+        LaneRun { report, tests }
+    })
+}
+
+/// The job's outcome; panics with the VM's status and console when it never finished.
+fn finished(run: &LaneRun, name: &str) -> switchyard_e2e::vm::JobOutcome {
+    let job = run.report.job(name).expect("job in the plan").clone();
+    assert!(
+        job.exit.is_some(),
+        "{name} did not finish: {:?}\n{}",
+        run.report.status,
+        run.report.console_tail
+    );
+    job
+}
+
+#[test]
+fn boots_and_loads_ipvs_and_br_netfilter() {
+    if !require_root("boots_and_loads_ipvs_and_br_netfilter") {
+        return;
+    }
+    let run = lane();
+    let failed = run.report.failed_steps();
+    assert!(failed.is_empty(), "preparation failed: {failed:#?}");
+    let modules = finished(run, "modules");
+    assert!(modules.success(), "{}", modules.summary());
+    for module in [
+        "ip_vs",
+        "ip_vs_rr",
+        "ip_vs_mh",
+        "br_netfilter",
+        "nf_conntrack",
+    ] {
+        assert!(
+            modules
+                .stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(module)),
+            "{module} not loaded:\n{}",
+            modules.stdout
+        );
+    }
+    for i in 0..3 {
+        let empty = finished(run, &format!("empty-{i}"));
+        assert!(empty.success(), "{}", empty.summary());
+    }
+}
+
+#[test]
+fn probe_finds_ipvs_in_the_vm_and_not_on_the_host() {
+    if !require_root("probe_finds_ipvs_in_the_vm_and_not_on_the_host") {
+        return;
+    }
+    let run = lane();
+    let probe = finished(run, "probe");
+    assert!(probe.success(), "{}", probe.summary());
+    let in_vm = mode_report(&probe.stdout, "ipvs");
+    assert_eq!(in_vm["available"], true, "{in_vm:#}");
+    let family = in_vm["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "netlink family"))
+        .unwrap_or_else(|| panic!("no netlink family check: {in_vm:#}"));
+    assert_eq!(family["ok"], true, "{family:#}");
+
+    let out = std::process::Command::new(agent_binary().unwrap())
+        .args(["probe", "--output", "json"])
+        .output()
+        .unwrap();
+    let on_host = mode_report(&String::from_utf8_lossy(&out.stdout), "ipvs");
+    assert_eq!(on_host["available"], false, "{on_host:#}");
+    let missing: Vec<&str> = on_host["missing"]
+        .as_array()
+        .map(|m| m.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(missing.contains(&"ip_vs"), "{on_host:#}");
+}
+
+fn mode_report(probe_json: &str, mode: &str) -> Value {
+    let report: Value = serde_json::from_str(probe_json)
+        .unwrap_or_else(|e| panic!("probe JSON: {e}\n{probe_json}"));
+    report["probe"]["modes"]
+        .as_array()
+        .and_then(|modes| modes.iter().find(|m| m["mode"] == mode))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {mode} mode in {report}"))
+}
+
+#[test]
+fn probe_names_nf_tables_not_loaded_but_loadable() {
+    if !require_root("probe_names_nf_tables_not_loaded_but_loadable") {
+        return;
+    }
+    let run = lane();
+    let probe = finished(run, "probe-without-autoload");
+    assert!(probe.success(), "{}", probe.summary());
+    let nft = mode_report(&probe.stdout, "nftables");
+    assert_eq!(nft["available"], false, "{nft:#}");
+    assert_eq!(nft["notLoaded"][0]["module"], "nf_tables", "{nft:#}");
+    assert_eq!(nft["missing"], serde_json::json!(["nf_tables"]), "{nft:#}");
+    let usable: Value = serde_json::from_str(&probe.stdout).unwrap();
+    let detail = usable["usable"]
+        .as_array()
+        .and_then(|u| u.iter().find(|m| m["mode"] == "nftables"))
+        .map(|m| m["detail"].clone())
+        .unwrap_or_default();
+    assert_eq!(
+        detail, "kernel module nf_tables not loaded but loadable (modprobe nf_tables)",
+        "{usable:#}"
+    );
+}
+
+#[test]
+fn probe_warns_of_a_bridge_without_br_netfilter() {
+    if !require_root("probe_warns_of_a_bridge_without_br_netfilter") {
+        return;
+    }
+    let run = lane();
+    let job = finished(run, "bridge-without-br-netfilter");
+    assert!(job.success(), "{}", job.summary());
+    let report: Value = serde_json::from_str(&job.stdout).unwrap();
+    let warning = report["probe"]["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("bridge cbr0 present but kernel module br_netfilter is not loaded"),
+        "{report:#}"
+    );
+    // With br_netfilter loaded (as in every other job), no warning.
+    let probe = finished(run, "probe");
+    let report: Value = serde_json::from_str(&probe.stdout).unwrap();
+    assert!(report["probe"]["warnings"].is_null(), "{report:#}");
+}
+
+#[test]
+fn probe_kernel_tests_pass_in_the_vm() {
+    if !require_root("probe_kernel_tests_pass_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.probe);
+    let listed = |name: &str| run.tests.probe.iter().any(|t| t.ends_with(name));
+    assert!(listed("::loading_ipvs_modules_names_each_failure_and_why"));
+    assert!(listed("::ipvs_report_fits_this_kernel"));
+}
+
+fn assert_tests_pass(run: &LaneRun, names: &[String]) {
+    assert!(!names.is_empty());
+    let failures: Vec<String> = names
+        .iter()
+        .filter_map(|name| match TestVerdict::of(&finished(run, name)) {
+            TestVerdict::Passed => None,
+            TestVerdict::Failed(why) => Some(why),
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn sandbox_selftest_passes_in_the_vm() {
+    if !require_root("sandbox_selftest_passes_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.selftests);
+}
+
+#[test]
+fn nftables_scenarios_pass_in_the_vm() {
+    if !require_root("nftables_scenarios_pass_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.scenarios);
+}
+
+#[test]
+fn a_job_past_its_bound_is_killed_and_the_next_one_runs() {
+    if !require_root("a_job_past_its_bound_is_killed_and_the_next_one_runs") {
+        return;
+    }
+    let run = lane();
+    let sleeper = finished(run, "sleeper");
+    assert_eq!(
+        sleeper.exit,
+        Some(Exit::TimedOut(HANG_BOUND.as_millis() as u64))
+    );
+    assert!(sleeper.duration < HANG_BOUND + Duration::from_secs(2));
+    assert!(
+        sleeper
+            .summary()
+            .contains("job 'sleeper': killed at its 2000 ms bound"),
+        "{}",
+        sleeper.summary()
+    );
+    let after = finished(run, "after-sleeper");
+    assert_eq!(after.stdout, "still here\n");
+}
+
+#[test]
+fn a_hung_vm_is_killed_with_an_error_naming_the_job() {
+    if !require_root("a_hung_vm_is_killed_with_an_error_naming_the_job") {
+        return;
+    }
+    let run = lane();
+    match &run.report.status {
+        VmStatus::Hung { after, bound, .. } => {
+            assert_eq!(*bound, HANG_BOUND + GRACE);
+            assert!(*after < *bound + Duration::from_secs(2), "{after:?}");
+        }
+        other => panic!("expected the VM to be killed, got {other:?}"),
+    }
+    let err = run.report.vm_result().unwrap_err();
+    assert!(matches!(err, VmError::Hung { .. }));
+    let text = err.to_string();
+    assert!(text.contains("hung in job 'vm-hang'"), "{text}");
+    assert!(text.contains("vm-hang started"), "console tail: {text}");
+    assert!(run.report.job("vm-hang").unwrap().exit.is_none());
+}

@@ -1,0 +1,120 @@
+//! Reading the maps back: the record a loaded dataplane starts from (what pinned maps
+//! already hold), the typed content for callers, and `verify` (does the kernel still hold
+//! what was applied?).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    dataplane::{Applied, Dataplane, ServicePort},
+    error::EbpfError,
+    layout::{BackendKey, BackendValue, SvcKey, SvcValue},
+    service::{addr_from_bytes, Backend, ServiceEntry, ServiceKey, TargetSet},
+};
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
+    move |e| EbpfError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+fn target_of(code: u8, what: &str) -> Result<TargetSet, EbpfError> {
+    TargetSet::from_code(code).ok_or_else(|| EbpfError::Corrupt(format!("{what}: target {code}")))
+}
+
+/// One difference between the maps and the record.
+pub type Drift = String;
+
+impl Dataplane {
+    /// Everything the maps hold, grouped by service id (backend slots of a set only while
+    /// they are contiguous from 0; anything after a gap is drift).
+    pub(crate) fn read_record(&self) -> Result<BTreeMap<u32, Applied>, EbpfError> {
+        let mut out: BTreeMap<u32, Applied> = BTreeMap::new();
+        for item in self.services.iter() {
+            let (k, v): (SvcKey, SvcValue) = item.map_err(map_err("sy_services"))?;
+            out.entry(v.id).or_default().entries.insert(k, v);
+        }
+        let mut slots: BTreeMap<(u32, u8), BTreeMap<u16, BackendValue>> = BTreeMap::new();
+        for item in self.backends.iter() {
+            let (k, v): (BackendKey, BackendValue) = item.map_err(map_err("sy_backends"))?;
+            slots.entry((k.id, k.target)).or_default().insert(k.slot, v);
+        }
+        for ((id, code), by_slot) in slots {
+            let target = target_of(code, &format!("backend set of id {id}"))?;
+            let contiguous: Vec<BackendValue> = by_slot
+                .iter()
+                .enumerate()
+                .take_while(|(i, (slot, _))| usize::from(**slot) == *i)
+                .map(|(_, (_, v))| *v)
+                .collect();
+            out.entry(id).or_default().sets.insert(target, contiguous);
+        }
+        for item in self.ranges.iter() {
+            let (k, _) = item.map_err(map_err("sy_src_ranges"))?;
+            let data = k.data().data;
+            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            out.entry(id)
+                .or_default()
+                .ranges
+                .insert((k.prefix_len(), data));
+        }
+        Ok(out)
+    }
+
+    /// The service ports the maps hold, decoded.
+    pub fn read_back(&self) -> Result<BTreeMap<u32, ServicePort>, EbpfError> {
+        let mut out = BTreeMap::new();
+        for (id, applied) in self.read_record()? {
+            let mut sp = ServicePort {
+                id,
+                ..ServicePort::default()
+            };
+            for (target, values) in applied.sets {
+                sp.sets
+                    .insert(target, values.iter().map(Backend::from_raw).collect());
+            }
+            for (k, v) in &applied.entries {
+                sp.entries
+                    .insert(ServiceKey::from_raw(k)?, ServiceEntry::from_raw(v)?.0);
+            }
+            for (len, data) in applied.ranges {
+                let mut addr = [0u8; 16];
+                addr.copy_from_slice(&data[4..]);
+                let ip = addr_from_bytes(addr);
+                let bits = len.saturating_sub(32);
+                let prefix = if ip.is_ipv4() {
+                    bits.saturating_sub(96)
+                } else {
+                    bits
+                };
+                sp.source_ranges.insert((ip, prefix as u8));
+            }
+            out.insert(id, sp);
+        }
+        Ok(out)
+    }
+
+    /// Compares the maps with what this dataplane applied; an empty list means no drift.
+    pub fn verify(&self) -> Result<Vec<Drift>, EbpfError> {
+        let kernel = self.read_record()?;
+        let mut drift = Vec::new();
+        for (id, want) in &self.record {
+            match kernel.get(id) {
+                None => drift.push(format!("service id {id}: missing from the maps")),
+                Some(have) if have != want => drift.push(format!(
+                    "service id {id}: maps differ from what was applied"
+                )),
+                Some(_) => {}
+            }
+        }
+        for id in kernel.keys().filter(|id| !self.record.contains_key(id)) {
+            drift.push(format!("service id {id}: in the maps, never applied"));
+        }
+        Ok(drift)
+    }
+
+    /// Number of service ports applied.
+    pub fn applied_len(&self) -> usize {
+        self.record.len()
+    }
+}
