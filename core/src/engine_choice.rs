@@ -5,10 +5,6 @@
 
 use switchyard_crd::{Mode, ModeCapability};
 
-/// Preference order for `auto`: eBPF skips netfilter entirely, nftables scales with
-/// verdict maps, IPVS with hash tables, iptables last (linear rule walks).
-pub const AUTO_PREFERENCE: [Mode; 4] = [Mode::Ebpf, Mode::Nftables, Mode::Ipvs, Mode::Iptables];
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineChoice {
     /// Run `mode`. `fallback_reason` is set when it is not the requested mode.
@@ -69,9 +65,16 @@ fn available(caps: &[ModeCapability], mode: Mode) -> bool {
 }
 
 /// Decides the engine for `requested` with `fallback`, given what the probe found.
-pub fn choose(requested: Mode, fallback: &[Mode], caps: &[ModeCapability]) -> EngineChoice {
+/// `auto` takes the first available mode of `auto_preference` (the engine registry's
+/// order).
+pub fn choose(
+    requested: Mode,
+    fallback: &[Mode],
+    caps: &[ModeCapability],
+    auto_preference: &[Mode],
+) -> EngineChoice {
     if requested == Mode::Auto {
-        return match AUTO_PREFERENCE.iter().find(|m| available(caps, **m)) {
+        return match auto_preference.iter().find(|m| available(caps, **m)) {
             Some(m) => EngineChoice::Run {
                 requested,
                 mode: *m,
@@ -118,6 +121,8 @@ pub fn choose(requested: Mode, fallback: &[Mode], caps: &[ModeCapability]) -> En
 mod tests {
     use super::*;
 
+    const AUTO: [Mode; 4] = [Mode::Ebpf, Mode::Nftables, Mode::Ipvs, Mode::Iptables];
+
     fn caps() -> Vec<ModeCapability> {
         vec![
             ModeCapability {
@@ -148,14 +153,14 @@ mod tests {
     #[test]
     fn requested_mode_runs_when_available() {
         assert_eq!(
-            choose(Mode::Nftables, &[], &caps()).mode(),
+            choose(Mode::Nftables, &[], &caps(), &AUTO).mode(),
             Some(Mode::Nftables)
         );
     }
 
     #[test]
     fn fallback_is_explicit() {
-        let c = choose(Mode::Ipvs, &[Mode::Nftables], &caps());
+        let c = choose(Mode::Ipvs, &[Mode::Nftables], &caps(), &AUTO);
         assert_eq!(
             c,
             EngineChoice::Run {
@@ -171,7 +176,7 @@ mod tests {
 
     #[test]
     fn no_usable_fallback_is_degraded() {
-        let c = choose(Mode::Ipvs, &[Mode::Ebpf], &caps());
+        let c = choose(Mode::Ipvs, &[Mode::Ebpf], &caps(), &AUTO);
         match c {
             EngineChoice::Degraded { reason, .. } => {
                 assert!(
@@ -183,7 +188,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            choose(Mode::Ipvs, &[], &caps()),
+            choose(Mode::Ipvs, &[], &caps(), &AUTO),
             EngineChoice::Degraded { .. }
         ));
     }
@@ -191,7 +196,7 @@ mod tests {
     #[test]
     fn auto_picks_best_available() {
         assert_eq!(
-            choose(Mode::Auto, &[], &caps()).mode(),
+            choose(Mode::Auto, &[], &caps(), &AUTO).mode(),
             Some(Mode::Nftables)
         );
     }

@@ -26,8 +26,8 @@ pub mod service_health;
 pub mod state;
 pub mod validation;
 
+pub use state::{ClusterState, Object, ObjectKey, ObjectKind};
 pub use switchyard_model::{
     changes, engine, model, ChangeSet, Drift, EngineError, IpFamily, NodeModel, Protocol,
     ProxyEngine, ServicePortName, ServicePortPlan, SyncReport,
 };
-pub use state::{ClusterState, Object, ObjectKey, ObjectKind};

@@ -19,16 +19,18 @@ use std::{
 use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
 use tokio::sync::{watch, Notify};
 
+use switchyard_model::{
+    ChangeSet, Drift, EngineError, FamilyPlan, NodeModel, ProxyEngine, ServicePortPlan, SyncReport,
+    Target,
+};
+
 use crate::{
-    changes::ChangeSet,
-    engine::{Drift, EngineError, ProxyEngine},
     engine_choice::{choose, EngineChoice},
     health::Health,
-    metrics::{FallbackLabels, Metrics, ModeLabel, TrafficPolicyLabel},
-    model::NodeModel,
+    metrics::{FallbackLabels, Metrics, ModeLabel, TableLabel, TrafficPolicyLabel},
     selection,
     service_health::ServiceHealthServers,
-    state::ClusterState,
+    state::{model_config, ClusterState},
 };
 
 /// Where the node's effective config comes from.
@@ -79,9 +81,26 @@ pub fn effective_config(
 /// `FullSyncPeriod`).
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
-/// Builds engines by mode; implemented where the engine crates are known (the binary).
+/// Builds engines by mode; implemented where the engine crates are known (the binary's
+/// engine registry).
 pub trait EngineFactory: Send + Sync {
-    fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError>;
+    /// Builds `mode`'s engine, configured from its block of `config`.
+    fn build(
+        &self,
+        mode: Mode,
+        config: &EffectiveConfig,
+    ) -> Result<Box<dyn ProxyEngine>, EngineError>;
+
+    /// Whether `mode`'s engine built from `old` must be rebuilt for `new` (its block of
+    /// the ProxyConfig changed). The rebuild is make-before-break, like a mode switch.
+    fn settings_changed(
+        &self,
+        _mode: Mode,
+        _old: &EffectiveConfig,
+        _new: &EffectiveConfig,
+    ) -> bool {
+        false
+    }
 
     /// One engine per kind of kernel state any engine of this binary can leave behind
     /// (see [`ProxyEngine::owner`]), used only for `cleanup`: what a previous process in
@@ -89,18 +108,48 @@ pub trait EngineFactory: Send + Sync {
     fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
         Vec::new()
     }
+
+    /// The modes `auto` picks from, best first.
+    fn auto_preference(&self) -> Vec<Mode>;
 }
 
 /// Removes conntrack entries that would keep UDP clients talking to endpoints that are
 /// gone (implemented over netlink outside core). Called after the new rules are in.
 pub trait StaleFlowCleaner: Send {
-    /// `old` is the model applied before `new`; returns how many flows were deleted.
-    fn clean(
-        &mut self,
-        old: &NodeModel,
-        new: &NodeModel,
-        changes: &ChangeSet,
-    ) -> Result<usize, String>;
+    /// `changes.previous` holds the old plans of what changed; returns how many flows
+    /// were deleted.
+    fn clean(&mut self, changes: &ChangeSet, new: &NodeModel) -> Result<usize, EngineError>;
+}
+
+/// Why a pass failed. The engine's error is kept as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("building the {mode} engine: {source}")]
+    Build {
+        mode: Mode,
+        #[source]
+        source: EngineError,
+    },
+    #[error("preparing the {mode} engine: {source}")]
+    Prepare {
+        mode: Mode,
+        #[source]
+        source: EngineError,
+    },
+    #[error("{mode} sync failed: {source}")]
+    Sync {
+        mode: Mode,
+        #[source]
+        source: EngineError,
+    },
+    #[error("verifying the new {mode} engine: {source}")]
+    Verify {
+        mode: Mode,
+        #[source]
+        source: EngineError,
+    },
+    #[error("the new {mode} engine did not verify: {drift}")]
+    Unverified { mode: Mode, drift: String },
 }
 
 /// What the node reports about itself (ProxyNode status, events, logs).
@@ -118,8 +167,14 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
 }
 
+/// The engine programming the node and the config it was built with.
+struct ActiveEngine {
+    engine: Box<dyn ProxyEngine>,
+    built_with: EffectiveConfig,
+}
+
 pub struct SyncRunner {
-    engine: Option<Box<dyn ProxyEngine>>,
+    engine: Option<ActiveEngine>,
     factory: Arc<dyn EngineFactory>,
     capabilities: Vec<ModeCapability>,
     state: Arc<Mutex<ClusterState>>,
@@ -142,17 +197,109 @@ pub struct SyncRunner {
     stale_flows: Option<Box<dyn StaleFlowCleaner>>,
     /// Other engines' leftovers were removed after this process's first sync.
     leftovers_removed: bool,
+    /// What the last successful engine call applied, and its report (`None` after a
+    /// switch, whose sync is the new engine's start).
+    last_applied: ChangeSet,
+    last_report: Option<SyncReport>,
+}
+
+/// A successful pass, as the bookkeeping after it needs to know it.
+struct Finished {
+    elapsed: Duration,
+    /// The model was built for the first time (a restarted agent has no previous model).
+    first_model: bool,
+    /// When the oldest change this pass applied was noticed.
+    pending_since: Option<Instant>,
+}
+
+/// Prepares, programs (fully) and verifies a new engine.
+async fn start(
+    engine: &mut dyn ProxyEngine,
+    mode: Mode,
+    model: &NodeModel,
+) -> Result<(), SyncError> {
+    engine
+        .prepare()
+        .await
+        .map_err(|source| SyncError::Prepare { mode, source })?;
+    engine
+        .sync(model, &ChangeSet::full(model))
+        .await
+        .map_err(|source| SyncError::Sync { mode, source })?;
+    match engine
+        .verify(model)
+        .await
+        .map_err(|source| SyncError::Verify { mode, source })?
+    {
+        Drift::None => Ok(()),
+        Drift::Found(drift) => Err(SyncError::Unverified { mode, drift }),
+    }
+}
+
+/// Service and endpoint changes in `changes`, as kube-proxy counts them: a port whose
+/// backends changed is an endpoint change; one that changed otherwise (or appeared, or
+/// went) a service change.
+fn count_changes(model: &NodeModel, changes: &ChangeSet) -> (u64, u64) {
+    let mut services = (changes.added.len() + changes.removed.len()) as u64;
+    let mut endpoints = 0u64;
+    for name in &changes.changed {
+        let (Some(old), Some(new)) = (changes.previous.get(name), model.services.get(name)) else {
+            continue;
+        };
+        let backends = |p: &ServicePortPlan| {
+            p.families
+                .iter()
+                .map(FamilyPlan::backends)
+                .collect::<Vec<_>>()
+        };
+        if backends(old) != backends(new) {
+            endpoints += 1;
+        }
+        if shape(old) != shape(new) {
+            services += 1;
+        }
+    }
+    (services, endpoints)
+}
+
+/// A plan with every target reduced to its kind: what a service change alters.
+fn shape(plan: &ServicePortPlan) -> ServicePortPlan {
+    let mut p = plan.clone();
+    for f in &mut p.families {
+        for t in [&mut f.internal, &mut f.external] {
+            if matches!(t, Target::Endpoints(_)) {
+                *t = Target::Reject;
+            }
+        }
+        f.short_circuit = None;
+    }
+    p.health_check = None;
+    p
+}
+
+/// Service ports whose external (then internal) traffic is dropped for lack of local
+/// endpoints (`kubeproxy_sync_proxy_rules_no_local_endpoints_total`).
+fn no_local_endpoints(model: &NodeModel) -> (i64, i64) {
+    let (mut external, mut internal) = (0, 0);
+    for plan in model.services.values() {
+        let drops = |pick: fn(&FamilyPlan) -> &Target| {
+            plan.families.iter().any(|f| *pick(f) == Target::Drop)
+        };
+        external += i64::from(drops(|f| &f.external));
+        internal += i64::from(drops(|f| &f.internal));
+    }
+    (external, internal)
 }
 
 /// Outcome of one pass, for tests and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Pass {
     Synced {
         full: bool,
         service_ports: usize,
     },
     Unchanged,
-    Failed(String),
+    Failed(SyncError),
     /// No usable engine; nothing was touched.
     Degraded(String),
 }
@@ -191,6 +338,8 @@ impl SyncRunner {
             reported: None,
             stale_flows: None,
             leftovers_removed: false,
+            last_applied: ChangeSet::default(),
+            last_report: None,
         }
     }
 
@@ -202,7 +351,7 @@ impl SyncRunner {
 
     /// The mode of the engine programming the node, if any.
     pub fn mode(&self) -> Option<Mode> {
-        self.engine.as_ref().map(|e| e.mode())
+        self.engine.as_ref().map(|e| e.engine.mode())
     }
 
     /// Follows the node's status as syncs happen.
@@ -272,8 +421,10 @@ impl SyncRunner {
         self.reported = Some(choice.clone());
     }
 
-    /// Makes `mode`'s engine the active one, make-before-break: the new engine is fully
-    /// programmed and verified before the old one is cleaned up.
+    /// Makes `mode`'s engine, built from `config`, the active one, make-before-break: the
+    /// new engine is prepared, fully programmed and verified before the old one is
+    /// cleaned up (unless both own the same kernel objects: a rebuild of the same engine
+    /// for new settings takes its predecessor's objects over).
     ///
     /// When the new engine fails to start:
     /// - during a live switch, the old engine keeps serving and whatever the new one
@@ -283,43 +434,56 @@ impl SyncRunner {
     ///   becomes the active one without being in sync, and the next passes retry it with
     ///   full syncs. Cleaning up here would turn one refused transaction (an xtables lock
     ///   held for 5 s, one nft rejection) into an outage.
-    async fn switch_to(&mut self, mode: Mode, model: &NodeModel) -> Result<(), String> {
-        let mut engine = self.factory.build(mode).map_err(|e| e.to_string())?;
-        let from = self.mode();
-        let result = async {
-            engine
-                .sync(model, &ChangeSet::full(model))
-                .await
-                .map_err(|e| e.to_string())?;
-            match engine.verify(model).await.map_err(|e| e.to_string())? {
-                Drift::None => Ok(()),
-                Drift::Found(what) => Err(format!("new {mode} engine did not verify: {what}")),
-            }
-        }
-        .await;
-        if let Err(e) = result {
-            if self.engine.is_some() {
-                if let Err(c) = engine.cleanup().await {
-                    tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+    async fn switch_to(
+        &mut self,
+        mode: Mode,
+        config: &EffectiveConfig,
+        model: &NodeModel,
+    ) -> Result<(), SyncError> {
+        let mut engine = self
+            .factory
+            .build(mode, config)
+            .map_err(|source| SyncError::Build { mode, source })?;
+        if let Err(e) = start(engine.as_mut(), mode, model).await {
+            let other_owner = self
+                .engine
+                .as_ref()
+                .map(|old| old.engine.owner() != engine.owner());
+            match other_owner {
+                Some(true) => {
+                    if let Err(c) = engine.cleanup().await {
+                        tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+                    }
                 }
-            } else {
-                tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
-                self.engine = Some(engine);
+                Some(false) => {}
+                None => {
+                    tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
+                    self.engine = Some(ActiveEngine {
+                        engine,
+                        built_with: config.clone(),
+                    });
+                }
             }
             return Err(e);
         }
-        if let Some(mut old) = self.engine.take() {
-            if let Err(e) = old.cleanup().await {
-                tracing::warn!(mode = %old.mode(), error = %e, "cleaning up the previous engine's rules failed; they may linger until `switchyard cleanup`");
+        let from = self.engine.take();
+        if let Some(mut old) = from {
+            let old_mode = old.engine.mode();
+            if old.engine.owner() != engine.owner() {
+                if let Err(e) = old.engine.cleanup().await {
+                    tracing::warn!(mode = %old_mode, error = %e, "cleaning up the previous engine's rules failed; they may linger until `switchyard cleanup`");
+                }
+                tracing::info!(from = %old_mode, to = %mode, "switched engine (make-before-break)");
+            } else {
+                tracing::info!(mode = %mode, "rebuilt the engine for its new settings");
             }
+        } else {
+            tracing::info!(mode = %mode, "engine started");
         }
-        match from {
-            Some(from) => {
-                tracing::info!(from = %from, to = %mode, "switched engine (make-before-break)")
-            }
-            None => tracing::info!(mode = %mode, "engine started"),
-        }
-        self.engine = Some(engine);
+        self.engine = Some(ActiveEngine {
+            engine,
+            built_with: config.clone(),
+        });
         Ok(())
     }
 
@@ -331,7 +495,7 @@ impl SyncRunner {
         let Some(active) = self.engine.as_ref() else {
             return;
         };
-        let keep = active.owner();
+        let keep = active.engine.owner();
         let mut done = true;
         for mut other in self.factory.leftover_cleaners() {
             if other.owner() == keep {
@@ -358,9 +522,10 @@ impl SyncRunner {
         let mut state = self.state.lock().expect("state lock poisoned");
         let changes = state.take_changes();
         if self.model_built && !changes.global {
-            return self.model.update_services(&state, &changes.services);
+            return self.model.update_services(&*state, &changes.services);
         }
-        let new = NodeModel::build(&state, &self.node_name, config);
+        let node = state.node_facts(&self.node_name);
+        let new = NodeModel::build(&*state, &node, &model_config(config));
         let diff = if self.model_built {
             ChangeSet::between(&self.model, &new)
         } else {
@@ -382,7 +547,12 @@ impl SyncRunner {
         }
         let first_model = !self.model_built;
         let diff = self.refresh_model(config);
-        let choice = choose(config.mode, &config.fallback, &self.capabilities);
+        let choice = choose(
+            config.mode,
+            &config.fallback,
+            &self.capabilities,
+            &self.factory.auto_preference(),
+        );
         self.report_choice(&choice);
         self.status.send_modify(|s| {
             s.config_name.clone_from(&selected.name);
@@ -397,17 +567,20 @@ impl SyncRunner {
             return Pass::Degraded(reason);
         };
         let model = std::mem::take(&mut self.model);
-        let pass = self
-            .apply(
-                mode,
-                &model,
-                diff,
-                full,
-                first_model,
-                started,
-                pending_since,
-            )
-            .await;
+        let pass = self.apply(mode, config, &model, diff, full).await;
+        match &pass {
+            Pass::Synced { .. } => {
+                let done = Finished {
+                    elapsed: started.elapsed(),
+                    first_model,
+                    pending_since,
+                };
+                self.record_success(&model, done);
+            }
+            Pass::Unchanged => self.health.synced(),
+            Pass::Failed(e) => self.record_failure(e),
+            Pass::Degraded(_) => {}
+        }
         self.model = model;
         if matches!(pass, Pass::Synced { .. } | Pass::Unchanged) && !self.leftovers_removed {
             self.remove_leftovers().await;
@@ -415,204 +588,94 @@ impl SyncRunner {
         pass
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Whether the active engine is `mode`'s, built for `config`'s settings.
+    fn engine_fits(&self, mode: Mode, config: &EffectiveConfig) -> bool {
+        self.engine.as_ref().is_some_and(|a| {
+            a.engine.mode() == mode && !self.factory.settings_changed(mode, &a.built_with, config)
+        })
+    }
+
+    /// Applies `diff` (everything when `full` or out of sync), switching engines first
+    /// when the chosen one is not running.
     async fn apply(
         &mut self,
         mode: Mode,
+        config: &EffectiveConfig,
         model: &NodeModel,
         diff: ChangeSet,
         full: bool,
-        first_model: bool,
-        started: Instant,
-        pending_since: Option<Instant>,
     ) -> Pass {
-        if self.mode() != Some(mode) {
-            return match self.switch_to(mode, model).await {
+        if !self.engine_fits(mode, config) {
+            return match self.switch_to(mode, config, model).await {
                 Ok(()) => {
-                    tracing::info!(
-                        mode = %mode,
-                        full = true,
-                        service_ports = model.services.len(),
-                        endpoints = model.endpoint_count(),
-                        total_ms = started.elapsed().as_secs_f64() * 1e3,
-                        "synced"
-                    );
-                    self.record_success(
-                        model,
-                        &diff,
-                        first_model,
-                        started.elapsed(),
-                        pending_since,
-                        None,
-                    );
+                    self.last_applied = diff.into_full();
+                    self.last_report = None;
                     Pass::Synced {
                         full: true,
                         service_ports: model.services.len(),
                     }
                 }
-                Err(e) => self.record_failure(format!("starting the {mode} engine: {e}")),
+                Err(e) => Pass::Failed(e),
             };
         }
         let changes = if full || !self.in_sync {
-            diff.clone().into_full()
+            diff.into_full()
         } else {
-            diff.clone()
+            diff
         };
         if changes.is_empty() {
-            self.health.synced();
             return Pass::Unchanged;
         }
-        let engine = self.engine.as_mut().expect("engine present: mode matched");
-        match engine.sync(model, &changes).await {
+        let active = self.engine.as_mut().expect("engine present: it fits");
+        match active.engine.sync(model, &changes).await {
             Ok(report) => {
-                let elapsed = started.elapsed();
-                tracing::info!(
-                    mode = %mode,
-                    full = report.full,
-                    written = report.service_ports_written,
-                    removed = report.service_ports_removed,
-                    service_ports = model.services.len(),
-                    endpoints = model.endpoint_count(),
-                    apply_ms = report.apply_time.as_secs_f64() * 1e3,
-                    total_ms = elapsed.as_secs_f64() * 1e3,
-                    "synced"
-                );
-                self.record_success(
-                    model,
-                    &diff,
-                    first_model,
-                    elapsed,
-                    pending_since,
-                    Some(report.rules),
-                );
+                let service_ports = if changes.full {
+                    model.services.len()
+                } else {
+                    changes.len()
+                };
+                self.last_applied = changes;
+                self.last_report = Some(report);
                 Pass::Synced {
-                    full: changes.full,
-                    service_ports: if changes.full {
-                        model.services.len()
-                    } else {
-                        changes.len()
-                    },
+                    full: self.last_applied.full,
+                    service_ports,
                 }
             }
-            Err(e) => self.record_failure(e.to_string()),
+            Err(source) => Pass::Failed(SyncError::Sync { mode, source }),
         }
     }
 
-    fn record_failure(&mut self, error: String) -> Pass {
+    fn record_failure(&mut self, error: &SyncError) {
         self.metrics.sync_failures.inc();
         self.in_sync = false;
         tracing::error!(mode = ?self.mode(), %error, "sync failed; previous rules stay in place, retrying with a full sync");
-        self.status
-            .send_modify(|s| s.last_error = Some(error.clone()));
-        Pass::Failed(error)
+        let text = error.to_string();
+        self.status.send_modify(|s| s.last_error = Some(text));
     }
 
-    /// Metrics, health, status and stale-flow cleanup after a successful sync. `diff`
-    /// is the model difference this sync applied (its `previous` holds the old ports).
-    fn record_success(
-        &mut self,
-        model: &NodeModel,
-        diff: &ChangeSet,
-        first_model: bool,
-        elapsed: Duration,
-        pending_since: Option<Instant>,
-        rules: Option<usize>,
-    ) {
+    /// Metrics, health, status, health check servers and stale-flow cleanup after a
+    /// successful sync of `model` (what it applied is in `last_applied`).
+    fn record_success(&mut self, model: &NodeModel, done: Finished) {
         self.in_sync = true;
-        let m = &self.metrics;
-        m.sync_duration.observe(elapsed.as_secs_f64());
-        if let Some(p) = pending_since {
-            m.network_programming_duration
-                .observe(p.elapsed().as_secs_f64());
-        }
-        let now = SystemTime::now();
-        m.last_sync_timestamp.set(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64(),
-        );
-        if diff.full {
-            m.full_syncs.inc();
-        } else {
-            m.partial_syncs.inc();
-        }
-        // Service vs endpoint changes, as kube-proxy counts them.
-        if !first_model {
-            let mut service_changes = (diff.added.len() + diff.removed.len()) as u64;
-            let mut endpoint_changes = 0u64;
-            for name in &diff.changed {
-                let (Some(o), Some(n)) = (diff.previous.get(name), model.services.get(name)) else {
-                    continue;
-                };
-                if o.cluster_endpoints != n.cluster_endpoints
-                    || o.local_endpoints != n.local_endpoints
-                {
-                    endpoint_changes += 1;
-                }
-                let mut o2 = o.clone();
-                o2.cluster_endpoints.clone_from(&n.cluster_endpoints);
-                o2.local_endpoints.clone_from(&n.local_endpoints);
-                if &o2 != n {
-                    service_changes += 1;
-                }
-            }
-            m.service_changes.inc_by(service_changes);
-            m.endpoint_changes.inc_by(endpoint_changes);
-        }
-        let (mut ext, mut int) = (0, 0);
-        for sp in model.services.values() {
-            if sp.external_policy_local
-                && sp.local_endpoints.is_empty()
-                && !sp.cluster_endpoints.is_empty()
-            {
-                ext += 1;
-            }
-            if sp.internal_policy_local
-                && sp.local_endpoints.is_empty()
-                && !sp.cluster_endpoints.is_empty()
-            {
-                int += 1;
-            }
-        }
-        m.no_local_endpoints
-            .get_or_create(&TrafficPolicyLabel {
-                traffic_policy: "External".into(),
-            })
-            .set(ext);
-        m.no_local_endpoints
-            .get_or_create(&TrafficPolicyLabel {
-                traffic_policy: "Internal".into(),
-            })
-            .set(int);
-        m.service_ports.set(model.services.len() as i64);
-        m.endpoints.set(model.endpoint_count() as i64);
+        let changes = std::mem::take(&mut self.last_applied);
+        let report = self.last_report.take();
+        self.log_sync(model, &changes, report.as_ref(), &done);
+        self.observe_sync(model, &changes, report.as_ref(), &done);
         self.health.synced();
         self.service_health.reconcile(model);
         self.status.send_modify(|s| {
-            s.last_sync = Some(now);
-            s.last_sync_duration = Some(elapsed);
+            s.last_sync = Some(SystemTime::now());
+            s.last_sync_duration = Some(done.elapsed);
             s.service_ports = model.services.len();
             s.endpoints = model.endpoint_count();
-            if rules.is_some() {
-                s.rules = rules;
+            if let Some(r) = &report {
+                s.rules = Some(r.rules);
             }
             s.last_error = None;
         });
         // A restarted agent has no previous model: existing flows are left alone.
-        if let (Some(cleaner), false) = (self.stale_flows.as_mut(), first_model) {
-            let old = NodeModel {
-                services: diff.previous.clone(),
-                node_name: model.node_name.clone(),
-                node_ips: model.node_ips.clone(),
-                node_port_addresses: model.node_port_addresses.clone(),
-                cluster_cidrs: model.cluster_cidrs.clone(),
-                masquerade_all: model.masquerade_all,
-            };
-            let changes = ChangeSet {
-                full: false,
-                ..diff.clone()
-            };
-            match cleaner.clean(&old, model, &changes) {
+        if let (Some(cleaner), false) = (self.stale_flows.as_mut(), done.first_model) {
+            match cleaner.clean(&changes, model) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "deleted stale UDP conntrack flows"),
                 Err(e) => tracing::warn!(error = %e, "stale UDP conntrack cleanup failed"),
@@ -620,12 +683,83 @@ impl SyncRunner {
         }
     }
 
+    fn log_sync(
+        &self,
+        model: &NodeModel,
+        changes: &ChangeSet,
+        report: Option<&SyncReport>,
+        done: &Finished,
+    ) {
+        tracing::info!(
+            mode = ?self.mode(),
+            full = changes.full,
+            written = report.map_or(model.services.len(), |r| r.service_ports_written),
+            removed = report.map_or(0, |r| r.service_ports_removed),
+            service_ports = model.services.len(),
+            endpoints = model.endpoint_count(),
+            apply_ms = report.map(|r| r.apply_time.as_secs_f64() * 1e3),
+            total_ms = done.elapsed.as_secs_f64() * 1e3,
+            "synced"
+        );
+    }
+
+    /// kube-proxy's sync metrics.
+    fn observe_sync(
+        &self,
+        model: &NodeModel,
+        changes: &ChangeSet,
+        report: Option<&SyncReport>,
+        done: &Finished,
+    ) {
+        let m = &self.metrics;
+        m.sync_duration.observe(done.elapsed.as_secs_f64());
+        if let Some(p) = done.pending_since {
+            m.network_programming_duration
+                .observe(p.elapsed().as_secs_f64());
+        }
+        m.last_sync_timestamp.set(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        if changes.full {
+            m.full_syncs.inc();
+        } else {
+            m.partial_syncs.inc();
+        }
+        if !done.first_model {
+            let (services, endpoints) = count_changes(model, changes);
+            m.service_changes.inc_by(services);
+            m.endpoint_changes.inc_by(endpoints);
+        }
+        let (external, internal) = no_local_endpoints(model);
+        for (policy, n) in [("External", external), ("Internal", internal)] {
+            m.no_local_endpoints
+                .get_or_create(&TrafficPolicyLabel {
+                    traffic_policy: policy.into(),
+                })
+                .set(n);
+        }
+        if let Some(r) = report {
+            for (table, n) in &r.rules_by_table {
+                m.iptables_rules
+                    .get_or_create(&TableLabel {
+                        table: table.clone(),
+                    })
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }
+        m.service_ports.set(model.services.len() as i64);
+        m.endpoints.set(model.endpoint_count() as i64);
+    }
+
     /// Asks the engine whether the kernel still holds the applied rules.
     pub async fn check_drift(&mut self) -> Option<String> {
         if !self.in_sync {
             return None;
         }
-        let engine = self.engine.as_mut()?;
+        let engine = &mut self.engine.as_mut()?.engine;
         match engine.verify(&self.model).await {
             Ok(Drift::None) => None,
             Ok(Drift::Found(what)) => {
@@ -747,9 +881,10 @@ mod tests {
             let mut c = self.1.lock().unwrap();
             if c.fail_next > 0 {
                 c.fail_next -= 1;
-                return Err(EngineError::Apply {
+                return Err(EngineError::Tool {
                     tool: "test".into(),
-                    message: "refused".into(),
+                    exit: Some(1),
+                    stderr: "refused".into(),
                 });
             }
             c.syncs.push((self.0, changes.full, changes.len()));
@@ -767,10 +902,27 @@ mod tests {
         }
     }
 
+    fn assert_synced(pass: Pass, full: bool, service_ports: usize) {
+        match pass {
+            Pass::Synced {
+                full: f,
+                service_ports: n,
+            } => assert_eq!((f, n), (full, service_ports)),
+            other => panic!("expected a sync, got {other:?}"),
+        }
+    }
+
     struct Factory(Arc<Mutex<Calls>>);
     impl EngineFactory for Factory {
-        fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError> {
+        fn build(
+            &self,
+            mode: Mode,
+            _: &EffectiveConfig,
+        ) -> Result<Box<dyn ProxyEngine>, EngineError> {
             Ok(Box::new(Recording(mode, self.0.clone())))
+        }
+        fn auto_preference(&self) -> Vec<Mode> {
+            vec![Mode::Ebpf, Mode::Nftables, Mode::Ipvs, Mode::Iptables]
         }
         fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
             [Mode::Iptables, Mode::Nftables]
@@ -863,24 +1015,15 @@ mod tests {
         } = fixture("mode: nftables");
         state.lock().unwrap().upsert(service("a", "10.96.0.1"));
         assert!(!health.verdict().healthy);
-        assert_eq!(
-            runner.sync_once(false, None).await,
-            Pass::Synced {
-                full: true,
-                service_ports: 1
-            }
-        );
+        assert_synced(runner.sync_once(false, None).await, true, 1);
         assert!(health.verdict().healthy);
-        assert_eq!(runner.sync_once(false, None).await, Pass::Unchanged);
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Unchanged
+        ));
 
         state.lock().unwrap().upsert(service("b", "10.96.0.2"));
-        assert_eq!(
-            runner.sync_once(false, None).await,
-            Pass::Synced {
-                full: false,
-                service_ports: 1
-            }
-        );
+        assert_synced(runner.sync_once(false, None).await, false, 1);
 
         calls.lock().unwrap().fail_next = 1;
         state.lock().unwrap().upsert(service("c", "10.96.0.3"));
@@ -889,13 +1032,7 @@ mod tests {
             Pass::Failed(_)
         ));
         // After a failure the kernel state is unknown: the next sync rewrites everything.
-        assert_eq!(
-            runner.sync_once(false, None).await,
-            Pass::Synced {
-                full: true,
-                service_ports: 3
-            }
-        );
+        assert_synced(runner.sync_once(false, None).await, true, 3);
         let n = Mode::Nftables;
         assert_eq!(
             calls.lock().unwrap().syncs,
@@ -975,13 +1112,7 @@ mod tests {
             "nothing may be cleaned up while the first sync fails"
         );
         assert_eq!(runner.mode(), Some(Mode::Nftables), "the engine stays");
-        assert_eq!(
-            runner.sync_once(false, None).await,
-            Pass::Synced {
-                full: true,
-                service_ports: 1
-            }
-        );
+        assert_synced(runner.sync_once(false, None).await, true, 1);
         let c = calls.lock().unwrap();
         // A full rewrite (the retry's change set names nothing: the model was built).
         assert_eq!(c.syncs, vec![(Mode::Nftables, true, 0)]);
@@ -1007,7 +1138,10 @@ mod tests {
             Pass::Synced { .. }
         ));
         assert_eq!(calls.lock().unwrap().cleanups, vec![Mode::Nftables]);
-        assert_eq!(runner.sync_once(false, None).await, Pass::Unchanged);
+        assert!(matches!(
+            runner.sync_once(false, None).await,
+            Pass::Unchanged
+        ));
         assert_eq!(
             calls.lock().unwrap().cleanups,
             vec![Mode::Nftables],

@@ -12,7 +12,7 @@
 //! addresses; IPv6 link-local addresses are skipped (they need an interface scope).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
@@ -178,26 +178,36 @@ impl ServiceHealthServers {
     }
 }
 
-/// The health check ports `model` asks for, with what each reports.
+/// The health check ports `model` asks for, with what each reports: the distinct
+/// addresses of the Service's local ready endpoints over all its ports, as upstream
+/// counts them.
 fn wanted_ports(model: &NodeModel) -> BTreeMap<u16, ServiceStatus> {
-    let mut wanted: BTreeMap<u16, ServiceStatus> = BTreeMap::new();
-    for sp in model.services.values() {
-        let Some(port) = sp.health_check_node_port else {
+    let mut wanted: BTreeMap<u16, (ServiceStatus, BTreeSet<IpAddr>)> = BTreeMap::new();
+    for plan in model.services.values() {
+        let Some(hc) = &plan.health_check else {
             continue;
         };
-        let entry = wanted.entry(port).or_insert_with(|| ServiceStatus {
-            namespace: sp.name.namespace.clone(),
-            name: sp.name.name.clone(),
-            local_endpoints: 0,
+        let (status, ips) = wanted.entry(hc.node_port).or_insert_with(|| {
+            let status = ServiceStatus {
+                namespace: plan.name.namespace.clone(),
+                name: plan.name.name.clone(),
+                local_endpoints: 0,
+            };
+            (status, BTreeSet::new())
         });
-        if entry.namespace != sp.name.namespace || entry.name != sp.name.name {
-            tracing::warn!(port, service = %sp.name, "healthCheckNodePort already used by another service; ignoring");
+        if status.namespace != plan.name.namespace || status.name != plan.name.name {
+            tracing::warn!(port = hc.node_port, service = %plan.name, "healthCheckNodePort already used by another service; ignoring");
             continue;
         }
-        // Count distinct local endpoint addresses across the service's ports.
-        entry.local_endpoints = entry.local_endpoints.max(sp.local_endpoints.len());
+        ips.extend(hc.local_ready_ips.iter().copied());
     }
     wanted
+        .into_iter()
+        .map(|(port, (mut status, ips))| {
+            status.local_endpoints = ips.len();
+            (port, status)
+        })
+        .collect()
 }
 
 /// The node's own addresses (every interface, both families).
@@ -267,48 +277,27 @@ impl Drop for ServiceHealthServers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Protocol, ServicePort, ServicePortName};
     use std::time::Duration;
+    use switchyard_model::test_util::{self, ep};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn model(port: u16, local: usize) -> NodeModel {
-        let name = ServicePortName {
-            namespace: "ns".into(),
-            name: "web".into(),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
+        let mut web = test_util::service(
+            "web",
+            &["10.96.0.1"],
+            80,
+            (1..=local)
+                .map(|i| ep(&format!("10.0.0.{i}"), 80, true))
+                .collect(),
+        );
+        web.node_port = Some(30080);
+        web.external_policy_local = true;
+        web.health_check_node_port = Some(port);
+        let config = switchyard_model::ModelConfig {
+            node_port_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+            ..test_util::config()
         };
-        let ep = |i: u8| Endpoint {
-            ip: [10, 0, 0, i].into(),
-            port: 80,
-            local: true,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: vec![],
-            node_hints: vec![],
-        };
-        let sp = ServicePort {
-            name: name.clone(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
-            node_port: Some(30080),
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            external_policy_local: true,
-            internal_policy_local: false,
-            affinity_timeout: None,
-            health_check_node_port: Some(port),
-            cluster_endpoints: (1..=local as u8).map(ep).collect(),
-            local_endpoints: (1..=local as u8).map(ep).collect(),
-        };
-        NodeModel {
-            services: [(name, sp)].into_iter().collect(),
-            node_port_addresses: vec!["127.0.0.1/32".parse().unwrap()],
-            ..Default::default()
-        }
+        test_util::model_with(vec![web], &config)
     }
 
     #[test]
@@ -383,7 +372,7 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains(r#""namespace":"ns""#) && r.contains(r#""name":"web""#),
+            r.contains(r#""namespace":"default""#) && r.contains(r#""name":"web""#),
             "{r}"
         );
 

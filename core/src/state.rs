@@ -22,11 +22,11 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_crd::ProxyConfig;
 
+pub use switchyard_model::ServiceKey;
 use switchyard_model::{
     Catalog, EndpointHints, ModelConfig, NodeFacts, Protocol, ServiceEntry, ServiceEntryPort,
     SliceEndpoint, SliceEntry, SlicePort,
 };
-pub use switchyard_model::ServiceKey;
 
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -120,92 +120,91 @@ fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
 
 /// What the proxy reads of `svc`.
 pub fn service_entry(svc: &Service) -> ServiceEntry {
-        if !is_proxied(svc) {
-            return ServiceEntry::default();
-        }
-        let spec = svc.spec.as_ref().expect("checked by is_proxied");
-        let cluster_ips = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => parse_ips(ips),
-            _ => parse_ips(spec.cluster_ip.iter()),
-        };
-        let external_ips = parse_ips(spec.external_ips.iter().flatten());
-        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-        let load_balancer_ips = if type_ == "LoadBalancer" {
-            parse_ips(
-                svc.status
-                    .as_ref()
-                    .and_then(|s| s.load_balancer.as_ref())
-                    .and_then(|lb| lb.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    // Upstream's IsVIPMode: no ipMode, or VIP.
-                    .filter(|ing| matches!(ing.ip_mode.as_deref(), None | Some("VIP")))
-                    .filter_map(|ing| ing.ip.as_ref()),
-            )
-        } else {
-            Vec::new()
-        };
-        let mut load_balancer_source_ranges: Vec<IpNet> = if load_balancer_ips.is_empty() {
-            Vec::new()
-        } else {
-            spec.load_balancer_source_ranges
-                .iter()
-                .flatten()
-                .filter_map(|r| r.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
-                .collect()
-        };
-        load_balancer_source_ranges.sort();
-        load_balancer_source_ranges.dedup();
-        load_balancer_source_ranges.shrink_to_fit();
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
+    if !is_proxied(svc) {
+        return ServiceEntry::default();
+    }
+    let spec = svc.spec.as_ref().expect("checked by is_proxied");
+    let cluster_ips = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => parse_ips(ips),
+        _ => parse_ips(spec.cluster_ip.iter()),
+    };
+    let external_ips = parse_ips(spec.external_ips.iter().flatten());
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let load_balancer_ips = if type_ == "LoadBalancer" {
+        parse_ips(
+            svc.status
                 .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .unwrap_or(10800)
-        });
-        let node_ports_allowed = matches!(type_, "NodePort" | "LoadBalancer");
-        let mut ports: Vec<ServiceEntryPort> = spec
-            .ports
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                // Upstream's IsVIPMode: no ipMode, or VIP.
+                .filter(|ing| matches!(ing.ip_mode.as_deref(), None | Some("VIP")))
+                .filter_map(|ing| ing.ip.as_ref()),
+        )
+    } else {
+        Vec::new()
+    };
+    let mut load_balancer_source_ranges: Vec<IpNet> = if load_balancer_ips.is_empty() {
+        Vec::new()
+    } else {
+        spec.load_balancer_source_ranges
             .iter()
             .flatten()
-            .filter_map(|port| {
-                let protocol = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP"))?;
-                let number = u16::try_from(port.port).ok()?;
-                Some(ServiceEntryPort {
-                    name: port.name.clone().unwrap_or_default(),
-                    protocol,
-                    port: number,
-                    node_port: port
-                        .node_port
-                        .filter(|_| node_ports_allowed)
-                        .and_then(|p| u16::try_from(p).ok())
-                        .filter(|p| *p != 0),
-                })
+            .filter_map(|r| r.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
+            .collect()
+    };
+    load_balancer_source_ranges.sort();
+    load_balancer_source_ranges.dedup();
+    load_balancer_source_ranges.shrink_to_fit();
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10800)
+    });
+    let node_ports_allowed = matches!(type_, "NodePort" | "LoadBalancer");
+    let mut ports: Vec<ServiceEntryPort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| {
+            let protocol = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP"))?;
+            let number = u16::try_from(port.port).ok()?;
+            Some(ServiceEntryPort {
+                name: port.name.clone().unwrap_or_default(),
+                protocol,
+                port: number,
+                node_port: port
+                    .node_port
+                    .filter(|_| node_ports_allowed)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0),
             })
-            .collect();
-        ports.shrink_to_fit();
-        ServiceEntry {
-            proxied: true,
-            cluster_ips,
-            external_ips,
-            load_balancer_ips,
-            load_balancer_source_ranges,
-            external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-            internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            affinity_timeout,
-            // Upstream's NeedsHealthCheck: type LoadBalancer, externalTrafficPolicy Local.
-            health_check_node_port: spec
-                .health_check_node_port
-                .filter(|_| {
-                    type_ == "LoadBalancer"
-                        && spec.external_traffic_policy.as_deref() == Some("Local")
-                })
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0),
-            ports,
-        }
+        })
+        .collect();
+    ports.shrink_to_fit();
+    ServiceEntry {
+        proxied: true,
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        load_balancer_source_ranges,
+        external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        affinity_timeout,
+        // Upstream's NeedsHealthCheck: type LoadBalancer, externalTrafficPolicy Local.
+        health_check_node_port: spec
+            .health_check_node_port
+            .filter(|_| {
+                type_ == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local")
+            })
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0),
+        ports,
+    }
 }
 
 /// Node names shared by the endpoints that name them (a cluster has few nodes and
@@ -237,75 +236,75 @@ impl NodeNames {
 
 /// What the proxy reads of `slice`, node names taken from `node_names`.
 fn slice_entry(slice: &EndpointSlice, node_names: &mut NodeNames) -> SliceEntry {
-        let service = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .cloned();
-        if slice.address_type == "FQDN" {
-            return SliceEntry {
-                service,
-                ..SliceEntry::default()
-            };
-        }
-        let ports = slice
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| SlicePort {
-                name: p.name.clone().unwrap_or_default(),
-                protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")),
-                port: p
-                    .port
-                    .and_then(|p| u16::try_from(p).ok())
-                    .filter(|p| *p != 0),
-            })
-            .collect();
-        let mut endpoints: Vec<SliceEndpoint> = slice
-            .endpoints
-            .iter()
-            .flatten()
-            .filter_map(|ep| {
-                let ip = ep
-                    .addresses
-                    .first()
-                    .and_then(|a| a.trim().parse::<IpAddr>().ok())?;
-                let cond = ep.conditions.as_ref();
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let hints = ep.hints.as_ref();
-                let mut zones: Vec<String> = hints
-                    .and_then(|h| h.for_zones.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|z| z.name.clone())
-                    .collect();
-                zones.sort();
-                let mut nodes: Vec<String> = hints
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|n| n.name.clone())
-                    .collect();
-                nodes.sort();
-                Some(SliceEndpoint {
-                    ip,
-                    ready,
-                    // As upstream: a missing `serving` means serving.
-                    serving: cond.and_then(|c| c.serving).unwrap_or(true),
-                    terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
-                    node_name: ep.node_name.as_deref().map(|n| node_names.get(n)),
-                    hints: (!zones.is_empty() || !nodes.is_empty())
-                        .then(|| Box::new(EndpointHints { zones, nodes })),
-                })
-            })
-            .collect();
-        endpoints.shrink_to_fit();
-        SliceEntry {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned();
+    if slice.address_type == "FQDN" {
+        return SliceEntry {
             service,
-            ports,
-            endpoints,
-        }
+            ..SliceEntry::default()
+        };
+    }
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| SlicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")),
+            port: p
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+        })
+        .collect();
+    let mut endpoints: Vec<SliceEndpoint> = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter_map(|ep| {
+            let ip = ep
+                .addresses
+                .first()
+                .and_then(|a| a.trim().parse::<IpAddr>().ok())?;
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let hints = ep.hints.as_ref();
+            let mut zones: Vec<String> = hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect();
+            zones.sort();
+            let mut nodes: Vec<String> = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect();
+            nodes.sort();
+            Some(SliceEndpoint {
+                ip,
+                ready,
+                // As upstream: a missing `serving` means serving.
+                serving: cond.and_then(|c| c.serving).unwrap_or(true),
+                terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+                node_name: ep.node_name.as_deref().map(|n| node_names.get(n)),
+                hints: (!zones.is_empty() || !nodes.is_empty())
+                    .then(|| Box::new(EndpointHints { zones, nodes })),
+            })
+        })
+        .collect();
+    endpoints.shrink_to_fit();
+    SliceEntry {
+        service,
+        ports,
+        endpoints,
+    }
 }
 
 /// A Node as the proxy reads it: name, labels (zone, ProxyConfig selection) and

@@ -11,10 +11,9 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::{
-    model::Protocol,
-    state::{Object, ObjectKey},
-};
+use switchyard_model::Protocol;
+
+use crate::state::{Object, ObjectKey};
 
 /// One problem with one field of one object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,11 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{
-    model::NodeModel,
-    name::ServicePortName,
-    plan::ServicePortPlan,
-};
+use crate::{model::NodeModel, name::ServicePortName, plan::ServicePortPlan};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
@@ -82,9 +78,6 @@ impl ChangeSet {
 
     /// Every service port named, added, changed or removed.
     pub fn touched(&self) -> impl Iterator<Item = &ServicePortName> {
-        self.added
-            .iter()
-            .chain(&self.changed)
-            .chain(&self.removed)
+        self.added.iter().chain(&self.changed).chain(&self.removed)
     }
 }

@@ -117,9 +117,7 @@ pub(crate) fn categorize<'a>(
     zone: &str,
 ) -> Categorized<'a> {
     let mut out = Categorized {
-        any: endpoints
-            .iter()
-            .any(|e| e.ready || e.serving_terminating()),
+        any: endpoints.iter().any(|e| e.ready || e.serving_terminating()),
         ..Categorized::default()
     };
     if uses.cluster {

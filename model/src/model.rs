@@ -226,7 +226,7 @@ impl NodeModel {
 }
 
 /// Every endpoint of the slices whose port named `port_name` has `protocol`, each
-/// address and port once (the same address in two slices counts once).
+/// address and port once.
 fn slice_endpoints(
     slices: &[&SliceEntry],
     port_name: &str,
@@ -246,8 +246,16 @@ fn slice_endpoints(
             continue;
         };
         for ep in &slice.endpoints {
-            if out.iter().any(|o| o.ip == ep.ip && o.port == port_number) {
-                continue;
+            // The same address in two slices: a running endpoint wins over a
+            // terminating one (upstream prefers the running pod).
+            if let Some(i) = out
+                .iter()
+                .position(|o| o.ip == ep.ip && o.port == port_number)
+            {
+                if ep.terminating {
+                    continue;
+                }
+                out.swap_remove(i);
             }
             out.push(Endpoint {
                 ip: ep.ip,

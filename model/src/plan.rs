@@ -375,7 +375,8 @@ fn plan_family(
     let external_ips = family.filter(&svc.external_ips);
     let load_balancer_ips = family.filter(&svc.load_balancer_ips);
     let node_port = facts.port.node_port;
-    let externally = node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
+    let externally =
+        node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
     let internal_local = svc.internal_policy_local;
     let external_local = svc.external_policy_local && externally;
     let uses = Uses {
@@ -424,7 +425,11 @@ fn targets(
         let chosen = if is_local { &local } else { &cluster };
         chosen.clone().map_or(Target::Drop, Target::Endpoints)
     };
-    let short_circuit = if external_local { cluster.clone() } else { None };
+    let short_circuit = if external_local {
+        cluster.clone()
+    } else {
+        None
+    };
     (pick(internal_local), pick(external_local), short_circuit)
 }
 

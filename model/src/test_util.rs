@@ -4,17 +4,13 @@
 //! the model plans them with the real planner, so engine tests exercise the plans the
 //! agent would produce.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
 use crate::{
-    Catalog, Endpoint, ModelConfig, NodeFacts, NodeModel, Protocol, ServiceEntry,
-    ServiceEntryPort, ServicePortName, SliceEndpoint, SliceEntry, SlicePort,
+    Catalog, Endpoint, ModelConfig, NodeFacts, NodeModel, Protocol, ServiceEntry, ServiceEntryPort,
+    ServicePortName, SliceEndpoint, SliceEntry, SlicePort,
 };
 
 pub const NODE_NAME: &str = "test-node";
@@ -61,7 +57,12 @@ pub struct TestService {
 }
 
 /// A ClusterIP service port `default/NAME:http` with the given endpoints.
-pub fn service(name: &str, cluster_ips: &[&str], port: u16, endpoints: Vec<Endpoint>) -> TestService {
+pub fn service(
+    name: &str,
+    cluster_ips: &[&str],
+    port: u16,
+    endpoints: Vec<Endpoint>,
+) -> TestService {
     TestService {
         name: spn("default", name, "http"),
         port,
