@@ -1,30 +1,37 @@
 //! The dataplane: loaded programs plus a typed writer for the maps, and a record of what
 //! was written so that a change writes only what changed.
 //!
-//! Write order (so no lookup sees a half-written service): backend slots first, then the
-//! service entries that carry the count, then removals (entries, then slots past the new
-//! count). Every single map write is atomic for a reader, so at every instant an entry's
-//! count covers only written slots. A one-endpoint change is one slot write (plus one
-//! entry write per key when the count changes).
+//! Write order (so no lookup sees a half-written service): for every service port of a
+//! batch, its backend slots first, then its source ranges, then the service entries that
+//! carry the count; only then, for every port, what is no longer wanted (entries, ranges,
+//! slots past the new count), and last the ports removed. Every single map write is atomic
+//! for a reader, so at every instant an entry's count covers only written slots, and an
+//! address moving from one service port to another is never left without an entry. A
+//! one-endpoint change is one slot write (plus one entry write per key when the count
+//! changes; see `record` for the slot arrangement).
 //!
-//! The record is rebuilt from the maps when a dataplane is loaded over pinned maps, so a
-//! restarted agent knows what the kernel holds without rewriting it.
+//! Every service entry has one owner (the id whose value it holds): an entry is deleted
+//! only by its owner, so a port that took an address over from another (two Services
+//! claiming one external IP and port; the last written wins) never loses it when the
+//! other goes.
+//!
+//! The record is rebuilt from the maps when a dataplane is loaded over pinned maps, and
+//! on [`Dataplane::reread`], so a restarted agent knows what the kernel holds without
+//! rewriting it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
-use aya::maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData};
+use aya::maps::{lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, LpmTrie, MapData};
 
 use crate::{
     error::EbpfError,
     layout::{self, BackendKey, BackendValue, ConfigValue, SrcRangeData, SvcKey, SvcValue},
-    loader::{self, DataplaneConfig, Loaded},
-    service::{
-        addr_bytes, backend_key, source_range_key, Action, Backend, ServiceEntry, ServiceKey,
-        TargetSet,
-    },
+    loader::{self, DataplaneConfig, Loaded, TcSide},
+    record::{encode, Applied},
+    service::{addr_bytes, backend_key, Backend, ServiceEntry, ServiceKey, TargetSet},
 };
 
 /// Everything one service port (one IP family) needs in the maps: its backend sets and
@@ -39,14 +46,6 @@ pub struct ServicePort {
     pub source_ranges: BTreeSet<(IpAddr, u8)>,
 }
 
-/// What the maps hold for one service port, as written.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Applied {
-    pub(crate) sets: BTreeMap<TargetSet, Vec<BackendValue>>,
-    pub(crate) entries: BTreeMap<SvcKey, SvcValue>,
-    pub(crate) ranges: BTreeSet<(u32, [u8; 20])>,
-}
-
 /// How many map operations one call made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
@@ -56,16 +55,18 @@ pub struct WriteStats {
 
 /// The loaded, attached dataplane and its map writer.
 pub struct Dataplane {
-    pub(crate) services: HashMap<MapData, SvcKey, SvcValue>,
-    pub(crate) backends: HashMap<MapData, BackendKey, BackendValue>,
+    pub(crate) services: BpfHashMap<MapData, SvcKey, SvcValue>,
+    pub(crate) backends: BpfHashMap<MapData, BackendKey, BackendValue>,
     pub(crate) ranges: LpmTrie<MapData, SrcRangeData, u8>,
     config: Array<MapData, ConfigValue>,
     pub(crate) record: BTreeMap<u32, Applied>,
+    /// Which id each service entry holds (see the module doc).
+    owners: HashMap<SvcKey, u32>,
     cfg: DataplaneConfig,
-    _loaded: Loaded,
+    loaded: Loaded,
 }
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
+pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
     move |e| EbpfError::Map {
         map,
         source: Box::new(e),
@@ -89,8 +90,8 @@ impl Dataplane {
     /// pinned attachments without a gap, and reads back what the maps already hold.
     pub fn load(cfg: DataplaneConfig) -> Result<Dataplane, EbpfError> {
         let mut loaded = loader::load_and_attach(&cfg)?;
-        let services = take(&mut loaded, "sy_services", HashMap::try_from)?;
-        let backends = take(&mut loaded, "sy_backends", HashMap::try_from)?;
+        let services = take(&mut loaded, "sy_services", BpfHashMap::try_from)?;
+        let backends = take(&mut loaded, "sy_backends", BpfHashMap::try_from)?;
         let ranges = take(&mut loaded, "sy_src_ranges", LpmTrie::try_from)?;
         let config = take(&mut loaded, "sy_config", Array::try_from)?;
         let mut dp = Dataplane {
@@ -99,15 +100,55 @@ impl Dataplane {
             ranges,
             config,
             record: BTreeMap::new(),
+            owners: HashMap::new(),
             cfg,
-            _loaded: loaded,
+            loaded,
         };
-        dp.record = dp.read_record()?;
+        dp.reread()?;
         Ok(dp)
     }
 
     pub fn config(&self) -> &DataplaneConfig {
         &self.cfg
+    }
+
+    /// Rebuilds the record from what the maps hold now (after a restart, or before a
+    /// full sync that must repair what someone else changed).
+    pub fn reread(&mut self) -> Result<(), EbpfError> {
+        self.record = self.read_record()?;
+        self.owners = self
+            .record
+            .iter()
+            .flat_map(|(id, a)| a.entries.iter().map(move |(k, _)| (*k, *id)))
+            .collect();
+        Ok(())
+    }
+
+    /// Attaches the tc programs to exactly these interfaces (ingress and egress on the
+    /// external ones, ingress on the backend-facing ones), in the calling thread's network
+    /// namespace. Interfaces already attached (by this or a previous process) get the new
+    /// programs without a gap; interfaces no longer listed are detached.
+    pub fn set_tc_interfaces(
+        &mut self,
+        external: &[String],
+        backend: &[String],
+    ) -> Result<(), EbpfError> {
+        let mut wanted: Vec<(TcSide, &str)> = Vec::new();
+        for iface in external {
+            wanted.push((TcSide::Ingress, iface));
+            wanted.push((TcSide::Egress, iface));
+        }
+        for iface in backend {
+            if !external.contains(iface) {
+                wanted.push((TcSide::Ingress, iface));
+            }
+        }
+        loader::set_tc(&mut self.loaded, &self.cfg.pin_root, &wanted)
+    }
+
+    /// The interfaces the tc programs are attached to (from the pinned links).
+    pub fn tc_interfaces(&self) -> Result<Vec<(TcSide, String)>, EbpfError> {
+        loader::pinned_tc(&self.cfg.pin_root)
     }
 
     /// The node address masqueraded traffic leaves with, per family.
@@ -129,32 +170,16 @@ impl Dataplane {
     /// Writes one service port: new or changed backend slots, then its entries, then
     /// removals. Only differences from what was applied are written.
     pub fn upsert_service(&mut self, sp: &ServicePort) -> Result<WriteStats, EbpfError> {
-        let new = encode(sp)?;
-        let old = self.record.remove(&sp.id).unwrap_or_default();
-        let mut stats = WriteStats::default();
-        // The record is only put back once everything succeeded: a failure leaves the id
-        // unrecorded, so a later upsert rewrites it all.
-        self.write_sets(sp.id, &old, &new, &mut stats)?;
-        self.write_ranges(&old, &new, &mut stats)?;
-        self.write_entries(&old, &new, &mut stats)?;
-        self.remove_stale(sp.id, &old, &new, &mut stats)?;
-        self.record.insert(sp.id, new);
-        Ok(stats)
+        self.apply(std::slice::from_ref(sp), &[])
     }
 
-    /// Removes one service port: entries first, then ranges and backend slots.
+    /// Removes one service port: the entries it owns, its ranges and backend slots.
     pub fn remove_service(&mut self, id: u32) -> Result<WriteStats, EbpfError> {
-        let Some(old) = self.record.remove(&id) else {
-            return Ok(WriteStats::default());
-        };
-        let mut stats = WriteStats::default();
-        self.remove_stale(id, &old, &Applied::default(), &mut stats)?;
-        Ok(stats)
+        self.apply(&[], &[id])
     }
 
     /// A full sync: every service port in `all` is written, every other one removed.
     pub fn sync_all(&mut self, all: &[ServicePort]) -> Result<WriteStats, EbpfError> {
-        let mut stats = WriteStats::default();
         let keep: BTreeSet<u32> = all.iter().map(|sp| sp.id).collect();
         let stale: Vec<u32> = self
             .record
@@ -162,20 +187,69 @@ impl Dataplane {
             .filter(|id| !keep.contains(id))
             .copied()
             .collect();
-        for sp in all {
-            let s = self.upsert_service(sp)?;
-            stats.writes += s.writes;
-            stats.deletes += s.deletes;
+        self.apply(all, &stale)
+    }
+
+    /// Writes `upserts` and removes `removals`, in the order of the module doc. A failure
+    /// leaves the ports it touched out of the record: the caller's next sync must be a
+    /// full one (which rereads the maps).
+    pub fn apply(
+        &mut self,
+        upserts: &[ServicePort],
+        removals: &[u32],
+    ) -> Result<WriteStats, EbpfError> {
+        let mut stats = WriteStats::default();
+        let mut written: Vec<(u32, Applied, Applied)> = Vec::with_capacity(upserts.len());
+        for sp in upserts {
+            let old = self.record.remove(&sp.id).unwrap_or_default();
+            let new = encode(sp, &old)?;
+            self.write_new(sp.id, &old, &new, &mut stats)?;
+            written.push((sp.id, old, new));
         }
-        for id in stale {
-            let s = self.remove_service(id)?;
-            stats.writes += s.writes;
-            stats.deletes += s.deletes;
+        for (id, old, mut new) in written {
+            self.remove_stale(id, &old, &new, &mut stats)?;
+            // Entries another port of this batch took over are that port's.
+            new.entries.retain(|(k, _)| self.owners.get(k) == Some(&id));
+            if !new.is_empty() {
+                self.record.insert(id, new);
+            }
+        }
+        for id in removals {
+            if let Some(old) = self.record.remove(id) {
+                self.remove_stale(*id, &old, &Applied::default(), &mut stats)?;
+            }
         }
         Ok(stats)
     }
 
-    fn write_sets(
+    /// Where a service port family whose entries are `keys` lives, of two `candidates`
+    /// ids: one it already owns alone, else one nothing points at. Two ids per port let a
+    /// full sync after a restart (whose ids may have been handed out in another order)
+    /// write a port beside a foreign one still using its id, never into it.
+    pub fn place(&mut self, candidates: [u32; 2], keys: &[ServiceKey]) -> Result<u32, EbpfError> {
+        let raw: BTreeSet<SvcKey> = keys.iter().map(|k| k.to_raw()).collect();
+        let usable = |id: &u32| {
+            self.record
+                .get(id)
+                .is_none_or(|a| a.entries.iter().all(|(k, _)| raw.contains(k)))
+        };
+        let holds = |id: &u32| self.record.get(id).is_some_and(|a| !a.entries.is_empty());
+        if let Some(id) = candidates.iter().find(|id| usable(id) && holds(id)) {
+            return Ok(*id);
+        }
+        if let Some(id) = candidates.iter().find(|id| usable(id)) {
+            return Ok(*id);
+        }
+        // Both ids serve other entries: can only be a leftover of an interrupted sync.
+        tracing::warn!(
+            id = candidates[0],
+            "both ids of a service port hold other entries: evicting the first"
+        );
+        self.remove_service(candidates[0])?;
+        Ok(candidates[0])
+    }
+
+    fn write_new(
         &mut self,
         id: u32,
         old: &Applied,
@@ -183,9 +257,9 @@ impl Dataplane {
         stats: &mut WriteStats,
     ) -> Result<(), EbpfError> {
         for (target, slots) in &new.sets {
-            let before = old.sets.get(target);
+            let before = old.set(*target);
             for (slot, value) in slots.iter().enumerate() {
-                if before.and_then(|b| b.get(slot)) == Some(value) {
+                if before.get(slot) == Some(value) {
                     continue;
                 }
                 let key = backend_key(id, *target, slot as u16);
@@ -195,44 +269,37 @@ impl Dataplane {
                 stats.writes += 1;
             }
         }
-        Ok(())
-    }
-
-    fn write_ranges(
-        &mut self,
-        old: &Applied,
-        new: &Applied,
-        stats: &mut WriteStats,
-    ) -> Result<(), EbpfError> {
-        for (len, data) in new.ranges.difference(&old.ranges) {
-            let key = LpmKey::new(*len, SrcRangeData { data: *data });
+        for range in new.ranges.iter().filter(|r| !old.has_range(r)) {
+            let key = LpmKey::new(range.0, SrcRangeData { data: range.1 });
             self.ranges
                 .insert(&key, 1u8, 0)
                 .map_err(map_err("sy_src_ranges"))?;
             stats.writes += 1;
         }
-        Ok(())
-    }
-
-    fn write_entries(
-        &mut self,
-        old: &Applied,
-        new: &Applied,
-        stats: &mut WriteStats,
-    ) -> Result<(), EbpfError> {
         for (key, value) in &new.entries {
-            if old.entries.get(key) == Some(value) {
+            let owned = self.owners.get(key) == Some(&id);
+            if owned && old.entry(key) == Some(value) {
                 continue;
             }
             self.services
                 .insert(key, value, 0)
                 .map_err(map_err("sy_services"))?;
             stats.writes += 1;
+            self.take_over(*key, id);
         }
         Ok(())
     }
 
-    /// Deletes what `old` had and `new` has not: entries, then ranges, then slots.
+    /// Records that `id` now holds `key`, out of the record of its previous owner.
+    fn take_over(&mut self, key: SvcKey, id: u32) {
+        if let Some(prev) = self.owners.insert(key, id).filter(|p| *p != id) {
+            if let Some(a) = self.record.get_mut(&prev) {
+                a.entries.retain(|(k, _)| *k != key);
+            }
+        }
+    }
+
+    /// Deletes what `old` had and `new` has not: owned entries, then ranges, then slots.
     fn remove_stale(
         &mut self,
         id: u32,
@@ -240,11 +307,15 @@ impl Dataplane {
         new: &Applied,
         stats: &mut WriteStats,
     ) -> Result<(), EbpfError> {
-        for key in old.entries.keys().filter(|k| !new.entries.contains_key(k)) {
+        for (key, _) in &old.entries {
+            if new.entry(key).is_some() || self.owners.get(key) != Some(&id) {
+                continue;
+            }
             delete(&mut self.services, key, "sy_services", stats)?;
+            self.owners.remove(key);
         }
-        for (len, data) in old.ranges.difference(&new.ranges) {
-            let key = LpmKey::new(*len, SrcRangeData { data: *data });
+        for range in old.ranges.iter().filter(|r| !new.has_range(r)) {
+            let key = LpmKey::new(range.0, SrcRangeData { data: range.1 });
             match self.ranges.remove(&key) {
                 Ok(()) => stats.deletes += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
@@ -252,18 +323,22 @@ impl Dataplane {
             }
         }
         for (target, slots) in &old.sets {
-            let keep = new.sets.get(target).map_or(0, Vec::len);
-            for slot in keep..slots.len() {
+            for slot in new.set(*target).len()..slots.len() {
                 let key = backend_key(id, *target, slot as u16);
                 delete(&mut self.backends, &key, "sy_backends", stats)?;
             }
         }
         Ok(())
     }
+
+    /// Map entries applied (service entries plus backend slots).
+    pub fn applied_objects(&self) -> usize {
+        self.record.values().map(Applied::objects).sum()
+    }
 }
 
 fn delete<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
+    map: &mut BpfHashMap<MapData, K, V>,
     key: &K,
     name: &'static str,
     stats: &mut WriteStats,
@@ -276,57 +351,4 @@ fn delete<K: aya::Pod, V: aya::Pod>(
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
     }
-}
-
-/// Checks a service port and turns it into map content.
-fn encode(sp: &ServicePort) -> Result<Applied, EbpfError> {
-    let mut out = Applied::default();
-    for (target, backends) in &sp.sets {
-        if backends.len() > usize::from(u16::MAX) {
-            return Err(EbpfError::BadService {
-                key: format!("id {} set {target:?}", sp.id),
-                reason: format!("{} backends, at most {}", backends.len(), u16::MAX),
-            });
-        }
-        if !backends.is_empty() {
-            out.sets
-                .insert(*target, backends.iter().map(|b| b.to_raw()).collect());
-        }
-    }
-    for (key, entry) in &sp.entries {
-        let bad = |reason: String| EbpfError::BadService {
-            key: format!(
-                "{}:{} {:?} {:?}",
-                key.vip, key.port, key.protocol, key.scope
-            ),
-            reason,
-        };
-        if entry.id != sp.id {
-            return Err(bad(format!(
-                "entry id {} in service port {}",
-                entry.id, sp.id
-            )));
-        }
-        let count = match (entry.action, sp.sets.get(&entry.target)) {
-            (Action::Forward, None) => {
-                return Err(bad(format!(
-                    "forwards to set {:?}, not given",
-                    entry.target
-                )))
-            }
-            (Action::Forward, Some(set)) => {
-                if let Some(b) = set.iter().find(|b| b.addr.is_ipv4() != key.vip.is_ipv4()) {
-                    return Err(bad(format!("backend {} of another family", b.addr)));
-                }
-                set.len() as u16
-            }
-            _ => 0,
-        };
-        out.entries.insert(key.to_raw(), entry.to_raw(count));
-    }
-    for (net, prefix) in &sp.source_ranges {
-        let (len, data) = source_range_key(sp.id, *net, *prefix);
-        out.ranges.insert((len, data.data));
-    }
-    Ok(out)
 }

@@ -18,6 +18,17 @@ pub enum EbpfError {
         #[source]
         source: nix::Error,
     },
+    #[error("joining the network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("listing the interfaces' addresses: {source}")]
+    Interfaces {
+        #[source]
+        source: nix::Error,
+    },
     #[error("no cgroup v2 mount in {0} (mount -t cgroup2 none /sys/fs/cgroup)")]
     NoCgroup2(PathBuf),
     #[error("loading BPF object {object}: {source}")]

@@ -70,7 +70,7 @@ pub struct BackendKey {
 
 /// `struct backend_value`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendValue {
     pub addr: [u8; 16],
     /// Network byte order.

@@ -1,11 +1,16 @@
-//! Switchyard's eBPF dataplane, below the engine contract: the BPF programs (`bpf/`,
-//! compiled by `build.rs`), their pinned maps, the loader that attaches them without
-//! interrupting traffic across restarts, and a typed API that writes service entries.
-//! It decides no Service semantics: the caller (the eBPF engine, encoding the model's
-//! plans) says which entries, backends and flags exist.
+//! Switchyard's eBPF engine: [`EbpfEngine`] encodes the model's plans into the maps of
+//! the BPF programs (`bpf/`, compiled by `build.rs`); below it, the dataplane: pinned
+//! maps, the loader that attaches the programs without interrupting traffic across
+//! restarts, and a typed API that writes service entries. Nothing here decides Service
+//! semantics: the plans did.
 //!
+//! - [`engine`]: [`EbpfEngine`], the `ProxyEngine` (prepare, sync, verify, cleanup)
+//! - [`options`]: [`EbpfOptions`] (pins, cgroup, interfaces, map sizes)
+//! - [`encode`]: a plan's family as dataplane content (which key, which scope, which set)
+//! - [`node`]: the node's interfaces and addresses, in its network namespace
 //! - [`service`]: the typed entries (keys, entries, backends, targets, scopes)
 //! - [`dataplane`]: [`Dataplane`]: load, attach, write (ordered, only what changed)
+//! - `record`: what the maps hold per service id, slot arrangement
 //! - [`readback`]: reading the maps back, `verify`
 //! - [`loader`]: objects, pins, cgroup and tc attachment, [`cleanup`]
 //! - [`mounts`]: where cgroup v2 and bpffs are mounted (`/proc/self/mountinfo`)
@@ -17,15 +22,22 @@
 //! - tc ingress/egress (`bpf/tc.c`): NodePort / LB / external IPs from outside the node.
 
 pub mod dataplane;
+pub mod encode;
+pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod loader;
 pub mod mounts;
+pub mod node;
 mod objects;
+pub mod options;
 pub mod readback;
+mod record;
 pub mod service;
 
 pub use dataplane::{Dataplane, ServicePort, WriteStats};
+pub use engine::{EbpfEngine, Interfaces};
 pub use error::EbpfError;
-pub use loader::{cleanup, DataplaneConfig, MapSizes};
+pub use loader::{cleanup, DataplaneConfig, MapSizes, TcSide};
+pub use options::EbpfOptions;
 pub use service::{Action, Backend, Protocol, Scope, ServiceEntry, ServiceKey, TargetSet};

@@ -35,7 +35,7 @@ use aya::{
 
 use crate::{error::EbpfError, layout::LAYOUT_VERSION, mounts};
 
-/// The cgroup programs of `sock.c`.
+/// The cgroup sock_addr programs of `sock.c`.
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "sy_connect4",
     "sy_sendmsg4",
@@ -48,7 +48,7 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 ];
 
 /// The cgroup_skb egress program of `sock.c` (Drop entries).
-const DROP_EGRESS: &str = "sy_drop_egress";
+pub const DROP_EGRESS: &str = "sy_drop_egress";
 
 const TC_INGRESS: &str = "sy_tc_ingress";
 const TC_EGRESS: &str = "sy_tc_egress";
@@ -131,7 +131,7 @@ fn links_dir(pin_root: &Path) -> PathBuf {
 /// The loaded objects; their maps have been taken by the dataplane.
 pub(crate) struct Loaded {
     pub sock: Ebpf,
-    pub _tc: Ebpf,
+    pub tc: Ebpf,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EbpfError + 'a {
@@ -152,7 +152,7 @@ pub(crate) fn load_and_attach(cfg: &DataplaneConfig) -> Result<Loaded, EbpfError
     let mut tc = load_object("tc.o", crate::objects::TC, cfg)?;
     attach_cgroup(&mut sock, cfg, &links)?;
     attach_tc(&mut tc, cfg, &links)?;
-    Ok(Loaded { sock, _tc: tc })
+    Ok(Loaded { sock, tc })
 }
 
 fn load_object(
@@ -268,54 +268,101 @@ fn replace_pinned(
     }
 }
 
+/// A tc hook of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcSide {
+    Ingress,
+    Egress,
+}
+
+impl TcSide {
+    fn name(self) -> &'static str {
+        match self {
+            TcSide::Ingress => "ingress",
+            TcSide::Egress => "egress",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            TcSide::Ingress => TC_INGRESS,
+            TcSide::Egress => TC_EGRESS,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            TcSide::Ingress => TcAttachType::Ingress,
+            TcSide::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// The pin file of one interface's tc link: `tc-<side>-<interface>`.
+fn tc_pin(links: &Path, side: TcSide, iface: &str) -> PathBuf {
+    links.join(format!("tc-{}-{iface}", side.name()))
+}
+
 fn attach_tc(tc: &mut Ebpf, cfg: &DataplaneConfig, links: &Path) -> Result<(), EbpfError> {
-    let mut wanted: Vec<(&'static str, TcAttachType, &str)> = Vec::new();
+    let mut wanted: Vec<(TcSide, &str)> = Vec::new();
     for iface in &cfg.external_interfaces {
-        wanted.push((TC_INGRESS, TcAttachType::Ingress, iface));
-        wanted.push((TC_EGRESS, TcAttachType::Egress, iface));
+        wanted.push((TcSide::Ingress, iface));
+        wanted.push((TcSide::Egress, iface));
     }
     for iface in &cfg.backend_interfaces {
-        wanted.push((TC_INGRESS, TcAttachType::Ingress, iface));
+        wanted.push((TcSide::Ingress, iface));
     }
-    for name in [TC_INGRESS, TC_EGRESS] {
-        let prog: &mut SchedClassifier = tc
-            .program_mut(name)
-            .ok_or(EbpfError::MissingProgram(name))?
-            .try_into()
-            .map_err(prog_err(name))?;
-        prog.load().map_err(prog_err(name))?;
-        for (_, dir, iface) in wanted.iter().filter(|(n, _, _)| *n == name) {
-            attach_tc_one(prog, name, *dir, iface, links)?;
-        }
+    for (side, iface) in wanted {
+        attach_tc_one(tc, side, iface, links)?;
     }
     Ok(())
 }
 
+fn tc_program(tc: &mut Ebpf, side: TcSide) -> Result<&mut SchedClassifier, EbpfError> {
+    let name = side.program();
+    let prog: &mut SchedClassifier = tc
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    Ok(prog)
+}
+
+/// Attaches one side of one interface: onto the link a previous process pinned (same
+/// kernel link, new program), else as a new TCX link, pinned.
 fn attach_tc_one(
-    prog: &mut SchedClassifier,
-    name: &'static str,
-    dir: TcAttachType,
+    tc: &mut Ebpf,
+    side: TcSide,
     iface: &str,
     links: &Path,
 ) -> Result<(), EbpfError> {
-    let side = if dir == TcAttachType::Ingress {
-        "ingress"
-    } else {
-        "egress"
-    };
-    let path = links.join(format!("tc-{side}-{iface}"));
+    let name = side.program();
+    let path = tc_pin(links, side, iface);
     let link_err = |e| EbpfError::Link {
         path: path.clone(),
         source: Box::new(e),
     };
+    let prog = tc_program(tc, side)?;
     if let Some(old) = pinned_link(&path)? {
-        // Same kernel link, new program: the pin stays valid.
         let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(link_err)?;
-        prog.attach_to_link(link).map_err(prog_err(name))?;
-        return Ok(());
+        match prog.attach_to_link(link) {
+            Ok(_) => return Ok(()),
+            // The interface went away (and its link with it): attach afresh.
+            Err(e) => {
+                tracing::warn!(interface = iface, error = %e, "replacing a defunct tc link");
+                std::fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
+            }
+        }
     }
     let id = prog
-        .attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .attach_with_options(
+            iface,
+            side.attach_type(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
         .map_err(|e| EbpfError::Program {
             program: format!("{name} on {iface}"),
             source: Box::new(e),
@@ -326,6 +373,57 @@ fn attach_tc_one(
         .try_into()
         .map_err(link_err)?;
     pin(link, &path)
+}
+
+/// Attaches the tc programs to exactly `wanted` (see [`crate::Dataplane::set_tc_interfaces`]).
+pub(crate) fn set_tc(
+    loaded: &mut Loaded,
+    pin_root: &Path,
+    wanted: &[(TcSide, &str)],
+) -> Result<(), EbpfError> {
+    let links = links_dir(pin_root);
+    for (side, iface) in wanted {
+        attach_tc_one(&mut loaded.tc, *side, iface, &links)?;
+    }
+    for (side, iface) in pinned_tc(pin_root)? {
+        if !wanted.contains(&(side, iface.as_str())) {
+            let path = tc_pin(&links, side, &iface);
+            std::fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// The (side, interface) of every pinned tc link.
+pub(crate) fn pinned_tc(pin_root: &Path) -> Result<Vec<(TcSide, String)>, EbpfError> {
+    let links = links_dir(pin_root);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&links).map_err(io_err("reading", &links))? {
+        let entry = entry.map_err(io_err("reading", &links))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        for side in [TcSide::Ingress, TcSide::Egress] {
+            if let Some(iface) = name.strip_prefix(&format!("tc-{}-", side.name())) {
+                out.push((side, iface.to_string()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The pinned cgroup links, by program name.
+pub(crate) fn pinned_cgroup_programs(pin_root: &Path) -> Result<Vec<String>, EbpfError> {
+    let links = links_dir(pin_root);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&links).map_err(io_err("reading", &links))? {
+        let entry = entry.map_err(io_err("reading", &links))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(program) = name.strip_prefix("cgroup-") {
+            out.push(program.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Removes everything the dataplane pinned under `pin_root` (every layout version):

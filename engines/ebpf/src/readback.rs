@@ -5,18 +5,12 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    dataplane::{Applied, Dataplane, ServicePort},
+    dataplane::{map_err, Dataplane, ServicePort},
     error::EbpfError,
     layout::{BackendKey, BackendValue, SvcKey, SvcValue},
+    record::Applied,
     service::{addr_from_bytes, Backend, ServiceEntry, ServiceKey, TargetSet},
 };
-
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
-    move |e| EbpfError::Map {
-        map,
-        source: Box::new(e),
-    }
-}
 
 fn target_of(code: u8, what: &str) -> Result<TargetSet, EbpfError> {
     TargetSet::from_code(code).ok_or_else(|| EbpfError::Corrupt(format!("{what}: target {code}")))
@@ -32,7 +26,7 @@ impl Dataplane {
         let mut out: BTreeMap<u32, Applied> = BTreeMap::new();
         for item in self.services.iter() {
             let (k, v): (SvcKey, SvcValue) = item.map_err(map_err("sy_services"))?;
-            out.entry(v.id).or_default().entries.insert(k, v);
+            out.entry(v.id).or_default().entries.push((k, v));
         }
         let mut slots: BTreeMap<(u32, u8), BTreeMap<u16, BackendValue>> = BTreeMap::new();
         for item in self.backends.iter() {
@@ -47,7 +41,7 @@ impl Dataplane {
                 .take_while(|(i, (slot, _))| usize::from(**slot) == *i)
                 .map(|(_, (_, v))| *v)
                 .collect();
-            out.entry(id).or_default().sets.insert(target, contiguous);
+            out.entry(id).or_default().sets.push((target, contiguous));
         }
         for item in self.ranges.iter() {
             let (k, _) = item.map_err(map_err("sy_src_ranges"))?;
@@ -56,7 +50,12 @@ impl Dataplane {
             out.entry(id)
                 .or_default()
                 .ranges
-                .insert((k.prefix_len(), data));
+                .push((k.prefix_len(), data));
+        }
+        for a in out.values_mut() {
+            a.entries.sort_by_key(|(k, _)| *k);
+            a.sets.sort_by_key(|(t, _)| *t);
+            a.ranges.sort();
         }
         Ok(out)
     }

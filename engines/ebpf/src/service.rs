@@ -4,33 +4,15 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+pub use switchyard_model::Protocol;
+
 use crate::{error::EbpfError, layout};
 
-/// Transport protocol of a service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        }
-    }
-
-    fn from_number(n: u8) -> Option<Protocol> {
-        match n {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            132 => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
+/// The transport protocols the maps know (`IPPROTO_*`).
+pub(crate) fn protocol_from_number(n: u8) -> Option<Protocol> {
+    [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+        .into_iter()
+        .find(|p| p.number() == n)
 }
 
 /// Who the client is: a process on this node (socket LB, cgroup programs) or a packet
@@ -149,7 +131,7 @@ impl ServiceKey {
         Ok(ServiceKey {
             vip: addr_from_bytes(k.addr),
             port: u16::from_be(k.port_be),
-            protocol: Protocol::from_number(k.proto).ok_or_else(|| bad("protocol"))?,
+            protocol: protocol_from_number(k.proto).ok_or_else(|| bad("protocol"))?,
             scope: match k.scope {
                 layout::SCOPE_NODE => Scope::Node,
                 layout::SCOPE_EXTERNAL => Scope::External,
