@@ -115,14 +115,18 @@ pub fn encode_family(
         scope,
     };
     for ip in &fam.cluster_ips {
-        sp.entries
-            .insert(key(*ip, plan.port, Scope::Node), entry(internal, false, false));
+        sp.entries.insert(
+            key(*ip, plan.port, Scope::Node),
+            entry(internal, false, false),
+        );
     }
     let masquerade = fam.masquerade.external;
     for vip in fam.external_vips() {
         let ranges = vip.kind == VipKind::LoadBalancer && fam.firewall.is_some();
-        sp.entries
-            .insert(key(vip.addr, plan.port, Scope::Node), entry(from_node, false, false));
+        sp.entries.insert(
+            key(vip.addr, plan.port, Scope::Node),
+            entry(from_node, false, false),
+        );
         sp.entries.insert(
             key(vip.addr, plan.port, Scope::External),
             entry(external, masquerade, ranges),
@@ -130,8 +134,10 @@ pub fn encode_family(
     }
     if let Some(node_port) = fam.node_port {
         for ip in node_ports.iter().filter(|ip| fam.family.has(ip)) {
-            sp.entries
-                .insert(key(*ip, node_port, Scope::Node), entry(from_node, false, false));
+            sp.entries.insert(
+                key(*ip, node_port, Scope::Node),
+                entry(from_node, false, false),
+            );
             sp.entries.insert(
                 key(*ip, node_port, Scope::External),
                 entry(external, masquerade, false),

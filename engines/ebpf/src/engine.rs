@@ -16,12 +16,7 @@
 //!   attachments, and that the node's addresses still give the same NodePort addresses.
 //! - `cleanup` detaches and unpins everything under the pin root (bpffs stays mounted).
 
-use std::{
-    collections::BTreeSet,
-    io,
-    net::IpAddr,
-    time::Instant,
-};
+use std::{collections::BTreeSet, io, net::IpAddr, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
@@ -299,7 +294,10 @@ impl From<EbpfError> for EngineError {
 fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(n) = err.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(n) = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return Some(n);
         }
         if let Some(n) = err.downcast_ref::<nix::Error>() {
@@ -330,8 +328,7 @@ impl ProxyEngine for EbpfEngine {
             .removed
             .iter()
             .any(|n| !changes.previous.contains_key(n));
-        let full =
-            changes.full || self.needs_full || self.dataplane.is_none() || unknown_removal;
+        let full = changes.full || self.needs_full || self.dataplane.is_none() || unknown_removal;
         let started = Instant::now();
         self.needs_full = true;
         let (written, stats) = tokio_block(|| {
@@ -343,7 +340,10 @@ impl ProxyEngine for EbpfEngine {
         })?;
         self.needs_full = false;
         self.last_writes = stats;
-        let rules = self.dataplane.as_ref().map_or(0, Dataplane::applied_objects);
+        let rules = self
+            .dataplane
+            .as_ref()
+            .map_or(0, Dataplane::applied_objects);
         Ok(SyncReport {
             full,
             service_ports_written: written,

@@ -333,12 +333,7 @@ fn tc_program(tc: &mut Ebpf, side: TcSide) -> Result<&mut SchedClassifier, EbpfE
 
 /// Attaches one side of one interface: onto the link a previous process pinned (same
 /// kernel link, new program), else as a new TCX link, pinned.
-fn attach_tc_one(
-    tc: &mut Ebpf,
-    side: TcSide,
-    iface: &str,
-    links: &Path,
-) -> Result<(), EbpfError> {
+fn attach_tc_one(tc: &mut Ebpf, side: TcSide, iface: &str, links: &Path) -> Result<(), EbpfError> {
     let name = side.program();
     let path = tc_pin(links, side, iface);
     let link_err = |e| EbpfError::Link {

@@ -109,7 +109,11 @@ pub fn interfaces_holding(addrs: &[InterfaceAddress], ips: &[IpAddr]) -> Vec<Str
 
 /// The interfaces, other than loopback and `except`, holding an address inside `cidrs`
 /// (a pod bridge holds its gateway address in the pod CIDR), sorted, each once.
-pub fn interfaces_within(addrs: &[InterfaceAddress], cidrs: &[IpNet], except: &[String]) -> Vec<String> {
+pub fn interfaces_within(
+    addrs: &[InterfaceAddress],
+    cidrs: &[IpNet],
+    except: &[String],
+) -> Vec<String> {
     let mut out: Vec<String> = addrs
         .iter()
         .filter(|a| !a.ip.is_loopback() && !except.contains(&a.interface))
@@ -149,10 +153,16 @@ mod tests {
     fn node_ports_skip_loopback_and_link_local() {
         let all: Vec<IpNet> = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
         let got = node_port_addresses(&sandbox(), &all);
-        let want: Vec<IpAddr> = ["10.0.0.1", "192.168.0.2", "192.168.1.2", "2001:db8::1", "fd00:10::1"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let want: Vec<IpAddr> = [
+            "10.0.0.1",
+            "192.168.0.2",
+            "192.168.1.2",
+            "2001:db8::1",
+            "fd00:10::1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         assert_eq!(got, want);
         let primary: Vec<IpNet> = vec!["192.168.0.2/32".parse().unwrap()];
         assert_eq!(

@@ -104,10 +104,7 @@ pub(crate) fn encode(sp: &ServicePort, old: &Applied) -> Result<Applied, EbpfErr
     }
     for (key, entry) in &sp.entries {
         let bad = |reason: String| EbpfError::BadService {
-            key: format!(
-                "{}:{} {} {:?}",
-                key.vip, key.port, key.protocol, key.scope
-            ),
+            key: format!("{}:{} {} {:?}", key.vip, key.port, key.protocol, key.scope),
             reason,
         };
         if entry.id != sp.id {
