@@ -5,7 +5,7 @@
 //! semantics: the plans did.
 //!
 //! - [`engine`]: [`EbpfEngine`], the `ProxyEngine` (prepare, sync, verify, cleanup)
-//! - [`options`]: [`EbpfOptions`] (pins, cgroup, interfaces, map sizes)
+//! - [`options`]: pins, cgroup, interfaces and map sizes ([`EbpfOptions`])
 //! - [`encode`]: a plan's family as dataplane content (which key, which scope, which set)
 //! - [`node`]: the node's interfaces and addresses, in its network namespace
 //! - [`service`]: the typed entries (keys, entries, backends, targets, scopes)
