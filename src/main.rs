@@ -57,6 +57,10 @@ struct NodeArgs {
     /// kube-proxy decides).
     #[arg(long, default_value = "auto", value_parser = parse_backend)]
     iptables_backend: IptBackend,
+    /// Where bpffs is (or gets) mounted for the eBPF engine's pinned maps and links
+    /// (`<DIR>/switchyard`). Default `/sys/fs/bpf`; tests give a private directory.
+    #[arg(long, value_name = "DIR")]
+    bpffs_root: Option<PathBuf>,
 }
 
 fn parse_backend(s: &str) -> Result<IptBackend, String> {
@@ -194,6 +198,7 @@ fn probe_command(output: &str) -> Result<()> {
 struct NodeSide {
     node_name: String,
     iptables_backend: IptBackend,
+    bpffs_root: Option<PathBuf>,
     source: ConfigSource,
     state: Arc<Mutex<ClusterState>>,
     notify: Arc<Notify>,
@@ -206,6 +211,7 @@ impl NodeSide {
         NodeSide {
             node_name: args.node_name,
             iptables_backend: args.iptables_backend,
+            bpffs_root: args.bpffs_root,
             source: ConfigSource {
                 mode_override: args.mode,
             },
@@ -264,6 +270,7 @@ impl NodeSide {
             Arc::new(Registry {
                 ctx: BuildContext {
                     iptables_backend: self.iptables_backend,
+                    bpffs_root: self.bpffs_root.clone(),
                 },
             }),
             caps,

@@ -4,18 +4,24 @@
 //! concerns it, and its rank for `auto`. Adding an engine adds an entry here and touches
 //! nothing else in the binary.
 
+use std::path::PathBuf;
+
 use switchyard_core::runner::EngineFactory;
 use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
+use switchyard_ebpf::{EbpfEngine, EbpfOptions, MapSizes};
 use switchyard_iptables::{Backend as IptBackend, IptOptions, IptablesEngine};
 use switchyard_model::{EngineError, ProxyEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 use switchyard_probe::ProbeReport;
 
 /// What the command line adds to the ProxyConfig when building engines.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BuildContext {
     /// `--iptables-backend`.
     pub iptables_backend: IptBackend,
+    /// `--bpffs-root`: where bpffs is (or gets) mounted for the eBPF engine's pins
+    /// (`<root>/switchyard`); `None`: `/sys/fs/bpf`.
+    pub bpffs_root: Option<PathBuf>,
 }
 
 /// One engine of the binary.
@@ -61,12 +67,51 @@ fn iptables_owners() -> Vec<Box<dyn ProxyEngine>> {
         .collect()
 }
 
+/// The `ebpf` block's settings as the engine's options; everything else (interfaces)
+/// is found on the node.
+fn ebpf_options(ctx: &BuildContext, config: &EffectiveConfig) -> EbpfOptions {
+    let s = &config.ebpf;
+    let mut options = EbpfOptions {
+        cgroup: s.cgroup_path.clone(),
+        sizes: MapSizes {
+            services: s.max_services,
+            backends: s.max_endpoints,
+            ..MapSizes::default()
+        },
+        ..EbpfOptions::default()
+    };
+    if let Some(root) = &ctx.bpffs_root {
+        options.bpffs = root.clone();
+        options.pin_root = root.join("switchyard");
+    }
+    options
+}
+
+fn ebpf(ctx: &BuildContext, config: &EffectiveConfig) -> Box<dyn ProxyEngine> {
+    Box::new(EbpfEngine::new(ebpf_options(ctx, config)))
+}
+
+fn ebpf_owners() -> Vec<Box<dyn ProxyEngine>> {
+    vec![Box::new(EbpfEngine::new(EbpfOptions::default()))]
+}
+
+fn ebpf_settings_changed(old: &EffectiveConfig, new: &EffectiveConfig) -> bool {
+    old.ebpf != new.ebpf
+}
+
 fn never(_: &EffectiveConfig, _: &EffectiveConfig) -> bool {
     false
 }
 
 /// Every engine of this binary.
 pub const ENGINES: &[EngineEntry] = &[
+    EngineEntry {
+        mode: Mode::Ebpf,
+        auto_rank: 0,
+        build: ebpf,
+        owners: ebpf_owners,
+        settings_changed: ebpf_settings_changed,
+    },
     EngineEntry {
         mode: Mode::Nftables,
         auto_rank: 1,
