@@ -280,3 +280,17 @@ impl Drop for CgroupClient {
         let _ = self.child.wait();
     }
 }
+
+/// The cgroup v2 mount point of this machine (`findmnt`): on a hybrid hierarchy it is
+/// `/sys/fs/cgroup/unified`, not `/sys/fs/cgroup`.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-t", "cgroup2", "-o", "TARGET"])
+        .output()
+        .context("running findmnt")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .next()
+        .map(|l| PathBuf::from(l.trim()))
+        .context("no cgroup2 mount (findmnt -t cgroup2 found none)")
+}

@@ -8,12 +8,14 @@
 //! - [`echo`]: echo servers naming the endpoint and the source they saw
 //! - [`probe`]: one TCP/UDP request from a source role, classified
 //! - [`cgroup`]: private cgroups and the client process running inside one
+//! - [`bpffs`]: a private bpffs directory for the eBPF engine's pins
 //! - [`agent`]: the agent process, its log and `/healthz`
 //! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
 //! - [`scenario`]: scenario files, playing their flows, the report
 //! - [`vm`]: the qemu VM lane, running jobs and test binaries on a kernel with IPVS
 
 pub mod agent;
+pub mod bpffs;
 pub mod cgroup;
 pub mod echo;
 pub mod manifests;

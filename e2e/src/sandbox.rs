@@ -22,7 +22,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
     agent::{http_get, Agent, DEFAULT_HEALTHZ, DEFAULT_METRICS},
-    cgroup::{CgroupClient, PrivateCgroup},
+    bpffs::PrivateBpffs,
+    cgroup::{cgroup2_root, CgroupClient, PrivateCgroup},
     echo::{EchoServer, StreamEchoServer},
     manifests::ManifestDir,
     netns::{run_cmd, NetNs},
@@ -97,6 +98,13 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Where a sandboxed eBPF engine attaches and pins (see [`Sandbox::enable_ebpf`]).
+#[derive(Clone, Debug)]
+pub struct EbpfPaths {
+    pub cgroup: PathBuf,
+    pub bpffs: PathBuf,
+}
+
 /// One pod namespace on `cbr0`.
 struct Pod {
     // Field order matters: echo sockets close before the namespace goes away.
@@ -108,8 +116,10 @@ struct Pod {
 
 /// The sandboxed node with its outside world and pods. See the module doc.
 pub struct Sandbox {
-    // Drop order: agent, the cgroup client and its cgroup, pods, client, ext, node.
+    // Drop order: agent, its bpffs, the cgroup client and its cgroup, pods, client, ext,
+    // node.
     agent: Option<Agent>,
+    bpffs: Option<PrivateBpffs>,
     cgroup_client: Option<Mutex<CgroupClient>>,
     cgroup: Option<PrivateCgroup>,
     pods: Vec<Pod>,
@@ -217,6 +227,7 @@ impl Sandbox {
         )?;
         Ok(Sandbox {
             agent: None,
+            bpffs: None,
             cgroup_client: None,
             cgroup: None,
             pods: Vec::new(),
@@ -348,6 +359,19 @@ impl Sandbox {
         Ok(path)
     }
 
+    /// Opt-in, for an agent running the eBPF engine: a private cgroup (as
+    /// [`Sandbox::enable_cgroup`], under this machine's cgroup v2 mount) for its socket
+    /// programs, and a private bpffs directory for its pins. The agent gets them through
+    /// `ebpf.cgroupPath` and `--bpffs-root`.
+    pub fn enable_ebpf(&mut self) -> Result<EbpfPaths> {
+        let cgroup = self.enable_cgroup(&cgroup2_root()?)?;
+        if self.bpffs.is_none() {
+            self.bpffs = Some(PrivateBpffs::create()?);
+        }
+        let bpffs = self.bpffs.as_ref().expect("just made").path().to_path_buf();
+        Ok(EbpfPaths { cgroup, bpffs })
+    }
+
     /// The client process in the private cgroup, for requests beyond [`Sandbox::probe`]
     /// (connection loops, unconnected UDP).
     pub fn cgroup_client(&self) -> Result<std::sync::MutexGuard<'_, CgroupClient>> {
@@ -439,6 +463,15 @@ impl Sandbox {
         Ok(body)
     }
 
+    /// A command's standard output inside the node namespace.
+    pub fn in_node(&self, args: &[&str]) -> Result<String> {
+        run_cmd(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", self.node.name()])
+                .args(args),
+        )
+    }
+
     /// The nftables ruleset of the node namespace (for failure reports).
     pub fn node_ruleset(&self) -> String {
         run_cmd(std::process::Command::new("ip").args([
@@ -463,6 +496,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_agent();
+        self.bpffs = None;
         self.cgroup_client = None;
         self.cgroup = None;
         self.pods.clear();

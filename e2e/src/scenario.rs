@@ -74,6 +74,39 @@ pub struct Flow {
     /// affinity).
     #[serde(default)]
     pub sticky: bool,
+    /// Expectations that differ in one mode (by mode name), each with its reason.
+    #[serde(default)]
+    pub by_mode: BTreeMap<String, ModeExpectation>,
+}
+
+/// What a flow must produce in one mode where that differs from the other engines, for a
+/// legitimate reason given in `why` (the eBPF engine's socket-level load balancing NATs
+/// nothing; Cilium's documented behaviour is the reference).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModeExpectation {
+    #[serde(default)]
+    pub expect: Option<Expect>,
+    #[serde(default)]
+    pub masq: Option<bool>,
+    pub why: String,
+}
+
+impl Flow {
+    /// The flow as `mode` plays it, and the reason when that differs.
+    pub fn in_mode(&self, mode: &str) -> (Flow, Option<String>) {
+        let Some(m) = self.by_mode.get(mode) else {
+            return (self.clone(), None);
+        };
+        let mut flow = self.clone();
+        if let Some(e) = &m.expect {
+            flow.expect = e.clone();
+        }
+        if m.masq.is_some() {
+            flow.masq = m.masq;
+        }
+        (flow, Some(m.why.clone()))
+    }
 }
 
 /// A flow as written: `expect` (a backend list or a word) or `expect_one_of` (a backend
@@ -95,6 +128,8 @@ struct RawFlow {
     masq: Option<bool>,
     #[serde(default)]
     pending: Option<Value>,
+    #[serde(default)]
+    by_mode: BTreeMap<String, ModeExpectation>,
 }
 
 impl TryFrom<RawFlow> for Flow {
@@ -138,6 +173,7 @@ impl TryFrom<RawFlow> for Flow {
             masq: r.masq,
             pending: r.pending,
             sticky: r.sticky,
+            by_mode: r.by_mode,
         })
     }
 }
@@ -313,19 +349,7 @@ impl Runner {
     /// Builds the sandbox and manifests, starts the agent, plays every flow. Errors are
     /// harness or agent-startup failures; flow failures are in the report.
     pub fn run(&self, scenario: &Scenario) -> Result<ScenarioReport> {
-        let manifests = ManifestDir::new_temp("manifests")?;
-        manifests.write(&node_object())?;
-        manifests.write(&proxy_config(&self.mode, &scenario.config))?;
-        let mut used = BTreeSet::new();
-        for (i, object) in scenario.objects.iter().enumerate() {
-            let mut name = file_name_for(object);
-            if !used.insert(name.clone()) {
-                name = format!("{i}-{name}");
-                used.insert(name.clone());
-            }
-            manifests.write_object(&name, object)?;
-        }
-
+        let overlay = ModeOverlay::load(&self.mode)?;
         let mut sandbox = Sandbox::new()?;
         for (ip, ports) in scenario.endpoint_pods() {
             let ports: Vec<u16> = ports.into_iter().collect();
@@ -333,13 +357,29 @@ impl Runner {
                 .add_pod(&[ip], &ports)
                 .with_context(|| format!("adding endpoint pod {ip}"))?;
         }
-        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        let mut config = scenario.config.clone();
+        let mut args = self.agent_args.clone();
+        if self.mode == "ebpf" {
+            // The socket programs attach to a private cgroup holding the sandbox's
+            // clients, the pins go to a private bpffs: never the host's.
+            let paths = sandbox.enable_ebpf()?;
+            let mut block = config
+                .get("ebpf")
+                .and_then(Value::as_mapping)
+                .cloned()
+                .unwrap_or_default();
+            block.insert(
+                "cgroupPath".into(),
+                paths.cgroup.to_string_lossy().into_owned().into(),
+            );
+            config.insert("ebpf".into(), Value::Mapping(block));
+            args.push("--bpffs-root".into());
+            args.push(paths.bpffs.to_string_lossy().into_owned());
+        }
+        let manifests = write_manifests(scenario, &self.mode, &config)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         sandbox.run_agent(manifests.path(), &args)?;
-        match scenario
-            .config
-            .get("healthzBindAddress")
-            .and_then(Value::as_str)
-        {
+        match config.get("healthzBindAddress").and_then(Value::as_str) {
             Some(addr) => {
                 let addr = addr
                     .parse()
@@ -351,40 +391,14 @@ impl Runner {
 
         let mut flows = Vec::new();
         for flow in &scenario.flows {
-            let pending = flow
-                .pending
-                .as_ref()
-                .is_some_and(|p| p != &Value::Bool(false))
-                || self.pending.contains(&flow.name)
-                || self
-                    .pending
-                    .contains(&format!("{}/{}", scenario.name, flow.name));
-            let played = play(&sandbox, flow);
-            let (passed, got) = match played {
-                Ok(p) => p,
-                Err(e) => (false, format!("harness error: {e:#}")),
-            };
-            let status = match (pending, passed) {
-                (false, true) => Status::Pass,
-                (false, false) => Status::Fail,
-                (true, false) => Status::Pending,
-                (true, true) => Status::PendingPasses,
-            };
-            flows.push(FlowResult {
-                name: flow.name.clone(),
-                src: flow.src.clone(),
-                dst: flow.dst.clone(),
-                proto: flow.proto.clone(),
-                expected: {
-                    let sticky = if flow.sticky { " sticky" } else { "" };
-                    match flow.masq {
-                        Some(m) => format!("{}{sticky} masq={m}", flow.expect),
-                        None => format!("{}{sticky}", flow.expect),
-                    }
-                },
-                got,
-                status,
-            });
+            let mut flow = flow.clone();
+            if let Some(m) = overlay.get(&scenario.name, &flow.name) {
+                flow.by_mode.insert(self.mode.clone(), m.clone());
+            }
+            flows.push(self.play_flow(&sandbox, &scenario.name, &flow));
+        }
+        if self.mode == "ebpf" {
+            flows.push(no_netfilter_of_ours(&sandbox));
         }
         let mut report = ScenarioReport {
             scenario: scenario.name.clone(),
@@ -392,34 +406,204 @@ impl Runner {
             flows,
             diagnostics: String::new(),
         };
-        let mut agent_running = true;
-        if let Ok(agent) = sandbox.agent_mut() {
-            agent_running = agent.is_running();
+        add_diagnostics(&mut sandbox, &mut report);
+        Ok(report)
+    }
+
+    fn play_flow(&self, sandbox: &Sandbox, scenario: &str, flow: &Flow) -> FlowResult {
+        let (flow, differs) = flow.in_mode(&self.mode);
+        let pending = flow
+            .pending
+            .as_ref()
+            .is_some_and(|p| p != &Value::Bool(false))
+            || self.pending.contains(&flow.name)
+            || self.pending.contains(&format!("{scenario}/{}", flow.name));
+        let (passed, got) = match play(sandbox, &flow) {
+            Ok(p) => p,
+            Err(e) => (false, format!("harness error: {e:#}")),
+        };
+        let status = match (pending, passed) {
+            (false, true) => Status::Pass,
+            (false, false) => Status::Fail,
+            (true, false) => Status::Pending,
+            (true, true) => Status::PendingPasses,
+        };
+        let sticky = if flow.sticky { " sticky" } else { "" };
+        let mut expected = match flow.masq {
+            Some(m) => format!("{}{sticky} masq={m}", flow.expect),
+            None => format!("{}{sticky}", flow.expect),
+        };
+        if differs.is_some() {
+            expected.push_str(&format!(" [{}]", self.mode));
         }
-        if !agent_running || report.flows.iter().any(|f| f.status == Status::Fail) {
-            report.diagnostics = format!(
-                "agent {}; its log:\n{}\nnode ruleset:\n{}",
-                if agent_running {
-                    "still running"
-                } else {
-                    "EXITED"
-                },
-                tail(&sandbox.agent_log(), 60),
-                sandbox.node_ruleset()
-            );
-            if !agent_running {
-                report.flows.push(FlowResult {
-                    name: "(agent still running at the end)".into(),
-                    src: String::new(),
-                    dst: String::new(),
-                    proto: String::new(),
-                    expected: "running".into(),
-                    got: "exited".into(),
-                    status: Status::Fail,
-                });
+        FlowResult {
+            name: flow.name.clone(),
+            src: flow.src.clone(),
+            dst: flow.dst.clone(),
+            proto: flow.proto.clone(),
+            expected,
+            got,
+            status,
+            mode_note: differs,
+        }
+    }
+}
+
+/// The manifests directory of a scenario: the Node, the ProxyConfig (`mode` with
+/// `config` over the defaults) and the scenario's objects.
+fn write_manifests(scenario: &Scenario, mode: &str, config: &Mapping) -> Result<ManifestDir> {
+    let manifests = ManifestDir::new_temp("manifests")?;
+    manifests.write(&node_object())?;
+    manifests.write(&proxy_config(mode, config))?;
+    let mut used = BTreeSet::new();
+    for (i, object) in scenario.objects.iter().enumerate() {
+        let mut name = file_name_for(object);
+        if !used.insert(name.clone()) {
+            name = format!("{i}-{name}");
+            used.insert(name.clone());
+        }
+        manifests.write_object(&name, object)?;
+    }
+    Ok(manifests)
+}
+
+/// Agent log and ruleset when a flow failed or the agent exited; an exited agent is a
+/// failure of its own.
+fn add_diagnostics(sandbox: &mut Sandbox, report: &mut ScenarioReport) {
+    let mut agent_running = true;
+    if let Ok(agent) = sandbox.agent_mut() {
+        agent_running = agent.is_running();
+    }
+    if agent_running && !report.flows.iter().any(|f| f.status == Status::Fail) {
+        return;
+    }
+    report.diagnostics = format!(
+        "agent {}; its log:\n{}\nnode ruleset:\n{}",
+        if agent_running {
+            "still running"
+        } else {
+            "EXITED"
+        },
+        tail(&sandbox.agent_log(), 60),
+        sandbox.node_ruleset()
+    );
+    if !agent_running {
+        report.flows.push(FlowResult {
+            name: "(agent still running at the end)".into(),
+            src: String::new(),
+            dst: String::new(),
+            proto: String::new(),
+            expected: "running".into(),
+            got: "exited".into(),
+            status: Status::Fail,
+            mode_note: None,
+        });
+    }
+}
+
+/// Issue 11 item 4: while the eBPF engine serves the node, no nft table and no iptables
+/// chain of ours exists in its namespace (`switchyard*` tables, `SY-` chains).
+fn no_netfilter_of_ours(sandbox: &Sandbox) -> FlowResult {
+    let mut found = Vec::new();
+    for cmd in [
+        &["nft", "list", "ruleset"][..],
+        &["iptables-legacy-save"],
+        &["ip6tables-legacy-save"],
+    ] {
+        let text = sandbox.in_node(cmd).unwrap_or_default();
+        for line in text.lines() {
+            let l = line.trim();
+            if (l.starts_with("table") && l.contains("switchyard"))
+                || l.starts_with(":SY-")
+                || l.starts_with("chain SY-")
+            {
+                found.push(l.to_string());
             }
         }
-        Ok(report)
+    }
+    FlowResult {
+        name: "(no nft table or iptables chain of ours while ebpf is active)".into(),
+        src: String::new(),
+        dst: String::new(),
+        proto: String::new(),
+        expected: "none".into(),
+        got: if found.is_empty() {
+            "none".into()
+        } else {
+            found.join(", ")
+        },
+        status: if found.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
+        mode_note: None,
+    }
+}
+
+/// Per-mode expectations for flows of scenario files this repository does not own
+/// (`../shared/scenarios` is read-only here): `e2e/engine-expectations/<mode>.yaml`.
+/// Our own files state them inline (`by_mode`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeOverlay {
+    pub mode: String,
+    /// Where the expected behaviour is documented.
+    #[serde(default)]
+    pub reference: String,
+    #[serde(default)]
+    pub flows: Vec<OverlayFlow>,
+}
+
+/// One flow's expectation in an overlay.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayFlow {
+    pub scenario: String,
+    pub flow: String,
+    #[serde(default)]
+    pub expect: Option<Expect>,
+    #[serde(default)]
+    pub masq: Option<bool>,
+    pub why: String,
+}
+
+impl ModeOverlay {
+    pub fn path(mode: &str) -> PathBuf {
+        crate::agent::workspace_root()
+            .join("e2e/engine-expectations")
+            .join(format!("{mode}.yaml"))
+    }
+
+    /// The overlay of `mode`, empty when it has none.
+    pub fn load(mode: &str) -> Result<ModeOverlay> {
+        let path = ModeOverlay::path(mode);
+        if !path.exists() {
+            return Ok(ModeOverlay::default());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let overlay: ModeOverlay =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if overlay.mode != mode {
+            bail!(
+                "{}: mode {:?}, expected {mode:?}",
+                path.display(),
+                overlay.mode
+            );
+        }
+        Ok(overlay)
+    }
+
+    pub fn get(&self, scenario: &str, flow: &str) -> Option<ModeExpectation> {
+        self.flows
+            .iter()
+            .find(|f| f.scenario == scenario && f.flow == flow)
+            .map(|f| ModeExpectation {
+                expect: f.expect.clone(),
+                masq: f.masq,
+                why: f.why.clone(),
+            })
     }
 }
 
@@ -449,7 +633,9 @@ fn play(sandbox: &Sandbox, flow: &Flow) -> Result<(bool, String)> {
     };
     while tries < limit {
         tries += 1;
-        let outcome = crate::probe::probe(&src, dst, proto, PROBE_TIMEOUT)?;
+        // Through the sandbox: with a private cgroup, the node's own clients probe from
+        // its client process (socket programs only see the cgroup's sockets).
+        let outcome = sandbox.probe(&flow.src, dst, proto, PROBE_TIMEOUT)?;
         let key = match &outcome {
             Outcome::Answered {
                 backend,
@@ -552,6 +738,8 @@ pub struct FlowResult {
     pub expected: String,
     pub got: String,
     pub status: Status,
+    /// Why this mode expects something else than the other engines.
+    pub mode_note: Option<String>,
 }
 
 /// The result of one scenario; `Display` renders an aligned table.
@@ -650,6 +838,11 @@ impl fmt::Display for ScenarioReport {
         for row in &rows {
             writeln!(f, "  {}", line(row))?;
         }
+        for r in &self.flows {
+            if let Some(why) = &r.mode_note {
+                writeln!(f, "  {} differs in {}: {why}", r.name, self.mode)?;
+            }
+        }
         for r in self
             .flows
             .iter()
@@ -743,6 +936,7 @@ flows:
             expected: "REJECT".into(),
             got: "TIMEOUT x2".into(),
             status,
+            mode_note: None,
         }
     }
 
