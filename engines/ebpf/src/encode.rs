@@ -18,10 +18,16 @@
 //!
 //! Each family of a port may live at one of two ids, derived from the plan's stable id
 //! (see [`crate::Dataplane::place`]).
+//!
+//! A service IP that is also a node address, on a port that is another service's
+//! NodePort, makes the same key twice: the service IP wins, as upstream looks service
+//! IPs up before NodePorts ([`Shadows`]).
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
-use switchyard_model::{Backends, FamilyPlan, IpFamily, ServicePortPlan, Target, VipKind};
+use switchyard_model::{
+    Backends, FamilyPlan, IpFamily, Protocol, ServicePortPlan, Target, VipKind,
+};
 
 use crate::{
     dataplane::ServicePort,
@@ -78,12 +84,71 @@ impl<'a> Sets<'a> {
     }
 }
 
+/// Service IPs (address, port, protocol) on the node's NodePort addresses, counted:
+/// a NodePort entry with one of these keys is left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shadows {
+    count: BTreeMap<(IpAddr, u16, Protocol), usize>,
+}
+
+impl Shadows {
+    /// The service-IP keys of `plan` that are node addresses.
+    fn keys_of<'a>(
+        plan: &'a ServicePortPlan,
+        node_ports: &'a [IpAddr],
+    ) -> impl Iterator<Item = (IpAddr, u16, Protocol)> + 'a {
+        plan.families
+            .iter()
+            .flat_map(|f| f.vips())
+            .filter(|v| node_ports.contains(&v.addr))
+            .map(|v| (v.addr, plan.port, plan.protocol))
+    }
+
+    /// Counts `plan`'s keys in; returns the keys that appeared.
+    pub fn add(&mut self, plan: &ServicePortPlan, node_ports: &[IpAddr]) -> Vec<(u16, Protocol)> {
+        let mut appeared = Vec::new();
+        for k in Shadows::keys_of(plan, node_ports) {
+            let n = self.count.entry(k).or_default();
+            *n += 1;
+            if *n == 1 {
+                appeared.push((k.1, k.2));
+            }
+        }
+        appeared
+    }
+
+    /// Counts `plan`'s keys out; returns the keys that disappeared.
+    pub fn remove(
+        &mut self,
+        plan: &ServicePortPlan,
+        node_ports: &[IpAddr],
+    ) -> Vec<(u16, Protocol)> {
+        let mut gone = Vec::new();
+        for k in Shadows::keys_of(plan, node_ports) {
+            if let Some(n) = self.count.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.count.remove(&k);
+                    gone.push((k.1, k.2));
+                }
+            }
+        }
+        gone
+    }
+
+    pub fn hides(&self, ip: IpAddr, port: u16, protocol: Protocol) -> bool {
+        self.count.contains_key(&(ip, port, protocol))
+    }
+}
+
 /// One family of a plan as dataplane content, at `id` (see [`renumber`]). `node_ports`
-/// are the node's addresses serving NodePorts (any family; only this family's are used).
+/// are the node's addresses serving NodePorts (any family; only this family's are used,
+/// except where a service IP `shadows` them).
 pub fn encode_family(
     plan: &ServicePortPlan,
     fam: &FamilyPlan,
     node_ports: &[IpAddr],
+    shadows: &Shadows,
     id: u32,
 ) -> ServicePort {
     let mut sets = Sets { stored: Vec::new() };
@@ -133,7 +198,10 @@ pub fn encode_family(
         );
     }
     if let Some(node_port) = fam.node_port {
-        for ip in node_ports.iter().filter(|ip| fam.family.has(ip)) {
+        let served = node_ports
+            .iter()
+            .filter(|ip| fam.family.has(ip) && !shadows.hides(**ip, node_port, plan.protocol));
+        for ip in served {
             sp.entries.insert(
                 key(*ip, node_port, Scope::Node),
                 entry(from_node, false, false),

@@ -20,12 +20,13 @@ use std::{collections::BTreeSet, io, net::IpAddr, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    ChangeSet, Drift, EngineError, Mode, NodeModel, ProxyEngine, ServicePortPlan, SyncReport,
+    ChangeSet, Drift, EngineError, Mode, NodeModel, Protocol, ProxyEngine, ServicePortName,
+    ServicePortPlan, SyncReport,
 };
 
 use crate::{
     dataplane::{Dataplane, ServicePort, WriteStats},
-    encode::{candidates, encode_family, renumber},
+    encode::{candidates, encode_family, renumber, Shadows},
     error::EbpfError,
     loader::{self, DataplaneConfig, DROP_EGRESS, SOCK_PROGRAMS},
     mounts,
@@ -50,6 +51,8 @@ pub struct EbpfEngine {
     dataplane: Option<Dataplane>,
     /// The node's addresses serving NodePorts, as of the last full sync.
     node_ports: Vec<IpAddr>,
+    /// Service IPs among them, hiding NodePorts (see `encode`).
+    shadows: Shadows,
     interfaces: Option<Interfaces>,
     /// Set after any failure and before the first sync: the next sync is full.
     needs_full: bool,
@@ -62,6 +65,7 @@ impl EbpfEngine {
             options,
             dataplane: None,
             node_ports: Vec::new(),
+            shadows: Shadows::default(),
             interfaces: None,
             needs_full: true,
             last_writes: WriteStats::default(),
@@ -147,13 +151,17 @@ impl EbpfEngine {
         for ip in &model.node_ips {
             dp.set_masquerade_address(*ip)?;
         }
+        let mut shadows = Shadows::default();
+        for plan in model.services.values() {
+            shadows.add(plan, &node_ports);
+        }
         let mut stats = WriteStats::default();
         let mut keep: BTreeSet<u32> = BTreeSet::new();
         let plans: Vec<&ServicePortPlan> = model.services.values().collect();
         for chunk in plans.chunks(FULL_SYNC_CHUNK) {
             let mut ports = Vec::new();
             for plan in chunk {
-                ports.extend(place_plan(dp, plan, &node_ports)?);
+                ports.extend(place_plan(dp, plan, &node_ports, &shadows)?);
             }
             keep.extend(ports.iter().map(|p| p.id));
             add(&mut stats, dp.apply(&ports, &[])?);
@@ -169,6 +177,7 @@ impl EbpfEngine {
             dp.set_tc_interfaces(&interfaces.external, &interfaces.backend)
         })?;
         self.node_ports = node_ports;
+        self.shadows = shadows;
         self.interfaces = Some(interfaces);
         Ok((model.services.len(), stats))
     }
@@ -179,6 +188,8 @@ impl EbpfEngine {
         changes: &ChangeSet,
     ) -> Result<(usize, WriteStats), EbpfError> {
         let node_ports = self.node_ports.clone();
+        let rewrite = self.update_shadows(model, changes);
+        let shadows = self.shadows.clone();
         let dp = self.load()?;
         let mut removals: Vec<u32> = Vec::new();
         for (name, old) in &changes.previous {
@@ -191,15 +202,48 @@ impl EbpfEngine {
         }
         let mut ports = Vec::new();
         let mut written = 0;
-        for name in changes.added.iter().chain(&changes.changed) {
+        for name in changes.added.iter().chain(&changes.changed).chain(&rewrite) {
             let Some(plan) = model.services.get(name) else {
                 continue;
             };
-            ports.extend(place_plan(dp, plan, &node_ports)?);
+            ports.extend(place_plan(dp, plan, &node_ports, &shadows)?);
             written += 1;
         }
         removals.retain(|id| !ports.iter().any(|p| p.id == *id));
         Ok((written, dp.apply(&ports, &removals)?))
+    }
+
+    /// Counts the changed ports' service IPs out and in; the ports whose NodePort entries
+    /// a service IP now hides or no longer hides (not already among the changes).
+    fn update_shadows(
+        &mut self,
+        model: &NodeModel,
+        changes: &ChangeSet,
+    ) -> BTreeSet<ServicePortName> {
+        let mut flipped: BTreeSet<(u16, Protocol)> = BTreeSet::new();
+        for old in changes.previous.values() {
+            flipped.extend(self.shadows.remove(old, &self.node_ports));
+        }
+        for name in changes.added.iter().chain(&changes.changed) {
+            if let Some(plan) = model.services.get(name) {
+                flipped.extend(self.shadows.add(plan, &self.node_ports));
+            }
+        }
+        if flipped.is_empty() {
+            return BTreeSet::new();
+        }
+        model
+            .services
+            .values()
+            .filter(|p| {
+                p.families.iter().any(|f| {
+                    f.node_port
+                        .is_some_and(|np| flipped.contains(&(np, p.protocol)))
+                })
+            })
+            .map(|p| p.name.clone())
+            .filter(|n| !changes.added.contains(n) && !changes.changed.contains(n))
+            .collect()
     }
 
     /// What `verify` finds, in words.
@@ -255,11 +299,12 @@ fn place_plan(
     dp: &mut Dataplane,
     plan: &ServicePortPlan,
     node_ports: &[IpAddr],
+    shadows: &Shadows,
 ) -> Result<Vec<ServicePort>, EbpfError> {
     let mut out = Vec::with_capacity(plan.families.len());
     for fam in &plan.families {
         let ids = candidates(plan.id, fam.family);
-        let mut sp = encode_family(plan, fam, node_ports, ids[0]);
+        let mut sp = encode_family(plan, fam, node_ports, shadows, ids[0]);
         let keys: Vec<ServiceKey> = sp.entries.keys().copied().collect();
         let id = dp.place(ids, &keys)?;
         renumber(&mut sp, id);
@@ -368,6 +413,7 @@ impl ProxyEngine for EbpfEngine {
         self.dataplane = None;
         self.interfaces = None;
         self.node_ports.clear();
+        self.shadows = Shadows::default();
         self.needs_full = true;
         loader::cleanup(&self.options.pin_root)?;
         Ok(())

@@ -318,3 +318,44 @@ fn dual_stack_ipv6_from_pod_node_and_outside() {
         "2001:db8::1",
     );
 }
+
+#[test]
+fn a_service_ip_on_a_node_address_wins_over_a_node_port_and_gives_it_back() {
+    if !root_or_skip("a_service_ip_on_a_node_address_wins_over_a_node_port_and_gives_it_back") {
+        return;
+    }
+    let node = Node::with_endpoints(&["10.0.1.1", "10.0.1.2"], &[8080]);
+    let mut np = svc("np", "10.96.0.80", 80, &[("10.0.1.2", 8080, true)]);
+    np.node_port = Some(30151);
+    let mut on_node = svc("on-node", "10.96.0.81", 30151, &[("10.0.1.1", 8080, true)]);
+    on_node.external_ips = vec!["192.168.0.2".parse().unwrap()];
+    let alone = model(vec![np.clone()]);
+    let mut engine = node.engine_with(&alone);
+    node.expect(
+        "ext",
+        "192.168.0.2:30151",
+        Proto::Tcp,
+        &["10.0.1.2:8080"],
+        NODE,
+    );
+    // The external IP's service arrives (a partial sync): it takes the address and port.
+    let both = model(vec![np.clone(), on_node]);
+    node.sync(&mut engine, &both, &ChangeSet::between(&alone, &both));
+    for role in ["ext", "pod"] {
+        let seen = node.reached(role, "192.168.0.2:30151", Proto::Tcp, 6);
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["10.0.1.1:8080"], "{role}");
+    }
+    // It goes: the NodePort is served again.
+    node.sync(&mut engine, &alone, &ChangeSet::between(&both, &alone));
+    node.expect(
+        "ext",
+        "192.168.0.2:30151",
+        Proto::Tcp,
+        &["10.0.1.2:8080"],
+        NODE,
+    );
+    assert_eq!(
+        node.verify(&mut engine, &alone),
+        switchyard_model::Drift::None
+    );
+}
