@@ -58,6 +58,18 @@ pub fn agent_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Which mounts the agent sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounts {
+    /// `ip netns exec`: a private mount namespace with the network namespace's own
+    /// `/sys` (which hides every mount below `/sys`, cgroup v2 and bpffs among them).
+    Netns,
+    /// `nsenter --net`: only the network namespace changes; the host's mounts stay
+    /// visible (what the eBPF engine needs: the cgroup v2 mount, and a bpffs it mounts
+    /// that outlives the process, as on a real node).
+    Host,
+}
+
 /// A running agent process; stopped on drop.
 pub struct Agent {
     child: Child,
@@ -74,13 +86,23 @@ impl Agent {
         extra_args: &[&str],
         log_path: &Path,
     ) -> Result<Agent> {
-        Agent::start_with_env(netns_name, manifests, node_name, extra_args, &[], log_path)
+        Agent::start_with_env(
+            netns_name,
+            Mounts::Netns,
+            manifests,
+            node_name,
+            extra_args,
+            &[],
+            log_path,
+        )
     }
 
     /// Like [`Agent::start`], with extra environment variables (such as a `PATH` that puts
     /// a test's wrapper of a dataplane tool first).
+    #[allow(clippy::too_many_arguments)]
     pub fn start_with_env(
         netns_name: &str,
+        mounts: Mounts,
         manifests: &Path,
         node_name: &str,
         extra_args: &[&str],
@@ -90,8 +112,23 @@ impl Agent {
         let bin = agent_binary()?;
         let log = File::create(log_path)
             .with_context(|| format!("creating agent log {}", log_path.display()))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns_name])
+        let mut cmd = match mounts {
+            Mounts::Netns => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns_name]);
+                c
+            }
+            Mounts::Host => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!(
+                    "--net={}",
+                    crate::netns::ns_path(netns_name).display()
+                ))
+                .arg("--");
+                c
+            }
+        };
+        let child = cmd
             .arg(&bin)
             .arg("run")
             .arg("--manifests")

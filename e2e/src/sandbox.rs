@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
-    agent::{http_get, Agent, DEFAULT_HEALTHZ, DEFAULT_METRICS},
+    agent::{http_get, Agent, Mounts, DEFAULT_HEALTHZ, DEFAULT_METRICS},
     bpffs::PrivateBpffs,
     cgroup::{cgroup2_root, CgroupClient, PrivateCgroup},
     echo::{EchoServer, StreamEchoServer},
@@ -362,7 +362,8 @@ impl Sandbox {
     /// Opt-in, for an agent running the eBPF engine: a private cgroup (as
     /// [`Sandbox::enable_cgroup`], under this machine's cgroup v2 mount) for its socket
     /// programs, and a private bpffs directory for its pins. The agent gets them through
-    /// `ebpf.cgroupPath` and `--bpffs-root`.
+    /// `ebpf.cgroupPath` and `--bpffs-root`, and from then on runs with the host's mounts
+    /// ([`Mounts::Host`]).
     pub fn enable_ebpf(&mut self) -> Result<EbpfPaths> {
         let cgroup = self.enable_cgroup(&cgroup2_root()?)?;
         if self.bpffs.is_none() {
@@ -399,8 +400,14 @@ impl Sandbox {
             old.stop();
         }
         let log = self.logs.path().join("agent.log");
+        let mounts = if self.bpffs.is_some() {
+            Mounts::Host
+        } else {
+            Mounts::Netns
+        };
         self.agent = Some(Agent::start_with_env(
             self.node.name(),
+            mounts,
             manifests,
             NODE_NAME,
             extra_args,

@@ -979,6 +979,71 @@ flows:
         }
     }
 
+    /// Every overlay entry names a flow of a scenario file (a file not in this checkout
+    /// yet is reported, not failed), and every `by_mode` names a mode.
+    #[test]
+    fn mode_expectations_name_real_flows_and_modes() {
+        let root = crate::agent::workspace_root();
+        let mut files = scenario_files(&root.join("e2e/scenarios")).unwrap();
+        files.extend(scenario_files(&root.join("../shared/scenarios")).unwrap_or_default());
+        let scenarios: Vec<Scenario> = files.iter().map(|f| Scenario::load(f).unwrap()).collect();
+        for s in &scenarios {
+            for f in &s.flows {
+                for mode in f.by_mode.keys() {
+                    assert!(
+                        ["iptables", "nftables", "ipvs", "ebpf"].contains(&mode.as_str()),
+                        "{}/{}: by_mode {mode:?} is no mode",
+                        s.name,
+                        f.name
+                    );
+                }
+            }
+        }
+        for mode in ["iptables", "nftables", "ipvs", "ebpf"] {
+            let overlay = ModeOverlay::load(mode).unwrap();
+            for o in &overlay.flows {
+                let Some(s) = scenarios.iter().find(|s| s.name == o.scenario) else {
+                    eprintln!(
+                        "{mode} overlay: scenario {:?} is not in this checkout",
+                        o.scenario
+                    );
+                    continue;
+                };
+                assert!(
+                    s.flows.iter().any(|f| f.name == o.flow),
+                    "{mode} overlay: scenario {:?} has no flow {:?}",
+                    o.scenario,
+                    o.flow
+                );
+                assert!(
+                    !o.why.trim().is_empty(),
+                    "{mode} overlay: {}/{}: why",
+                    o.scenario,
+                    o.flow
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flow_in_a_mode_takes_its_expectation() {
+        let flow: Flow = serde_yaml::from_str(
+            r#"{name: a, src: node, dst: '1.2.3.4:80', expect: ['10.0.0.5:80'], masq: true,
+               by_mode: {ebpf: {masq: false, why: socket LB}}}"#,
+        )
+        .unwrap();
+        assert_eq!(flow.in_mode("nftables").0.masq, Some(true));
+        let (ebpf, why) = flow.in_mode("ebpf");
+        assert_eq!(
+            (ebpf.masq, why.as_deref()),
+            (Some(false), Some("socket LB"))
+        );
+        assert!(serde_yaml::from_str::<Flow>(
+            "{name: b, src: pod, dst: '1.2.3.4:80', expect: DROP, by_mode: {ebpf: {masq: false}}}"
+        )
+        .is_err(), "a mode expectation needs its why");
+    }
+
     #[test]
     fn shared_scenarios_parse() {
         let dir = crate::agent::workspace_root().join("../shared/scenarios");

@@ -1,6 +1,6 @@
 //! Runs every packet-flow scenario — the shared ones (`<workspace>/../shared/scenarios`, or
 //! `$SWITCHYARD_SCENARIOS_DIR`) and ours (`e2e/scenarios`) — against the real agent in
-//! nftables mode and in iptables mode on both backends, one sandbox per scenario, printing a report per file and failing with
+//! nftables mode, in iptables mode on both backends and in ebpf mode, one sandbox per scenario, printing a report per file and failing with
 //! the list of every failed flow.
 //!
 //! `SWITCHYARD_SCENARIO=<substring>` runs only matching files; `SWITCHYARD_PENDING=a,b`
@@ -96,4 +96,15 @@ fn scenarios_iptables_legacy_backend() {
         return;
     }
     run_all("iptables", &["--iptables-backend", "legacy"]);
+}
+
+/// The eBPF engine: socket programs on a private cgroup holding the sandbox's clients,
+/// pins on a private bpffs. Flows whose expectation legitimately differs say so
+/// (`by_mode: {ebpf: ...}`, or `e2e/engine-expectations/ebpf.yaml` for shared files).
+#[test]
+fn scenarios_ebpf() {
+    if !require_root("scenarios_ebpf") {
+        return;
+    }
+    run_all("ebpf", &[]);
 }
