@@ -38,6 +38,12 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* A packet that is not ours goes on unchanged: TC_ACT_UNSPEC is TCX_NEXT, so another
+ * program attached after ours (a CNI's, or our next layout during a swap) still sees it,
+ * and for a netlink filter it means "no verdict, continue". TC_ACT_OK would end the
+ * chain. */
+#define TC_NOT_OURS TC_ACT_UNSPEC
+
 #define ETH_LEN 14
 #define IP4_SADDR_OFF (ETH_LEN + 12)
 #define IP4_CSUM_OFF (ETH_LEN + 10)
@@ -468,7 +474,7 @@ int sy_tc_ingress(struct __sk_buff *skb)
 	struct packet p;
 
 	if (parse(skb, &p))
-		return TC_ACT_OK;
+		return TC_NOT_OURS;
 	nat = bpf_map_lookup_elem(&sy_nat_rev, &p.flow);
 	if (nat) {
 		struct flow_nat copy = *nat;
@@ -488,7 +494,7 @@ int sy_tc_ingress(struct __sk_buff *skb)
 	k.proto = p.flow.proto;
 	svc = bpf_map_lookup_elem(&sy_services, &k);
 	if (!svc)
-		return TC_ACT_OK;
+		return TC_NOT_OURS;
 	return serve(skb, &p, svc);
 }
 
@@ -499,12 +505,12 @@ int sy_tc_egress(struct __sk_buff *skb)
 	struct packet p;
 
 	if (parse(skb, &p))
-		return TC_ACT_OK;
+		return TC_NOT_OURS;
 	nat = bpf_map_lookup_elem(&sy_nat_rev, &p.flow);
 	if (nat) {
 		struct flow_nat copy = *nat;
 
 		return rewrite(skb, &p, &copy);
 	}
-	return TC_ACT_OK;
+	return TC_NOT_OURS;
 }

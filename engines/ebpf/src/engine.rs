@@ -12,6 +12,10 @@
 //! - A partial sync writes only the changed ports' families: a one-endpoint change is
 //!   one backend-slot write, plus one entry write per key when the count changes.
 //! - Any failure makes the next sync a full one.
+//! - A new map layout (see `layout`) lives in its own pin directory: its programs are
+//!   attached beside the old layout's, which keep serving until the first full sync has
+//!   filled the new maps; then the old layout's pins are removed. Sockets need no state
+//!   to keep working; tc flows of outside clients NATed by the old programs end there.
 //! - `verify` compares the maps with the record of what was applied, checks the pinned
 //!   attachments, and that the node's addresses still give the same NodePort addresses.
 //! - `cleanup` detaches and unpins everything under the pin root (bpffs stays mounted).
@@ -176,6 +180,11 @@ impl EbpfEngine {
         in_netns(netns.as_deref(), || {
             dp.set_tc_interfaces(&interfaces.external, &interfaces.backend)
         })?;
+        // A new layout was built beside the old one (its programs attached beside the
+        // old ones, which kept serving): now that it holds everything, the old one goes.
+        for v in loader::remove_other_layouts(&self.options.pin_root)? {
+            tracing::info!(layout = v, "removed the pins of an older map layout");
+        }
         self.node_ports = node_ports;
         self.shadows = shadows;
         self.interfaces = Some(interfaces);

@@ -421,6 +421,39 @@ pub(crate) fn pinned_cgroup_programs(pin_root: &Path) -> Result<Vec<String>, Ebp
     Ok(out)
 }
 
+/// The layout version of a directory name `v<N>`.
+fn layout_version(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()?.strip_prefix('v')?.parse().ok()
+}
+
+/// Removes the pins of every other layout version under `pin_root`: once this layout's
+/// maps hold everything (after a full sync), the old programs and maps go (their links
+/// first). Returns the versions removed.
+pub fn remove_other_layouts(pin_root: &Path) -> Result<Vec<u32>, EbpfError> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(pin_root).map_err(io_err("reading", pin_root))? {
+        let entry = entry.map_err(io_err("reading", pin_root))?;
+        match layout_version(&entry.file_name()) {
+            Some(v) if v != LAYOUT_VERSION => {
+                remove_layout(&entry.path())?;
+                removed.push(v);
+            }
+            _ => {}
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes one layout directory: links first, so no program runs against half-removed
+/// maps.
+fn remove_layout(path: &Path) -> Result<(), EbpfError> {
+    let links = path.join("links");
+    if links.is_dir() {
+        std::fs::remove_dir_all(&links).map_err(io_err("removing", &links))?;
+    }
+    std::fs::remove_dir_all(path).map_err(io_err("removing", path))
+}
+
 /// Removes everything the dataplane pinned under `pin_root` (every layout version):
 /// unpinning a link detaches its program once no process holds it, unpinning a map frees
 /// it once no program uses it. The directory itself goes too. bpffs stays mounted.
@@ -432,18 +465,8 @@ pub fn cleanup(pin_root: &Path) -> Result<(), EbpfError> {
     };
     for entry in entries {
         let entry = entry.map_err(io_err("reading", pin_root))?;
-        let path = entry.path();
-        let is_layout = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with('v') && n[1..].parse::<u32>().is_ok());
-        if is_layout {
-            // Links first, so no program runs against half-removed maps.
-            let links = path.join("links");
-            if links.is_dir() {
-                std::fs::remove_dir_all(&links).map_err(io_err("removing", &links))?;
-            }
-            std::fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
+        if layout_version(&entry.file_name()).is_some() {
+            remove_layout(&entry.path())?;
         }
     }
     std::fs::remove_dir(pin_root).map_err(io_err("removing", pin_root))

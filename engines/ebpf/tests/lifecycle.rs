@@ -125,6 +125,48 @@ fn a_restart_under_a_connection_loop_loses_nothing_and_rewrites_nothing() {
     );
 }
 
+#[test]
+fn a_new_map_layout_is_built_beside_the_old_one_then_swapped_in() {
+    if !root_or_skip("a_new_map_layout_is_built_beside_the_old_one_then_swapped_in") {
+        return;
+    }
+    let node = Node::with_endpoints(&["10.0.1.1", "10.0.1.2"], &[8080]);
+    let m = model(vec![web(&["10.0.1.1", "10.0.1.2"])]);
+    drop(node.engine_with(&m));
+    // What is pinned now plays an older layout: a new version finds it beside its own
+    // (empty) directory.
+    let old = node.options.pin_root.join("v0");
+    std::fs::rename(node.pin_dir(), &old).unwrap();
+    let (stats, mut engine) = thread::scope(|s| {
+        let looping = s.spawn(|| node.connect_loop("pod", VIP, Duration::from_millis(2000)));
+        thread::sleep(Duration::from_millis(500));
+        // Loaded beside the old layout: its programs attach after the old ones, which
+        // keep translating until the new maps are full.
+        let mut e = node.engine();
+        thread::sleep(Duration::from_millis(300));
+        node.full_sync(&mut e, &m);
+        (looping.join().unwrap(), e)
+    });
+    assert_eq!(
+        stats.failed, 0,
+        "connections failed across the layout swap: {stats:?}"
+    );
+    assert!(stats.ok > 50, "{stats:?}");
+    assert!(
+        !old.exists(),
+        "the old layout's pins are removed after the full sync"
+    );
+    assert_eq!(bpftool_link_ids(&node).len(), 12);
+    assert_eq!(node.verify(&mut engine, &m), Drift::None);
+    node.expect(
+        "ext",
+        "192.168.0.2:30070",
+        Proto::Tcp,
+        &["10.0.1.1:8080", "10.0.1.2:8080"],
+        "192.168.0.2",
+    );
+}
+
 /// Two services with the plan ids of `m` swapped (a restarted agent may number ports
 /// in another order).
 fn swap_ids(m: &NodeModel) -> NodeModel {
