@@ -1,17 +1,19 @@
 //! Generic netlink: resolving a family by name (`CTRL_CMD_GETFAMILY` to the controller),
 //! the way an IPVS client finds the kernel's `IPVS` family. The controller autoloads a
-//! loadable family's module (`ip_vs`) on this request. The request and answer are
-//! `netlink-packet-generic`'s controller messages, carried by [`NetlinkSocket`].
+//! loadable family's module (`ip_vs`) on this request. The request is
+//! `netlink-packet-generic`'s controller message, carried by [`NetlinkSocket`]; the
+//! answer is read with this layer's checked parser (see [`decode_family_id`]).
 
-use netlink_packet_core::{Emitable, ParseableParametrized};
+use netlink_packet_core::Emitable;
 use netlink_packet_generic::{
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
     GenlMessage,
 };
 
 use crate::{
+    attr::attrs,
     error::{Malformed, NetlinkError},
-    message::{MessageWriter, NLM_F_ACK, NLM_F_REQUEST},
+    message::{Message, MessageWriter, NLM_F_ACK, NLM_F_REQUEST},
     socket::NetlinkSocket,
 };
 
@@ -39,17 +41,28 @@ pub fn resolve_family(socket: &mut NetlinkSocket, name: &str) -> Result<u16, Net
     w.begin(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, seq, &payload);
     let mut id = None;
     socket.exchange(w.finish(), seq, &operation, |m| {
-        let reply = GenlMessage::<GenlCtrl>::parse_with_param(m.payload, m.kind)
-            .map_err(|e| NetlinkError::malformed(&operation, Malformed(e.to_string())))?;
-        id = id.or(reply.payload.nlas.iter().find_map(|a| match a {
-            GenlCtrlAttrs::FamilyId(id) => Some(*id),
-            _ => None,
-        }));
+        let found = decode_family_id(m).map_err(|e| NetlinkError::malformed(&operation, e))?;
+        id = id.or(found);
         Ok(())
     })?;
     id.ok_or_else(|| {
         NetlinkError::malformed(&operation, Malformed::new("answer without a family id"))
     })
+}
+
+/// The family id (`CTRL_ATTR_FAMILY_ID`) in a controller's answer. Walked with this
+/// layer's checked attribute parser, not `netlink-packet-generic`'s: its parser of the
+/// answer's policy attributes panics on a short attribute (found by `tests/fuzz.rs`,
+/// netlink-packet-generic 0.5.0, `ctrl/nlas/policy.rs`).
+pub fn decode_family_id(message: &Message<'_>) -> Result<Option<u16>, Malformed> {
+    const CTRL_ATTR_FAMILY_ID: u16 = 1;
+    for a in attrs(message.after_fixed(4)?) {
+        let a = a?;
+        if a.kind == CTRL_ATTR_FAMILY_ID {
+            return a.ne16().map(Some);
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use nix::errno::Errno;
 
 use crate::{
     error::{Malformed, NetlinkError},
-    message::{MessageWriter, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST},
+    message::{
+        Message, MessageWriter, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    },
     socket::{NetlinkSocket, Netns, Protocol},
 };
 
@@ -62,11 +64,7 @@ impl Rtnl {
         let mut w = MessageWriter::with_capacity(payload.len() + 16);
         w.begin(message.message_type(), NLM_F_REQUEST | flags, seq, &payload);
         self.socket.exchange(w.finish(), seq, operation, |m| {
-            let mut header = NetlinkHeader::default();
-            header.message_type = m.kind;
-            let reply = RouteNetlinkMessage::deserialize(&header, m.payload)
-                .map_err(|e| NetlinkError::malformed(operation, Malformed(e.to_string())))?;
-            on_reply(reply);
+            on_reply(decode(m).map_err(|e| NetlinkError::malformed(operation, e))?);
             Ok(())
         })
     }
@@ -262,6 +260,13 @@ impl Rtnl {
             other => other.map(|()| true),
         }
     }
+}
+
+/// Decodes one rtnetlink answer (`netlink-packet-route`'s checked parsers).
+pub fn decode(message: &Message<'_>) -> Result<RouteNetlinkMessage, Malformed> {
+    let mut header = NetlinkHeader::default();
+    header.message_type = message.kind;
+    RouteNetlinkMessage::deserialize(&header, message.payload).map_err(|e| Malformed(e.to_string()))
 }
 
 fn address_message(index: u32, address: InterfaceAddress) -> AddressMessage {

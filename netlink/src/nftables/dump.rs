@@ -54,7 +54,7 @@ pub struct NftSocket {
 }
 
 fn malformed(what: &str) -> impl Fn(Malformed) -> NetlinkError + '_ {
-    move |e| NetlinkError::malformed(format!("nf_tables {what}"), e)
+    move |e| NetlinkError::malformed(format!("nf_tables netlink {what}"), e)
 }
 
 /// The attributes of one answer (after its `nfgenmsg` header).
@@ -92,7 +92,7 @@ impl NftSocket {
         if count == 0 {
             return Ok(());
         }
-        const WHAT: &str = "nf_tables batch";
+        const WHAT: &str = "nf_tables netlink batch";
         self.socket.send(&buf, WHAT)?;
         let mut failure: Option<(u32, i32)> = None;
         loop {
@@ -111,7 +111,7 @@ impl NftSocket {
                     return match failure {
                         None => Ok(()),
                         Some((index, errno)) => Err(NetlinkError::kernel(
-                            format!("nf_tables batch, message {index} of {count}"),
+                            format!("nf_tables netlink batch, message {index} of {count}"),
                             errno,
                         )),
                     };
@@ -140,7 +140,7 @@ impl NftSocket {
             &nfgenmsg(family.nfproto(), 0),
         );
         request(&mut Attrs::new(w.buffer()));
-        let operation = format!("nf_tables {what}");
+        let operation = format!("nf_tables netlink {what}");
         let result = self
             .socket
             .exchange(w.finish(), seq, &operation, |m| on_answer(&body(m, what)?));
@@ -399,6 +399,26 @@ impl NftSocket {
     }
 }
 
+/// Decodes one answer of a set dump (`NEWSET`).
+pub fn decode_set(message: &Message<'_>) -> Result<SetInfo, NetlinkError> {
+    set_info(&body(message, "set dump")?)
+}
+
+/// Decodes one answer of an element dump or lookup (`NEWSETELEM`): each element's key
+/// bytes and, for verdict maps, its verdict's chain.
+pub fn decode_elements(
+    message: &Message<'_>,
+) -> Result<Vec<(Vec<u8>, Option<String>)>, NetlinkError> {
+    let mut out = Vec::new();
+    for list in body(message, "element dump")?
+        .iter()
+        .filter(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS)
+    {
+        out.extend(elements(list, "element dump")?);
+    }
+    Ok(out)
+}
+
 fn set_info(attrs: &[Attr<'_>]) -> Result<SetInfo, NetlinkError> {
     const WHAT: &str = "set dump";
     let mut info = SetInfo {
@@ -488,12 +508,7 @@ pub(crate) mod tests {
         let mut n = 0;
         for m in messages(data) {
             let m = m.map_err(malformed("test"))?;
-            for list in body(&m, "test")?
-                .iter()
-                .filter(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS)
-            {
-                n += elements(list, "test")?.len();
-            }
+            n += decode_elements(&m)?.len();
         }
         Ok(n)
     }

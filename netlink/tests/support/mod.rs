@@ -1,0 +1,75 @@
+//! Kernel test support: root checks that skip loudly (and fail under `CI=true`), and
+//! private network namespaces deleted on drop.
+
+#![allow(dead_code)]
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether a kernel test may run; panics under `CI=true` when it cannot.
+pub fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root (CI=true, refusing to skip)");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root ***\n");
+    false
+}
+
+/// Runs a command; panics with its output when it fails. Returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A private network namespace (`ip netns add`), deleted on drop.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(prefix: &str) -> TestNetns {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sy-{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        TestNetns { name }
+    }
+
+    /// Runs `PROGRAM ARGS` inside the namespace; returns stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    pub fn netns(&self) -> switchyard_netlink::Netns {
+        switchyard_netlink::Netns::Named(self.name.clone())
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
