@@ -136,7 +136,7 @@ impl SetSpec<'_> {
             (f.timeout, NFT_SET_TIMEOUT),
             (f.dynamic, NFT_SET_EVAL),
             (self.data.is_some(), NFT_SET_MAP),
-            (f.interval && self.key.len() > 1, NFT_SET_CONCAT),
+            (self.key.len() > 1, NFT_SET_CONCAT),
         ] {
             if on {
                 bits |= bit;
@@ -164,6 +164,8 @@ impl SetSpec<'_> {
         if let Some(ms) = self.timeout_ms {
             a.be64(NFTA_SET_TIMEOUT, ms);
         }
+        // A concatenation names its fields' lengths and carries NFT_SET_CONCAT (kernels
+        // since 6.2 refuse one without the other), as nft does.
         if self.key.len() > 1 {
             a.nested(NFTA_SET_DESC, |a| {
                 a.nested(NFTA_SET_DESC_CONCAT, |a| {
