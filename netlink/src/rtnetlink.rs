@@ -21,6 +21,9 @@ use crate::{
     socket::{NetlinkSocket, Netns, Protocol},
 };
 
+/// The longest interface name (`IFNAMSIZ` is 16 with the NUL).
+pub const MAX_NAME: usize = 15;
+
 /// A network interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -69,8 +72,15 @@ impl Rtnl {
         })
     }
 
-    /// The interface called `name`, if any.
+    /// The interface called `name`, if any. A name longer than 15 bytes (`IFNAMSIZ`
+    /// less its NUL) is `ERANGE`, as the kernel answers, with the limit named.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        if name.len() > MAX_NAME {
+            return Err(NetlinkError::kernel(
+                format!("link name {name:?}: longer than {MAX_NAME} bytes"),
+                Errno::ERANGE as i32,
+            ));
+        }
         let mut message = LinkMessage::default();
         message
             .attributes

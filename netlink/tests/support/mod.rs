@@ -82,3 +82,20 @@ impl Drop for TestNetns {
             .status();
     }
 }
+
+/// Set by the VM lane for the jobs it runs: a kernel feature the host lacks (IPVS, the
+/// dummy link type) must then be there, and its absence fails the test.
+pub const REQUIRE_ENV: &str = "SWITCHYARD_REQUIRE_VM_FEATURES";
+
+/// Whether a test whose kernel feature is missing here may skip: it skips loudly on a
+/// kernel without it (the host; the VM lane runs it), and fails where the lane requires
+/// it.
+pub fn may_skip_missing(test: &str, feature: &str, why: &dyn std::fmt::Display) -> bool {
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("{test}: {feature} is required here ({REQUIRE_ENV}=1): {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: this kernel has no {feature} ({why}); the VM lane runs it ***\n"
+    );
+    true
+}
