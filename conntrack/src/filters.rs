@@ -179,8 +179,8 @@ pub fn stale_flow_filters(changes: &ChangeSet, new: &NodeModel) -> Vec<Conntrack
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_netlink::ctnetlink::Tuple;
     use switchyard_model::test_util::{self, ep, TestService};
+    use switchyard_netlink::ctnetlink::Tuple;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

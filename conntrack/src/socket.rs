@@ -6,7 +6,7 @@
 use switchyard_model::{ChangeSet, EngineError, IpFamily, NodeModel};
 use switchyard_netlink::{
     ctnetlink::{Ctnetlink, Flow},
-    Netns, NetlinkError,
+    NetlinkError, Netns,
 };
 
 use crate::filters::{stale_flow_filters, ConntrackFilter, FilterIndex};
@@ -68,12 +68,13 @@ impl Conntrack {
         new: &NodeModel,
     ) -> Result<usize, EngineError> {
         let filters = stale_flow_filters(changes, new);
-        self.delete_matching(&filters).map_err(|e| match EngineError::from(e) {
-            EngineError::Kernel { operation, source } => EngineError::Kernel {
-                operation: format!("deleting stale UDP conntrack flows: {operation}"),
-                source,
-            },
-            other => other,
-        })
+        self.delete_matching(&filters)
+            .map_err(|e| match EngineError::from(e) {
+                EngineError::Kernel { operation, source } => EngineError::Kernel {
+                    operation: format!("deleting stale UDP conntrack flows: {operation}"),
+                    source,
+                },
+                other => other,
+            })
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use nix::errno::Errno;
-use switchyard_netlink::{genl, Netns, NetlinkError, NetlinkSocket, Protocol};
+use switchyard_netlink::{genl, NetlinkError, NetlinkSocket, Netns, Protocol};
 
 use crate::error::GenlError;
 
