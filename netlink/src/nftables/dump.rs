@@ -24,6 +24,10 @@ use crate::{
     socket::{NetlinkSocket, Netns, Protocol},
 };
 
+/// An element as a dump reports it: key bytes and, for verdict maps, the verdict's
+/// chain.
+pub type DumpedElement = (Vec<u8>, Option<String>);
+
 /// What a dump found: `None` when the kernel refused it with `ENOENT` (no such table
 /// or set).
 pub type Found<T> = Option<T>;
@@ -302,7 +306,7 @@ impl NftSocket {
         family: impl Into<TableFamily>,
         table: &str,
         set: &str,
-    ) -> Result<Found<Vec<(Vec<u8>, Option<String>)>>, NetlinkError> {
+    ) -> Result<Found<Vec<DumpedElement>>, NetlinkError> {
         let mut out = Vec::new();
         let found = self.dump(
             family.into(),
@@ -406,9 +410,7 @@ pub fn decode_set(message: &Message<'_>) -> Result<SetInfo, NetlinkError> {
 
 /// Decodes one answer of an element dump or lookup (`NEWSETELEM`): each element's key
 /// bytes and, for verdict maps, its verdict's chain.
-pub fn decode_elements(
-    message: &Message<'_>,
-) -> Result<Vec<(Vec<u8>, Option<String>)>, NetlinkError> {
+pub fn decode_elements(message: &Message<'_>) -> Result<Vec<DumpedElement>, NetlinkError> {
     let mut out = Vec::new();
     for list in body(message, "element dump")?
         .iter()
@@ -446,7 +448,7 @@ fn set_info(attrs: &[Attr<'_>]) -> Result<SetInfo, NetlinkError> {
 }
 
 /// The elements of an `NFTA_SET_ELEM_LIST_ELEMENTS` attribute: key and verdict chain.
-fn elements(list: &Attr<'_>, what: &str) -> Result<Vec<(Vec<u8>, Option<String>)>, NetlinkError> {
+fn elements(list: &Attr<'_>, what: &str) -> Result<Vec<DumpedElement>, NetlinkError> {
     let mut out = Vec::new();
     for elem in list.nested() {
         let elem = elem.map_err(malformed(what))?;

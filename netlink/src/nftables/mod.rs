@@ -23,7 +23,7 @@ use std::ops::{Deref, DerefMut};
 
 pub use batch::prefix_bounds;
 pub use batch::{BaseChain, Batch, ChainType, Hook, MAX_BATCH_BYTES};
-pub use dump::{decode_elements, decode_set, Found, NftSocket, SetInfo, TableIndex};
+pub use dump::{decode_elements, decode_set, DumpedElement, Found, NftSocket, SetInfo, TableIndex};
 pub use set::{DataType, KeyType, SetFlags, SetSpec};
 
 use crate::attr::AttrWriter;

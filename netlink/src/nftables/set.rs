@@ -30,7 +30,7 @@ impl KeyType {
     }
 
     /// Bytes of one value.
-    pub fn len(self) -> u32 {
+    pub fn bytes(self) -> u32 {
         match self {
             KeyType::Ipv4Addr | KeyType::Mark => 4,
             KeyType::Ipv6Addr => 16,
@@ -57,8 +57,8 @@ impl KeyType {
     /// register); a single type is its own length.
     pub fn concat_len(parts: &[KeyType]) -> u32 {
         match parts {
-            [one] => one.len(),
-            _ => parts.iter().map(|p| p.len().div_ceil(4) * 4).sum(),
+            [one] => one.bytes(),
+            _ => parts.iter().map(|p| p.bytes().div_ceil(4) * 4).sum(),
         }
     }
 }
@@ -156,7 +156,7 @@ impl SetSpec<'_> {
             Some(DataType::Verdict) => a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
             Some(DataType::Value(t)) => {
                 a.be32(NFTA_SET_DATA_TYPE, t.id());
-                a.be32(NFTA_SET_DATA_LEN, t.len());
+                a.be32(NFTA_SET_DATA_LEN, t.bytes());
             }
             None => {}
         }
@@ -170,7 +170,7 @@ impl SetSpec<'_> {
             a.nested(NFTA_SET_DESC, |a| {
                 a.nested(NFTA_SET_DESC_CONCAT, |a| {
                     for part in self.key {
-                        a.nested(NFTA_LIST_ELEM, |a| a.be32(NFTA_SET_FIELD_LEN, part.len()));
+                        a.nested(NFTA_LIST_ELEM, |a| a.be32(NFTA_SET_FIELD_LEN, part.bytes()));
                     }
                 });
             });
