@@ -41,6 +41,7 @@ impl Netns {
             netns: Some(self.name.clone()),
             backend,
             ipv6: true,
+            ..IptOptions::default()
         }
     }
 }
