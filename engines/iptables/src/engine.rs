@@ -10,8 +10,8 @@ use std::{collections::HashSet, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner,
-    ProxyEngine, SyncReport,
+    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner, ProxyEngine,
+    SyncReport,
 };
 
 use crate::{
@@ -239,7 +239,9 @@ impl IptablesEngine {
                 // Stale chains found in the kernel are deleted by this transaction, but
                 // remain possible until it succeeds.
                 let chains = &self.chains;
-                let stale = kernel.chains[t.index()].iter().filter(|c| chains.is_port_chain(c));
+                let stale = kernel.chains[t.index()]
+                    .iter()
+                    .filter(|c| chains.is_port_chain(c));
                 known[t.index()].extend(stale.cloned());
                 known[t.index()].extend(record.port_chains(t).cloned());
             }
@@ -311,8 +313,17 @@ impl IptablesEngine {
         }
     }
 
-    fn report(&self, full: bool, changes: &ChangeSet, written: usize, start: Instant) -> SyncReport {
-        let applied = self.applied.as_ref().expect("called after a successful sync");
+    fn report(
+        &self,
+        full: bool,
+        changes: &ChangeSet,
+        written: usize,
+        start: Instant,
+    ) -> SyncReport {
+        let applied = self
+            .applied
+            .as_ref()
+            .expect("called after a successful sync");
         let rules_by_table = applied.rules_by_table(&self.chains, self.families());
         SyncReport {
             full,

@@ -55,7 +55,10 @@ fn filter_rules(ctx: &FamilyContext<'_>) -> FixedRules {
     let mut out = FixedRules::default();
     let mark = MASQUERADE_MARK;
     if ctx.drop_invalid {
-        out.rule(&c.forward, format_args!("-m conntrack --ctstate INVALID -j DROP"));
+        out.rule(
+            &c.forward,
+            format_args!("-m conntrack --ctstate INVALID -j DROP"),
+        );
     }
     out.rule(
         &c.forward,
@@ -140,7 +143,9 @@ fn node_port_addresses(out: &mut FixedRules, ctx: &FamilyContext<'_>, target: &s
     if cidrs.iter().any(|n| overlap(n, &lo)) {
         out.rule(
             chain,
-            format_args!("-m comment --comment \"switchyard no NodePorts on loopback\" -d {lo} -j RETURN"),
+            format_args!(
+                "-m comment --comment \"switchyard no NodePorts on loopback\" -d {lo} -j RETURN"
+            ),
         );
     }
     for cidr in &cidrs {

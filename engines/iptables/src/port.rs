@@ -35,8 +35,8 @@ use std::fmt::{Arguments, Write as _};
 
 use ipnet::IpNet;
 use switchyard_model::{
-    Backend, Backends, FamilyPlan, IpFamily, MasqueradeSources, NodeModel, PortDigest, Protocol, ServicePortPlan,
-    Target,
+    Backend, Backends, FamilyPlan, IpFamily, MasqueradeSources, NodeModel, PortDigest, Protocol,
+    ServicePortPlan, Target,
 };
 
 use crate::{
@@ -132,8 +132,8 @@ impl Layout {
         let digest = plan.name.digest();
         // Upstream: the external chain exists iff the port is reachable from outside
         // and has endpoints somewhere.
-        let external =
-            (f.externally_accessible() && !f.rejects()).then(|| chains.port(PortChain::External, &digest));
+        let external = (f.externally_accessible() && !f.rejects())
+            .then(|| chains.port(PortChain::External, &digest));
         let wanted = [
             f.short_circuit.as_ref(),
             external.as_ref().and_then(|_| f.external.backends()),
@@ -291,7 +291,11 @@ fn cluster_ip_dispatch(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
 /// backend; the firewall's filter rules; the health-check ACCEPT.
 fn external_dispatch(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
     let (p, port) = (w.proto(), w.port);
-    let refusal = f.external.backends().is_none().then(|| w.refusal(&f.external));
+    let refusal = f
+        .external
+        .backends()
+        .is_none()
+        .then(|| w.refusal(&f.external));
     for vip in f.external_vips() {
         let ip = vip.addr;
         let is_lb = f.load_balancer_ips.contains(&ip);
@@ -359,7 +363,12 @@ fn firewall_chain(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
     match (table, &layout.external) {
         (Table::Nat, Some(ext)) => {
             for net in allowed {
-                w.rule(table, chain, Some(&comment), format_args!("-s {net} -j {ext}"));
+                w.rule(
+                    table,
+                    chain,
+                    Some(&comment),
+                    format_args!("-s {net} -j {ext}"),
+                );
             }
             let firewall = &w.chains().firewall;
             let other = format!("other traffic to {} will be dropped by {firewall}", w.label);
@@ -367,7 +376,12 @@ fn firewall_chain(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
         }
         _ => {
             for net in allowed {
-                w.rule(table, chain, Some(&comment), format_args!("-s {net} -j RETURN"));
+                w.rule(
+                    table,
+                    chain,
+                    Some(&comment),
+                    format_args!("-s {net} -j RETURN"),
+                );
             }
             let other = format!("other traffic to {}", w.label);
             w.rule(table, chain, Some(&other), format_args!("-j DROP"));

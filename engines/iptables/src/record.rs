@@ -199,7 +199,10 @@ impl Applied {
         Table::BOTH
             .iter()
             .map(|t| {
-                let n = families.iter().map(|f| self.family(*f).rules(*t, chains)).sum();
+                let n = families
+                    .iter()
+                    .map(|f| self.family(*f).rules(*t, chains))
+                    .sum();
                 (t.as_str().to_string(), n)
             })
             .collect()

@@ -482,11 +482,16 @@ mod tests {
         );
         let other = Chains::new(&ChainPrefix::new("SY-B-").unwrap());
         let out = render_cleanup(saved, Shape::Plain, &other).unwrap();
-        assert!(out.contains("-X SY-B-FIREWALL") && !out.contains("-X SY-FIREWALL"), "{out}");
         assert!(
-            render_cleanup("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", Shape::Plain, &chains)
-                .is_none()
+            out.contains("-X SY-B-FIREWALL") && !out.contains("-X SY-FIREWALL"),
+            "{out}"
         );
+        assert!(render_cleanup(
+            "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+            Shape::Plain,
+            &chains
+        )
+        .is_none());
         let nft = render_cleanup(saved, Shape::NftListFirst, &chains).unwrap();
         assert!(nft.starts_with("*filter\n-S\n-D INPUT "), "{nft}");
     }

@@ -31,7 +31,11 @@ pub fn compare(
                 chains.canary
             ));
         }
-        if let Some(c) = chains.fixed(table).into_iter().find(|c| !kernel.has(table, c)) {
+        if let Some(c) = chains
+            .fixed(table)
+            .into_iter()
+            .find(|c| !kernel.has(table, c))
+        {
             return Some(format!("{family} {t}: chain {c} is missing"));
         }
         for (name, port) in &record.ports {
@@ -120,7 +124,9 @@ pub async fn compare_targeted(
         for c in chains.fixed(table) {
             let Some(rules) = apply::list_chain(netns, tool, t, c).await? else {
                 return Ok(Some(if c == chains.canary {
-                    format!("{family} {t} table: canary chain {c} is gone (table flushed or deleted)")
+                    format!(
+                        "{family} {t} table: canary chain {c} is gone (table flushed or deleted)"
+                    )
                 } else {
                     format!("{family} {t}: chain {c} is missing")
                 }));

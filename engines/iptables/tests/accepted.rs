@@ -11,8 +11,7 @@ use switchyard_e2e::require_root as have_root;
 use switchyard_iptables::{render_full, Backend, IptablesEngine};
 use switchyard_model::{
     test_util::strategies::{any_endpoint, any_ip, any_name, any_net, any_protocol},
-    ChangeSet, Drift, IpFamily, ModelConfig, NodeFacts, NodeModel, ProxyEngine,
-    ServicePortName,
+    ChangeSet, Drift, IpFamily, ModelConfig, NodeFacts, NodeModel, ProxyEngine, ServicePortName,
 };
 
 prop_compose! {

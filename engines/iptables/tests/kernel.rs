@@ -158,7 +158,10 @@ async fn sync_partial_and_removal() {
         // The NodePort jump is still the last rule of SY-SERVICES.
         let services = chain_rules(&v4, "SY-SERVICES");
         assert!(
-            services.last().unwrap().contains("-j SY-NODEPORT-ADDRESSES"),
+            services
+                .last()
+                .unwrap()
+                .contains("-j SY-NODEPORT-ADDRESSES"),
             "{services:?}"
         );
         assert_eq!(
@@ -383,7 +386,11 @@ async fn detects_the_backend_with_more_rules() {
     let mut engine = IptablesEngine::new(ns.options(Backend::Detect));
     assert_eq!(engine.owner(), "iptables", "not resolved yet");
     engine.prepare().await.unwrap();
-    assert_eq!(engine.backend(), Some(Backend::Legacy), "resolved by prepare");
+    assert_eq!(
+        engine.backend(),
+        Some(Backend::Legacy),
+        "resolved by prepare"
+    );
     assert_eq!(engine.owner(), "iptables-legacy");
     let m = model(two_services());
     engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
@@ -546,7 +553,8 @@ async fn two_prefixes_never_touch_each_other() {
         assert_eq!(b.verify(&mb).await.unwrap(), Drift::None, "{backend:?}");
         let v4 = save(&ns, backend, false);
         assert!(
-            !v4.lines().any(|l| l.contains("SY-") && !l.contains("SY-B-")),
+            !v4.lines()
+                .any(|l| l.contains("SY-") && !l.contains("SY-B-")),
             "{backend:?}: a's chains remain\n{v4}"
         );
         b.cleanup().await.unwrap();
@@ -571,7 +579,11 @@ async fn tcp_be_liberal_skips_the_invalid_drop() {
         engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
         assert!(save(&ns, backend, false).contains(INVALID), "{backend:?}");
         // The conntrack sysctls exist now (the rules loaded nf_conntrack).
-        let (ok, out) = ns.run("sysctl", &["-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1"], "");
+        let (ok, out) = ns.run(
+            "sysctl",
+            &["-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1"],
+            "",
+        );
         assert!(ok, "{out}");
         engine.prepare().await.unwrap();
         assert_eq!(engine.drops_invalid(), Some(false));

@@ -12,10 +12,7 @@ fn v4(m: &NodeModel) -> String {
 }
 
 fn assert_has(text: &str, line: &str) {
-    assert!(
-        text.lines().any(|l| l == line),
-        "missing {line:?}\n{text}"
-    );
+    assert!(text.lines().any(|l| l == line), "missing {line:?}\n{text}");
 }
 
 #[test]
@@ -161,7 +158,9 @@ fn local_policies_external_and_firewall() {
     assert!(!six.contains("-A SY-EXTERNAL-SERVICES -m comment --comment \"default"));
     // IPv6 source ranges: none of the family, so nothing is accepted.
     assert!(!six.contains("-s 203.0.113.0/25"));
-    assert!(!six.contains(&format!("-A {fw} -m comment --comment \"default/lb:http/tcp loadbalancer IP\"")));
+    assert!(!six.contains(&format!(
+        "-A {fw} -m comment --comment \"default/lb:http/tcp loadbalancer IP\""
+    )));
     assert!(six.contains(&format!(
         "-A SY-FIREWALL -m comment --comment \"default/lb:http/tcp traffic not accepted by {fw}\""
     )));
@@ -210,8 +209,12 @@ fn internal_local_external_cluster_has_two_backend_chains() {
     assert!(text.contains(&format!("--dport 80 -j {svl}")), "{text}");
     assert_has(&text, &format!("-A {ext} -j {svc}"));
     // The masquerade rule of cluster IP traffic is in the internal target's chain.
-    assert!(text.contains(&format!("-A {svl} -m comment --comment \"default/both:http/tcp cluster IP\"")));
-    assert!(!text.contains(&format!("-A {svc} -m comment --comment \"default/both:http/tcp cluster IP\"")));
+    assert!(text.contains(&format!(
+        "-A {svl} -m comment --comment \"default/both:http/tcp cluster IP\""
+    )));
+    assert!(!text.contains(&format!(
+        "-A {svc} -m comment --comment \"default/both:http/tcp cluster IP\""
+    )));
 }
 
 #[test]
@@ -266,13 +269,19 @@ fn node_port_addresses_never_include_loopback() {
     assert_has(&all, "-A SY-NODEPORT-ADDRESSES -j SY-NODEPORTS");
     let half = with(&["0.0.0.0/1"]);
     assert!(half.contains("-d 127.0.0.0/8 -j RETURN"), "{half}");
-    assert_has(&half, "-A SY-NODEPORT-ADDRESSES -d 0.0.0.0/1 -j SY-NODEPORTS");
+    assert_has(
+        &half,
+        "-A SY-NODEPORT-ADDRESSES -d 0.0.0.0/1 -j SY-NODEPORTS",
+    );
     let lo = with(&["127.0.0.0/8"]);
     assert!(!lo.contains("-A SY-NODEPORT-ADDRESSES"), "{lo}");
     assert!(!lo.contains("-j SY-NODEPORT-ADDRESSES"), "{lo}");
     let other = with(&["192.168.1.0/24"]);
     assert!(!other.contains("127.0.0.0/8"), "{other}");
-    assert_has(&other, "-A SY-NODEPORT-ADDRESSES -d 192.168.1.0/24 -j SY-EXTERNAL-NODEPORTS");
+    assert_has(
+        &other,
+        "-A SY-NODEPORT-ADDRESSES -d 192.168.1.0/24 -j SY-EXTERNAL-NODEPORTS",
+    );
 }
 
 #[test]

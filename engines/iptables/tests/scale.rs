@@ -7,8 +7,8 @@ mod support;
 use std::time::Instant;
 
 use support::{netns::*, *};
-use switchyard_model::{ChangeSet, Drift, IpFamily, ProxyEngine};
 use switchyard_iptables::{render_full, Backend, IptablesEngine};
+use switchyard_model::{ChangeSet, Drift, IpFamily, ProxyEngine};
 
 fn sizes() -> Vec<(usize, usize)> {
     std::env::var("SY_SCALE")

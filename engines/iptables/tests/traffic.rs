@@ -84,7 +84,10 @@ impl Node {
     fn expect_refused(&self, role: &str, dst: &str, proto: Proto) {
         let o = self.probe(role, dst, proto);
         let b = self.backend;
-        assert!(matches!(o, Outcome::Refused(_)), "{b:?} {role} -> {dst} {proto}: {o}");
+        assert!(
+            matches!(o, Outcome::Refused(_)),
+            "{b:?} {role} -> {dst} {proto}: {o}"
+        );
     }
 
     fn expect_dropped(&self, role: &str, dst: &str, proto: Proto) {
@@ -96,7 +99,10 @@ impl Node {
     fn expect_answer(&self, role: &str, dst: &str, backend: &str) {
         match self.probe(role, dst, Proto::Tcp) {
             Outcome::Answered { backend: b, .. } if b == backend => {}
-            o => panic!("{:?} {role} -> {dst}: {o}, expected {backend}", self.backend),
+            o => panic!(
+                "{:?} {role} -> {dst}: {o}, expected {backend}",
+                self.backend
+            ),
         }
     }
 }
@@ -123,12 +129,24 @@ async fn reject_is_a_tcp_reset_and_icmp_for_other_protocols() {
             (&pod6, "[fd00:30::50]:80", Proto::Tcp),
         ] {
             let (outcome, unreachables, took) = probe_watching_icmp(src, dst, proto);
-            assert!(matches!(outcome, Outcome::Refused(_)), "{backend:?} {dst}: {outcome}");
-            assert_eq!(unreachables, 0, "{backend:?} {dst}: refused by ICMP, not a reset");
-            assert!(took < Duration::from_millis(500), "{backend:?} {dst}: {took:?}");
+            assert!(
+                matches!(outcome, Outcome::Refused(_)),
+                "{backend:?} {dst}: {outcome}"
+            );
+            assert_eq!(
+                unreachables, 0,
+                "{backend:?} {dst}: refused by ICMP, not a reset"
+            );
+            assert!(
+                took < Duration::from_millis(500),
+                "{backend:?} {dst}: {took:?}"
+            );
         }
         let (outcome, unreachables, _) = probe_watching_icmp(&pod, "172.30.0.50:80", Proto::Udp);
-        assert!(matches!(outcome, Outcome::Refused(_)), "{backend:?} udp: {outcome}");
+        assert!(
+            matches!(outcome, Outcome::Refused(_)),
+            "{backend:?} udp: {outcome}"
+        );
         assert!(unreachables > 0, "{backend:?}: UDP refused without ICMP?");
     }
 }
@@ -251,15 +269,21 @@ async fn loopback_never_accepts_nodeports() {
         let node = Node::new(backend, pods, vec![s], &c).await;
         node.expect_answer("node", "192.168.0.2:3053", "10.180.0.1:80");
         node.expect_answer("ext", "192.168.1.2:3053", "10.180.0.1:80");
+        node.expect_refused("node", "127.0.0.1:3053", Proto::Tcp);
         let lo = Source {
             netns: node.sandbox.node_ns().path(),
             ip: "127.0.0.1".parse().unwrap(),
         };
         let dst: SocketAddr = "127.0.0.1:3053".parse().unwrap();
-        let o = run_in(&lo.netns, move || probe_here(lo.ip, dst, Proto::Tcp, PROBE_TIMEOUT))
-            .unwrap()
-            .unwrap();
-        assert!(matches!(o, Outcome::Refused(_)), "{backend:?} 127.0.0.1: {o}");
+        let o = run_in(&lo.netns, move || {
+            probe_here(lo.ip, dst, Proto::Tcp, PROBE_TIMEOUT)
+        })
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(o, Outcome::Refused(_)),
+            "{backend:?} 127.0.0.1: {o}"
+        );
     }
 }
 
@@ -273,7 +297,13 @@ async fn cluster_ip_traffic_and_cleanup() {
     for backend in BACKENDS {
         let pods: &[(&str, &[u16])] = &[("10.180.0.1", &[80]), ("10.180.0.2", &[80])];
         let web = |eps| service("web", &["172.30.0.10"], 80, eps);
-        let mut node = Node::new(backend, pods, vec![web(vec![ep("10.180.0.1", 80, true)])], &config()).await;
+        let mut node = Node::new(
+            backend,
+            pods,
+            vec![web(vec![ep("10.180.0.1", 80, true)])],
+            &config(),
+        )
+        .await;
         node.expect_answer("pod", "172.30.0.10:80", "10.180.0.1:80");
         node.update(vec![web(vec![ep("10.180.0.2", 80, true)])], &config())
             .await;
@@ -287,7 +317,10 @@ async fn cluster_ip_traffic_and_cleanup() {
         }
         node.engine.cleanup().await.unwrap();
         assert!(
-            !matches!(node.probe("pod", "172.30.0.10:80", Proto::Tcp), Outcome::Answered { .. }),
+            !matches!(
+                node.probe("pod", "172.30.0.10:80", Proto::Tcp),
+                Outcome::Answered { .. }
+            ),
             "{backend:?}: still answering after cleanup"
         );
     }
