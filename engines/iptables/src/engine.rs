@@ -382,16 +382,6 @@ impl ProxyEngine for IptablesEngine {
         }
     }
 
-    async fn prepare(&mut self) -> Result<(), EngineError> {
-        let bins = self.resolve_backend().await?;
-        // The tools run at all (a missing package fails here, not at the first sync).
-        apply::version(self.netns(), bins.iptables(IpFamily::V4)).await?;
-        let liberal = apply::sysctl(self.netns(), TCP_BE_LIBERAL).await?;
-        self.drop_invalid = Some(liberal.as_deref() != Some("1"));
-        tracing::debug!(?liberal, "nf_conntrack_tcp_be_liberal");
-        Ok(())
-    }
-
     async fn sync(
         &mut self,
         model: &NodeModel,
@@ -417,6 +407,16 @@ impl ProxyEngine for IptablesEngine {
         let report = self.report(false, changes, written, start);
         tracing::debug!(apply_time = ?report.apply_time, rules = report.rules, "iptables partial sync");
         Ok(report)
+    }
+
+    async fn prepare(&mut self) -> Result<(), EngineError> {
+        let bins = self.resolve_backend().await?;
+        // The tools run at all (a missing package fails here, not at the first sync).
+        apply::version(self.netns(), bins.iptables(IpFamily::V4)).await?;
+        let liberal = apply::sysctl(self.netns(), TCP_BE_LIBERAL).await?;
+        self.drop_invalid = Some(liberal.as_deref() != Some("1"));
+        tracing::debug!(?liberal, "nf_conntrack_tcp_be_liberal");
+        Ok(())
     }
 
     async fn verify(&mut self, _model: &NodeModel) -> Result<Drift, EngineError> {

@@ -10,7 +10,7 @@ use switchyard_model::{ChangeSet, IpFamily, NodeModel, ServicePortName};
 
 use crate::{
     chains::{Chains, Table},
-    fixed::fixed_rules,
+    fixed::{fixed_rules, FixedRules},
     port::{encode_port, FamilyContext},
     record::{DispatchChain, FamilyRecord, PortRecord},
 };
@@ -164,6 +164,23 @@ pub fn render_family_full(
     (out, e.record)
 }
 
+/// Opens the section of `table` declaring (flushing) its fixed chains; returns their
+/// rules (counted in the record) and the engine's stale chains in the kernel.
+fn begin_section<'k>(
+    out: &mut String,
+    table: Table,
+    ctx: &FamilyContext<'_>,
+    kernel: &'k KernelChains,
+    e: &mut Encoded,
+) -> (FixedRules, Vec<&'k str>) {
+    let fixed = fixed_rules(table, ctx);
+    e.record.fixed[table.index()] = fixed.count;
+    let stale = stale(kernel, table, ctx.chains, &e.record);
+    let _ = writeln!(out, "*{}", table.as_str());
+    declare_sorted(out, ctx.chains.fixed(table));
+    (fixed, stale)
+}
+
 /// `*filter`: fixed chains (flushed by their declaration), per-port chains, rules,
 /// missing jumps, stale chains deleted.
 fn filter_section(
@@ -173,11 +190,7 @@ fn filter_section(
     e: &mut Encoded,
 ) {
     let t = Table::Filter;
-    let fixed = fixed_rules(t, ctx);
-    e.record.fixed[t.index()] = fixed.count;
-    let stale = stale(kernel, t, ctx.chains, &e.record);
-    out.push_str("*filter\n");
-    declare_sorted(out, ctx.chains.fixed(t));
+    let (fixed, stale) = begin_section(out, t, ctx, kernel, e);
     out.push_str(&e.decls[t.index()]);
     for c in &stale {
         declare(out, c);
@@ -204,11 +217,7 @@ fn nat_section(
     e: &mut Encoded,
 ) {
     let t = Table::Nat;
-    let fixed = fixed_rules(t, ctx);
-    e.record.fixed[t.index()] = fixed.count;
-    let stale = stale(kernel, t, ctx.chains, &e.record);
-    out.push_str("*nat\n");
-    declare_sorted(out, ctx.chains.fixed(t));
+    let (fixed, stale) = begin_section(out, t, ctx, kernel, e);
     jumps(out, t, ctx.chains, kernel);
     if shape == Shape::NftListFirst {
         out.push_str(LIST_ALL);

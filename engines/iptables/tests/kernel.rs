@@ -20,26 +20,30 @@ macro_rules! need_root {
 const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 
 fn two_services() -> Vec<TestService> {
-    let mut web = service(
-        "web",
-        &["172.16.0.10", "fd00:96::10"],
-        80,
-        vec![
-            ep("10.0.0.5", 8080, true),
-            ep("10.0.1.5", 8080, false),
-            ep("fd00:10::5", 8080, true),
-        ],
-    );
-    web.node_port = Some(30080);
-    web.affinity_timeout = Some(300);
-    let empty = service("empty", &["172.16.0.11"], 443, vec![]);
-    let other = service(
-        "other",
-        &["172.16.0.12"],
-        80,
-        vec![ep("10.0.2.5", 80, false)],
-    );
-    vec![web, empty, other]
+    // web: dual-stack NodePort with affinity, one remote endpoint; empty: none at all;
+    // other: one remote endpoint.
+    let web_endpoints = [
+        ("10.0.0.5", true),
+        ("10.0.1.5", false),
+        ("fd00:10::5", true),
+    ]
+    .map(|(ip, local)| ep(ip, 8080, local))
+    .to_vec();
+    let web = TestService {
+        node_port: Some(30080),
+        affinity_timeout: Some(300),
+        ..service("web", &["172.16.0.10", "fd00:96::10"], 80, web_endpoints)
+    };
+    vec![
+        web,
+        service("empty", &["172.16.0.11"], 443, vec![]),
+        service(
+            "other",
+            &["172.16.0.12"],
+            80,
+            vec![ep("10.0.2.5", 80, false)],
+        ),
+    ]
 }
 
 /// `services` without the endpoint at `ip`.
@@ -378,11 +382,11 @@ async fn catch_all_cluster_cidr_programs_on_both_backends() {
 async fn detects_the_backend_with_more_rules() {
     need_root!("detects_the_backend_with_more_rules");
     let ns = Netns::new();
-    assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft, "empty: nft");
+    assert_eq!(detect_backend(Some(ns.name())), Backend::Nft, "empty: nft");
     let rules = "*filter\n-A INPUT -s 198.51.100.1/32 -j DROP\n-A INPUT -s 198.51.100.2/32 -j DROP\nCOMMIT\n";
     let (ok, out) = ns.run("iptables-legacy-restore", &["--noflush"], rules);
     assert!(ok, "{out}");
-    assert_eq!(detect_backend(Some(&ns.name)), Backend::Legacy);
+    assert_eq!(detect_backend(Some(ns.name())), Backend::Legacy);
     let mut engine = IptablesEngine::new(ns.options(Backend::Detect));
     assert_eq!(engine.owner(), "iptables", "not resolved yet");
     engine.prepare().await.unwrap();
@@ -407,7 +411,7 @@ async fn detects_the_backend_with_more_rules() {
     let ns = Netns::new();
     let (ok, out) = ns.run("iptables-nft-restore", &["--noflush"], rules);
     assert!(ok, "{out}");
-    assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft);
+    assert_eq!(detect_backend(Some(ns.name())), Backend::Nft);
 }
 
 /// The nft backend's full sync lists the nat table (`-S`) to keep iptables-nft-restore

@@ -74,13 +74,15 @@ fn no_endpoints_rejects_tcp_with_a_reset_and_affinity() {
     empty.external_ips = vec!["192.168.99.11".parse().unwrap()];
     let mut dns = service("dns", &["172.16.0.13"], 53, vec![]);
     dns.name.protocol = Protocol::Udp;
-    let mut sticky = service(
-        "sticky",
-        &["172.16.0.12"],
-        80,
-        vec![ep("10.0.0.7", 80, false)],
-    );
-    sticky.affinity_timeout = Some(300);
+    let sticky = TestService {
+        affinity_timeout: Some(300),
+        ..service(
+            "sticky",
+            &["172.16.0.12"],
+            80,
+            vec![ep("10.0.0.7", 80, false)],
+        )
+    };
     let sep = endpoint_chain(&sticky.name, "10.0.0.7", 80);
     let text = v4(&model(vec![empty, sticky, dns]));
     let has = |s: &str| assert_has(&text, s);
@@ -102,25 +104,20 @@ fn no_endpoints_rejects_tcp_with_a_reset_and_affinity() {
 }
 
 fn load_balancer() -> TestService {
-    let mut sp = service(
-        "lb",
-        &["172.16.0.20", "fd00:96::20"],
-        80,
-        vec![ep("10.0.1.1", 80, false), ep("fd00:10::7", 80, true)],
-    );
-    sp.node_port = Some(30080);
-    sp.external_ips = vec!["192.168.99.11".parse().unwrap()];
-    sp.load_balancer_ips = vec![
-        "192.168.1.100".parse().unwrap(),
-        "2001:db8:1::100".parse().unwrap(),
-    ];
-    sp.load_balancer_source_ranges = vec![
-        "192.168.0.0/24".parse().unwrap(),
-        "203.0.113.0/25".parse().unwrap(),
-    ];
-    sp.external_policy_local = true;
-    sp.health_check_node_port = Some(32000);
-    sp
+    let ips = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect();
+    let endpoints = vec![ep("10.0.1.1", 80, false), ep("fd00:10::7", 80, true)];
+    TestService {
+        node_port: Some(30080),
+        external_ips: ips(&["192.168.99.11"]),
+        load_balancer_ips: ips(&["192.168.1.100", "2001:db8:1::100"]),
+        load_balancer_source_ranges: ["192.168.0.0/24", "203.0.113.0/25"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        external_policy_local: true,
+        health_check_node_port: Some(32000),
+        ..service("lb", &["172.16.0.20", "fd00:96::20"], 80, endpoints)
+    }
 }
 
 #[test]
@@ -192,14 +189,14 @@ fn firewall_without_endpoints_is_a_filter_chain() {
 /// both (`SVC` cluster-wide, `SVL` local).
 #[test]
 fn internal_local_external_cluster_has_two_backend_chains() {
-    let mut sp = service(
-        "both",
-        &["172.16.0.40"],
-        80,
-        vec![ep("10.0.0.5", 80, true), ep("10.0.1.5", 80, false)],
-    );
-    sp.internal_policy_local = true;
-    sp.node_port = Some(30040);
+    let endpoints = [("10.0.0.5", true), ("10.0.1.5", false)]
+        .map(|(ip, local)| ep(ip, 80, local))
+        .to_vec();
+    let sp = TestService {
+        internal_policy_local: true,
+        node_port: Some(30040),
+        ..service("both", &["172.16.0.40"], 80, endpoints)
+    };
     let (svc, svl, ext) = (
         port_chain(PortChain::Service, &sp.name),
         port_chain(PortChain::Local, &sp.name),

@@ -234,14 +234,16 @@ async fn nodeport_refusals_only_on_nodeport_addresses() {
         return;
     }
     for backend in BACKENDS {
-        let mut s = service(
-            "remote-only",
-            &["172.30.0.51"],
-            80,
-            vec![ep("10.180.2.1", 80, false)],
-        );
-        s.node_port = Some(3051);
-        s.external_policy_local = true;
+        let s = TestService {
+            node_port: Some(3051),
+            external_policy_local: true,
+            ..service(
+                "remote-only",
+                &["172.30.0.51"],
+                80,
+                vec![ep("10.180.2.1", 80, false)],
+            )
+        };
         let pods: &[(&str, &[u16])] = &[("10.180.2.1", &[80])];
         let node = Node::new(backend, pods, vec![s], &config()).await;
         node.expect_dropped("ext", "192.168.0.2:3051", Proto::Tcp);
