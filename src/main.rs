@@ -14,13 +14,16 @@ use switchyard_core::{
     health::{serve_healthz, serve_metrics, Health},
     manifests::ManifestDir,
     metrics::Metrics,
-    runner::{effective_config, ConfigSource, EngineFactory, StaleFlowCleaner, SyncRunner},
-    ChangeSet, ClusterState, EngineError, NodeModel, ProxyEngine,
+    runner::{effective_config, ConfigSource, StaleFlowCleaner, SyncRunner},
+    ChangeSet, ClusterState, EngineError, NodeModel,
 };
-use switchyard_crd::{Mode, ModeCapability};
-use switchyard_iptables::{Backend as IptBackend, IptOptions, IptablesEngine};
-use switchyard_nftables::{NftOptions, NftablesEngine};
-use switchyard_probe::{Probe, ProbeReport};
+use switchyard_crd::Mode;
+use switchyard_iptables::Backend as IptBackend;
+use switchyard_probe::Probe;
+
+mod registry;
+
+use registry::{capabilities, every_owner, BuildContext, Registry};
 use tokio::sync::{watch, Notify};
 
 /// mimalloc hands memory freed after a full rewrite's peak back to the system. At 50k
@@ -142,97 +145,22 @@ fn main() -> Result<()> {
     }
 }
 
-/// Modes with an engine in this binary.
-const BUILT: [Mode; 2] = [Mode::Iptables, Mode::Nftables];
-
-/// Builds the engines this binary has.
-struct Engines {
-    iptables_backend: IptBackend,
-}
-
-impl EngineFactory for Engines {
-    fn build(&self, mode: Mode) -> Result<Box<dyn ProxyEngine>, EngineError> {
-        match mode {
-            Mode::Nftables => Ok(Box::new(NftablesEngine::new(NftOptions::default()))),
-            Mode::Iptables => Ok(Box::new(IptablesEngine::new(IptOptions {
-                backend: self.iptables_backend,
-                ..IptOptions::default()
-            }))),
-            other => Err(EngineError::Unavailable {
-                mode: other,
-                reason: "engine not built".into(),
-            }),
-        }
-    }
-
-    fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
-        every_owner()
-    }
-}
-
-/// One engine per kind of kernel state Switchyard can leave on a node: their `cleanup`
-/// removes everything of that kind.
-fn every_owner() -> Vec<Box<dyn ProxyEngine>> {
-    vec![
-        Box::new(NftablesEngine::new(NftOptions::default())),
-        // Each iptables backend on its own: whichever a previous run used.
-        Box::new(IptablesEngine::new(IptOptions {
-            backend: IptBackend::Nft,
-            ..IptOptions::default()
-        })),
-        Box::new(IptablesEngine::new(IptOptions {
-            backend: IptBackend::Legacy,
-            ..IptOptions::default()
-        })),
-    ]
-}
-
 /// Deletes stale UDP conntrack flows over netlink, as upstream kube-proxy does.
 struct UdpFlowCleaner(Conntrack);
 
 impl StaleFlowCleaner for UdpFlowCleaner {
-    fn clean(
-        &mut self,
-        old: &NodeModel,
-        new: &NodeModel,
-        changes: &ChangeSet,
-    ) -> Result<usize, String> {
-        let filters = switchyard_conntrack::stale_flow_filters(old, new, changes);
+    fn clean(&mut self, changes: &ChangeSet, new: &NodeModel) -> Result<usize, EngineError> {
+        let filters = switchyard_conntrack::stale_flow_filters(changes, new);
         if filters.is_empty() {
             return Ok(0);
         }
-        tokio::task::block_in_place(|| self.0.delete_matching(&filters)).map_err(|e| e.to_string())
-    }
-}
-
-/// What each mode can do here: the kernel probe's verdict and whether this binary has
-/// an engine for it.
-fn capabilities(report: &ProbeReport) -> Vec<ModeCapability> {
-    Mode::ENGINES
-        .iter()
-        .map(|&mode| {
-            let probed = report.get(mode);
-            let kernel_ok = probed.is_some_and(|r| r.available);
-            let built = BUILT.contains(&mode);
-            let mut missing = probed.map(|r| r.missing.clone()).unwrap_or_default();
-            let detail = if !kernel_ok {
-                probed
-                    .map(|r| r.reason())
-                    .unwrap_or_else(|| "not probed".into())
-            } else if !built {
-                missing.push(format!("{mode} engine (not built)"));
-                "engine not built".to_string()
-            } else {
-                probed.map(|r| r.notes.join("; ")).unwrap_or_default()
-            };
-            ModeCapability {
-                mode,
-                available: kernel_ok && built,
-                missing,
-                detail,
+        tokio::task::block_in_place(|| self.0.delete_matching(&filters)).map_err(|e| {
+            EngineError::Kernel {
+                operation: "deleting stale UDP conntrack flows".into(),
+                source: std::io::Error::other(e),
             }
         })
-        .collect()
+    }
 }
 
 fn probe_command(output: &str) -> Result<()> {
@@ -301,7 +229,7 @@ impl NodeSide {
         for c in &caps {
             tracing::info!(mode = %c.mode, usable = c.available, detail = %c.detail, "probe");
         }
-        if !switchyard_core::engine::kernel_has_ipv6() {
+        if !switchyard_model::kernel_has_ipv6() {
             // As kube-proxy on such a node: single-stack, said once, loudly.
             tracing::warn!(
                 "this kernel has no IPv6 (booted with ipv6.disable=1: no /proc/sys/net/ipv6): \
@@ -333,8 +261,10 @@ impl NodeSide {
             let _ = stop_tx.send(true);
         });
         let runner = SyncRunner::new(
-            Arc::new(Engines {
-                iptables_backend: self.iptables_backend,
+            Arc::new(Registry {
+                ctx: BuildContext {
+                    iptables_backend: self.iptables_backend,
+                },
             }),
             caps,
             self.state,
@@ -447,6 +377,6 @@ async fn cleanup() -> Result<()> {
     if !failures.is_empty() {
         bail!("cleanup incomplete: {}", failures.join("; "));
     }
-    tracing::info!("removed every table, chain and rule Switchyard made (IPVS and eBPF engines are not built, so nothing of theirs exists)");
+    tracing::info!("removed every table, chain and rule Switchyard made");
     Ok(())
 }

@@ -95,6 +95,17 @@ pub fn proxy_node_status(s: &NodeStatus, previous: &[Condition]) -> ProxyNodeSta
                 )
             },
         ),
+        condition::state(
+            previous,
+            condition::SETTINGS_UNUSED,
+            !s.unused_settings.is_empty(),
+            if s.unused_settings.is_empty() {
+                "AllSettingsUsed"
+            } else {
+                "EngineNotRunning"
+            },
+            s.unused_settings.join("; "),
+        ),
     ];
     ProxyNodeStatus {
         config: s.config_name.clone(),

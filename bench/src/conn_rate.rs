@@ -5,7 +5,7 @@
 //! connections as it can for a fixed time to the VIP the dispatch chain reaches last.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,8 +14,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use switchyard_core::{ChangeSet, Endpoint, NodeModel, Protocol, ServicePort, ServicePortName};
 use switchyard_e2e::netns::{run_cmd, spawn_in, NetNs};
+use switchyard_model::{
+    test_util::{self, ep},
+    ChangeSet, NodeModel,
+};
 
 use crate::{engine_for, netns, Subject};
 
@@ -36,48 +39,19 @@ fn vip(i: usize) -> Ipv4Addr {
 }
 
 fn model(services: usize) -> NodeModel {
-    let endpoint = Endpoint {
-        ip: IpAddr::V4(ENDPOINT),
-        port: 8080,
-        local: true,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: vec![],
-        node_hints: vec![],
-    };
     let services = (0..services)
         .map(|i| {
-            let name = ServicePortName {
-                namespace: format!("ns-{}", i % 100),
-                name: format!("svc-{i}"),
-                port: "http".into(),
-                protocol: Protocol::Tcp,
-            };
-            let sp = ServicePort {
-                name: name.clone(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                cluster_ips: vec![IpAddr::V4(vip(i))],
-                node_port: None,
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                external_policy_local: false,
-                internal_policy_local: false,
-                affinity_timeout: None,
-                health_check_node_port: None,
-                cluster_endpoints: vec![endpoint.clone()],
-                local_endpoints: vec![endpoint.clone()],
-            };
-            (name, sp)
+            let mut s = test_util::service(
+                &format!("svc-{i}"),
+                &[&vip(i).to_string()],
+                80,
+                vec![ep(&ENDPOINT.to_string(), 8080, true)],
+            );
+            s.name.namespace = format!("ns-{}", i % 100);
+            s
         })
         .collect();
-    NodeModel {
-        node_name: "bench-node".into(),
-        services,
-        ..NodeModel::default()
-    }
+    test_util::model(services)
 }
 
 /// The VIP whose rule iptables evaluates last (any VIP for nftables: one map lookup).

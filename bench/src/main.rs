@@ -18,10 +18,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use switchyard_core::{ChangeSet, NodeModel, ProxyEngine};
+use switchyard_core::state::model_config;
 use switchyard_crd::EffectiveConfig;
 use switchyard_e2e::netns::NetNs;
 use switchyard_iptables::{Backend, IptOptions, IptablesEngine};
+use switchyard_model::{ChangeSet, NodeModel, ProxyEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 
 use crate::cluster::SyntheticCluster;
@@ -165,7 +166,11 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
     let mut model = NodeModel::default();
     for _ in 0..runs {
         let t = Instant::now();
-        model = NodeModel::build(&state, cluster::NODE, &config);
+        model = NodeModel::build(
+            &state,
+            &state.node_facts(cluster::NODE),
+            &model_config(&config),
+        );
         build.push(t.elapsed());
     }
     let mut full = Vec::new();
@@ -174,6 +179,7 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
     for run in 0..runs {
         let ns = netns(&format!("sync-{run}"))?;
         let mut engine = engine_for(mode, &ns);
+        engine.prepare().await.context("prepare")?;
         let t = Instant::now();
         engine
             .sync(&model, &ChangeSet::full(&model))

@@ -15,18 +15,17 @@
 //!    removed): delete every flow to it (upstream clears the cluster IPs of deleted UDP
 //!    services; this extends that to every frontend that stops being served).
 //!
-//! "Serving" endpoints are those the model routes to: the union of a port's
-//! `cluster_endpoints` and `local_endpoints` (ready ones, or serving-and-terminating
-//! ones when none is ready), compared by `ip:port` as upstream does.
+//! "Serving" endpoints are those the plan routes to: every backend any of its targets
+//! uses, in every family, compared by `ip:port` as upstream does.
 
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
 };
 
-use switchyard_core::{ChangeSet, IpFamily, NodeModel, Protocol, ServicePort, ServicePortName};
+use switchyard_model::{ChangeSet, IpFamily, NodeModel, Protocol, ServicePortPlan};
 
-use crate::flow::{protocol_number, Flow};
+use crate::flow::Flow;
 
 /// Selects flows by their original destination and reply source. `None` matches
 /// anything; a filter with every field `None` matches every flow of its protocol.
@@ -43,7 +42,7 @@ pub struct ConntrackFilter {
 
 impl ConntrackFilter {
     pub fn matches(&self, flow: &Flow) -> bool {
-        flow.original.protocol == protocol_number(self.protocol)
+        flow.original.protocol == self.protocol.number()
             && self.orig_dst.is_none_or(|ip| flow.original.dst == ip)
             && self
                 .orig_dst_port
@@ -115,59 +114,45 @@ impl Frontend {
     }
 }
 
-fn frontends(sp: Option<&ServicePort>) -> BTreeSet<Frontend> {
-    let Some(sp) = sp else {
+fn frontends(plan: Option<&ServicePortPlan>) -> BTreeSet<Frontend> {
+    let Some(plan) = plan else {
         return BTreeSet::new();
     };
-    sp.cluster_ips
+    plan.families
         .iter()
-        .chain(&sp.external_ips)
-        .chain(&sp.load_balancer_ips)
-        .map(|ip| Frontend::Vip(*ip, sp.port))
-        .chain(sp.node_port.map(Frontend::NodePort))
+        .flat_map(|f| {
+            f.vips()
+                .map(|v| Frontend::Vip(v.addr, plan.port))
+                .chain(f.node_port.map(Frontend::NodePort))
+        })
         .collect()
 }
 
-/// The endpoints a service port routes to, as `(ip, port)`.
-fn serving_endpoints(sp: Option<&ServicePort>) -> BTreeSet<(IpAddr, u16)> {
-    let Some(sp) = sp else {
+/// The backends a service port routes to, as `(ip, port)`.
+fn serving_endpoints(plan: Option<&ServicePortPlan>) -> BTreeSet<(IpAddr, u16)> {
+    let Some(plan) = plan else {
         return BTreeSet::new();
     };
-    sp.cluster_endpoints
+    plan.families
         .iter()
-        .chain(&sp.local_endpoints)
-        .map(|e| (e.ip, e.port))
+        .flat_map(|f| f.backends())
+        .map(|b| (b.ip, b.port))
         .collect()
 }
 
-/// The filters selecting the flows made stale by going from `old` (the model last
-/// applied; an empty model before the first sync) to `new`, for the service ports
-/// `changes` names (every port of either model when it is a full change set). Sorted
-/// and without duplicates; empty when nothing UDP changed.
-pub fn stale_flow_filters(
-    old: &NodeModel,
-    new: &NodeModel,
-    changes: &ChangeSet,
-) -> Vec<ConntrackFilter> {
-    let names: BTreeSet<&ServicePortName> = if changes.full {
-        old.services.keys().chain(new.services.keys()).collect()
-    } else {
-        changes
-            .added
-            .iter()
-            .chain(&changes.changed)
-            .chain(&changes.removed)
-            .collect()
-    };
+/// The filters selecting the flows made stale by `changes` (its `previous` holds the
+/// old plans of what changed or went) now that `new` is applied. Sorted and without
+/// duplicates; empty when nothing UDP changed.
+pub fn stale_flow_filters(changes: &ChangeSet, new: &NodeModel) -> Vec<ConntrackFilter> {
     let mut filters = BTreeSet::new();
-    for name in names {
+    for name in changes.touched() {
         if name.protocol != Protocol::Udp {
             continue;
         }
         let protocol = name.protocol;
-        let (old_sp, new_sp) = (old.services.get(name), new.services.get(name));
-        let (old_frontends, new_frontends) = (frontends(old_sp), frontends(new_sp));
-        let (old_eps, new_eps) = (serving_endpoints(old_sp), serving_endpoints(new_sp));
+        let (old_p, new_p) = (changes.previous.get(name), new.services.get(name));
+        let (old_frontends, new_frontends) = (frontends(old_p), frontends(new_p));
+        let (old_eps, new_eps) = (serving_endpoints(old_p), serving_endpoints(new_p));
 
         // 3. Frontends no longer served: every flow to them.
         for f in old_frontends.difference(&new_frontends) {
@@ -195,54 +180,28 @@ pub fn stale_flow_filters(
 mod tests {
     use super::*;
     use crate::flow::Tuple;
-    use switchyard_core::{Endpoint, ServicePortName};
+    use switchyard_model::test_util::{self, ep, TestService};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn endpoint(addr: &str, local: bool) -> Endpoint {
-        Endpoint {
-            ip: ip(addr),
-            port: 5353,
-            local,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: Vec::new(),
-            node_hints: Vec::new(),
-        }
+    fn dns(protocol: Protocol, vips: &[&str], node_port: Option<u16>, eps: &[&str]) -> TestService {
+        let mut s = test_util::service(
+            "dns",
+            vips,
+            53,
+            eps.iter().map(|e| ep(e, 5353, false)).collect(),
+        );
+        s.name.namespace = "kube-system".into();
+        s.name.port = "dns".into();
+        s.name.protocol = protocol;
+        s.node_port = node_port;
+        s
     }
 
-    fn dns(protocol: Protocol, vips: &[&str], node_port: Option<u16>, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            name: ServicePortName {
-                namespace: "kube-system".into(),
-                name: "dns".into(),
-                port: "dns".into(),
-                protocol,
-            },
-            protocol,
-            port: 53,
-            cluster_ips: vips.iter().map(|s| ip(s)).collect(),
-            node_port,
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            load_balancer_source_ranges: Vec::new(),
-            external_policy_local: false,
-            internal_policy_local: false,
-            affinity_timeout: None,
-            health_check_node_port: None,
-            cluster_endpoints: eps.iter().map(|e| endpoint(e, false)).collect(),
-            local_endpoints: Vec::new(),
-        }
-    }
-
-    fn model(ports: impl IntoIterator<Item = ServicePort>) -> NodeModel {
-        NodeModel {
-            services: ports.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            ..NodeModel::default()
-        }
+    fn model(ports: impl IntoIterator<Item = TestService>) -> NodeModel {
+        test_util::model(ports.into_iter().collect())
     }
 
     fn filter(dst: Option<&str>, port: u16, reply: Option<&str>) -> ConntrackFilter {
@@ -255,7 +214,7 @@ mod tests {
     }
 
     fn diff(old: &NodeModel, new: &NodeModel) -> Vec<ConntrackFilter> {
-        stale_flow_filters(old, new, &ChangeSet::between(old, new))
+        stale_flow_filters(&ChangeSet::between(old, new), new)
     }
 
     #[test]
@@ -269,7 +228,7 @@ mod tests {
         before.external_ips = vec![ip("203.0.113.10")];
         before.load_balancer_ips = vec![ip("198.51.100.10")];
         let mut after = before.clone();
-        after.cluster_endpoints.remove(1);
+        after.endpoints.remove(1);
         assert_eq!(
             diff(&model([before]), &model([after])),
             vec![
@@ -334,21 +293,21 @@ mod tests {
     }
 
     #[test]
-    fn local_endpoints_count_as_serving() {
-        let mut before = dns(Protocol::Udp, &["172.30.0.10"], None, &["10.1.0.1"]);
-        before.local_endpoints = vec![endpoint("10.1.0.9", true)];
+    fn every_target_counts_as_serving() {
+        // Under a Local external policy, the local endpoint serves outside traffic and
+        // the remote one the cluster IP: both serve.
+        let mut before = dns(Protocol::Udp, &["172.30.0.10"], Some(30053), &["10.1.0.1"]);
+        before.endpoints.push(ep("10.1.0.9", 5353, true));
+        before.external_policy_local = true;
         let mut after = before.clone();
-        after.cluster_endpoints.clear();
-        // 10.1.0.9 still serves (local set); 10.1.0.1 is gone.
+        after.endpoints.remove(0);
         assert_eq!(
-            diff(&model([before.clone()]), &model([after.clone()])),
-            vec![filter(Some("172.30.0.10"), 53, Some("10.1.0.1"))]
+            diff(&model([before]), &model([after])),
+            vec![
+                filter(None, 30053, Some("10.1.0.1")),
+                filter(Some("172.30.0.10"), 53, Some("10.1.0.1"))
+            ]
         );
-        // Moving from the local set to the cluster set is no change in serving.
-        let mut moved = after.clone();
-        moved.local_endpoints.clear();
-        moved.cluster_endpoints = vec![endpoint("10.1.0.9", true)];
-        assert!(diff(&model([after]), &model([moved])).is_empty());
     }
 
     #[test]
@@ -392,7 +351,7 @@ mod tests {
         // no flows to the gone endpoint.
         let mut after = before.clone();
         after.port = 54;
-        after.cluster_endpoints = vec![endpoint("10.1.0.2", false)];
+        after.endpoints = vec![ep("10.1.0.2", 5353, false)];
         assert_eq!(
             diff(&model([before]), &model([after])),
             vec![
@@ -403,17 +362,16 @@ mod tests {
     }
 
     #[test]
-    fn full_change_set_is_a_diff_of_both_models() {
+    fn a_full_change_set_cleans_what_it_names() {
         let kept = dns(Protocol::Udp, &["172.30.0.10"], None, &["10.1.0.1"]);
         let mut gone = dns(Protocol::Udp, &["172.30.0.11"], None, &["10.1.0.2"]);
         gone.name.name = "gone".into();
         let old = model([kept.clone(), gone]);
         let new = model([kept]);
         assert_eq!(
-            stale_flow_filters(&old, &new, &ChangeSet::full(&new)),
+            stale_flow_filters(&ChangeSet::between(&old, &new).into_full(), &new),
             vec![filter(Some("172.30.0.11"), 53, None)]
         );
-        assert!(stale_flow_filters(&new, &new, &ChangeSet::full(&new)).is_empty());
     }
 
     #[test]

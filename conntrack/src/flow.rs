@@ -2,21 +2,12 @@
 
 use std::net::IpAddr;
 
-use switchyard_core::{IpFamily, Protocol};
+use switchyard_model::{IpFamily, Protocol};
 
 /// IANA protocol numbers.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
-
-/// The IANA protocol number of a service protocol.
-pub fn protocol_number(protocol: Protocol) -> u8 {
-    match protocol {
-        Protocol::Tcp => IPPROTO_TCP,
-        Protocol::Udp => IPPROTO_UDP,
-        Protocol::Sctp => IPPROTO_SCTP,
-    }
-}
 
 /// One direction of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

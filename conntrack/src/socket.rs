@@ -15,7 +15,7 @@ use nix::{
         SockFlag, SockProtocol, SockType,
     },
 };
-use switchyard_core::IpFamily;
+use switchyard_model::IpFamily;
 
 use crate::{
     error::ConntrackError,

@@ -11,7 +11,7 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 use switchyard_conntrack::{Conntrack, ConntrackFilter};
-use switchyard_core::{IpFamily, Protocol};
+use switchyard_model::{IpFamily, Protocol};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -48,6 +48,8 @@ pub struct SelectedConfig {
     pub name: Option<String>,
     /// Other configs selecting the node with the same priority.
     pub conflicts_with: Vec<String>,
+    /// Engines whose block (`ipvs`, `ebpf`) the ProxyConfig sets.
+    pub engine_blocks: Vec<Mode>,
 }
 
 /// The config in force for `node_name`: the selected ProxyConfig (defaults when none
@@ -63,11 +65,23 @@ pub fn effective_config(
         .unwrap_or_default();
     let mut selected = match selection::select(state.proxy_configs(), &labels) {
         // Sources only admit valid configs.
-        Some(sel) => SelectedConfig {
-            config: sel.config.spec.effective().unwrap_or_default(),
-            name: sel.config.metadata.name.clone(),
-            conflicts_with: sel.conflicts_with,
-        },
+        Some(sel) => {
+            let spec = &sel.config.spec;
+            let blocks = [
+                (Mode::Ipvs, spec.ipvs.is_some()),
+                (Mode::Ebpf, spec.ebpf.is_some()),
+            ];
+            SelectedConfig {
+                config: spec.effective().unwrap_or_default(),
+                name: sel.config.metadata.name.clone(),
+                conflicts_with: sel.conflicts_with,
+                engine_blocks: blocks
+                    .iter()
+                    .filter(|(_, set)| *set)
+                    .map(|(m, _)| *m)
+                    .collect(),
+            }
+        }
         None => SelectedConfig::default(),
     };
     if let Some(mode) = source.mode_override {
@@ -165,6 +179,9 @@ pub struct NodeStatus {
     pub endpoints: usize,
     pub rules: Option<usize>,
     pub last_error: Option<String>,
+    /// ProxyConfig blocks this node does not use (`ipvs` while nftables runs...), each
+    /// with why.
+    pub unused_settings: Vec<String>,
 }
 
 /// The engine programming the node and the config it was built with.
@@ -201,6 +218,25 @@ pub struct SyncRunner {
     /// switch, whose sync is the new engine's start).
     last_applied: ChangeSet,
     last_report: Option<SyncReport>,
+}
+
+/// The engine blocks of the ProxyConfig that the engine running here does not read.
+fn unused_settings(
+    blocks: &[Mode],
+    active: Option<Mode>,
+    capabilities: &[ModeCapability],
+) -> Vec<String> {
+    blocks
+        .iter()
+        .filter(|m| Some(**m) != active)
+        .map(|m| {
+            let why = match capabilities.iter().find(|c| c.mode == *m) {
+                Some(c) if !c.available => format!("the {m} engine cannot run here: {}", c.detail),
+                _ => format!("the {m} engine is not the one running"),
+            };
+            format!("spec.{m}: validated, unused: {why}")
+        })
+        .collect()
 }
 
 /// A successful pass, as the bookkeeping after it needs to know it.
@@ -554,10 +590,17 @@ impl SyncRunner {
             &self.factory.auto_preference(),
         );
         self.report_choice(&choice);
+        let unused = unused_settings(&selected.engine_blocks, choice.mode(), &self.capabilities);
         self.status.send_modify(|s| {
             s.config_name.clone_from(&selected.name);
             s.conflicts_with.clone_from(&selected.conflicts_with);
             s.choice = Some(choice.clone());
+            if s.unused_settings != unused {
+                for u in &unused {
+                    tracing::warn!(setting = %u, "ProxyConfig setting unused on this node");
+                }
+                s.unused_settings = unused;
+            }
         });
         let Some(mode) = choice.mode() else {
             let EngineChoice::Degraded { reason, .. } = choice else {
@@ -1085,6 +1128,18 @@ mod tests {
             "previous rules stay"
         );
         assert_eq!(runner.mode(), Some(Mode::Nftables));
+    }
+
+    /// Issue 9 item 5: an engine block for an engine that does not run here is validated
+    /// and reported as unused.
+    #[tokio::test]
+    async fn engine_blocks_of_other_engines_are_reported_unused() {
+        let Fixture { mut runner, .. } = fixture("mode: nftables\nipvs: {scheduler: wrr}");
+        runner.sync_once(false, None).await;
+        let unused = runner.status().borrow().unused_settings.clone();
+        assert_eq!(unused.len(), 1, "{unused:?}");
+        assert!(unused[0].starts_with("spec.ipvs:"), "{unused:?}");
+        assert!(unused[0].contains("ip_vs"), "names why: {unused:?}");
     }
 
     /// Issue 14 defect 1: a restarted agent whose first sync is refused must leave the

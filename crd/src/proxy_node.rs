@@ -52,6 +52,9 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// Several ProxyConfigs select this node with the same priority.
     pub const CONFIG_CONFLICT: &str = "ConfigConflict";
+    /// The ProxyConfig sets a block (`ipvs`, `ebpf`) for an engine that does not run
+    /// here: validated, and reported as unused.
+    pub const SETTINGS_UNUSED: &str = "SettingsUnused";
 }
 
 #[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]

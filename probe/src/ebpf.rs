@@ -73,7 +73,10 @@ const HELPERS: [(&str, &str); 7] = [
 
 /// `(attach type, minimum kernel)`: attach types bpftool does not probe.
 const ATTACH_TYPES: [(&str, Version); 3] = [
-    ("cgroup connect/sendmsg/recvmsg hooks", Version::new(5, 2, 0)),
+    (
+        "cgroup connect/sendmsg/recvmsg hooks",
+        Version::new(5, 2, 0),
+    ),
     ("cgroup getpeername hooks", Version::new(5, 8, 0)),
     ("tcx links (pinnable tc attachment)", Version::new(6, 6, 0)),
 ];
@@ -164,7 +167,10 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
         Some(at) => f.pass("cgroup v2", format!("cgroup2 mounted at {}", at.display())),
         None => f.fail(
             "cgroup v2",
-            format!("no cgroup2 mount in {}", proc.join("self/mountinfo").display()),
+            format!(
+                "no cgroup2 mount in {}",
+                proc.join("self/mountinfo").display()
+            ),
             ["cgroup v2 mount"],
         ),
     }
@@ -188,7 +194,9 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             "bpffs",
             format!("supported, not mounted at {bpffs_str}: the engine mounts it"),
         );
-        f.note(format!("bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it"));
+        f.note(format!(
+            "bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it"
+        ));
     } else {
         f.fail(
             "bpffs",
@@ -222,13 +230,20 @@ fn check_helpers(f: &mut Findings, json: Option<&Value>) {
 fn check_attach_types(f: &mut Findings, release: &str) {
     let Some(have) = Version::from_kernel_release(release) else {
         for (name, _) in ATTACH_TYPES {
-            f.fail(name, format!("kernel release {release:?} not understood"), [name]);
+            f.fail(
+                name,
+                format!("kernel release {release:?} not understood"),
+                [name],
+            );
         }
         return;
     };
     for (name, min) in ATTACH_TYPES {
         if have >= min {
-            f.pass(name, format!("kernel {release} >= {}.{}", min.major, min.minor));
+            f.pass(
+                name,
+                format!("kernel {release} >= {}.{}", min.major, min.minor),
+            );
         } else {
             f.fail(
                 name,

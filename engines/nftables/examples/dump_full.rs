@@ -14,10 +14,11 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
-    let model = switchyard_core::test_util::big_model(services, 5);
+    let model = switchyard_model::test_util::big_model(services, 5);
     let before = rss_mib();
     let start = Instant::now();
-    let (pieces, record) = switchyard_nftables::render::render_full_pieces(&model, true);
+    let (pieces, record) =
+        switchyard_nftables::render::render_full_pieces(&model, &Default::default(), true);
     let took = start.elapsed();
     for piece in &pieces {
         print!("{piece}");

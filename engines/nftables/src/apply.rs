@@ -1,8 +1,8 @@
 //! Running `nft`: a transaction on stdin (`nft -f -`), or a listing. Optionally inside a
 //! network namespace (`ip netns exec NAME nft ...`), for tests and benchmarks.
 
-use switchyard_core::{
-    engine::{apply_with_tool, run_tool},
+use switchyard_model::{
+    tool::{apply_with_tool, run_tool},
     EngineError,
 };
 

@@ -1,22 +1,21 @@
-//! `NftablesEngine`: the `ProxyEngine` for nftables. Each sync is one `nft -f -`
-//! transaction covering every table; a full sync atomically replaces every table, a
-//! partial one rewrites only the changed service ports. Any failure makes the next sync
-//! a full one.
+//! `NftablesEngine`: the `ProxyEngine` for nftables. Each sync is one atomic
+//! transaction: a full sync replaces every table (`nft -f -`), a partial one rewrites
+//! only the changed service ports (one nf_tables netlink batch). Any failure makes the
+//! next sync a full one.
 
 use std::time::Instant;
 
 use async_trait::async_trait;
-use switchyard_core::{
-    engine::kernel_has_ipv6, ChangeSet, Drift, EngineError, NodeModel, ProxyEngine, SyncReport,
+use switchyard_model::{
+    kernel_has_ipv6, ChangeSet, Drift, EngineError, Mode, NodeModel, Owner, ProxyEngine, SyncReport,
 };
-use switchyard_crd::Mode;
 
 use crate::{
     apply,
     netlink::{NftSocket, MAX_BATCH_BYTES},
     record::Applied,
-    render::{render_full_pieces, render_partial, NeedsNft, Partial},
-    ruleset::{table_name, Family, TABLES},
+    render::{render_full_pieces, render_partial, Partial},
+    ruleset::{Family, TableNames, TABLE},
     verify,
 };
 
@@ -34,6 +33,9 @@ pub struct NftOptions {
     /// `ipv6.disable=1`), where the IPv6 nat hooks cannot be created and would fail the
     /// whole transaction. Default: what [`kernel_has_ipv6`] finds.
     pub ipv6: bool,
+    /// What the engine owns: its tables, `PREFIX` and `PREFIX-0` ... (default
+    /// `switchyard`). Engines with different prefixes never touch each other's tables.
+    pub tables: TableNames,
 }
 
 impl Default for NftOptions {
@@ -43,6 +45,7 @@ impl Default for NftOptions {
             nft_path: "nft".to_string(),
             netlink_partials: true,
             ipv6: kernel_has_ipv6(),
+            tables: TableNames::default(),
         }
     }
 }
@@ -82,32 +85,58 @@ impl NftablesEngine {
 }
 
 impl NftablesEngine {
-    /// Applies a partial transaction: as one nf_tables netlink batch when it can be
-    /// encoded (no affinity set is created or deleted) and fits a datagram, else with
-    /// `nft -f -`. Returns which way it went.
+    /// Applies a partial transaction: as one nf_tables netlink batch when it fits a
+    /// datagram, else with `nft -f -`. Returns which way it went.
     async fn apply_partial(&mut self, partial: &Partial) -> Result<&'static str, EngineError> {
         if self.options.netlink_partials {
-            if self.socket.is_none() {
-                self.socket = Some(NftSocket::open(self.options.netns.as_deref())?);
-            }
-            let socket = self.socket.as_mut().expect("opened above");
+            let tables = self.options.tables.clone();
+            let socket = self.socket()?;
             let mut batch = socket.batch();
-            match partial.encode(&mut batch) {
-                Ok(()) if batch.bytes() <= MAX_BATCH_BYTES => {
-                    let result = socket.commit(batch);
-                    if result.is_err() {
-                        self.socket = None;
-                    }
-                    return result.map(|()| "netlink");
+            partial.encode(&mut batch, &tables);
+            if batch.bytes() <= MAX_BATCH_BYTES {
+                let result = socket.commit(batch);
+                if result.is_err() {
+                    self.socket = None;
                 }
-                Ok(()) => {}
-                Err(NeedsNft(why)) => {
-                    tracing::debug!(why, "nftables partial sync through nft");
-                }
+                return result.map(|()| "netlink");
             }
         }
-        apply::transaction(&self.options, &partial.text).await?;
+        apply::transaction(&self.options, &partial.text(&self.options.tables)).await?;
         Ok("nft")
+    }
+
+    /// The netlink socket, opened on first use.
+    fn socket(&mut self) -> Result<&mut NftSocket, EngineError> {
+        if self.socket.is_none() {
+            self.socket = Some(NftSocket::open(self.options.netns.as_deref())?);
+        }
+        Ok(self.socket.as_mut().expect("opened above"))
+    }
+
+    async fn full_sync(
+        &mut self,
+        model: &NodeModel,
+        changes: &ChangeSet,
+    ) -> Result<SyncReport, EngineError> {
+        let (pieces, applied) = render_full_pieces(model, &self.options.tables, self.options.ipv6);
+        // Forget the record first: if applying fails, the next sync is full.
+        self.applied = None;
+        let start = Instant::now();
+        let text: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        apply::transaction_pieces(&self.options, &text).await?;
+        let apply_time = start.elapsed();
+        let rules = applied.rule_count();
+        self.applied = Some(applied);
+        let bytes: usize = pieces.iter().map(String::len).sum();
+        tracing::debug!(bytes, ?apply_time, "nftables full sync");
+        Ok(SyncReport {
+            full: true,
+            service_ports_written: model.services.len(),
+            service_ports_removed: changes.removed.len(),
+            rules,
+            apply_time,
+            ..SyncReport::default()
+        })
     }
 }
 
@@ -117,47 +146,38 @@ impl ProxyEngine for NftablesEngine {
         Mode::Nftables
     }
 
+    fn owner(&self) -> Owner {
+        match self.options.tables.name(0) {
+            TABLE => "nftables".to_string(),
+            other => format!("nftables ({other})"),
+        }
+    }
+
+    async fn prepare(&mut self) -> Result<(), EngineError> {
+        if self.options.netlink_partials {
+            self.socket()?;
+        }
+        Ok(())
+    }
+
     async fn sync(
         &mut self,
         model: &NodeModel,
         changes: &ChangeSet,
     ) -> Result<SyncReport, EngineError> {
-        let full = changes.full || self.applied.is_none();
-        if full {
-            let (pieces, applied) = render_full_pieces(model, self.options.ipv6);
-            // Forget the record first: if applying fails, the next sync is full.
-            self.applied = None;
-            let start = Instant::now();
-            let text: Vec<&str> = pieces.iter().map(String::as_str).collect();
-            apply::transaction_pieces(&self.options, &text).await?;
-            let apply_time = start.elapsed();
-            let rules = applied.rule_count();
-            self.applied = Some(applied);
-            let bytes: usize = pieces.iter().map(String::len).sum();
-            tracing::debug!(bytes, ?apply_time, "nftables full sync");
-            return Ok(SyncReport {
-                full: true,
-                service_ports_written: model.services.len(),
-                service_ports_removed: changes.removed.len(),
-                rules,
-                apply_time,
-            });
+        if changes.full || self.applied.is_none() {
+            return self.full_sync(model, changes).await;
         }
         let mut applied = self.applied.take().expect("checked above");
         let partial = render_partial(model, changes, &applied);
         let start = Instant::now();
         let mut via = "nothing to do";
-        if !partial.text.is_empty() {
+        if !partial.is_empty() {
             // On error `self.applied` stays `None`: the next sync is full.
             via = self.apply_partial(&partial).await?;
         }
         let apply_time = start.elapsed();
-        tracing::debug!(
-            bytes = partial.text.len(),
-            ?apply_time,
-            via,
-            "nftables partial sync"
-        );
+        tracing::debug!(?apply_time, via, "nftables partial sync");
         partial.commit(&mut applied);
         let rules = applied.rule_count();
         self.applied = Some(applied);
@@ -167,6 +187,7 @@ impl ProxyEngine for NftablesEngine {
             service_ports_removed: changes.removed.len(),
             rules,
             apply_time,
+            ..SyncReport::default()
         })
     }
 
@@ -180,13 +201,18 @@ impl ProxyEngine for NftablesEngine {
                     self.socket = Some(NftSocket::open(self.options.netns.as_deref())?);
                 }
                 let socket = self.socket.as_mut().expect("opened above");
-                let result = verify::verify_netlink(socket, applied, &mut self.verify_cursor);
+                let tables = &self.options.tables;
+                let result =
+                    verify::verify_netlink(socket, tables, applied, &mut self.verify_cursor);
                 if result.is_err() {
                     self.socket = None;
                 }
                 result
             }
-            Some(applied) => verify::verify(&self.options, applied, &mut self.verify_cursor).await,
+            Some(applied) => {
+                let tables = &self.options.tables;
+                verify::verify(&self.options, tables, applied, &mut self.verify_cursor).await
+            }
         }
     }
 
@@ -196,7 +222,7 @@ impl ProxyEngine for NftablesEngine {
         let mut text = String::new();
         for &family in Family::programmed(self.options.ipv6) {
             let fam = family.nft();
-            for table in (0..TABLES).map(table_name) {
+            for table in self.options.tables.iter() {
                 text.push_str(&format!(
                     "add table {fam} {table}\ndelete table {fam} {table}\n"
                 ));

@@ -1,16 +1,21 @@
-//! The nftables dataplane engine: `table ip switchyard` and `table ip6 switchyard`, plus
-//! [`ruleset::SHARDS`] shard tables per family (`switchyard-0` ...), laid out after upstream kube-proxy's nftables proxier (verdict maps for service IPs
-//! and NodePorts, one chain per service port), with no per-endpoint chains. Full syncs
-//! are one atomic `nft -f -` transaction; partial syncs are one atomic nf_tables netlink
-//! batch written by this crate (no `nft` process, no cache dump).
+//! The nftables dataplane engine: a main table and [`ruleset::SHARDS`] shard tables per
+//! family (`switchyard`, `switchyard-0` ...; the prefix is the engine's ownership
+//! parameter), laid out after upstream kube-proxy's nftables proxier (verdict maps for
+//! service IPs and NodePorts, one chain per set of backends), with no per-endpoint
+//! chains. Full syncs are one atomic `nft -f -` transaction (several pieces of text fed
+//! to one process); partial syncs are one atomic nf_tables netlink batch written by this
+//! crate (no `nft` process, no cache dump).
 //!
 //! This crate owns those tables and nothing else on the node; it never reads the
-//! Kubernetes API and never re-derives service semantics (see `switchyard_core::model`).
+//! Kubernetes API and decides no Service semantics: it encodes the model's plans
+//! (`switchyard_model::plan`).
 //!
-//! - [`ruleset`]: table, chain, map and set names; hashed per-service-port chain names.
+//! - [`ruleset`]: table, chain, map and set names; per-service-port chain names.
+//! - [`element`]: map and set elements as data (keys, verdicts, the table of each).
 //! - [`rule`]: per-service-port rules as data, written as nft text or netlink bytecode.
-//! - [`render`]: ruleset text, full (`render_full`) and partial (`render_partial`, also
-//!   encodable as a netlink batch).
+//! - [`port`]: one service port's plan encoded as chains, sets and elements.
+//! - [`fixed`]: the fixed chains and sets of every table (node-wide settings only).
+//! - [`render`]: transactions, full (nft text) and partial (a netlink batch, or text).
 //! - [`record`]: what the engine applied, per family and service port.
 //! - [`apply`]: running `nft` (optionally inside a network namespace).
 //! - [`netlink`]: the nf_tables netlink batch encoding and socket.
@@ -19,25 +24,30 @@
 //!
 //! # Layout (per family)
 //!
-//! The main table `switchyard`: base chains `filter-prerouting|input|forward|output`
-//! (priority -110, before DNAT), `filter-output-post-dnat` (-90), `nat-prerouting|output`
-//! (-101, jump `services`), `nat-postrouting` (100: hairpin check, then jump
-//! `masquerading`). Top-level chains: `services` (one masquerade-marking rule for cluster
-//! IP traffic from outside the cluster CIDRs, `ip daddr @cluster-ips ip saddr !=
-//! @cluster-cidrs`), `masquerading`, `mark-for-masquerade` (mark 0x4000),
-//! `reject-chain`, `service-endpoints-check` and `nodeport-endpoints-check`
-//! (`no-endpoint-services` / `no-endpoint-nodeports`), `firewall-check` (`firewall-ips`),
-//! `cluster-ips-check` (`cluster-ips`). Sets `nodeport-ips` and `cluster-cidrs`
-//! (intervals), `hairpin` (`endpoint . endpoint` address pairs: `ct status dnat ip saddr
-//! . ip daddr @hairpin jump mark-for-masquerade` in `nat-postrouting`). Per service port
-//! with LoadBalancerSourceRanges (rare): `fw-H`.
+//! The main table: base chains `filter-prerouting-pre-dnat` and `filter-output-pre-dnat`
+//! (priority -110, before DNAT: the firewall must see the LB IP), `filter-input`,
+//! `filter-forward`, `filter-output` (priority 0, after DNAT: the no-endpoint and
+//! cluster-IP checks must not catch traffic a nat chain already sent to an endpoint —
+//! upstream kubernetes#132456), `nat-prerouting|output` (-101, jump `services`),
+//! `nat-postrouting` (100: hairpin check, then jump `masquerading`). Top-level chains:
+//! `services` (one masquerade-marking rule for cluster IP traffic from outside the
+//! cluster CIDRs, `ip daddr @cluster-ips ip saddr != @cluster-cidrs`), `masquerading`,
+//! `mark-for-masquerade` (mark 0x4000), `reject-chain` (TCP reset, else ICMP),
+//! `service-endpoints-check` and `nodeport-endpoints-check` (`no-endpoint-services` /
+//! `no-endpoint-nodeports`), `firewall-check` (`firewall-ips`), `cluster-ips-check`
+//! (`cluster-ips`). Sets `nodeport-ips` and `cluster-cidrs` (intervals), `hairpin`
+//! (`endpoint . endpoint` address pairs: `ct status dnat ip saddr . ip daddr @hairpin
+//! jump mark-for-masquerade` in `nat-postrouting`). Per service port with
+//! LoadBalancerSourceRanges (rare): `fw-H`.
 //!
 //! Shard tables `switchyard-0` ... `switchyard-15`, each holding the service ports whose
 //! name hashes to it: base chains `nat-prerouting|output` (-100, jump `services`: the
-//! `service-ips` / `service-nodeports` verdict maps, holding only the shard's keys),
-//! copies of `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`, and per service
-//! port: `svc-H`, `local-H` (endpoint choice and DNAT inline: `numgen random mod (N-i) ==
-//! 0 meta l4proto P dnat to EP`), `ext-H`; `H` is a hash of the service port name, so
+//! `service-ips` verdict map) and `nat-prerouting|output-nodeports` (-99, jump
+//! `nodeports`: the `service-nodeports` map), so every shard's service IPs are looked up
+//! before any shard's NodePorts (upstream's precedence); copies of
+//! `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`, and per service port:
+//! `svc-H` / `local-H` (endpoint choice and DNAT inline: `numgen random mod (N-i) == 0
+//! meta l4proto P dnat to EP`), `ext-H`; `H` is a hash of the service port name, so
 //! names are stable and safe, and its first byte picks the shard. A key claimed by
 //! several service ports lives in the shard of its first claimant (the one whose chain
 //! it points to). The kernel's nat hook runs nat chains in priority order until one
@@ -74,8 +84,11 @@
 //! checks stay cheap.
 
 pub mod apply;
+pub mod element;
 pub mod engine;
+pub mod fixed;
 pub mod netlink;
+pub mod port;
 pub mod record;
 pub mod render;
 pub mod rule;

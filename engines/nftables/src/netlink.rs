@@ -28,9 +28,9 @@ use nix::{
         time::TimeVal,
     },
 };
-use switchyard_core::EngineError;
+use switchyard_model::EngineError;
 
-use crate::ruleset::{table_index, Family, TABLES};
+use crate::ruleset::{Family, TableNames, TABLES};
 
 // linux/netlink.h
 const NLMSG_ERROR: u16 = 2;
@@ -407,11 +407,8 @@ impl Batch {
     }
 }
 
-fn io_error(what: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Apply {
-        tool: "nf_tables netlink".to_string(),
-        message: format!("{what}: {e}"),
-    }
+fn io_error(what: &str, e: Errno) -> EngineError {
+    EngineError::errno(format!("nf_tables netlink: {what}"), e as i32)
 }
 
 /// A `NETLINK_NETFILTER` socket in one network namespace.
@@ -432,14 +429,19 @@ impl NftSocket {
                 let path = format!("/run/netns/{name}");
                 std::thread::scope(|s| {
                     s.spawn(|| {
-                        let ns = std::fs::File::open(&path)
-                            .map_err(|e| io_error(&format!("opening {path}"), e))?;
+                        let ns =
+                            std::fs::File::open(&path).map_err(|source| EngineError::Kernel {
+                                operation: format!("opening {path}"),
+                                source,
+                            })?;
                         setns(&ns, CloneFlags::CLONE_NEWNET)
                             .map_err(|e| io_error(&format!("entering {path}"), e))?;
                         open_fd()
                     })
                     .join()
-                    .map_err(|_| io_error("netns thread", "panicked"))?
+                    .map_err(|_| {
+                        EngineError::malformed("nf_tables netlink", "the netns thread panicked")
+                    })?
                 })?
             }
         };
@@ -493,7 +495,7 @@ impl NftSocket {
             return Ok(());
         }
         self.send(&buf, "sending the batch")?;
-        let mut failure: Option<String> = None;
+        let mut failure: Option<(u32, i32)> = None;
         loop {
             let n = self
                 .receive("waiting for the kernel's answer")?
@@ -506,17 +508,15 @@ impl NftSocket {
                     if in_batch {
                         if errno != 0 {
                             let index = seq.wrapping_sub(first);
-                            failure.get_or_insert_with(|| {
-                                format!("message {index} of {count}: {}", Errno::from_raw(-errno))
-                            });
+                            failure.get_or_insert((index, errno));
                         }
                         if seq == last || seq == first {
                             return match failure {
                                 None => Ok(()),
-                                Some(message) => Err(EngineError::Apply {
-                                    tool: "nf_tables netlink".to_string(),
-                                    message,
-                                }),
+                                Some((index, errno)) => Err(EngineError::errno(
+                                    format!("nf_tables netlink batch, message {index} of {count}"),
+                                    errno,
+                                )),
                             };
                         }
                     }
@@ -547,7 +547,10 @@ fn messages<'a>(
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4")) as usize;
         if len < 16 || len > data.len() {
             data = &[];
-            return Some(Err(io_error(what, "malformed netlink message")));
+            return Some(Err(EngineError::malformed(
+                format!("nf_tables netlink: {what}"),
+                "malformed netlink message",
+            )));
         }
         let message = Message {
             kind: u16::from_ne_bytes([data[4], data[5]]),
@@ -612,7 +615,10 @@ impl NftSocket {
         loop {
             let n = self.receive("reading a dump")?;
             if n > self.recv_buf.len() {
-                return Err(io_error("dump", "datagram larger than the buffer"));
+                return Err(EngineError::malformed(
+                    "nf_tables netlink: dump",
+                    "datagram larger than the buffer",
+                ));
             }
             for message in messages(&self.recv_buf[..n], "dump") {
                 let Message {
@@ -635,16 +641,23 @@ impl NftSocket {
                     }
                     _ if body.len() >= 4 => on_message(&body[4..]),
                     _ => {
-                        failure.get_or_insert(io_error("dump", "short message"));
+                        failure.get_or_insert(EngineError::malformed(
+                            "nf_tables netlink: dump",
+                            "short message",
+                        ));
                     }
                 }
             }
         }
     }
 
-    /// Names of the chains of our tables in `family`, per table index (see
-    /// `ruleset::table_index`; empty when a table does not exist).
-    pub fn chains(&mut self, family: Family) -> Result<Vec<Vec<String>>, EngineError> {
+    /// Names of the chains of the `tables` in `family`, per table index (empty when a
+    /// table does not exist).
+    pub fn chains(
+        &mut self,
+        family: Family,
+        tables: &TableNames,
+    ) -> Result<Vec<Vec<String>>, EngineError> {
         let mut out = vec![Vec::new(); TABLES];
         self.dump(
             family,
@@ -660,7 +673,7 @@ impl NftSocket {
                     }
                 }
                 if let (Some(t), Some(n)) = (table, name) {
-                    if let Some(i) = table_index(&String::from_utf8_lossy(t)) {
+                    if let Some(i) = tables.index(&String::from_utf8_lossy(t)) {
                         out[i].push(String::from_utf8_lossy(n).into_owned());
                     }
                 }

@@ -3,44 +3,23 @@
 //! syncs are computed against this record (the kernel is never re-listed to find out),
 //! and `verify` compares the kernel with it.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
-use switchyard_core::ServicePortName;
+use switchyard_model::ServicePortName;
 
-use crate::ruleset::{element_table, object_table, Family, MapKind, TABLES};
+use crate::{
+    element::{table_of, Element, ElementKey, ObjectRef, Verdict},
+    ruleset::{Family, MapKind, TABLES},
+};
 
-/// One element of a map or set. `value` is empty for sets. Key and value are shared
-/// with the claims (one allocation each, however many places hold them).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Element {
-    pub kind: MapKind,
-    pub key: Arc<str>,
-    pub value: Arc<str>,
-}
-
-impl Element {
-    pub fn new(kind: MapKind, key: String, value: String) -> Element {
-        static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
-        Element {
-            kind,
-            key: key.into(),
-            value: if value.is_empty() {
-                EMPTY.clone()
-            } else {
-                value.into()
-            },
-        }
-    }
-}
-
-/// Everything one service port owns in one family's table.
+/// Everything one service port owns in one family's tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortObjects {
     /// Chains with their rule counts.
-    pub chains: Vec<(String, usize)>,
+    pub chains: Vec<(ObjectRef, usize)>,
     /// Affinity sets.
-    pub sets: Vec<String>,
+    pub sets: Vec<ObjectRef>,
     pub elements: Vec<Element>,
 }
 
@@ -54,15 +33,15 @@ impl PortObjects {
 /// key (e.g. two Services sharing an external IP and port); the first claimant's value
 /// is the one in the kernel. The name is shared with the port's record entry (one
 /// allocation per port, not one per element: 250k hairpin elements at 50k services).
-pub type Claims = Vec<(Arc<ServicePortName>, Arc<str>)>;
+pub type Claims = Vec<(Arc<ServicePortName>, Verdict)>;
 
 /// What one table (main or shard) holds.
 #[derive(Clone, Debug, Default)]
 pub struct TableRecord {
     /// Every chain in the table (fixed ones included) and its rule count.
-    pub chains: HashMap<String, usize>,
+    pub chains: HashMap<Arc<str>, usize>,
     /// Affinity sets in the table.
-    pub sets: HashSet<String>,
+    pub sets: HashSet<Arc<str>>,
     /// Elements in the kernel per map (indexed by `MapKind::index`); only the maps the
     /// table has (see `MapKind::is_sharded`) count.
     pub map_counts: [usize; MapKind::ALL.len()],
@@ -79,8 +58,8 @@ impl TableRecord {
 pub struct FamilyRecord {
     pub ports: HashMap<Arc<ServicePortName>, PortObjects>,
     /// Claims per map (indexed by `MapKind::index`), by element key.
-    pub claims: [HashMap<Arc<str>, Claims>; MapKind::ALL.len()],
-    /// Per table (0: main, `1 + i`: shard `i`, see `ruleset::table_name`).
+    pub claims: [HashMap<ElementKey, Claims>; MapKind::ALL.len()],
+    /// Per table (0: main, `1 + i`: shard `i`).
     pub tables: Vec<TableRecord>,
 }
 
@@ -96,40 +75,35 @@ impl Default for FamilyRecord {
 
 impl FamilyRecord {
     /// The value in the kernel for `key`, if any.
-    pub fn head(&self, kind: MapKind, key: &str) -> Option<&str> {
+    pub fn head(&self, kind: MapKind, key: &ElementKey) -> Option<&Verdict> {
         self.claims(kind, key)
             .and_then(|c| c.first())
-            .map(|(_, v)| &**v)
+            .map(|(_, v)| v)
     }
 
     /// Who claims `key` in the map `kind`.
-    pub fn claims(&self, kind: MapKind, key: &str) -> Option<&Claims> {
+    pub fn claims(&self, kind: MapKind, key: &ElementKey) -> Option<&Claims> {
         self.claims[kind.index()].get(key)
     }
 
     /// Records a port's objects (after its elements were written, if it won them).
     pub fn insert_port(&mut self, name: &ServicePortName, objects: PortObjects) {
         for (chain, rules) in &objects.chains {
-            self.tables[object_table(chain)]
+            self.tables[chain.table]
                 .chains
-                .insert(chain.clone(), *rules);
+                .insert(chain.name.clone(), *rules);
         }
         for set in &objects.sets {
-            self.tables[object_table(set)].sets.insert(set.clone());
+            self.tables[set.table].sets.insert(set.name.clone());
         }
         if objects.is_empty() {
             return;
         }
         let owner = Arc::new(name.clone());
         for e in &objects.elements {
-            let claims = match self.claims[e.kind.index()].get_mut(&*e.key) {
-                Some(claims) => claims,
-                None => self.claims[e.kind.index()]
-                    .entry(e.key.clone())
-                    .or_default(),
-            };
+            let claims = self.claims[e.kind.index()].entry(e.key).or_default();
             if claims.is_empty() {
-                self.tables[element_table(e.kind, &e.value)].map_counts[e.kind.index()] += 1;
+                self.tables[e.table()].map_counts[e.kind.index()] += 1;
             }
             claims.push((owner.clone(), e.value.clone()));
         }
@@ -142,28 +116,29 @@ impl FamilyRecord {
             return;
         };
         for (chain, _) in &objects.chains {
-            self.tables[object_table(chain)].chains.remove(chain);
+            self.tables[chain.table].chains.remove(&chain.name);
         }
         for set in &objects.sets {
-            self.tables[object_table(set)].sets.remove(set);
+            self.tables[set.table].sets.remove(&set.name);
         }
         for e in objects.elements {
             let kind = e.kind;
             let map = &mut self.claims[kind.index()];
-            if let Some(claims) = map.get_mut(&*e.key) {
-                let before = claims.first().map(|(_, v)| element_table(kind, v));
-                claims.retain(|(n, _)| **n != *name);
-                let after = claims.first().map(|(_, v)| element_table(kind, v));
-                if claims.is_empty() {
-                    map.remove(&*e.key);
+            let Some(claims) = map.get_mut(&e.key) else {
+                continue;
+            };
+            let before = claims.first().map(|(_, v)| table_of(kind, v));
+            claims.retain(|(n, _)| **n != *name);
+            let after = claims.first().map(|(_, v)| table_of(kind, v));
+            if claims.is_empty() {
+                map.remove(&e.key);
+            }
+            if before != after {
+                if let Some(t) = before {
+                    self.tables[t].map_counts[kind.index()] -= 1;
                 }
-                if before != after {
-                    if let Some(t) = before {
-                        self.tables[t].map_counts[kind.index()] -= 1;
-                    }
-                    if let Some(t) = after {
-                        self.tables[t].map_counts[kind.index()] += 1;
-                    }
+                if let Some(t) = after {
+                    self.tables[t].map_counts[kind.index()] += 1;
                 }
             }
         }
@@ -175,8 +150,8 @@ impl FamilyRecord {
     }
 
     /// Whether an affinity set exists.
-    pub fn has_set(&self, set: &str) -> bool {
-        self.tables[object_table(set)].sets.contains(set)
+    pub fn has_set(&self, set: &ObjectRef) -> bool {
+        self.tables[set.table].sets.contains(&set.name)
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use switchyard_core::Protocol;
+use switchyard_model::Protocol;
 
 use crate::{
     netlink::{Attrs, NFTA_DATA_VALUE, NFT_GOTO, NFT_JUMP, NFT_RETURN, NF_DROP},
@@ -317,14 +317,6 @@ pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
-pub fn protocol_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
 fn payload(a: &mut Attrs<'_>, base: u32, offset: u32, len: u32) {
     a.expr("payload", |a| {
         a.u32(NFTA_PAYLOAD_DREG, REG_1);
@@ -347,7 +339,7 @@ fn l4proto(a: &mut Attrs<'_>, protocol: Protocol) {
         a.u32(NFTA_META_KEY, NFT_META_L4PROTO);
         a.u32(NFTA_META_DREG, REG_1);
     });
-    cmp(a, CMP_EQ, &[protocol_number(protocol)]);
+    cmp(a, CMP_EQ, &[protocol.number()]);
 }
 
 fn immediate_data(a: &mut Attrs<'_>, reg: u32, data: &[u8]) {

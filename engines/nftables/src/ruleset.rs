@@ -6,69 +6,65 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
-use switchyard_core::{Endpoint, IpFamily, ServicePortName};
+use switchyard_model::{Backend, IpFamily, PortDigest, ServicePortName};
 
-/// Name of the main table in both families (fixed parts: filter checks, masquerading,
-/// hairpin, cluster IPs, no-endpoint maps).
+use crate::element::ObjectRef;
+
+/// Default name of the main table in both families (fixed parts: filter checks,
+/// masquerading, hairpin, cluster IPs, no-endpoint maps); shards are `NAME-0` ...
+/// The name is the engine's ownership parameter ([`TableNames`]).
 pub const TABLE: &str = "switchyard";
 
 /// Shard tables per family (`switchyard-0` ...): the per-service-port chains (but the
 /// rare `fw-` ones), affinity sets, and the verdict maps pointing into them
-/// (`service-ips`, `service-nodeports`), each with its own nat hooks. A service port lives in one shard (a stable
-/// hash of its name), so a partial sync of one port touches (and makes the kernel
-/// re-validate) one small table only.
+/// (`service-ips`, `service-nodeports`), each with its own nat hooks. A service port lives
+/// in one shard (a stable hash of its name), so a partial sync of one port touches (and
+/// makes the kernel re-validate) one small table only.
 pub const SHARDS: usize = 16;
 
 /// Tables per family: index 0 is the main table, `1 + i` is shard `i`.
 pub const TABLES: usize = SHARDS + 1;
 
-/// The name of table `index` (0: main, `1 + i`: shard `i`).
-pub fn table_name(index: usize) -> String {
-    if index == 0 {
-        TABLE.to_string()
-    } else {
-        format!("{TABLE}-{}", index - 1)
+/// The names of an engine's tables: `PREFIX` (index 0) and `PREFIX-0` ... `PREFIX-15`.
+/// Two engines with different prefixes never touch each other's tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableNames {
+    names: Vec<String>,
+}
+
+impl TableNames {
+    pub fn new(prefix: &str) -> TableNames {
+        let names = (0..TABLES)
+            .map(|i| {
+                if i == 0 {
+                    prefix.to_string()
+                } else {
+                    format!("{prefix}-{}", i - 1)
+                }
+            })
+            .collect();
+        TableNames { names }
+    }
+
+    /// The name of table `index` (0: main, `1 + i`: shard `i`).
+    pub fn name(&self, index: usize) -> &str {
+        &self.names[index]
+    }
+
+    /// The table index of a table name, if it is one of these.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
     }
 }
 
-/// The table index of a table name, if it is one of ours.
-pub fn table_index(name: &str) -> Option<usize> {
-    if name == TABLE {
-        return Some(0);
+impl Default for TableNames {
+    fn default() -> Self {
+        TableNames::new(TABLE)
     }
-    let i: usize = name.strip_prefix(TABLE)?.strip_prefix('-')?.parse().ok()?;
-    (i < SHARDS && name == table_name(i + 1)).then_some(i + 1)
-}
-
-/// The table holding a chain or set named `name`: per-service-port objects
-/// (`svc-`, `local-`, `ext-`, `aff-` and two hex digits of the port's hash) live in
-/// their port's shard, everything else in the main table (`fw-` chains too: they are
-/// rare, `firewall-ips` points to them and the filter hooks run it, so it stays in the
-/// small main table with the other filter checks).
-pub fn object_table(name: &str) -> usize {
-    let rest = ["svc-", "local-", "ext-", "aff-"]
-        .iter()
-        .find_map(|p| name.strip_prefix(p));
-    match rest
-        .and_then(|r| r.get(..2))
-        .and_then(|h| u8::from_str_radix(h, 16).ok())
-    {
-        Some(byte) => 1 + byte as usize % SHARDS,
-        None => 0,
-    }
-}
-
-/// The table holding an element of `kind` with `value`: sharded maps' elements live with
-/// the chain they point to.
-pub fn element_table(kind: MapKind, value: &str) -> usize {
-    if !kind.is_sharded() {
-        return 0;
-    }
-    value
-        .strip_prefix("goto ")
-        .or_else(|| value.strip_prefix("jump "))
-        .map_or(0, object_table)
 }
 
 /// The mark bit that asks `masquerading` to SNAT a packet (as kube-proxy's default).
@@ -104,7 +100,11 @@ pub struct BaseChain {
 /// masquerade mark for cluster IP traffic sees the original destination.
 pub const MAIN_NAT_PRIORITY: &str = "-101";
 
-/// A shard's base chains: its NAT lookups (`services`).
+/// A shard's base chains: its service IP lookups (`services`) at -100 and its NodePort
+/// lookups (`nodeports`) at -99. Every shard's service IP map is consulted before any
+/// shard's NodePort map, as in upstream's single chain: an address that is both a
+/// service IP and a node address, on a port that is another service's NodePort, goes
+/// to the service IP (measured cost: see BENCHMARKS.md, connection setup).
 pub const SHARD_BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
         name: "nat-prerouting",
@@ -118,47 +118,67 @@ pub const SHARD_BASE_CHAINS: &[BaseChain] = &[
         hook: "output",
         priority: "-100",
     },
+    BaseChain {
+        name: "nat-prerouting-nodeports",
+        kind: "nat",
+        hook: "prerouting",
+        priority: "-99",
+    },
+    BaseChain {
+        name: "nat-output-nodeports",
+        kind: "nat",
+        hook: "output",
+        priority: "-99",
+    },
 ];
+
+/// The chain of a shard holding its NodePort lookup.
+pub const NODEPORTS_CHAIN: &str = "nodeports";
 
 /// Jumps from a shard's base chains.
 pub const SHARD_JUMPS: &[(&str, &str, &str)] = &[
     ("nat-prerouting", "", SERVICES_CHAIN),
     ("nat-output", "", SERVICES_CHAIN),
+    ("nat-prerouting-nodeports", "", NODEPORTS_CHAIN),
+    ("nat-output-nodeports", "", NODEPORTS_CHAIN),
 ];
 
-/// As upstream (numeric: nft 1.0.6 only names `dstnat` for prerouting; dstnat = -100,
-/// srcnat = 100): filter chains run before DNAT so they see the original destination;
-/// `filter-output-post-dnat` runs after it, for `cluster-ips-check`.
+/// As upstream since 1.34 (kubernetes#132456; numeric priorities: nft 1.0.6 only names
+/// `dstnat` for prerouting; dstnat = -100, srcnat = 100): the firewall runs before DNAT
+/// (it must see the LB IP), the no-endpoint and cluster-IP checks after it (priority 0),
+/// so traffic a nat chain short-circuits to an endpoint (the node's own traffic to an
+/// `externalTrafficPolicy: Local` address without local endpoints) is never dropped by a
+/// check meant for its original destination.
 pub const BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
-        name: "filter-prerouting",
+        name: "filter-prerouting-pre-dnat",
         kind: "filter",
         hook: "prerouting",
+        priority: "-110",
+    },
+    BaseChain {
+        name: "filter-output-pre-dnat",
+        kind: "filter",
+        hook: "output",
         priority: "-110",
     },
     BaseChain {
         name: "filter-input",
         kind: "filter",
         hook: "input",
-        priority: "-110",
+        priority: "0",
     },
     BaseChain {
         name: "filter-forward",
         kind: "filter",
         hook: "forward",
-        priority: "-110",
+        priority: "0",
     },
     BaseChain {
         name: "filter-output",
         kind: "filter",
         hook: "output",
-        priority: "-110",
-    },
-    BaseChain {
-        name: "filter-output-post-dnat",
-        kind: "filter",
-        hook: "output",
-        priority: "-90",
+        priority: "0",
     },
     BaseChain {
         name: "nat-prerouting",
@@ -182,7 +202,16 @@ pub const BASE_CHAINS: &[BaseChain] = &[
 
 /// Jumps from base chains to top-level chains: (from, condition, to).
 pub const JUMPS: &[(&str, &str, &str)] = &[
-    ("filter-prerouting", "ct state new ", FIREWALL_CHECK_CHAIN),
+    (
+        "filter-prerouting-pre-dnat",
+        "ct state new ",
+        FIREWALL_CHECK_CHAIN,
+    ),
+    (
+        "filter-output-pre-dnat",
+        "ct state new ",
+        FIREWALL_CHECK_CHAIN,
+    ),
     (
         "filter-input",
         "ct state new ",
@@ -204,12 +233,7 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
         "ct state new ",
         SERVICE_ENDPOINTS_CHECK_CHAIN,
     ),
-    ("filter-output", "ct state new ", FIREWALL_CHECK_CHAIN),
-    (
-        "filter-output-post-dnat",
-        "ct state new ",
-        CLUSTER_IPS_CHECK_CHAIN,
-    ),
+    ("filter-output", "ct state new ", CLUSTER_IPS_CHECK_CHAIN),
     ("nat-prerouting", "", SERVICES_CHAIN),
     ("nat-output", "", SERVICES_CHAIN),
     (NAT_POSTROUTING_CHAIN, "", MASQUERADING_CHAIN),
@@ -345,13 +369,13 @@ impl Family {
     }
 }
 
-/// The stable identity of a service port's chains: 16 hex digits of SHA-256 over the
-/// length-prefixed fields of its name (so no two names collide by concatenation), plus
-/// a readable part limited to `[a-z0-9-]`.
+/// The stable identity of a service port's chains: 16 hex digits of the port name's
+/// digest (the model's name hashing), plus a readable part limited to `[a-z0-9-]`, and
+/// the shard the digest picks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortChains {
     base: String,
-    hash: [u8; 8],
+    digest: PortDigest,
 }
 
 /// Longest readable suffix kept in a chain name (names stay far below nft's 256 bytes).
@@ -359,21 +383,9 @@ const READABLE_MAX: usize = 40;
 
 impl PortChains {
     pub fn new(name: &ServicePortName) -> PortChains {
-        let mut hasher = Sha256::new();
-        for part in [
-            name.namespace.as_str(),
-            name.name.as_str(),
-            name.port.as_str(),
-            name.protocol.as_str(),
-        ] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        let digest = hasher.finalize();
-        let mut hash = [0u8; 8];
-        hash.copy_from_slice(&digest[..8]);
+        let digest = name.digest();
         let mut base = String::with_capacity(16 + 1 + READABLE_MAX);
-        push_hex(&mut base, &hash);
+        push_hex(&mut base, &digest.0[..8]);
         let readable = readable(&format!(
             "{}-{}-{}-{}",
             name.namespace, name.name, name.port, name.protocol
@@ -382,53 +394,54 @@ impl PortChains {
             base.push('-');
             base.push_str(&readable);
         }
-        PortChains { base, hash }
-    }
-
-    /// Cluster traffic policy chain (load-balances over cluster endpoints).
-    pub fn service(&self) -> String {
-        format!("svc-{}", self.base)
-    }
-
-    /// Local traffic policy chain (load-balances over local endpoints).
-    pub fn local(&self) -> String {
-        format!("local-{}", self.base)
-    }
-
-    /// External traffic (NodePort, external IPs, LB IPs) entry chain.
-    pub fn external(&self) -> String {
-        format!("ext-{}", self.base)
-    }
-
-    /// LoadBalancerSourceRanges chain.
-    pub fn firewall(&self) -> String {
-        format!("fw-{}", self.base)
+        PortChains { base, digest }
     }
 
     /// The table (index) of this port's chains and sets.
     pub fn table(&self) -> usize {
-        1 + self.hash[0] as usize % SHARDS
+        1 + self.digest.0[0] as usize % SHARDS
     }
 
-    /// Stable per-endpoint name part (`ep-` and a hash whose first byte is the port's,
-    /// so the name tells the shard).
-    fn endpoint(&self, ep: &Endpoint) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.hash);
-        hasher.update(ep.to_string().as_bytes());
-        let digest = hasher.finalize();
-        let mut name = String::with_capacity(3 + 16);
-        name.push_str("ep-");
-        push_hex(&mut name, &self.hash[..1]);
+    fn chain(&self, prefix: &str) -> ObjectRef {
+        ObjectRef::new(self.table(), format!("{prefix}{}", self.base))
+    }
+
+    /// The chain load-balancing over the backends internal traffic goes to.
+    pub fn service(&self) -> ObjectRef {
+        self.chain("svc-")
+    }
+
+    /// The chain load-balancing over a second set of backends (the node's own, under
+    /// `externalTrafficPolicy: Local`).
+    pub fn local(&self) -> ObjectRef {
+        self.chain("local-")
+    }
+
+    /// The chain load-balancing over a third set of backends (not produced by today's
+    /// plans, kept so the encoding is total).
+    pub fn alternate(&self) -> ObjectRef {
+        self.chain("alt-")
+    }
+
+    /// External traffic (NodePort, external IPs, LB IPs) entry chain.
+    pub fn external(&self) -> ObjectRef {
+        self.chain("ext-")
+    }
+
+    /// LoadBalancerSourceRanges chain, in the main table with the other filter checks
+    /// (rare; `firewall-ips` points to it and the filter hooks run it).
+    pub fn firewall(&self) -> ObjectRef {
+        ObjectRef::new(0, format!("fw-{}", self.base))
+    }
+
+    /// Affinity set of one backend (`aff-` and a hash of the port and the backend).
+    pub fn affinity(&self, backend: &Backend) -> ObjectRef {
+        let digest = self.digest.with_endpoint(backend.ip, backend.port);
+        let mut name = String::with_capacity(4 + 16);
+        name.push_str("aff-");
+        push_hex(&mut name, &self.digest.0[..1]);
         push_hex(&mut name, &digest[..7]);
-        name
-    }
-
-    /// Affinity set of one endpoint.
-    pub fn affinity(&self, ep: &Endpoint) -> String {
-        let mut name = self.endpoint(ep);
-        name.replace_range(0..2, "aff");
-        name
+        ObjectRef::new(self.table(), name)
     }
 }
 
@@ -478,7 +491,7 @@ pub fn collapse(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_core::Protocol;
+    use switchyard_model::Protocol;
 
     fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
         ServicePortName {
@@ -493,8 +506,8 @@ mod tests {
     fn names_are_stable_and_safe() {
         let a = PortChains::new(&spn("default", "web", "http"));
         assert_eq!(a, PortChains::new(&spn("default", "web", "http")));
-        assert!(a.service().starts_with("svc-"));
-        assert!(a.service().ends_with("-default-web-http-tcp"));
+        assert!(a.service().name.starts_with("svc-"));
+        assert!(a.service().name.ends_with("-default-web-http-tcp"));
         let evil = PortChains::new(&spn("a\"; flush ruleset;", &"é".repeat(253), "}\n{"));
         for n in [
             evil.service(),
@@ -502,8 +515,9 @@ mod tests {
             evil.firewall(),
             evil.local(),
         ] {
-            assert!(n.len() < 80, "{n}");
+            assert!(n.name.len() < 80, "{n}");
             assert!(n
+                .name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         }
@@ -516,30 +530,21 @@ mod tests {
     #[test]
     fn objects_live_in_their_ports_shard() {
         let a = PortChains::new(&spn("default", "web", "http"));
-        let ep = Endpoint {
+        let b = Backend {
             ip: "10.1.0.1".parse().unwrap(),
             port: 80,
             local: false,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: vec![],
-            node_hints: vec![],
         };
-        for n in [a.service(), a.local(), a.external(), a.affinity(&ep)] {
-            assert_eq!(object_table(&n), a.table(), "{n}");
+        for n in [a.service(), a.local(), a.external(), a.affinity(&b)] {
+            assert_eq!(n.table, a.table(), "{n}");
         }
-        assert_eq!(object_table(&a.firewall()), 0);
-        assert_eq!(object_table("services"), 0);
-        assert_eq!(
-            element_table(MapKind::ServiceIps, &format!("goto {}", a.service())),
-            a.table()
-        );
-        assert_eq!(element_table(MapKind::NoEndpointServices, "drop"), 0);
+        assert_eq!(a.firewall().table, 0);
+        let t = TableNames::default();
         for i in 0..TABLES {
-            assert_eq!(table_index(&table_name(i)), Some(i));
+            assert_eq!(t.index(t.name(i)), Some(i));
         }
-        assert_eq!(table_index("switchyard-16"), None);
+        assert_eq!(t.index("switchyard-16"), None);
+        assert_eq!(TableNames::new("other").name(3), "other-2");
     }
 
     #[test]

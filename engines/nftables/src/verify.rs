@@ -16,14 +16,13 @@
 
 use std::collections::HashMap;
 
-use switchyard_core::{Drift, EngineError};
+use switchyard_model::{Drift, EngineError};
 
 use crate::{
     apply,
     netlink::NftSocket,
     record::{Applied, TableRecord},
-    render::{element_bytes, NeedsNft},
-    ruleset::{element_table, table_name, Family, MapKind},
+    ruleset::{Family, MapKind, TableNames},
     NftOptions,
 };
 
@@ -42,7 +41,7 @@ pub struct Listing {
 }
 
 /// Parses `nft [-a] list ...` output, keeping only `table FAMILY TABLE` (`table` is one
-/// of `ruleset::table_name`); `None` when that table is not in the output. With `-a`, every rule line carries a `# handle N`
+/// of the engine's tables); `None` when that table is not in the output. With `-a`, every rule line carries a `# handle N`
 /// comment (chain headers carry one too and are not rules); elements are
 /// comma-separated.
 pub fn parse_listing(text: &str, family: Family, table: &str) -> Option<Listing> {
@@ -125,16 +124,17 @@ const MAX_FINDINGS: usize = 5;
 
 /// Chains missing from or unexpected in `listing` (names only).
 pub fn compare_chain_names(
+    tables: &TableNames,
     family: Family,
     table: usize,
     listing: &Listing,
     record: &TableRecord,
 ) -> Vec<String> {
     let fam = family.nft();
-    let table = table_name(table);
+    let table = tables.name(table);
     let mut out = Vec::new();
     for chain in record.chains.keys() {
-        if !listing.chains.contains_key(chain) {
+        if !listing.chains.contains_key(&**chain) {
             out.push(format!("chain {fam} {table} {chain} is missing"));
             if out.len() >= MAX_FINDINGS {
                 return out;
@@ -142,7 +142,7 @@ pub fn compare_chain_names(
         }
     }
     for chain in listing.chains.keys() {
-        if !record.chains.contains_key(chain) {
+        if !record.chains.contains_key(chain.as_str()) {
             out.push(format!("unexpected chain {fam} {table} {chain}"));
             if out.len() >= MAX_FINDINGS {
                 return out;
@@ -154,16 +154,17 @@ pub fn compare_chain_names(
 
 /// Rule counts of the chains `listing` shows that differ from the record.
 pub fn compare_rule_counts(
+    tables: &TableNames,
     family: Family,
     table: usize,
     listing: &Listing,
     record: &TableRecord,
 ) -> Vec<String> {
     let fam = family.nft();
-    let table = table_name(table);
+    let table = tables.name(table);
     let mut out = Vec::new();
     for (chain, n) in &listing.chains {
-        if let Some(expected) = record.chains.get(chain) {
+        if let Some(expected) = record.chains.get(chain.as_str()) {
             if n != expected {
                 out.push(format!(
                     "chain {fam} {table} {chain} has {n} rules, expected {expected}"
@@ -179,6 +180,7 @@ pub fn compare_rule_counts(
 
 /// Element counts of the maps and sets, and presence of affinity sets.
 pub fn compare_maps(
+    tables: &TableNames,
     family: Family,
     table: usize,
     listing: &Listing,
@@ -186,7 +188,7 @@ pub fn compare_maps(
 ) -> Vec<String> {
     let fam = family.nft();
     let shard = table > 0;
-    let table = table_name(table);
+    let table = tables.name(table);
     let mut out = Vec::new();
     for kind in MapKind::ALL.into_iter().filter(|k| k.is_sharded() == shard) {
         let expected = record.map_counts[kind.index()];
@@ -199,7 +201,11 @@ pub fn compare_maps(
             Some(_) => {}
         }
     }
-    if let Some(set) = record.sets.iter().find(|s| !listing.maps.contains_key(*s)) {
+    if let Some(set) = record
+        .sets
+        .iter()
+        .find(|s| !listing.maps.contains_key(&***s))
+    {
         out.push(format!("set {fam} {table} {set} is missing"));
     }
     out
@@ -208,14 +214,15 @@ pub fn compare_maps(
 /// Every difference between a full `-a` listing of the table and the record (at most a
 /// few of each kind).
 pub fn compare(
+    tables: &TableNames,
     family: Family,
     table: usize,
     listing: &Listing,
     record: &TableRecord,
 ) -> Vec<String> {
-    let mut out = compare_chain_names(family, table, listing, record);
-    out.extend(compare_rule_counts(family, table, listing, record));
-    out.extend(compare_maps(family, table, listing, record));
+    let mut out = compare_chain_names(tables, family, table, listing, record);
+    out.extend(compare_rule_counts(tables, family, table, listing, record));
+    out.extend(compare_maps(tables, family, table, listing, record));
     out
 }
 
@@ -227,8 +234,8 @@ async fn list(
 ) -> Result<Option<String>, EngineError> {
     match apply::run(options, args, "").await {
         Ok(text) => Ok(Some(text)),
-        Err(EngineError::Apply { message, .. }) => {
-            found.push(format!("nft {} failed: {message}", args.join(" ")));
+        Err(EngineError::Tool { stderr, .. }) => {
+            found.push(format!("nft {} failed: {stderr}", args.join(" ")));
             Ok(None)
         }
         Err(e) => Err(e),
@@ -239,6 +246,7 @@ async fn list(
 /// tables between calls.
 pub async fn verify(
     options: &NftOptions,
+    tables: &TableNames,
     applied: &Applied,
     cursor: &mut usize,
 ) -> Result<Drift, EngineError> {
@@ -251,26 +259,28 @@ pub async fn verify(
         let sets = list(options, &["list", "sets", fam], &mut found).await?;
         let maps = list(options, &["list", "maps", fam], &mut found).await?;
         for (t, record) in applied.families[family.index()].tables.iter().enumerate() {
-            let table = table_name(t);
-            let Some(chains) = parse_listing(&chains_text, family, &table) else {
+            let table = tables.name(t);
+            let Some(chains) = parse_listing(&chains_text, family, table) else {
                 found.push(format!("table {fam} {table} is missing"));
                 continue;
             };
-            found.extend(compare_chain_names(family, t, &chains, record));
+            found.extend(compare_chain_names(tables, family, t, &chains, record));
             if let (Some(sets), Some(maps)) = (&sets, &maps) {
-                let mut listing = parse_listing(sets, family, &table).unwrap_or_default();
-                let maps = parse_listing(maps, family, &table).unwrap_or_default();
+                let mut listing = parse_listing(sets, family, table).unwrap_or_default();
+                let maps = parse_listing(maps, family, table).unwrap_or_default();
                 listing.maps.extend(maps.maps);
-                found.extend(compare_maps(family, t, &listing, record));
+                found.extend(compare_maps(tables, family, t, &listing, record));
             }
             if record.rule_count() <= FULL_LISTING_MAX_RULES {
                 if let Some(text) =
-                    list(options, &["-a", "list", "table", fam, &table], &mut found).await?
+                    list(options, &["-a", "list", "table", fam, table], &mut found).await?
                 {
-                    let rules = parse_listing(&text, family, &table).unwrap_or_default();
-                    found.extend(compare_rule_counts(family, t, &rules, record));
+                    let rules = parse_listing(&text, family, table).unwrap_or_default();
+                    found.extend(compare_rule_counts(tables, family, t, &rules, record));
                     for chain in record.chains.keys() {
-                        if !rules.chains.contains_key(chain) && chains.chains.contains_key(chain) {
+                        if !rules.chains.contains_key(&**chain)
+                            && chains.chains.contains_key(&**chain)
+                        {
                             found.push(format!(
                                 "chain {fam} {table} {chain} vanished while listing"
                             ));
@@ -281,7 +291,7 @@ pub async fn verify(
             } else {
                 let n = record.chains.len();
                 let start = *cursor % n.max(1);
-                let sample: Vec<&String> = record
+                let sample: Vec<&std::sync::Arc<str>> = record
                     .chains
                     .keys()
                     .cycle()
@@ -289,18 +299,18 @@ pub async fn verify(
                     .take(SAMPLED_CHAINS.min(n))
                     .collect();
                 for chain in sample {
-                    if !chains.chains.contains_key(chain) {
+                    if !chains.chains.contains_key(&**chain) {
                         continue; // already reported missing
                     }
                     if let Some(text) = list(
                         options,
-                        &["-a", "list", "chain", fam, &table, chain],
+                        &["-a", "list", "chain", fam, table, chain],
                         &mut found,
                     )
                     .await?
                     {
-                        let rules = parse_listing(&text, family, &table).unwrap_or_default();
-                        found.extend(compare_rule_counts(family, t, &rules, record));
+                        let rules = parse_listing(&text, family, table).unwrap_or_default();
+                        found.extend(compare_rule_counts(tables, family, t, &rules, record));
                     }
                 }
             }
@@ -331,6 +341,7 @@ pub const NETLINK_SAMPLED_CHAINS: usize = 64;
 /// [`NETLINK_SAMPLED_CHAINS`] chains, rotating.
 pub fn verify_netlink(
     socket: &mut NftSocket,
+    tables: &TableNames,
     applied: &Applied,
     cursor: &mut usize,
 ) -> Result<Drift, EngineError> {
@@ -338,9 +349,9 @@ pub fn verify_netlink(
     for &family in applied.programmed() {
         let fam = family.nft();
         let family_record = &applied.families[family.index()];
-        let mut all_chains = socket.chains(family)?;
+        let mut all_chains = socket.chains(family, tables)?;
         for (t, record) in family_record.tables.iter().enumerate() {
-            let table = table_name(t);
+            let table = tables.name(t);
             let chains = std::mem::take(&mut all_chains[t]);
             if chains.is_empty() {
                 found.push(format!("table {fam} {table} is missing"));
@@ -350,8 +361,8 @@ pub fn verify_netlink(
                 chains: chains.into_iter().map(|c| (c, 0)).collect(),
                 maps: HashMap::new(),
             };
-            found.extend(compare_chain_names(family, t, &listing, record));
-            let sets = socket.sets(family, &table)?.unwrap_or_default();
+            found.extend(compare_chain_names(tables, family, t, &listing, record));
+            let sets = socket.sets(family, table)?.unwrap_or_default();
             let mut sampled: Vec<MapKind> = Vec::new();
             for set in sets {
                 let kind = MapKind::ALL.into_iter().find(|k| k.name() == set);
@@ -362,52 +373,26 @@ pub fn verify_netlink(
                         sampled.push(kind);
                         record.map_counts[kind.index()]
                     }
-                    Some(_) => socket.element_count(family, &table, &set)?.unwrap_or(0),
+                    Some(_) => socket.element_count(family, table, &set)?.unwrap_or(0),
                     None => 0,
                 };
                 listing.maps.insert(set, n);
             }
-            found.extend(compare_maps(family, t, &listing, record));
+            found.extend(compare_maps(tables, family, t, &listing, record));
             for kind in sampled {
-                let sample: Vec<(&str, &str)> = family_record.claims[kind.index()]
-                    .iter()
-                    .filter_map(|(key, claims)| claims.first().map(|(_, v)| (&**key, &**v)))
-                    .filter(|(_, v)| element_table(kind, v) == t)
-                    .skip(*cursor % record.map_counts[kind.index()].max(1))
-                    .take(NETLINK_SAMPLED_KEYS)
-                    .collect();
-                let mut keys = Vec::with_capacity(sample.len());
-                for (key, value) in &sample {
-                    match element_bytes(key, value) {
-                        Ok(e) => keys.push(e.key),
-                        Err(NeedsNft(what)) => found.push(format!("cannot encode {what}")),
-                    }
-                }
-                let got = socket.elements_present(family, &table, kind.name(), &keys)?;
-                for (i, (key, value)) in sample.iter().enumerate() {
-                    match got.get(i) {
-                        None => {
-                            found.push(format!("{fam} {table} {} lacks {key}", kind.name()));
-                            break;
-                        }
-                        Some(chain) if kind.is_map() => {
-                            let expected = value.split_once(' ').map(|(_, c)| c);
-                            if chain.as_deref() != expected {
-                                found.push(format!(
-                                    "{fam} {table} {} maps {key} to {chain:?}, expected {value}",
-                                    kind.name()
-                                ));
-                            }
-                        }
-                        Some(_) => {}
-                    }
-                }
+                found.extend(sample_elements(
+                    socket,
+                    family,
+                    table,
+                    t,
+                    kind,
+                    family_record,
+                    *cursor,
+                )?);
             }
             let all_rules = record.rule_count() <= FULL_LISTING_MAX_RULES;
             let rules = if all_rules {
-                socket
-                    .rule_counts(family, &table, None)?
-                    .unwrap_or_default()
+                socket.rule_counts(family, table, None)?.unwrap_or_default()
             } else {
                 let n = record.chains.len();
                 let start = *cursor % n.max(1);
@@ -419,13 +404,13 @@ pub fn verify_netlink(
                     .skip(start)
                     .take(NETLINK_SAMPLED_CHAINS.min(n))
                 {
-                    if !listing.chains.contains_key(chain) {
+                    if !listing.chains.contains_key(&**chain) {
                         continue; // already reported missing
                     }
                     let got = socket
-                        .rule_counts(family, &table, Some(chain))?
+                        .rule_counts(family, table, Some(chain))?
                         .unwrap_or_default();
-                    counts.insert(chain.clone(), got.get(chain).copied().unwrap_or(0));
+                    counts.insert(chain.to_string(), got.get(&**chain).copied().unwrap_or(0));
                 }
                 counts
             };
@@ -434,10 +419,10 @@ pub fn verify_netlink(
                     *n = *count;
                 } else if !all_rules {
                     // Not sampled this time: compare nothing.
-                    *n = record.chains.get(chain).copied().unwrap_or(0);
+                    *n = record.chains.get(chain.as_str()).copied().unwrap_or(0);
                 }
             }
-            found.extend(compare_rule_counts(family, t, &listing, record));
+            found.extend(compare_rule_counts(tables, family, t, &listing, record));
         }
     }
     *cursor = cursor.wrapping_add(NETLINK_SAMPLED_CHAINS);
@@ -446,6 +431,51 @@ pub fn verify_netlink(
     } else {
         Drift::Found(found.join("; "))
     })
+}
+
+/// Looks up a rotating sample of a large map's keys (with their verdicts) in table
+/// `t`, returning what differs from the record.
+fn sample_elements(
+    socket: &mut NftSocket,
+    family: Family,
+    table: &str,
+    t: usize,
+    kind: MapKind,
+    family_record: &crate::record::FamilyRecord,
+    cursor: usize,
+) -> Result<Vec<String>, EngineError> {
+    let fam = family.nft();
+    let count = family_record.tables[t].map_counts[kind.index()].max(1);
+    let sample: Vec<(&crate::element::ElementKey, &crate::element::Verdict)> = family_record.claims
+        [kind.index()]
+    .iter()
+    .filter_map(|(key, claims)| claims.first().map(|(_, v)| (key, v)))
+    .filter(|(_, v)| crate::element::table_of(kind, v) == t)
+    .skip(cursor % count)
+    .take(NETLINK_SAMPLED_KEYS)
+    .collect();
+    let keys: Vec<Vec<u8>> = sample.iter().map(|(k, _)| k.bytes()).collect();
+    let got = socket.elements_present(family, table, kind.name(), &keys)?;
+    let mut found = Vec::new();
+    for (i, (key, value)) in sample.iter().enumerate() {
+        match got.get(i) {
+            None => {
+                found.push(format!("{fam} {table} {} lacks {key}", kind.name()));
+                break;
+            }
+            Some(chain) if kind.is_map() => {
+                let expected = value.chain().map(|c| &*c.name);
+                if chain.as_deref() != expected && !(expected.is_none() && chain.is_none()) {
+                    found.push(format!(
+                        "{fam} {table} {} maps {key} to {chain:?}, expected {value}",
+                        kind.name()
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

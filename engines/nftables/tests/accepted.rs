@@ -5,15 +5,16 @@ mod support;
 
 use proptest::prelude::*;
 use support::netns::{have_root, Netns};
-use switchyard_core::test_util::strategies::{
+use switchyard_model::test_util::strategies::{
     any_endpoint, any_ip, any_name, any_net, any_protocol,
 };
-use switchyard_core::{ChangeSet, NodeModel, ServicePort, ServicePortName};
+use switchyard_model::test_util::{TestCatalog, TestService};
+use switchyard_model::{ChangeSet, ModelConfig, NodeFacts, NodeModel, ServicePortName};
 use switchyard_nftables::{
     netlink::NftSocket,
     render::render_full_with_record,
     render_full, render_partial,
-    ruleset::{table_name, Family, TABLES},
+    ruleset::{Family, TableNames, TABLES},
     verify::{compare, parse_listing},
 };
 
@@ -32,14 +33,10 @@ prop_compose! {
         external_policy_local in any::<bool>(),
         internal_policy_local in any::<bool>(),
         affinity_timeout in prop::option::of(1u32..=86400),
-        mut endpoints in prop::collection::vec(any_endpoint(), 0..5),
-    ) -> ServicePort {
-        endpoints.sort();
-        endpoints.dedup_by_key(|e| (e.ip, e.port));
-        let local_endpoints = endpoints.iter().filter(|e| e.local).cloned().collect();
-        ServicePort {
+        endpoints in prop::collection::vec(any_endpoint(), 0..5),
+    ) -> TestService {
+        TestService {
             name: ServicePortName { namespace, name, port: port_name, protocol },
-            protocol,
             port,
             cluster_ips,
             node_port,
@@ -50,10 +47,18 @@ prop_compose! {
             internal_policy_local,
             affinity_timeout,
             health_check_node_port: None,
-            cluster_endpoints: endpoints,
-            local_endpoints,
+            endpoints,
         }
     }
+}
+
+/// Services with distinct (namespace, name): one port per Service.
+fn distinct(services: Vec<TestService>) -> Vec<TestService> {
+    let mut seen = std::collections::HashSet::new();
+    services
+        .into_iter()
+        .filter(|s| seen.insert((s.name.namespace.clone(), s.name.name.clone())))
+        .collect()
 }
 
 prop_compose! {
@@ -63,39 +68,28 @@ prop_compose! {
         keep in prop::collection::vec(any::<bool>(), 4),
         new_endpoints in prop::collection::vec(prop::collection::vec(any_endpoint(), 0..4), 4),
         node_ips in prop::collection::vec(any_ip(), 0..3),
-        node_port_addresses in prop::collection::vec(any_net(), 0..3),
+        node_port_cidrs in prop::collection::vec(any_net(), 0..3),
         cluster_cidrs in prop::collection::vec(any_net(), 0..3),
         masquerade_all in any::<bool>(),
     ) -> (NodeModel, NodeModel) {
-        let m1 = NodeModel {
-            node_name: "test-node".into(),
-            node_ips,
-            node_port_addresses,
-            cluster_cidrs,
-            masquerade_all,
-            services: before.iter().map(|s| (s.name.clone(), s.clone())).collect(),
-        };
+        let node = NodeFacts { name: "test-node".into(), primary_ips: node_ips, zone: String::new() };
+        let config = ModelConfig { cluster_cidrs, masquerade_all, node_port_cidrs, node_port_primary: false };
+        let before = distinct(before);
+        let build = |services: &[TestService]| NodeModel::build(&TestCatalog::new(services), &node, &config);
+        let m1 = build(&before);
         // The second model keeps some ports, changes the endpoints of some, adds others.
-        let mut m2 = m1.clone();
-        m2.services.clear();
-        for (i, sp) in before.into_iter().enumerate() {
+        let mut second = Vec::new();
+        for (i, mut s) in before.into_iter().enumerate() {
             if !keep[i] {
                 continue;
             }
-            let mut sp = sp;
             if i % 2 == 1 {
-                let mut eps = new_endpoints[i].clone();
-                eps.sort();
-                eps.dedup_by_key(|e| (e.ip, e.port));
-                sp.local_endpoints = eps.iter().filter(|e| e.local).cloned().collect();
-                sp.cluster_endpoints = eps;
+                s.endpoints = new_endpoints[i].clone();
             }
-            m2.services.insert(sp.name.clone(), sp);
+            second.push(s);
         }
-        for sp in after {
-            m2.services.insert(sp.name.clone(), sp);
-        }
-        (m1, m2)
+        second.extend(after);
+        (m1, build(&distinct(second)))
     }
 }
 
@@ -126,34 +120,32 @@ fn kernel_accepts_full_and_partial_rulesets() {
         let changes = ChangeSet::between(&m1, &m2);
         let partial = render_partial(&m2, &changes, &applied);
         let mut via = "nothing";
-        if !partial.text.is_empty() {
-            let (ok, out) = ns.nft(&["-c", "-f", "-"], &partial.text);
-            prop_assert!(ok, "partial update refused: {out}\n{}\nagainst\n{full}", partial.text);
-            // Through netlink when it can be encoded, as the engine does.
+        let tables = TableNames::default();
+        let text = partial.text(&tables);
+        if !partial.is_empty() {
+            // The nft text of the same transaction is valid too (the engine's fallback).
+            let (ok, out) = ns.nft(&["-c", "-f", "-"], &text);
+            prop_assert!(ok, "partial update refused: {out}\n{text}\nagainst\n{full}");
+            // Through netlink, as the engine does.
             let mut socket = socket.borrow_mut();
             let mut batch = socket.batch();
-            if partial.encode(&mut batch).is_ok() {
-                via = "netlink";
-                let result = socket.commit(batch);
-                prop_assert!(result.is_ok(), "netlink partial update failed: {result:?}\n{}", partial.text);
-            } else {
-                via = "nft";
-                let (ok, out) = ns.nft(&["-f", "-"], &partial.text);
-                prop_assert!(ok, "partial update failed: {out}");
-            }
+            partial.encode(&mut batch, &tables);
+            via = "netlink";
+            let result = socket.commit(batch);
+            prop_assert!(result.is_ok(), "netlink partial update failed: {result:?}\n{text}");
         }
         *counts.borrow_mut().entry(via).or_default() += 1;
         // The record after the partial update matches the kernel.
         let mut applied = applied;
-        let text = partial.text.clone();
         partial.commit(&mut applied);
         let (ok, out) = reference.nft(&["-f", "-"], &render_full(&m2));
         prop_assert!(ok, "{out}");
         for (family, t) in Family::BOTH.into_iter().flat_map(|f| (0..TABLES).map(move |t| (f, t))) {
-            let table = table_name(t);
+            let table = tables.name(t).to_string();
             let (ok, listing) = ns.nft(&["-a", "list", "table", family.nft(), &table], "");
             prop_assert!(ok, "{listing}");
             let diff = compare(
+                &tables,
                 family,
                 t,
                 &parse_listing(&listing, family, &table).unwrap(),

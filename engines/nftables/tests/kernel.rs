@@ -5,8 +5,8 @@ mod support;
 use std::time::Instant;
 
 use support::{netns::*, *};
-use switchyard_core::{ChangeSet, Drift, ProxyEngine};
-use switchyard_nftables::{render_full, NftOptions, NftablesEngine};
+use switchyard_model::{ChangeSet, Drift, ProxyEngine};
+use switchyard_nftables::{render_full, ruleset::TableNames, NftOptions, NftablesEngine};
 
 macro_rules! need_root {
     ($name:expr) => {
@@ -16,7 +16,7 @@ macro_rules! need_root {
     };
 }
 
-fn two_services() -> switchyard_core::NodeModel {
+fn two_services() -> Vec<TestService> {
     let mut web = service(
         "web",
         &["172.16.0.10", "fd00:96::10"],
@@ -30,15 +30,40 @@ fn two_services() -> switchyard_core::NodeModel {
     web.node_port = Some(30080);
     web.affinity_timeout = Some(300);
     let empty = service("empty", &["172.16.0.11"], 443, vec![]);
-    model(vec![web, empty])
+    vec![web, empty]
+}
+
+/// `services` with the one named `name` changed by `f`.
+fn edited(
+    services: &[TestService],
+    name: &str,
+    f: impl FnOnce(&mut TestService),
+) -> Vec<TestService> {
+    let mut out = services.to_vec();
+    f(out.iter_mut().find(|s| s.name.name == name).unwrap());
+    out
+}
+
+/// The name of the table holding `chain` (from `nft list chains`).
+fn table_of_chain(ns: &Netns, chain: &str) -> String {
+    let (_, listing) = ns.nft(&["list", "chains", "ip"], "");
+    let mut table = String::new();
+    for line in listing.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("table ip ") {
+            table = t.trim_end_matches(" {").to_string();
+        } else if line.starts_with(&format!("chain {chain} ")) {
+            return table;
+        }
+    }
+    panic!("no chain {chain}: {listing}")
 }
 
 /// Tampers with the kernel behind the engine's back: deletes the `service-ips` element
 /// of web's cluster IP, which a partial sync emptying web must delete (and so fails).
 fn delete_web_cluster_ip_element(ns: &Netns) {
-    let web_table = switchyard_nftables::ruleset::table_name(
-        switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table(),
-    );
+    let web_table = TableNames::default()
+        .name(switchyard_nftables::ruleset::PortChains::new(&spn("default", "web", "http")).table())
+        .to_string();
     let (ok, out) = ns.nft(
         &[
             "delete",
@@ -58,7 +83,8 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     need_root!("sync_programs_maps_and_partial_removes_endpoint_chain");
     let ns = Netns::new();
     let mut engine = NftablesEngine::new(ns.options());
-    let m1 = two_services();
+    let s1 = two_services();
+    let m1 = model(s1.clone());
     let report = engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     assert!(report.full);
     assert!(report.rules > 0);
@@ -78,10 +104,10 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     assert_eq!(engine.verify(&m1).await.unwrap(), Drift::None);
 
     // Remove one endpoint: a partial sync deletes its chain.
-    let mut m2 = m1.clone();
-    let web = m2.services.get_mut(&spn("default", "web", "http")).unwrap();
-    web.cluster_endpoints
-        .retain(|e| e.ip.to_string() != "10.0.1.5");
+    let s2 = edited(&s1, "web", |web| {
+        web.endpoints.retain(|e| e.ip.to_string() != "10.0.1.5")
+    });
+    let m2 = model(s2.clone());
     let changes = ChangeSet::between(&m1, &m2);
     assert!(!changes.full);
     let start = Instant::now();
@@ -94,12 +120,10 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
     assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
 
     // Endpoints of the empty service appear; then the service goes away.
-    let mut m3 = m2.clone();
-    let empty = m3
-        .services
-        .get_mut(&spn("default", "empty", "http"))
-        .unwrap();
-    empty.cluster_endpoints = vec![ep("10.0.2.1", 8443, false)];
+    let s3 = edited(&s2, "empty", |empty| {
+        empty.endpoints = vec![ep("10.0.2.1", 8443, false)]
+    });
+    let m3 = model(s3.clone());
     engine
         .sync(&m3, &ChangeSet::between(&m2, &m3))
         .await
@@ -111,8 +135,7 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
         "{v4}"
     );
     assert_eq!(engine.verify(&m3).await.unwrap(), Drift::None);
-    let mut m4 = m3.clone();
-    m4.services.remove(&spn("default", "web", "http"));
+    let m4 = model(s3.into_iter().filter(|s| s.name.name != "web").collect());
     engine
         .sync(&m4, &ChangeSet::between(&m3, &m4))
         .await
@@ -130,7 +153,7 @@ async fn verify_finds_drift_and_sync_restores() {
     need_root!("verify_finds_drift_and_sync_restores");
     let ns = Netns::new();
     let mut engine = NftablesEngine::new(ns.options());
-    let m = two_services();
+    let m = model(two_services());
     engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
     assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
 
@@ -150,8 +173,7 @@ async fn verify_finds_drift_and_sync_restores() {
         .find_map(|l| l.trim().strip_prefix("chain svc-"))
         .map(|rest| format!("svc-{}", rest.trim_end_matches(" {")))
         .unwrap();
-    let table =
-        switchyard_nftables::ruleset::table_name(switchyard_nftables::ruleset::object_table(&svc));
+    let table = table_of_chain(&ns, &svc);
     assert!(ns.nft(&["flush", "chain", "ip", &table, &svc], "").0);
     let Drift::Found(what) = engine.verify(&m).await.unwrap() else {
         panic!("no drift after flushing {svc}")
@@ -199,7 +221,8 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
     need_root!("failed_sync_keeps_rules_and_next_sync_is_full");
     let ns = Netns::new();
     let mut engine = NftablesEngine::new(ns.options());
-    let m1 = two_services();
+    let s1 = two_services();
+    let m1 = model(s1.clone());
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     let (_, before) = ns.nft(&["list", "ruleset"], "");
 
@@ -220,15 +243,13 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
         nft_path: fake.to_string_lossy().into_owned(),
         netlink_partials: false,
         ipv6: true,
+        tables: TableNames::default(),
     });
     assert!(failing.sync(&m1, &ChangeSet::full(&m1)).await.is_err());
     assert!(failing.next_sync_is_full());
 
     // A change the kernel refuses, through the real engine: a partial sync fails...
-    let mut m2 = m1.clone();
-    let web = m2.services.get_mut(&spn("default", "web", "http")).unwrap();
-    web.cluster_endpoints.clear();
-    web.local_endpoints.clear();
+    let m2 = model(edited(&s1, "web", |web| web.endpoints.clear()));
     // ...because someone deleted the element it needs to delete.
     delete_web_cluster_ip_element(&ns);
     let (_, tampered) = ns.nft(&["list", "ruleset"], "");
@@ -256,7 +277,8 @@ async fn scale_timings() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
-    let m1 = big_model(count, 5);
+    let services = big_services(count, 5);
+    let m1 = model(services.clone());
     let start = Instant::now();
     let text = render_full(&m1);
     let render = start.elapsed();
@@ -264,9 +286,9 @@ async fn scale_timings() {
     let start = Instant::now();
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     let full = start.elapsed();
-    let mut m2 = m1.clone();
-    let sp = m2.services.values_mut().nth(count / 2).unwrap();
-    sp.cluster_endpoints.pop();
+    let mut s2 = services.clone();
+    s2[count / 2].endpoints.pop();
+    let m2 = model(s2.clone());
     let changes = ChangeSet::between(&m1, &m2);
     let start = Instant::now();
     let report = engine.sync(&m2, &changes).await.unwrap();
@@ -276,13 +298,13 @@ async fn scale_timings() {
         std::fs::write(format!("{dir}/applied.nft"), &text).unwrap();
         let applied = switchyard_nftables::render_full(&m1);
         std::fs::write(format!("{dir}/full.nft"), applied).unwrap();
-        let mut m3 = m2.clone();
-        let sp = m3.services.values_mut().nth(count / 3).unwrap();
-        sp.cluster_endpoints.pop();
+        let mut s3 = s2.clone();
+        s3[count / 3].endpoints.pop();
+        let m3 = model(s3);
         let (_, rec) = switchyard_nftables::render::render_full_with_record(&m2);
         let p = switchyard_nftables::render_partial(&m3, &ChangeSet::between(&m2, &m3), &rec);
         std::fs::write(format!("{dir}/full2.nft"), render_full(&m2)).unwrap();
-        std::fs::write(format!("{dir}/partial.nft"), p.text).unwrap();
+        std::fs::write(format!("{dir}/partial.nft"), p.text(&TableNames::default())).unwrap();
     }
     let start = Instant::now();
     assert_eq!(engine.verify(&m2).await.unwrap(), Drift::None);
@@ -297,8 +319,7 @@ async fn scale_timings() {
 #[test]
 #[ignore]
 fn dump_small_model() {
-    let mut m = two_services();
-    m.node_ips = vec!["192.168.0.2".parse().unwrap()];
+    let m = model(two_services());
     let dir = std::env::var("SY_NFT_DUMP").unwrap();
     std::fs::write(format!("{dir}/small.nft"), render_full(&m)).unwrap();
 }
@@ -312,15 +333,14 @@ async fn shared_external_ip_moves_to_the_remaining_service() {
     a.external_ips = vec!["192.168.99.11".parse().unwrap()];
     let mut b = service("b", &["172.16.0.21"], 80, vec![ep("10.0.0.21", 80, false)]);
     b.external_ips = vec!["192.168.99.11".parse().unwrap()];
-    let m1 = model(vec![a, b]);
+    let m1 = model(vec![a, b.clone()]);
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
     assert!(v4.contains("192.168.99.11 . tcp . 80 : goto ext-"), "{v4}");
     let a_ext = v4.split("192.168.99.11 . tcp . 80 : goto ").nth(1).unwrap();
     assert!(a_ext.contains("-default-a-http-tcp"), "{v4}");
 
-    let mut m2 = m1.clone();
-    m2.services.remove(&spn("default", "a", "http"));
+    let m2 = model(vec![b]);
     let report = engine
         .sync(&m2, &ChangeSet::between(&m1, &m2))
         .await
@@ -346,15 +366,16 @@ async fn partial_phases() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
-    let m1 = big_model(count, 5);
+    let services = big_services(count, 5);
+    let m1 = model(services.clone());
     let mut engine = NftablesEngine::new(ns.options());
     let start = Instant::now();
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     eprintln!("full sync {:?}", start.elapsed());
     let (_, applied) = render_full_with_record(&m1);
-    let mut m2 = m1.clone();
-    let sp = m2.services.values_mut().nth(count / 2).unwrap();
-    sp.cluster_endpoints.pop();
+    let mut s2 = services;
+    s2[count / 2].endpoints.pop();
+    let m2 = model(s2);
     let t = Instant::now();
     let changes = ChangeSet::between(&m1, &m2);
     eprintln!("changeset {:?}", t.elapsed());
@@ -366,7 +387,7 @@ async fn partial_phases() {
     eprintln!("open {:?}", t.elapsed());
     let t = Instant::now();
     let mut batch = socket.batch();
-    partial.encode(&mut batch).unwrap();
+    partial.encode(&mut batch, &TableNames::default());
     eprintln!("encode {:?} ({} messages)", t.elapsed(), batch.len());
     let t = Instant::now();
     socket.commit(batch).unwrap();
@@ -391,9 +412,13 @@ async fn partial_phases() {
     eprintln!("record commit {:?}", t.elapsed());
     use switchyard_nftables::ruleset::Family;
     let t = Instant::now();
-    use switchyard_nftables::ruleset::{object_table, table_name};
-    let chains = socket.chains(Family::Ip).unwrap().concat();
-    eprintln!("chain dump {:?} ({} chains)", t.elapsed(), chains.len());
+    let tables = TableNames::default();
+    let per_table = socket.chains(Family::Ip, &tables).unwrap();
+    eprintln!(
+        "chain dump {:?} ({} chains)",
+        t.elapsed(),
+        per_table.iter().map(Vec::len).sum::<usize>()
+    );
     let t = Instant::now();
     let sets = socket.sets(Family::Ip, "switchyard").unwrap().unwrap();
     eprintln!("set dump {:?}", t.elapsed());
@@ -405,15 +430,21 @@ async fn partial_phases() {
         eprintln!("elements of {set}: {n:?} in {:?}", t.elapsed());
     }
     let t = Instant::now();
-    for c in chains.iter().take(64) {
+    let sampled = per_table
+        .iter()
+        .enumerate()
+        .flat_map(|(t, chains)| chains.iter().map(move |c| (t, c)))
+        .take(64);
+    for (t, c) in sampled {
         socket
-            .rule_counts(Family::Ip, &table_name(object_table(c)), Some(c))
+            .rule_counts(Family::Ip, tables.name(t), Some(c))
             .unwrap();
     }
     eprintln!("64 rule dumps {:?}", t.elapsed());
     let t = Instant::now();
     let mut cursor = 0;
-    let drift = switchyard_nftables::verify::verify_netlink(&mut socket, &applied, &mut cursor);
+    let drift =
+        switchyard_nftables::verify::verify_netlink(&mut socket, &tables, &applied, &mut cursor);
     eprintln!("verify_netlink {:?}: {drift:?}", t.elapsed());
     let t = Instant::now();
     let drift = engine.verify(&m2).await;
@@ -450,7 +481,7 @@ async fn partial_phases() {
         let back =
             switchyard_nftables::render_partial(&m1, &ChangeSet::between(&m2, &m1), &applied);
         let mut batch = socket.batch();
-        back.encode(&mut batch).unwrap();
+        back.encode(&mut batch, &tables);
         let t = Instant::now();
         socket.commit(batch).unwrap();
         eprintln!("commit without nat-output's jump {:?}", t.elapsed());
@@ -462,15 +493,10 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
     need_root!("failed_netlink_partial_changes_nothing_and_next_sync_is_full");
     let ns = Netns::new();
     let mut engine = NftablesEngine::new(ns.options());
-    let mut m1 = two_services();
-    for sp in m1.services.values_mut() {
-        sp.affinity_timeout = None; // no affinity sets: the partial goes through netlink
-    }
+    let s1 = edited(&two_services(), "web", |web| web.affinity_timeout = None);
+    let m1 = model(s1.clone());
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
-    let mut m2 = m1.clone();
-    let web = m2.services.get_mut(&spn("default", "web", "http")).unwrap();
-    web.cluster_endpoints.clear();
-    web.local_endpoints.clear();
+    let m2 = model(edited(&s1, "web", |web| web.endpoints.clear()));
     // Someone deleted the element the partial sync must delete: the batch fails as a
     // whole.
     delete_web_cluster_ip_element(&ns);
@@ -478,6 +504,10 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
     let err = engine.sync(&m2, &ChangeSet::between(&m1, &m2)).await;
     let err = err.expect_err("partial sync should fail");
     assert!(err.to_string().contains("netlink"), "{err}");
+    assert!(
+        err.os_error().is_some(),
+        "the kernel's errno is kept: {err:?}"
+    );
     let (_, after) = ns.nft(&["list", "ruleset"], "");
     assert_eq!(tampered, after, "a failed netlink batch changed the kernel");
     assert!(engine.next_sync_is_full());
@@ -515,7 +545,8 @@ async fn ipv4_only_kernel_programs_no_ip6_tables() {
         assert!(ok, "{out}");
         out
     };
-    let m1 = two_services();
+    let s1 = two_services();
+    let m1 = model(s1.clone());
     engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     let listed = tables(&ns);
     assert!(listed.contains("table ip switchyard\n"), "{listed}");
@@ -523,11 +554,9 @@ async fn ipv4_only_kernel_programs_no_ip6_tables() {
     assert_eq!(engine.verify(&m1).await.unwrap(), Drift::None);
 
     // A partial sync touching a dual-stack service: still nothing in ip6.
-    let mut m2 = m1.clone();
-    for sp in m2.services.values_mut() {
-        sp.cluster_endpoints
-            .retain(|e| e.ip.to_string() != "10.0.1.5");
-    }
+    let m2 = model(edited(&s1, "web", |web| {
+        web.endpoints.retain(|e| e.ip.to_string() != "10.0.1.5")
+    }));
     let report = engine
         .sync(&m2, &ChangeSet::between(&m1, &m2))
         .await

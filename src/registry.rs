@@ -1,0 +1,158 @@
+//! The engines this binary has, in one list: for each mode, how to build its engine from
+//! the ProxyConfig, which kinds of kernel state it can leave behind (for `cleanup` and
+//! for removing another mode's leftovers at start), whether a ProxyConfig change
+//! concerns it, and its rank for `auto`. Adding an engine adds an entry here and touches
+//! nothing else in the binary.
+
+use switchyard_core::runner::EngineFactory;
+use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
+use switchyard_iptables::{Backend as IptBackend, IptOptions, IptablesEngine};
+use switchyard_model::{EngineError, ProxyEngine};
+use switchyard_nftables::{NftOptions, NftablesEngine};
+use switchyard_probe::ProbeReport;
+
+/// What the command line adds to the ProxyConfig when building engines.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildContext {
+    /// `--iptables-backend`.
+    pub iptables_backend: IptBackend,
+}
+
+/// One engine of the binary.
+pub struct EngineEntry {
+    pub mode: Mode,
+    /// `auto` takes the available engine of lowest rank (DESIGN: eBPF skips netfilter
+    /// entirely, nftables scales with verdict maps, IPVS with hash tables, iptables last
+    /// with linear rule walks).
+    pub auto_rank: u8,
+    pub build: fn(&BuildContext, &EffectiveConfig) -> Box<dyn ProxyEngine>,
+    /// One engine per kind of kernel state this mode can leave on a node (their
+    /// `cleanup` removes it all).
+    pub owners: fn() -> Vec<Box<dyn ProxyEngine>>,
+    /// Whether the part of the ProxyConfig this engine was built from changed.
+    pub settings_changed: fn(&EffectiveConfig, &EffectiveConfig) -> bool,
+}
+
+fn nftables(_: &BuildContext, _: &EffectiveConfig) -> Box<dyn ProxyEngine> {
+    Box::new(NftablesEngine::new(NftOptions::default()))
+}
+
+fn nftables_owners() -> Vec<Box<dyn ProxyEngine>> {
+    vec![Box::new(NftablesEngine::new(NftOptions::default()))]
+}
+
+fn iptables(ctx: &BuildContext, _: &EffectiveConfig) -> Box<dyn ProxyEngine> {
+    Box::new(IptablesEngine::new(IptOptions {
+        backend: ctx.iptables_backend,
+        ..IptOptions::default()
+    }))
+}
+
+/// Each iptables backend on its own: whichever a previous run used.
+fn iptables_owners() -> Vec<Box<dyn ProxyEngine>> {
+    [IptBackend::Nft, IptBackend::Legacy]
+        .into_iter()
+        .map(|backend| {
+            Box::new(IptablesEngine::new(IptOptions {
+                backend,
+                ..IptOptions::default()
+            })) as Box<dyn ProxyEngine>
+        })
+        .collect()
+}
+
+fn never(_: &EffectiveConfig, _: &EffectiveConfig) -> bool {
+    false
+}
+
+/// Every engine of this binary.
+pub const ENGINES: &[EngineEntry] = &[
+    EngineEntry {
+        mode: Mode::Nftables,
+        auto_rank: 1,
+        build: nftables,
+        owners: nftables_owners,
+        settings_changed: never,
+    },
+    EngineEntry {
+        mode: Mode::Iptables,
+        auto_rank: 3,
+        build: iptables,
+        owners: iptables_owners,
+        settings_changed: never,
+    },
+];
+
+fn entry(mode: Mode) -> Option<&'static EngineEntry> {
+    ENGINES.iter().find(|e| e.mode == mode)
+}
+
+/// The registry as the runner sees it.
+pub struct Registry {
+    pub ctx: BuildContext,
+}
+
+impl EngineFactory for Registry {
+    fn build(
+        &self,
+        mode: Mode,
+        config: &EffectiveConfig,
+    ) -> Result<Box<dyn ProxyEngine>, EngineError> {
+        match entry(mode) {
+            Some(e) => Ok((e.build)(&self.ctx, config)),
+            None => Err(EngineError::Unavailable {
+                mode,
+                reason: "engine not built".into(),
+            }),
+        }
+    }
+
+    fn settings_changed(&self, mode: Mode, old: &EffectiveConfig, new: &EffectiveConfig) -> bool {
+        entry(mode).is_some_and(|e| (e.settings_changed)(old, new))
+    }
+
+    fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
+        every_owner()
+    }
+
+    fn auto_preference(&self) -> Vec<Mode> {
+        let mut entries: Vec<&EngineEntry> = ENGINES.iter().collect();
+        entries.sort_by_key(|e| e.auto_rank);
+        entries.into_iter().map(|e| e.mode).collect()
+    }
+}
+
+/// One engine per kind of kernel state any engine of this binary can leave on a node.
+pub fn every_owner() -> Vec<Box<dyn ProxyEngine>> {
+    ENGINES.iter().flat_map(|e| (e.owners)()).collect()
+}
+
+/// What each mode can do here: the kernel probe's verdict, and whether this binary has
+/// an engine for it.
+pub fn capabilities(report: &ProbeReport) -> Vec<ModeCapability> {
+    Mode::ENGINES
+        .iter()
+        .map(|&mode| {
+            let probed = report.get(mode);
+            let kernel_ok = probed.is_some_and(|r| r.available);
+            let built = entry(mode).is_some();
+            let mut missing = probed.map(|r| r.missing.clone()).unwrap_or_default();
+            let detail = if !kernel_ok {
+                probed
+                    .map(|r| r.reason())
+                    .unwrap_or_else(|| "not probed".into())
+            } else if !built {
+                missing.push(format!("{mode} engine (not built)"));
+                "engine not built".to_string()
+            } else {
+                probed.map(|r| r.notes.join("; ")).unwrap_or_default()
+            };
+            ModeCapability {
+                mode,
+                available: kernel_ok && built,
+                missing,
+                detail,
+            }
+        })
+        .collect()
+}
