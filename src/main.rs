@@ -154,16 +154,10 @@ struct UdpFlowCleaner(Conntrack);
 
 impl StaleFlowCleaner for UdpFlowCleaner {
     fn clean(&mut self, changes: &ChangeSet, new: &NodeModel) -> Result<usize, EngineError> {
-        let filters = switchyard_conntrack::stale_flow_filters(changes, new);
-        if filters.is_empty() {
+        if switchyard_conntrack::stale_flow_filters(changes, new).is_empty() {
             return Ok(0);
         }
-        tokio::task::block_in_place(|| self.0.delete_matching(&filters)).map_err(|e| {
-            EngineError::Kernel {
-                operation: "deleting stale UDP conntrack flows".into(),
-                source: std::io::Error::other(e),
-            }
-        })
+        tokio::task::block_in_place(|| self.0.clean_stale_flows(changes, new))
     }
 }
 
