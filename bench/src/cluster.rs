@@ -104,15 +104,18 @@ impl SyntheticCluster {
         ))
     }
 
-    /// Writes the cluster as manifests: the Node, a ProxyConfig, and services with their
-    /// slices in files of 1000 services each.
-    pub fn write_manifests(&self, dir: &Path) -> Result<()> {
-        let config = serde_json::json!({
+    /// Writes the cluster as manifests: the Node, a ProxyConfig (with `ebpf.cgroupPath`
+    /// when given), and services with their slices in files of 1000 services each.
+    pub fn write_manifests(&self, dir: &Path, ebpf_cgroup: Option<&Path>) -> Result<()> {
+        let mut config = serde_json::json!({
             "apiVersion": "switchyard.dev/v1alpha1", "kind": "ProxyConfig",
             "metadata": {"name": "bench"},
             "spec": {"mode": "nftables", "clusterCIDRs": ["10.0.0.0/8"],
                      "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249"},
         });
+        if let Some(cg) = ebpf_cgroup {
+            config["spec"]["ebpf"] = serde_json::json!({"cgroupPath": cg.to_string_lossy()});
+        }
         std::fs::write(
             dir.join("node.json"),
             serde_json::to_string(

@@ -1,8 +1,11 @@
 //! Connection setup rate through a ClusterIP: what iptables mode's reputation comes from.
 //! Every new connection walks the services dispatch chain; iptables matches rule by rule,
-//! nftables looks the VIP up in a verdict map. Measured in one namespace per case: the
-//! engine programs N services whose endpoint is a local server, and a client opens as many
-//! connections as it can for a fixed time to the VIP the dispatch chain reaches last.
+//! nftables looks the VIP up in a verdict map, eBPF looks it up in a hash map at
+//! connect(). Measured in one namespace per case: the engine programs N services whose
+//! endpoint is a local server, and a client opens as many connections as it can for a
+//! fixed time to the VIP the dispatch chain reaches last, and (with N services) straight
+//! to the endpoint. The eBPF engine's client is a child process in its private cgroup
+//! (only that cgroup's sockets see its programs); the loop is the same function.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -20,7 +23,7 @@ use switchyard_model::{
     ChangeSet, NodeModel,
 };
 
-use crate::{engine_for, netns, Subject};
+use crate::{ebpf::client_in_cgroup, engine_for, netns, Programmed, Subject};
 
 /// The local server every service points at.
 const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -28,10 +31,13 @@ const MEASURE_FOR: Duration = Duration::from_secs(1);
 
 pub struct RateRow {
     pub subject: Subject,
+    pub services: usize,
     /// Connections per CPU-second of the client with 1 service programmed.
     pub one: f64,
     /// With `services` programmed, to the last one in the dispatch order.
     pub many: f64,
+    /// With `services` programmed, straight to the endpoint.
+    pub direct: f64,
 }
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -57,7 +63,7 @@ fn model(services: usize) -> NodeModel {
 /// The VIP whose rule iptables evaluates last (any VIP for nftables: one map lookup).
 fn last_vip(subject: Subject, ns: &NetNs, services: usize) -> Result<Ipv4Addr> {
     let save = match subject {
-        Subject::Nftables => return Ok(vip(services - 1)),
+        Subject::Nftables | Subject::Ebpf => return Ok(vip(services - 1)),
         Subject::IptablesNft => "iptables-nft-save",
         Subject::IptablesLegacy => "iptables-legacy-save",
     };
@@ -76,8 +82,31 @@ fn last_vip(subject: Subject, ns: &NetNs, services: usize) -> Result<Ipv4Addr> {
         .context("no service rule found in the SY-SERVICES chain")
 }
 
-/// Connections per CPU-second of the client, from inside `ns` to `vip:80`.
-fn rate(ns: &NetNs, vip: Ipv4Addr) -> Result<f64> {
+/// Connections per CPU-second of one thread connecting to `target` for
+/// [`MEASURE_FOR`] (the calling thread's namespace): on loopback the whole netfilter path
+/// of a SYN runs in the sender's context, and CPU time is far less sensitive than wall
+/// time to what else the 2-core machine is doing.
+pub fn client_loop(target: SocketAddr) -> Result<f64> {
+    // Warm up, and check the VIP answers at all.
+    TcpStream::connect_timeout(&target, Duration::from_secs(2))
+        .context("first connection to the target")?;
+    let cpu = || -> Result<Duration> {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+        Ok(Duration::from(t))
+    };
+    let started = Instant::now();
+    let cpu_started = cpu()?;
+    let mut count = 0u64;
+    while started.elapsed() < MEASURE_FOR {
+        TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        count += 1;
+    }
+    Ok(count as f64 / (cpu()? - cpu_started).as_secs_f64())
+}
+
+/// Connections per CPU-second of the client, from inside `ns` to `target`; in the eBPF
+/// engine's cgroup when there is one.
+fn rate(ns: &NetNs, target: SocketAddr, cgroup: Option<&std::path::Path>) -> Result<f64> {
     let path = ns.path();
     let stop = Arc::new(AtomicBool::new(false));
     let server_stop = stop.clone();
@@ -94,38 +123,23 @@ fn rate(ns: &NetNs, vip: Ipv4Addr) -> Result<f64> {
         Ok(())
     })?;
     std::thread::sleep(Duration::from_millis(100));
-    let client = spawn_in(&path, move || -> Result<f64> {
-        let target = SocketAddr::from((vip, 80));
-        // Warm up, and check the VIP answers at all.
-        TcpStream::connect_timeout(&target, Duration::from_secs(2))
-            .context("first connection to the VIP")?;
-        // Connections per CPU-second of this thread: on loopback the whole netfilter
-        // path of a SYN runs in the sender's context, and CPU time is far less
-        // sensitive than wall time to what else the 2-core machine is doing.
-        let cpu = || -> Result<Duration> {
-            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
-            Ok(Duration::from(t))
-        };
-        let started = Instant::now();
-        let cpu_started = cpu()?;
-        let mut count = 0u64;
-        while started.elapsed() < MEASURE_FOR {
-            TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-            count += 1;
-        }
-        Ok(count as f64 / (cpu()? - cpu_started).as_secs_f64())
-    })?;
-    let result = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    let result = match cgroup {
+        Some(cg) => client_in_cgroup(cg, &path, target),
+        None => spawn_in(&path, move || client_loop(target))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))
+            .and_then(|r| r)
+            .and_then(|r| r),
+    };
     stop.store(true, Ordering::Relaxed);
     server
         .join()
         .map_err(|_| anyhow::anyhow!("server panicked"))???;
-    result?
+    result
 }
 
-async fn one_case(subject: Subject, services: usize, tag: &str) -> Result<f64> {
+/// The rate to the last VIP with `services` programmed, and straight to the endpoint.
+async fn one_case(subject: Subject, services: usize, tag: &str) -> Result<(f64, f64)> {
     let ns = netns(tag)?;
     // No dummy driver in this kernel: a veth pair whose peer stays in the namespace.
     ns.ip(&[
@@ -138,40 +152,50 @@ async fn one_case(subject: Subject, services: usize, tag: &str) -> Result<f64> {
     ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     let m = model(services);
-    let mut engine = engine_for(subject, &ns);
+    let Programmed { mut engine, ebpf } = engine_for(subject, &ns)?;
     engine
         .sync(&m, &ChangeSet::full(&m))
         .await
         .context("programming the services")?;
-    let target = last_vip(subject, &ns, services)?;
-    let r = rate(&ns, target);
+    let target = SocketAddr::from((last_vip(subject, &ns, services)?, 80));
+    let cgroup = ebpf.as_ref().map(|e| e.cgroup());
+    let r = rate(&ns, target, cgroup).and_then(|via_vip| {
+        let direct = rate(&ns, SocketAddr::from((ENDPOINT, 8080)), cgroup)?;
+        Ok((via_vip, direct))
+    });
     engine.cleanup().await.ok();
     r
 }
 
-/// Median connection rates with 1 and `services` services, per subject, in one run.
-pub async fn compare(subjects: &[Subject], services: usize, runs: usize) -> Result<Vec<RateRow>> {
-    if services < 2 {
+/// Median connection rates with 1 and with each of `sizes` services, per subject, in
+/// one run.
+pub async fn compare(subjects: &[Subject], sizes: &[usize], runs: usize) -> Result<Vec<RateRow>> {
+    if sizes.iter().any(|s| *s < 2) {
         bail!("need at least 2 services to compare");
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).expect("rates are finite"));
+        v[v.len() / 2]
+    };
     let mut rows = Vec::new();
     for &subject in subjects {
-        let mut one = Vec::new();
-        let mut many = Vec::new();
-        // Interleave the two sizes so machine noise hits both alike.
-        for run in 0..runs {
-            one.push(one_case(subject, 1, &format!("rate1-{run}")).await?);
-            many.push(one_case(subject, services, &format!("rateN-{run}")).await?);
+        for &services in sizes {
+            let (mut one, mut many, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+            // Interleave the two sizes so machine noise hits both alike.
+            for run in 0..runs {
+                one.push(one_case(subject, 1, &format!("rate1-{run}")).await?.0);
+                let (m, d) = one_case(subject, services, &format!("rateN-{run}")).await?;
+                many.push(m);
+                direct.push(d);
+            }
+            rows.push(RateRow {
+                subject,
+                services,
+                one: median(one),
+                many: median(many),
+                direct: median(direct),
+            });
         }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(|a, b| a.partial_cmp(b).expect("rates are finite"));
-            v[v.len() / 2]
-        };
-        rows.push(RateRow {
-            subject,
-            one: median(one),
-            many: median(many),
-        });
     }
     Ok(rows)
 }

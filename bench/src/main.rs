@@ -10,6 +10,7 @@
 
 mod cluster;
 mod conn_rate;
+mod ebpf;
 
 use std::{
     path::PathBuf,
@@ -31,12 +32,13 @@ use crate::cluster::SyntheticCluster;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// An engine under measurement: nftables, or iptables on one backend.
+/// An engine under measurement: nftables, iptables on one backend, or eBPF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
     Nftables,
     IptablesNft,
     IptablesLegacy,
+    Ebpf,
 }
 
 impl std::str::FromStr for Subject {
@@ -46,8 +48,9 @@ impl std::str::FromStr for Subject {
             "nftables" => Ok(Subject::Nftables),
             "iptables-nft" => Ok(Subject::IptablesNft),
             "iptables-legacy" => Ok(Subject::IptablesLegacy),
+            "ebpf" => Ok(Subject::Ebpf),
             other => Err(format!(
-                "{other:?}: expected nftables, iptables-nft or iptables-legacy"
+                "{other:?}: expected nftables, iptables-nft, iptables-legacy or ebpf"
             )),
         }
     }
@@ -59,6 +62,7 @@ impl std::fmt::Display for Subject {
             Subject::Nftables => "nftables",
             Subject::IptablesNft => "iptables (nft backend)",
             Subject::IptablesLegacy => "iptables (legacy backend)",
+            Subject::Ebpf => "ebpf",
         })
     }
 }
@@ -68,8 +72,42 @@ pub fn netns(tag: &str) -> Result<NetNs> {
     NetNs::create(&format!("sy-bench-{}-{tag}", std::process::id()))
 }
 
-/// The engine for `subject`, programming namespace `ns`.
-pub fn engine_for(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
+/// An engine programming one namespace, and what it needs to live (eBPF: its private
+/// cgroup and bpffs).
+pub struct Programmed {
+    pub engine: Box<dyn ProxyEngine>,
+    pub ebpf: Option<ebpf::EbpfEnv>,
+}
+
+/// The engine for `subject`, programming namespace `ns`. For eBPF the namespace gets the
+/// node's address (192.168.0.2 on a veth) so NodePorts are programmed as on a node.
+pub fn engine_for(subject: Subject, ns: &NetNs) -> Result<Programmed> {
+    if subject == Subject::Ebpf {
+        ns.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink-peer",
+        ])?;
+        ns.ip(&["addr", "add", "192.168.0.2/24", "dev", "uplink"])?;
+        ns.ip(&["link", "set", "uplink", "up"])?;
+        let env = ebpf::EbpfEnv::new()?;
+        return Ok(Programmed {
+            engine: Box::new(env.engine(ns)),
+            ebpf: Some(env),
+        });
+    }
+    Ok(Programmed {
+        engine: netfilter_engine(subject, ns),
+        ebpf: None,
+    })
+}
+
+fn netfilter_engine(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
     let netns = Some(ns.name().to_string());
     match subject {
         Subject::Nftables => Box::new(NftablesEngine::new(NftOptions {
@@ -86,6 +124,7 @@ pub fn engine_for(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
             backend: Backend::Legacy,
             ..IptOptions::default()
         })),
+        Subject::Ebpf => unreachable!("built by engine_for"),
     }
 }
 
@@ -107,12 +146,27 @@ struct Args {
         default_value = "nftables,iptables-nft,iptables-legacy"
     )]
     engines: Vec<Subject>,
-    /// Services programmed for the connection-setup-rate comparison (0: skip).
-    #[arg(long, default_value_t = 10000)]
-    conn_rate_services: usize,
+    /// Service counts programmed for the connection-setup-rate comparison (0: skip).
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    conn_rate_services: Vec<usize>,
+    /// Engines in the connection-setup-rate comparison.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nftables,iptables-nft,iptables-legacy,ebpf"
+    )]
+    conn_rate_engines: Vec<Subject>,
     /// The switchyard binary, for the agent memory figure (skipped when absent).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// The engine the agent runs for the memory figure: nftables or ebpf.
+    #[arg(long, default_value = "nftables")]
+    agent_mode: Subject,
+    /// Internal: run as a connection-rate client in this namespace (see `ebpf`).
+    #[arg(long, hide = true, requires = "client_target")]
+    client_netns: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    client_target: Option<std::net::SocketAddr>,
 }
 
 /// Median, min and max of a set of durations, in milliseconds.
@@ -178,7 +232,10 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
     let mut pipeline_one = Vec::new();
     for run in 0..runs {
         let ns = netns(&format!("sync-{run}"))?;
-        let mut engine = engine_for(mode, &ns);
+        let Programmed {
+            mut engine,
+            ebpf: _env,
+        } = engine_for(mode, &ns)?;
         engine.prepare().await.context("prepare")?;
         let t = Instant::now();
         engine
@@ -230,20 +287,43 @@ struct AgentMemory {
     peak_mib: f64,
 }
 
-fn agent_memory(agent: &PathBuf, services: usize, per_service: usize) -> Result<AgentMemory> {
+fn agent_memory(
+    agent: &PathBuf,
+    mode: Subject,
+    services: usize,
+    per_service: usize,
+) -> Result<AgentMemory> {
     let ns = netns("agent")?;
     let dir = std::env::temp_dir().join(format!("sy-bench-manifests-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let cluster = SyntheticCluster::new(services, per_service);
-    cluster.write_manifests(&dir)?;
     let log = dir.with_extension("log");
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(agent)
-        .args(["run", "--manifests"])
+    let mut cmd;
+    // eBPF: the node's address, a private cgroup and bpffs, and the host's mounts (ip
+    // netns exec would hide the cgroup v2 mount).
+    let _ebpf = if mode == Subject::Ebpf {
+        let Programmed { ebpf, .. } = engine_for(Subject::Ebpf, &ns)?;
+        let env = ebpf.expect("ebpf env");
+        cluster.write_manifests(&dir, Some(env.cgroup()))?;
+        cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .arg(agent);
+        cmd.args(["run", "--mode", "ebpf", "--bpffs-root"])
+            .arg(env.bpffs());
+        Some(env)
+    } else {
+        cluster.write_manifests(&dir, None)?;
+        cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()]).arg(agent);
+        cmd.args(["run", "--mode", "nftables"]);
+        None
+    };
+    let mut child = cmd
+        .arg("--manifests")
         .arg(&dir)
-        .args(["--node-name", cluster::NODE, "--mode", "nftables"])
+        .args(["--node-name", cluster::NODE])
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("starting the agent")?;
@@ -290,6 +370,11 @@ fn agent_memory(agent: &PathBuf, services: usize, per_service: usize) -> Result<
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let (Some(netns), Some(target)) = (&args.client_netns, args.client_target) {
+        switchyard_e2e::netns::enter(netns)?;
+        println!("{}", conn_rate::client_loop(target)?);
+        return Ok(());
+    }
     if !is_root() {
         bail!("benchmarks program a kernel inside network namespaces: run as root");
     }
@@ -321,39 +406,44 @@ fn main() -> Result<()> {
             r.one_endpoint_pipeline.cell()
         );
     }
-    if args.conn_rate_services > 0 {
-        eprintln!(
-            "measuring connection setup rate with 1 and {} services ...",
-            args.conn_rate_services
-        );
+    let rate_sizes: Vec<usize> = args
+        .conn_rate_services
+        .iter()
+        .copied()
+        .filter(|n| *n > 0)
+        .collect();
+    if !rate_sizes.is_empty() {
+        eprintln!("measuring connection setup rate with 1 and {rate_sizes:?} services ...");
         let rows = runtime.block_on(conn_rate::compare(
-            &[
-                Subject::Nftables,
-                Subject::IptablesNft,
-                Subject::IptablesLegacy,
-            ],
-            args.conn_rate_services,
+            &args.conn_rate_engines,
+            &rate_sizes,
             args.runs,
         ))?;
         println!();
-        println!("| engine | connections per client CPU-second, 1 service | same, {} services (last service in dispatch order) | ratio |", args.conn_rate_services);
-        println!("|---|---:|---:|---:|");
+        println!("| engine | services | connections per client CPU-second: 1 service | N services (last in dispatch order) | N services, straight to the pod | vs 1 service | vs straight to the pod |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for r in rows {
             println!(
-                "| {} | {:.0} | {:.0} | {:.2} |",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
                 r.subject,
+                r.services,
                 r.one,
                 r.many,
-                r.many / r.one
+                r.direct,
+                r.many / r.one,
+                r.many / r.direct
             );
         }
     }
     if let Some(agent) = &args.agent {
         let size = *args.sizes.iter().max().unwrap_or(&1000);
         eprintln!("measuring the agent's memory at {size} services ...");
-        let m = agent_memory(agent, size, args.endpoints)?;
+        let m = agent_memory(agent, args.agent_mode, size, args.endpoints)?;
         println!();
-        println!("| agent (`switchyard run`, nftables) | services | endpoints | start to first sync s | RSS after first sync MiB | peak RSS MiB |");
+        println!(
+            "| agent (`switchyard run`, {}) | services | endpoints | start to first sync s | RSS after first sync MiB | peak RSS MiB |",
+            args.agent_mode
+        );
         println!("|---|---:|---:|---:|---:|---:|");
         println!(
             "| manifests directory | {size} | {} | {:.1} | {:.0} | {:.0} |",
