@@ -5,10 +5,10 @@
 
 # ---- build ------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
-# clang/llvm build the eBPF engine's bpf/*.c (build.rs) once that engine is in the
-# workspace; nothing else beyond the Rust image is needed (TLS is rustls + ring).
+# clang/llvm and libbpf's headers build the eBPF engine's bpf/*.c (build.rs); nothing
+# else beyond the Rust image is needed (TLS is rustls + ring).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends clang llvm \
+ && apt-get install -y --no-install-recommends clang llvm libbpf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -89,6 +89,8 @@ EOF
 render "$tmp/default.yaml"
 render "$tmp/ebpf.yaml" -f "$tmp/ebpf-values.yaml"
 render "$tmp/ebpf-fallback.yaml" -f "$tmp/ebpf-fallback-values.yaml"
+render "$tmp/ebpf-mount.yaml" -f "$tmp/ebpf-values.yaml" --set agent.ebpf.mountBpffs=true \
+    --set agent.ebpf.hostCgroupRoot=/sys/fs/cgroup/unified
 render "$tmp/apiserver.yaml" --set apiServer.host=172.18.0.2 --set apiServer.port=6443
 
 # --- values the chart must refuse ----------------------------------------------------
@@ -310,6 +312,8 @@ def check_agent(scenario, docs, ebpf):
     sc = c.get("securityContext", {})
     if sc.get("privileged", False) is not False:
         fail(scenario, "agent container is privileged")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        fail(scenario, "agent container may escalate privileges")
     for k in ("privileged",):
         if pod.get("securityContext", {}).get(k):
             fail(scenario, f"agent pod securityContext {k}")
@@ -320,7 +324,9 @@ def check_agent(scenario, docs, ebpf):
     for cap in ("NET_ADMIN", "NET_RAW"):
         if cap not in added:
             fail(scenario, f"agent lacks capability {cap}")
-    ebpf_caps = {"BPF", "PERFMON", "SYS_ADMIN"}
+    # eBPF: loading needs BPF and PERFMON, attaching NET_ADMIN; SYS_ADMIN (mounting bpffs)
+    # only ever in the optional init container.
+    ebpf_caps = {"BPF", "PERFMON"}
     if ebpf and not ebpf_caps <= added:
         fail(scenario, f"eBPF pool configured but agent lacks {sorted(ebpf_caps - added)}")
     if not ebpf and added & ebpf_caps:
@@ -365,6 +371,25 @@ def check_agent(scenario, docs, ebpf):
             fail(scenario, f"/sys/fs/bpf readOnly={m.get('readOnly')} with eBPF {'on' if ebpf else 'off'}")
         if m.get("mountPropagation") == "Bidirectional":
             fail(scenario, "Bidirectional propagation needs a privileged container")
+    cgroup_arg = "--cgroup-root=/run/switchyard/cgroupv2"
+    if ebpf:
+        m, hp = host_path("/run/switchyard/cgroupv2")
+        want_root = "/sys/fs/cgroup/unified" if scenario == "ebpf-mount" else "/sys/fs/cgroup"
+        if m and (hp.get("path") != want_root or not m.get("readOnly")):
+            fail(scenario, f"cgroup v2 root volume {hp}, expected {want_root} read-only")
+        if cgroup_arg not in c.get("args", []):
+            fail(scenario, f"agent args {c.get('args')} lack {cgroup_arg}")
+    elif "/run/switchyard/cgroupv2" in mounts or cgroup_arg in c.get("args", []):
+        fail(scenario, "no eBPF pool but the host's cgroup v2 root is mounted")
+    inits = pod.get("initContainers", [])
+    if scenario == "ebpf-mount":
+        names = [i["name"] for i in inits]
+        if names != ["mount-bpffs"]:
+            fail(scenario, f"init containers {names}, expected [mount-bpffs]")
+        elif not inits[0].get("securityContext", {}).get("privileged"):
+            fail(scenario, "mount-bpffs must be privileged (Bidirectional propagation)")
+    elif inits:
+        fail(scenario, f"unexpected init containers {[i['name'] for i in inits]}")
     if "resources" not in c:
         fail(scenario, "agent has no resources")
     # BENCHMARKS.md "Agent pod memory": a full sync at 50k Services peaks at the agent's
@@ -461,6 +486,7 @@ scenarios = {
     "default": (False, {"default": ("nftables", ["iptables"], 0)}),
     "ebpf": (True, {"default": ("nftables", ["iptables"], 0), "ebpf-pool": ("ebpf", ["nftables"], 20)}),
     "ebpf-fallback": (True, {"default": ("ipvs", ["ebpf", "iptables"], 0)}),
+    "ebpf-mount": (True, {"default": ("nftables", ["iptables"], 0), "ebpf-pool": ("ebpf", ["nftables"], 20)}),
 }
 for scenario, (ebpf, configs) in scenarios.items():
     docs = load(scenario)
@@ -484,7 +510,7 @@ if failures:
     for f in failures:
         print(f"FAIL: {f}", file=sys.stderr)
     sys.exit(1)
-print("ok: RBAC equals the table of API calls; agent unprivileged (NET_ADMIN, NET_RAW; eBPF capabilities only with an eBPF pool); CRDs and ProxyConfigs rendered")
+print("ok: RBAC equals the table of API calls; agent unprivileged, no escalation (NET_ADMIN, NET_RAW; BPF and PERFMON only with an eBPF pool, SYS_ADMIN only in the opt-in bpffs init container); CRDs and ProxyConfigs rendered")
 PY
 
 [[ $refused == 0 ]] || die "the chart accepted values it must refuse"

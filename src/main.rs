@@ -61,6 +61,12 @@ struct NodeArgs {
     /// (`<DIR>/switchyard`). Default `/sys/fs/bpf`; tests give a private directory.
     #[arg(long, value_name = "DIR")]
     bpffs_root: Option<PathBuf>,
+    /// The node's cgroup v2 root as this process sees it, for the eBPF engine's socket
+    /// programs when the ProxyConfig sets no `ebpf.cgroupPath` (the chart mounts the
+    /// host's at /run/switchyard/cgroupv2: a container's own /sys/fs/cgroup is its cgroup
+    /// namespace). Default: the cgroup v2 mount in /proc/self/mountinfo.
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
 }
 
 fn parse_backend(s: &str) -> Result<IptBackend, String> {
@@ -193,6 +199,7 @@ struct NodeSide {
     node_name: String,
     iptables_backend: IptBackend,
     bpffs_root: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
     source: ConfigSource,
     state: Arc<Mutex<ClusterState>>,
     notify: Arc<Notify>,
@@ -206,6 +213,7 @@ impl NodeSide {
             node_name: args.node_name,
             iptables_backend: args.iptables_backend,
             bpffs_root: args.bpffs_root,
+            cgroup_root: args.cgroup_root,
             source: ConfigSource {
                 mode_override: args.mode,
             },
@@ -265,6 +273,7 @@ impl NodeSide {
                 ctx: BuildContext {
                     iptables_backend: self.iptables_backend,
                     bpffs_root: self.bpffs_root.clone(),
+                    cgroup_root: self.cgroup_root.clone(),
                 },
             }),
             caps,

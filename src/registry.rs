@@ -22,6 +22,9 @@ pub struct BuildContext {
     /// `--bpffs-root`: where bpffs is (or gets) mounted for the eBPF engine's pins
     /// (`<root>/switchyard`); `None`: `/sys/fs/bpf`.
     pub bpffs_root: Option<PathBuf>,
+    /// `--cgroup-root`: the node's cgroup v2 root for the eBPF engine when the
+    /// ProxyConfig names none; `None`: found in `/proc/self/mountinfo`.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// One engine of the binary.
@@ -72,7 +75,7 @@ fn iptables_owners() -> Vec<Box<dyn ProxyEngine>> {
 fn ebpf_options(ctx: &BuildContext, config: &EffectiveConfig) -> EbpfOptions {
     let s = &config.ebpf;
     let mut options = EbpfOptions {
-        cgroup: s.cgroup_path.clone(),
+        cgroup: s.cgroup_path.clone().or_else(|| ctx.cgroup_root.clone()),
         sizes: MapSizes {
             services: s.max_services,
             backends: s.max_endpoints,

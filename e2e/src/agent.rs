@@ -70,6 +70,24 @@ pub enum Mounts {
     Host,
 }
 
+/// How the agent process is started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub mounts: Mounts,
+    /// A command the binary runs under (`setpriv ... --` to run it with fewer
+    /// capabilities, as the chart does).
+    pub wrapper: Vec<String>,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch {
+            mounts: Mounts::Netns,
+            wrapper: Vec::new(),
+        }
+    }
+}
+
 /// A running agent process; stopped on drop.
 pub struct Agent {
     child: Child,
@@ -88,7 +106,7 @@ impl Agent {
     ) -> Result<Agent> {
         Agent::start_with_env(
             netns_name,
-            Mounts::Netns,
+            &Launch::default(),
             manifests,
             node_name,
             extra_args,
@@ -102,7 +120,7 @@ impl Agent {
     #[allow(clippy::too_many_arguments)]
     pub fn start_with_env(
         netns_name: &str,
-        mounts: Mounts,
+        launch: &Launch,
         manifests: &Path,
         node_name: &str,
         extra_args: &[&str],
@@ -112,7 +130,7 @@ impl Agent {
         let bin = agent_binary()?;
         let log = File::create(log_path)
             .with_context(|| format!("creating agent log {}", log_path.display()))?;
-        let mut cmd = match mounts {
+        let mut cmd = match launch.mounts {
             Mounts::Netns => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", netns_name]);
@@ -129,6 +147,7 @@ impl Agent {
             }
         };
         let child = cmd
+            .args(&launch.wrapper)
             .arg(&bin)
             .arg("run")
             .arg("--manifests")

@@ -37,6 +37,22 @@ impl PrivateBpffs {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Mounts the bpffs instance here beforehand, as a node's systemd does at
+    /// `/sys/fs/bpf` (for an agent without CAP_SYS_ADMIN, which cannot mount it).
+    pub fn mount(&self) -> Result<()> {
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&self.path)
+            .status()
+            .context("running mount")?;
+        anyhow::ensure!(
+            status.success(),
+            "mount -t bpf on {}: {status}",
+            self.path.display()
+        );
+        Ok(())
+    }
 }
 
 impl Drop for PrivateBpffs {

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
-    agent::{http_get, Agent, Mounts, DEFAULT_HEALTHZ, DEFAULT_METRICS},
+    agent::{http_get, Agent, Launch, Mounts, DEFAULT_HEALTHZ, DEFAULT_METRICS},
     bpffs::PrivateBpffs,
     cgroup::{cgroup2_root, CgroupClient, PrivateCgroup},
     echo::{EchoServer, StreamEchoServer},
@@ -119,6 +119,8 @@ pub struct Sandbox {
     // Drop order: agent, its bpffs, the cgroup client and its cgroup, pods, client, ext,
     // node.
     agent: Option<Agent>,
+    /// Run before the agent binary (see [`Sandbox::set_agent_wrapper`]).
+    agent_wrapper: Vec<String>,
     bpffs: Option<PrivateBpffs>,
     cgroup_client: Option<Mutex<CgroupClient>>,
     cgroup: Option<PrivateCgroup>,
@@ -227,6 +229,7 @@ impl Sandbox {
         )?;
         Ok(Sandbox {
             agent: None,
+            agent_wrapper: Vec::new(),
             bpffs: None,
             cgroup_client: None,
             cgroup: None,
@@ -373,6 +376,21 @@ impl Sandbox {
         Ok(EbpfPaths { cgroup, bpffs })
     }
 
+    /// Mounts the private bpffs beforehand (after [`Sandbox::enable_ebpf`]), as a node's
+    /// systemd mounts `/sys/fs/bpf`: for an agent without CAP_SYS_ADMIN.
+    pub fn premount_bpffs(&self) -> Result<()> {
+        self.bpffs
+            .as_ref()
+            .ok_or_else(|| anyhow!("no private bpffs (call enable_ebpf first)"))?
+            .mount()
+    }
+
+    /// Agents started from now on run under `wrapper` (e.g. `setpriv` with the chart's
+    /// capabilities).
+    pub fn set_agent_wrapper(&mut self, wrapper: &[&str]) {
+        self.agent_wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+    }
+
     /// The client process in the private cgroup, for requests beyond [`Sandbox::probe`]
     /// (connection loops, unconnected UDP).
     pub fn cgroup_client(&self) -> Result<std::sync::MutexGuard<'_, CgroupClient>> {
@@ -400,14 +418,17 @@ impl Sandbox {
             old.stop();
         }
         let log = self.logs.path().join("agent.log");
-        let mounts = if self.bpffs.is_some() {
-            Mounts::Host
-        } else {
-            Mounts::Netns
+        let launch = Launch {
+            mounts: if self.bpffs.is_some() {
+                Mounts::Host
+            } else {
+                Mounts::Netns
+            },
+            wrapper: self.agent_wrapper.clone(),
         };
         self.agent = Some(Agent::start_with_env(
             self.node.name(),
-            mounts,
+            &launch,
             manifests,
             NODE_NAME,
             extra_args,

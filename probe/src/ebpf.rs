@@ -1,75 +1,25 @@
 //! The eBPF engine's needs (see `engines/ebpf`): the `bpf` syscall; the program types,
-//! map types and helpers its programs use (asked of `bpftool feature probe kernel --json`;
-//! when bpftool is absent these are reported "not checked"); the attach types it uses,
+//! map types and helpers its programs use (asked of the kernel by loading minimal ones,
+//! `switchyard_ebpf::features`: unlike `bpftool feature probe`, this needs no
+//! CAP_SYS_ADMIN, so the agent probes with the capabilities it runs with); the attach types it uses,
 //! by kernel release (getpeername hooks 5.8, TCX links 6.6); a cgroup v2 mount (found in
 //! `/proc/self/mountinfo`: a hybrid hierarchy mounts it at `/sys/fs/cgroup/unified`);
-//! kernel BTF; and bpffs, which the engine mounts itself when it is missing (a note, not a
-//! blocker).
+//! kernel BTF; the capabilities the engine uses (CAP_NET_ADMIN, and CAP_BPF with
+//! CAP_PERFMON or CAP_SYS_ADMIN, from `CapEff` in `/proc/self/status`); and bpffs, which
+//! the engine mounts itself when it is missing (a note, not a blocker: mounting needs
+//! CAP_SYS_ADMIN, the note says when this process lacks it).
 
 use std::collections::HashSet;
 
-use serde_json::Value;
 use switchyard_crd::Mode;
 
 use switchyard_ebpf::mounts::{cgroup2_mount, parse_mountinfo};
 
 use crate::{
-    command,
     context::{Context, Findings},
     report::ModeReport,
     version::Version,
 };
-
-/// `(check name, bpftool JSON section, key, missing name)`.
-const FEATURES: [(&str, &str, &str, &str); 6] = [
-    (
-        "cgroup_sock_addr programs",
-        "program_types",
-        "have_cgroup_sock_addr_prog_type",
-        "cgroup_sock_addr program type",
-    ),
-    (
-        "cgroup_skb programs",
-        "program_types",
-        "have_cgroup_skb_prog_type",
-        "cgroup_skb program type",
-    ),
-    (
-        "sched_cls programs",
-        "program_types",
-        "have_sched_cls_prog_type",
-        "sched_cls program type",
-    ),
-    (
-        "lru_hash maps",
-        "map_types",
-        "have_lru_hash_map_type",
-        "lru_hash map type",
-    ),
-    (
-        "lpm_trie maps",
-        "map_types",
-        "have_lpm_trie_map_type",
-        "lpm_trie map type",
-    ),
-    (
-        "sk_storage maps",
-        "map_types",
-        "have_sk_storage_map_type",
-        "sk_storage map type",
-    ),
-];
-
-/// `(program type, helper)` the programs call (bpftool's `helpers.<type>_available_helpers`).
-const HELPERS: [(&str, &str); 7] = [
-    ("cgroup_sock_addr", "bpf_set_retval"),
-    ("cgroup_sock_addr", "bpf_get_netns_cookie"),
-    ("cgroup_sock_addr", "bpf_get_socket_cookie"),
-    ("cgroup_sock_addr", "bpf_sk_storage_get"),
-    ("cgroup_skb", "bpf_sk_storage_get"),
-    ("sched_cls", "bpf_fib_lookup"),
-    ("sched_cls", "bpf_redirect_neigh"),
-];
 
 /// `(attach type, minimum kernel)`: attach types bpftool does not probe.
 const ATTACH_TYPES: [(&str, Version); 3] = [
@@ -80,6 +30,56 @@ const ATTACH_TYPES: [(&str, Version); 3] = [
     ("cgroup getpeername hooks", Version::new(5, 8, 0)),
     ("tcx links (pinnable tc attachment)", Version::new(6, 6, 0)),
 ];
+
+/// Capability numbers (`linux/capability.h`).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of `/proc/<pid>/status` text (`CapEff:` in hex).
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// What the engine does needs: CAP_NET_ADMIN (networking programs, tc and cgroup
+/// attachment) and CAP_BPF with CAP_PERFMON (loading; kernel 5.8+), or CAP_SYS_ADMIN
+/// which covers both on any kernel. Mounting bpffs when the host has not needs
+/// CAP_SYS_ADMIN too (see the bpffs check). Returns whether CAP_SYS_ADMIN is there.
+fn check_capabilities(f: &mut Findings, status: &str) -> bool {
+    let Some(caps) = effective_caps(status) else {
+        f.fail(
+            "capabilities",
+            "no CapEff line in /proc/self/status",
+            ["capabilities"],
+        );
+        return false;
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    let mut missing: Vec<&str> = Vec::new();
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN capability");
+    }
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            missing.push("CAP_BPF capability");
+        }
+        if !has(CAP_PERFMON) {
+            missing.push("CAP_PERFMON capability");
+        }
+    }
+    if missing.is_empty() {
+        f.pass("capabilities", format!("effective {caps:#x}"));
+    } else {
+        f.fail(
+            "capabilities",
+            format!("effective {caps:#x} lacks {}", missing.join(", ")),
+            missing,
+        );
+    }
+    has(CAP_SYS_ADMIN)
+}
 
 /// File system types the kernel knows (`/proc/filesystems`).
 fn filesystems(text: &str) -> HashSet<String> {
@@ -94,26 +94,9 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
     let proc = &ctx.roots.proc;
     let sys = &ctx.roots.sys;
 
-    let features = command::find("bpftool").map(|tool| {
-        command::run(
-            &tool,
-            &["feature", "probe", "kernel", "--json"],
-            None,
-            ctx.timeout,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|out| serde_json::from_str::<Value>(&out.stdout).map_err(|e| e.to_string()))
-    });
-
     let sysctl = proc.join("sys/kernel/unprivileged_bpf_disabled");
-    let bpftool_says = features
-        .as_ref()
-        .and_then(|r| r.as_ref().ok())
-        .and_then(|v| v["syscall_config"]["have_bpf_syscall"].as_bool());
     if sysctl.exists() {
         f.pass("bpf syscall", format!("{} exists", sysctl.display()));
-    } else if bpftool_says == Some(true) {
-        f.pass("bpf syscall", "bpftool: have_bpf_syscall");
     } else {
         f.fail(
             "bpf syscall",
@@ -121,43 +104,20 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             ["bpf syscall"],
         );
     }
-
-    match &features {
-        None => {
-            for (name, _, _, _) in FEATURES {
-                f.fail(
-                    name,
-                    "not checked: bpftool is not installed (Debian package bpftool)",
-                    ["bpftool command"],
-                );
-            }
-        }
-        Some(Err(e)) => {
-            for (name, _, _, missing) in FEATURES {
-                f.fail(
-                    name,
-                    format!("not checked: bpftool feature probe failed: {e}"),
-                    [missing],
-                );
-            }
-        }
-        Some(Ok(json)) => {
-            for (name, section, key, missing) in FEATURES {
-                match json[section][key].as_bool() {
-                    Some(true) => f.pass(name, format!("bpftool: {key}")),
-                    Some(false) => f.fail(name, format!("bpftool: no {key}"), [missing]),
-                    None => f.fail(
-                        name,
-                        format!("bpftool did not report {section}.{key}"),
-                        [missing],
-                    ),
-                }
-            }
+    for feature in switchyard_ebpf::features::probe() {
+        match feature.supported {
+            Ok(true) => f.pass(&feature.name, "the kernel loads it"),
+            Ok(false) => f.fail(&feature.name, "the kernel refuses it", [feature.missing]),
+            Err(e) => f.fail(
+                &feature.name,
+                format!("not checked: the probe failed: {e}"),
+                [feature.missing],
+            ),
         }
     }
-
-    check_helpers(&mut f, features.as_ref().and_then(|r| r.as_ref().ok()));
     check_attach_types(&mut f, &ctx.release);
+    let status = std::fs::read_to_string(proc.join("self/status")).unwrap_or_default();
+    let can_mount = check_capabilities(&mut f, &status);
 
     let mountinfo = std::fs::read_to_string(proc.join("self/mountinfo")).unwrap_or_default();
     let known_fs = std::fs::read_to_string(proc.join("filesystems"))
@@ -194,9 +154,15 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             "bpffs",
             format!("supported, not mounted at {bpffs_str}: the engine mounts it"),
         );
-        f.note(format!(
-            "bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it"
-        ));
+        f.note(if can_mount {
+            format!("bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it")
+        } else {
+            format!(
+                "bpffs is not mounted at {bpffs_str} and mounting it needs CAP_SYS_ADMIN, \
+                 which this process lacks: the engine works where bpffs is mounted for it \
+                 (the host's systemd does at boot; the chart's agent.ebpf.mountBpffs)"
+            )
+        });
     } else {
         f.fail(
             "bpffs",
@@ -205,25 +171,6 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
         );
     }
     f.finish(Mode::Ebpf)
-}
-
-/// The helpers the programs call, per program type.
-fn check_helpers(f: &mut Findings, json: Option<&Value>) {
-    let Some(json) = json else {
-        return; // already reported as "not checked" with the program types
-    };
-    for (prog, helper) in HELPERS {
-        let name = format!("{helper} in {prog} programs");
-        let list = &json["helpers"][format!("{prog}_available_helpers")];
-        let found = list
-            .as_array()
-            .is_some_and(|l| l.iter().any(|h| h.as_str() == Some(helper)));
-        if found {
-            f.pass(&name, "bpftool: available");
-        } else {
-            f.fail(&name, "bpftool: not available", [name.as_str()]);
-        }
-    }
 }
 
 /// Attach types by kernel release.
@@ -257,6 +204,28 @@ fn check_attach_types(f: &mut Findings, release: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_name_what_is_missing() {
+        let with = |caps: u64| format!("Name:\tx\nCapEff:\t{caps:016x}\n");
+        let report = |status: &str| {
+            let mut f = Findings::default();
+            let sys_admin = check_capabilities(&mut f, status);
+            (f.finish(Mode::Ebpf), sys_admin)
+        };
+        let minimal = (1 << CAP_NET_ADMIN) | (1 << CAP_BPF) | (1 << CAP_PERFMON);
+        let (r, sys_admin) = report(&with(minimal));
+        assert!(r.missing.is_empty() && !sys_admin, "{:?}", r.missing);
+        let (r, sys_admin) = report(&with((1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN)));
+        assert!(r.missing.is_empty() && sys_admin, "{:?}", r.missing);
+        let (r, _) = report(&with(1 << CAP_BPF));
+        assert_eq!(
+            r.missing,
+            ["CAP_NET_ADMIN capability", "CAP_PERFMON capability"]
+        );
+        let (r, _) = report("Name:\tx\n");
+        assert_eq!(r.missing, ["capabilities"]);
+    }
 
     #[test]
     fn finds_the_hybrid_cgroup2_mount_and_filesystems() {

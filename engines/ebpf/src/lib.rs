@@ -14,6 +14,7 @@
 //! - [`readback`]: reading the maps back, `verify`
 //! - [`loader`]: objects, pins, cgroup and tc attachment, [`cleanup`]
 //! - [`mounts`]: where cgroup v2 and bpffs are mounted (`/proc/self/mountinfo`)
+//! - [`features`]: the kernel features the programs use, asked of the kernel (the probe)
 //! - [`layout`]: the map byte layout (mirror of `bpf/maps.h`), the only `unsafe`
 //!
 //! Programs (see the C files for the details and minimum kernels):
@@ -25,6 +26,7 @@ pub mod dataplane;
 pub mod encode;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod layout;
 pub mod loader;
 pub mod mounts;
