@@ -17,10 +17,14 @@ vm-deps:
 build: deps
 	$(CARGO) build --workspace --all-targets
 
-# A sandboxed node (network namespaces) with three echo pods, programmed by the real agent.
+# A sandboxed node (network namespaces) with three echo pods, programmed by the real agent
+# in MODE (nftables, iptables or ebpf).
+MODE ?= nftables
 demo: deps
 	$(CARGO) build --release -p switchyard -p switchyard-e2e --bins
-	SWITCHYARD_BIN=$(CURDIR)/target/release/switchyard $(CURDIR)/target/release/demo
+	SWITCHYARD_BIN=$(CURDIR)/target/release/switchyard \
+	SWITCHYARD_CGROUP_CLIENT=$(CURDIR)/target/release/cgroup-client \
+	$(CURDIR)/target/release/demo $(MODE)
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -1,6 +1,9 @@
 //! `make demo`: a guided tour of Switchyard on a sandboxed node. Three echo pods behind a
 //! Service, traffic through its ClusterIP and NodePort, then a scale-down and how fast the
-//! dataplane follows. Needs root; `SWITCHYARD_BIN` names the agent binary.
+//! dataplane follows. Needs root; `SWITCHYARD_BIN` names the agent binary. The engine is
+//! the first argument (`make demo MODE=ebpf`; default nftables); with ebpf, the sandbox's
+//! clients live in a private cgroup the socket programs attach to, and the pins go to a
+//! private bpffs.
 
 use std::{
     collections::BTreeMap,
@@ -73,6 +76,18 @@ spec:
   syncPeriod: 30s
   minSyncPeriod: 100ms
 ";
+
+/// The ProxyConfig for `mode`: the example's, with the engine swapped (and, for ebpf,
+/// the sandbox's private cgroup for the socket programs).
+fn proxy_config(mode: &str, cgroup: Option<&Path>) -> String {
+    let mut text = PROXY_CONFIG
+        .replace("the nftables engine", &format!("the {mode} engine"))
+        .replace("mode: nftables", &format!("mode: {mode}"));
+    if let Some(cg) = cgroup {
+        text.push_str(&format!("  ebpf: {{cgroupPath: {}}}\n", cg.display()));
+    }
+    text
+}
 
 /// The EndpointSlice listing the given pods as ready endpoints of demo/web.
 fn endpoint_slice(pods: &[&str]) -> String {
@@ -174,6 +189,10 @@ fn run() -> Result<()> {
     if !is_root() {
         bail!("the demo needs root to create network namespaces: run `sudo make demo`");
     }
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "nftables".into());
+    if !["nftables", "iptables", "ebpf"].contains(&mode.as_str()) {
+        bail!("engine {mode:?}: the demo runs nftables, iptables or ebpf");
+    }
     let bin = agent_binary()?;
     println!("Switchyard demo: a kube-proxy replacement programming a (sandboxed) node.\n");
     println!("The node, its pods and an outside client live in private network namespaces;");
@@ -192,18 +211,42 @@ fn run() -> Result<()> {
         PODS.len(),
         PODS.join(", ")
     );
-    println!("   ProxyConfig       mode nftables\n");
+    println!("   ProxyConfig       mode {mode}\n");
 
     let mut sb = Sandbox::new()?;
     for p in PODS {
         sb.add_pod(&[p.parse()?], &[8080])?;
     }
+    let mut args: Vec<String> = Vec::new();
+    if mode == "ebpf" {
+        let paths = sb.enable_ebpf()?;
+        work.write_text(
+            "proxyconfig.yaml",
+            &proxy_config(&mode, Some(&paths.cgroup)),
+        )?;
+        args = vec!["--bpffs-root".into(), paths.bpffs.display().to_string()];
+        println!(
+            "   eBPF: socket programs on the private cgroup {} (the pods' clients",
+            paths.cgroup.display()
+        );
+        println!(
+            "   connect from it: a ClusterIP is translated at connect(), no packet is NATed);"
+        );
+        println!(
+            "   tc programs on the node's uplink for the NodePort; pins in {}.\n",
+            paths.bpffs.display()
+        );
+    } else if mode != "nftables" {
+        work.write_text("proxyconfig.yaml", &proxy_config(&mode, None))?;
+    }
     println!(
-        "2. Starting the agent: {} run --manifests {} --node-name test-node",
+        "2. Starting the agent: {} run --manifests {} --node-name test-node {}",
         bin.display(),
-        work.path().display()
+        work.path().display(),
+        args.join(" ")
     );
-    sb.run_agent(work.path(), &[])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sb.run_agent(work.path(), &args)?;
     sb.wait_healthy(Duration::from_secs(20))
         .context("waiting for the agent's /healthz")?;
     let logged = sb.agent().and_then(|a| a.logged_mode());
@@ -214,7 +257,7 @@ fn run() -> Result<()> {
         ),
         (Some(m), None) => println!("   healthy; dataplane mode in use: {m} (from the agent's log)\n"),
         (None, None) => println!(
-            "   healthy; dataplane mode requested: nftables (neither the log nor /metrics says which runs)\n"
+            "   healthy; dataplane mode requested: {mode} (neither the log nor /metrics says which runs)\n"
         ),
     }
 
