@@ -205,6 +205,8 @@ struct Row {
     endpoints: usize,
     model_build: Stats,
     full_sync: Stats,
+    /// `verify` right after the full sync (the drift check every syncPeriod runs it).
+    verify: Stats,
     one_endpoint_engine: Stats,
     one_endpoint_pipeline: Stats,
 }
@@ -228,6 +230,7 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
         build.push(t.elapsed());
     }
     let mut full = Vec::new();
+    let mut verify = Vec::new();
     let mut engine_one = Vec::new();
     let mut pipeline_one = Vec::new();
     for run in 0..runs {
@@ -243,6 +246,12 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
             .await
             .context("full sync")?;
         full.push(t.elapsed());
+        let t = Instant::now();
+        let drift = engine.verify(&model).await.context("verify")?;
+        verify.push(t.elapsed());
+        if drift != switchyard_model::Drift::None {
+            bail!("{mode}: drift right after a full sync: {drift:?}");
+        }
 
         // One endpoint of one service changes address (a pod replaced).
         state.take_changes();
@@ -273,6 +282,7 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
         endpoints: services * per_service,
         model_build: Stats::of(build),
         full_sync: Stats::of(full),
+        verify: Stats::of(verify),
         one_endpoint_engine: Stats::of(engine_one),
         one_endpoint_pipeline: Stats::of(pipeline_one),
     })
@@ -392,16 +402,17 @@ fn main() -> Result<()> {
             rows.push(row);
         }
     }
-    println!("| engine | services | endpoints | model build ms | full sync from empty ms | one-endpoint change: engine ms | one-endpoint change: whole pipeline ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| engine | services | endpoints | model build ms | full sync from empty ms | verify ms | one-endpoint change: engine ms | one-endpoint change: whole pipeline ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             r.services,
             r.endpoints,
             r.model_build.cell(),
             r.full_sync.cell(),
+            r.verify.cell(),
             r.one_endpoint_engine.cell(),
             r.one_endpoint_pipeline.cell()
         );
