@@ -24,9 +24,14 @@ use std::{
     net::IpAddr,
 };
 
-use aya::maps::{lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, LpmTrie, MapData};
+use std::os::fd::AsFd;
+
+use aya::maps::{
+    lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, IterableMap, LpmTrie, MapData,
+};
 
 use crate::{
+    batch,
     error::EbpfError,
     layout::{self, BackendKey, BackendValue, ConfigValue, SrcRangeData, SvcKey, SvcValue},
     loader::{self, DataplaneConfig, Loaded, TcSide},
@@ -44,6 +49,16 @@ pub struct ServicePort {
     /// LoadBalancer source ranges (address, prefix length), used by entries with
     /// `source_ranges`.
     pub source_ranges: BTreeSet<(IpAddr, u8)>,
+}
+
+/// Map writes gathered for one batch, in the order they are made.
+#[derive(Default)]
+struct Writes {
+    slot_keys: Vec<BackendKey>,
+    slot_values: Vec<BackendValue>,
+    ranges: Vec<(u32, [u8; 20])>,
+    entry_keys: Vec<SvcKey>,
+    entry_values: Vec<SvcValue>,
 }
 
 /// How many map operations one call made.
@@ -190,7 +205,9 @@ impl Dataplane {
         self.apply(all, &stale)
     }
 
-    /// Writes `upserts` and removes `removals`, in the order of the module doc. A failure
+    /// Writes `upserts` and removes `removals`, in the order of the module doc: every
+    /// backend slot of the batch (one batched write), then source ranges, then every
+    /// service entry (one batched write), then what is no longer wanted. A failure
     /// leaves the ports it touched out of the record: the caller's next sync must be a
     /// full one (which rereads the maps).
     pub fn apply(
@@ -199,13 +216,15 @@ impl Dataplane {
         removals: &[u32],
     ) -> Result<WriteStats, EbpfError> {
         let mut stats = WriteStats::default();
+        let mut writes = Writes::default();
         let mut written: Vec<(u32, Applied, Applied)> = Vec::with_capacity(upserts.len());
         for sp in upserts {
             let old = self.record.remove(&sp.id).unwrap_or_default();
             let new = encode(sp, &old)?;
-            self.write_new(sp.id, &old, &new, &mut stats)?;
+            self.collect(sp.id, &old, &new, &mut writes);
             written.push((sp.id, old, new));
         }
+        self.flush(writes, &mut stats)?;
         for (id, old, mut new) in written {
             self.remove_stale(id, &old, &new, &mut stats)?;
             // Entries another port of this batch took over are that port's.
@@ -249,44 +268,56 @@ impl Dataplane {
         Ok(candidates[0])
     }
 
-    fn write_new(
-        &mut self,
-        id: u32,
-        old: &Applied,
-        new: &Applied,
-        stats: &mut WriteStats,
-    ) -> Result<(), EbpfError> {
+    /// Collects what `new` writes over `old` (only differences).
+    fn collect(&mut self, id: u32, old: &Applied, new: &Applied, writes: &mut Writes) {
         for (target, slots) in &new.sets {
             let before = old.set(*target);
             for (slot, value) in slots.iter().enumerate() {
-                if before.get(slot) == Some(value) {
-                    continue;
+                if before.get(slot) != Some(value) {
+                    writes.slot_keys.push(backend_key(id, *target, slot as u16));
+                    writes.slot_values.push(*value);
                 }
-                let key = backend_key(id, *target, slot as u16);
-                self.backends
-                    .insert(key, value, 0)
-                    .map_err(map_err("sy_backends"))?;
-                stats.writes += 1;
             }
         }
-        for range in new.ranges.iter().filter(|r| !old.has_range(r)) {
+        writes
+            .ranges
+            .extend(new.ranges.iter().filter(|r| !old.has_range(r)));
+        for (key, value) in &new.entries {
+            let owned = self.owners.get(key) == Some(&id);
+            if owned && old.entry(key) == Some(value) {
+                continue;
+            }
+            writes.entry_keys.push(*key);
+            writes.entry_values.push(*value);
+            self.take_over(*key, id);
+        }
+    }
+
+    /// Writes what [`Dataplane::collect`] gathered: slots, ranges, entries.
+    fn flush(&mut self, w: Writes, stats: &mut WriteStats) -> Result<(), EbpfError> {
+        let batch_err =
+            |map: &'static str| move |source: std::io::Error| EbpfError::Batch { map, source };
+        batch::update(
+            self.backends.map().fd().as_fd(),
+            &w.slot_keys,
+            &w.slot_values,
+        )
+        .map_err(batch_err("sy_backends"))?;
+        stats.writes += w.slot_keys.len();
+        for range in &w.ranges {
             let key = LpmKey::new(range.0, SrcRangeData { data: range.1 });
             self.ranges
                 .insert(&key, 1u8, 0)
                 .map_err(map_err("sy_src_ranges"))?;
             stats.writes += 1;
         }
-        for (key, value) in &new.entries {
-            let owned = self.owners.get(key) == Some(&id);
-            if owned && old.entry(key) == Some(value) {
-                continue;
-            }
-            self.services
-                .insert(key, value, 0)
-                .map_err(map_err("sy_services"))?;
-            stats.writes += 1;
-            self.take_over(*key, id);
-        }
+        batch::update(
+            self.services.map().fd().as_fd(),
+            &w.entry_keys,
+            &w.entry_values,
+        )
+        .map_err(batch_err("sy_services"))?;
+        stats.writes += w.entry_keys.len();
         Ok(())
     }
 

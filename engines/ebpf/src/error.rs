@@ -68,6 +68,12 @@ pub enum EbpfError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("BPF map {map}: batched operation: {source}")]
+    Batch {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("BPF map {0} missing from the loaded object")]
     MissingMap(&'static str),
     #[error("BPF program {0} missing from the loaded object")]

@@ -15,13 +15,15 @@
 //! - [`loader`]: objects, pins, cgroup and tc attachment, [`cleanup`]
 //! - [`mounts`]: where cgroup v2 and bpffs are mounted (`/proc/self/mountinfo`)
 //! - [`features`]: the kernel features the programs use, asked of the kernel (the probe)
-//! - [`layout`]: the map byte layout (mirror of `bpf/maps.h`), the only `unsafe`
+//! - [`layout`]: the map byte layout (mirror of `bpf/maps.h`), and `batch`: batched map
+//!   reads and writes (the bpf syscall aya 0.14 lacks): the only `unsafe`
 //!
 //! Programs (see the C files for the details and minimum kernels):
 //! - cgroup `connect4/6`, `sendmsg4/6`, `recvmsg4/6`, `getpeername4/6` (`bpf/sock.c`):
 //!   socket-level load balancing for processes on the node;
 //! - tc ingress/egress (`bpf/tc.c`): NodePort / LB / external IPs from outside the node.
 
+mod batch;
 pub mod dataplane;
 pub mod encode;
 pub mod engine;

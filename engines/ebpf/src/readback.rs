@@ -2,9 +2,12 @@
 //! already hold), the typed content for callers, and `verify` (does the kernel still hold
 //! what was applied?).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd};
+
+use aya::maps::IterableMap;
 
 use crate::{
+    batch,
     dataplane::{map_err, Dataplane, ServicePort},
     error::EbpfError,
     layout::{BackendKey, BackendValue, SvcKey, SvcValue},
@@ -24,13 +27,17 @@ impl Dataplane {
     /// they are contiguous from 0; anything after a gap is drift).
     pub(crate) fn read_record(&self) -> Result<BTreeMap<u32, Applied>, EbpfError> {
         let mut out: BTreeMap<u32, Applied> = BTreeMap::new();
-        for item in self.services.iter() {
-            let (k, v): (SvcKey, SvcValue) = item.map_err(map_err("sy_services"))?;
+        let batch_err = |map: &'static str| move |source| EbpfError::Batch { map, source };
+        let services: Vec<(SvcKey, SvcValue)> = batch::lookup_all(self.services.map().fd().as_fd())
+            .map_err(batch_err("sy_services"))?;
+        for (k, v) in services {
             out.entry(v.id).or_default().entries.push((k, v));
         }
         let mut slots: BTreeMap<(u32, u8), BTreeMap<u16, BackendValue>> = BTreeMap::new();
-        for item in self.backends.iter() {
-            let (k, v): (BackendKey, BackendValue) = item.map_err(map_err("sy_backends"))?;
+        let backends: Vec<(BackendKey, BackendValue)> =
+            batch::lookup_all(self.backends.map().fd().as_fd())
+                .map_err(batch_err("sy_backends"))?;
+        for (k, v) in backends {
             slots.entry((k.id, k.target)).or_default().insert(k.slot, v);
         }
         for ((id, code), by_slot) in slots {
