@@ -2,7 +2,7 @@
 //! map types and helpers its programs use (asked of the kernel by loading minimal ones,
 //! `switchyard_ebpf::features`: unlike `bpftool feature probe`, this needs no
 //! CAP_SYS_ADMIN, so the agent probes with the capabilities it runs with); the attach types it uses,
-//! by kernel release (getpeername hooks 5.8, TCX links 6.6); a cgroup v2 mount (found in
+//! by kernel release (getpeername hooks 5.8, batched map operations 5.6, TCX links 6.6); a cgroup v2 mount (found in
 //! `/proc/self/mountinfo`: a hybrid hierarchy mounts it at `/sys/fs/cgroup/unified`);
 //! kernel BTF; the capabilities the engine uses (CAP_NET_ADMIN, and CAP_BPF with
 //! CAP_PERFMON or CAP_SYS_ADMIN, from `CapEff` in `/proc/self/status`); and bpffs, which
@@ -21,13 +21,14 @@ use crate::{
     version::Version,
 };
 
-/// `(attach type, minimum kernel)`: attach types bpftool does not probe.
-const ATTACH_TYPES: [(&str, Version); 3] = [
+/// `(attach type or kernel interface, minimum kernel)`: what no load probe shows.
+const ATTACH_TYPES: [(&str, Version); 4] = [
     (
         "cgroup connect/sendmsg/recvmsg hooks",
         Version::new(5, 2, 0),
     ),
     ("cgroup getpeername hooks", Version::new(5, 8, 0)),
+    ("batched map operations", Version::new(5, 6, 0)),
     ("tcx links (pinnable tc attachment)", Version::new(6, 6, 0)),
 ];
 
