@@ -158,12 +158,12 @@ impl Dataplane {
                 wanted.push((TcSide::Ingress, iface));
             }
         }
-        loader::set_tc(&mut self.loaded, &self.cfg.pin_root, &wanted)
+        loader::set_tc(&mut self.loaded, &self.cfg.pin_dir(), &wanted)
     }
 
     /// The interfaces the tc programs are attached to (from the pinned links).
     pub fn tc_interfaces(&self) -> Result<Vec<(TcSide, String)>, EbpfError> {
-        loader::pinned_tc(&self.cfg.pin_root)
+        loader::pinned_tc(&self.cfg.pin_dir())
     }
 
     /// The node address masqueraded traffic leaves with, per family.

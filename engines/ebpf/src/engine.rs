@@ -12,10 +12,11 @@
 //! - A partial sync writes only the changed ports' families: a one-endpoint change is
 //!   one backend-slot write, plus one entry write per key when the count changes.
 //! - Any failure makes the next sync a full one.
-//! - A new map layout (see `layout`) lives in its own pin directory: its programs are
-//!   attached beside the old layout's, which keep serving until the first full sync has
-//!   filled the new maps; then the old layout's pins are removed. Sockets need no state
-//!   to keep working; tc flows of outside clients NATed by the old programs end there.
+//! - A new map layout (see `layout`), or new map sizes, live in their own pin directory:
+//!   the new programs are attached beside the old layout's, which keep serving until the
+//!   first full sync has filled the new maps; then the old layout's pins are removed.
+//!   Sockets need no state to keep working; tc flows of outside clients NATed by the old
+//!   programs end there.
 //! - `verify` compares the maps with the record of what was applied, checks the pinned
 //!   attachments, and that the node's addresses still give the same NodePort addresses.
 //! - `cleanup` detaches and unpins everything under the pin root (bpffs stays mounted).
@@ -182,8 +183,9 @@ impl EbpfEngine {
         })?;
         // A new layout was built beside the old one (its programs attached beside the
         // old ones, which kept serving): now that it holds everything, the old one goes.
-        for v in loader::remove_other_layouts(&self.options.pin_root)? {
-            tracing::info!(layout = v, "removed the pins of an older map layout");
+        let keep = dp.config().pin_dir();
+        for old in loader::remove_other_layouts(&self.options.pin_root, &keep)? {
+            tracing::info!(layout = %old.display(), "removed the pins of another map layout");
         }
         self.node_ports = node_ports;
         self.shadows = shadows;
@@ -262,8 +264,7 @@ impl EbpfEngine {
             return Ok(vec!["the dataplane is not loaded".into()]);
         };
         let mut found = dp.verify()?;
-        let pin_root = &self.options.pin_root;
-        let cgroup = loader::pinned_cgroup_programs(pin_root)?;
+        let cgroup = loader::pinned_cgroup_programs(&dp.config().pin_dir())?;
         for program in SOCK_PROGRAMS.iter().chain([&DROP_EGRESS]) {
             if !cgroup.iter().any(|p| p == program) {
                 found.push(format!("cgroup program {program} is not attached"));

@@ -11,7 +11,7 @@
 
 use aya::Pod;
 
-/// Version of the map layout; part of the pin path (`<pin root>/v<N>/`).
+/// Version of the map layout; part of the pin path (`<pin root>/v<N>-<sizes>/`).
 pub const LAYOUT_VERSION: u32 = 1;
 
 pub const SCOPE_NODE: u8 = 0;

@@ -53,8 +53,9 @@ pub const DROP_EGRESS: &str = "sy_drop_egress";
 const TC_INGRESS: &str = "sy_tc_ingress";
 const TC_EGRESS: &str = "sy_tc_egress";
 
-/// Map sizes (`max_entries`). They apply when the maps are created; pinned maps that
-/// already exist keep their size (a different size needs a cleanup or a new layout).
+/// Map sizes (`max_entries`). A pinned map keeps the size it was made with, so the sizes
+/// are part of the pin directory's name: other sizes are another layout, built beside
+/// the old one (see [`DataplaneConfig::pin_dir`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     /// Service entries (VIP, port, protocol, scope).
@@ -114,18 +115,20 @@ impl DataplaneConfig {
         }
     }
 
-    /// `<pin_root>/v<layout>`: this layout's maps.
+    /// `<pin_root>/v<layout>-<sizes>`: this layout's maps and links. The sizes are part
+    /// of the name because a pinned map keeps the size it was made with: new sizes are a
+    /// new layout, built beside the old one and swapped in (see the engine).
     pub fn pin_dir(&self) -> PathBuf {
-        layout_dir(&self.pin_root)
+        let s = &self.sizes;
+        self.pin_root.join(format!(
+            "v{LAYOUT_VERSION}-{}-{}-{}-{}-{}",
+            s.services, s.backends, s.affinity, s.flows, s.source_ranges
+        ))
     }
 }
 
-pub(crate) fn layout_dir(pin_root: &Path) -> PathBuf {
-    pin_root.join(format!("v{LAYOUT_VERSION}"))
-}
-
-fn links_dir(pin_root: &Path) -> PathBuf {
-    layout_dir(pin_root).join("links")
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
 }
 
 /// The loaded objects; their maps have been taken by the dataplane.
@@ -146,7 +149,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 /// program (replacing pinned attachments without a gap).
 pub(crate) fn load_and_attach(cfg: &DataplaneConfig) -> Result<Loaded, EbpfError> {
     mounts::ensure_bpffs(&cfg.bpffs, &cfg.pin_root)?;
-    let links = links_dir(&cfg.pin_root);
+    let links = links_dir(&cfg.pin_dir());
     std::fs::create_dir_all(&links).map_err(io_err("creating", &links))?;
     let mut sock = load_object("sock.o", crate::objects::SOCK, cfg)?;
     let mut tc = load_object("tc.o", crate::objects::TC, cfg)?;
@@ -373,14 +376,14 @@ fn attach_tc_one(tc: &mut Ebpf, side: TcSide, iface: &str, links: &Path) -> Resu
 /// Attaches the tc programs to exactly `wanted` (see [`crate::Dataplane::set_tc_interfaces`]).
 pub(crate) fn set_tc(
     loaded: &mut Loaded,
-    pin_root: &Path,
+    pin_dir: &Path,
     wanted: &[(TcSide, &str)],
 ) -> Result<(), EbpfError> {
-    let links = links_dir(pin_root);
+    let links = links_dir(pin_dir);
     for (side, iface) in wanted {
         attach_tc_one(&mut loaded.tc, *side, iface, &links)?;
     }
-    for (side, iface) in pinned_tc(pin_root)? {
+    for (side, iface) in pinned_tc(pin_dir)? {
         if !wanted.contains(&(side, iface.as_str())) {
             let path = tc_pin(&links, side, &iface);
             std::fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
@@ -389,9 +392,9 @@ pub(crate) fn set_tc(
     Ok(())
 }
 
-/// The (side, interface) of every pinned tc link.
-pub(crate) fn pinned_tc(pin_root: &Path) -> Result<Vec<(TcSide, String)>, EbpfError> {
-    let links = links_dir(pin_root);
+/// The (side, interface) of every pinned tc link of the layout at `pin_dir`.
+pub(crate) fn pinned_tc(pin_dir: &Path) -> Result<Vec<(TcSide, String)>, EbpfError> {
+    let links = links_dir(pin_dir);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&links).map_err(io_err("reading", &links))? {
         let entry = entry.map_err(io_err("reading", &links))?;
@@ -406,9 +409,9 @@ pub(crate) fn pinned_tc(pin_root: &Path) -> Result<Vec<(TcSide, String)>, EbpfEr
     Ok(out)
 }
 
-/// The pinned cgroup links, by program name.
-pub(crate) fn pinned_cgroup_programs(pin_root: &Path) -> Result<Vec<String>, EbpfError> {
-    let links = links_dir(pin_root);
+/// The pinned cgroup links of the layout at `pin_dir`, by program name.
+pub(crate) fn pinned_cgroup_programs(pin_dir: &Path) -> Result<Vec<String>, EbpfError> {
+    let links = links_dir(pin_dir);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&links).map_err(io_err("reading", &links))? {
         let entry = entry.map_err(io_err("reading", &links))?;
@@ -421,24 +424,25 @@ pub(crate) fn pinned_cgroup_programs(pin_root: &Path) -> Result<Vec<String>, Ebp
     Ok(out)
 }
 
-/// The layout version of a directory name `v<N>`.
-fn layout_version(name: &std::ffi::OsStr) -> Option<u32> {
-    name.to_str()?.strip_prefix('v')?.parse().ok()
+/// Whether a directory name is a layout's: `v<N>` or `v<N>-<sizes>`.
+fn is_layout(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_prefix('v'))
+        .and_then(|n| n.split('-').next())
+        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Removes the pins of every other layout version under `pin_root`: once this layout's
-/// maps hold everything (after a full sync), the old programs and maps go (their links
-/// first). Returns the versions removed.
-pub fn remove_other_layouts(pin_root: &Path) -> Result<Vec<u32>, EbpfError> {
+/// Removes the pins of every layout under `pin_root` but the one at `keep`: once this
+/// layout's maps hold everything (after a full sync), the old programs and maps go
+/// (their links first). Returns the directories removed.
+pub fn remove_other_layouts(pin_root: &Path, keep: &Path) -> Result<Vec<PathBuf>, EbpfError> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(pin_root).map_err(io_err("reading", pin_root))? {
         let entry = entry.map_err(io_err("reading", pin_root))?;
-        match layout_version(&entry.file_name()) {
-            Some(v) if v != LAYOUT_VERSION => {
-                remove_layout(&entry.path())?;
-                removed.push(v);
-            }
-            _ => {}
+        let path = entry.path();
+        if is_layout(&entry.file_name()) && path != keep {
+            remove_layout(&path)?;
+            removed.push(path);
         }
     }
     Ok(removed)
@@ -454,7 +458,7 @@ fn remove_layout(path: &Path) -> Result<(), EbpfError> {
     std::fs::remove_dir_all(path).map_err(io_err("removing", path))
 }
 
-/// Removes everything the dataplane pinned under `pin_root` (every layout version):
+/// Removes everything the dataplane pinned under `pin_root` (every layout):
 /// unpinning a link detaches its program once no process holds it, unpinning a map frees
 /// it once no program uses it. The directory itself goes too. bpffs stays mounted.
 pub fn cleanup(pin_root: &Path) -> Result<(), EbpfError> {
@@ -465,7 +469,7 @@ pub fn cleanup(pin_root: &Path) -> Result<(), EbpfError> {
     };
     for entry in entries {
         let entry = entry.map_err(io_err("reading", pin_root))?;
-        if layout_version(&entry.file_name()).is_some() {
+        if is_layout(&entry.file_name()) {
             remove_layout(&entry.path())?;
         }
     }

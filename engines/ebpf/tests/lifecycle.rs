@@ -167,6 +167,47 @@ fn a_new_map_layout_is_built_beside_the_old_one_then_swapped_in() {
     );
 }
 
+#[test]
+fn new_map_sizes_are_built_beside_the_old_maps_then_swapped_in() {
+    if !root_or_skip("new_map_sizes_are_built_beside_the_old_maps_then_swapped_in") {
+        return;
+    }
+    let mut node = Node::with_endpoints(&["10.0.1.1", "10.0.1.2"], &[8080]);
+    let m = model(vec![web(&["10.0.1.1", "10.0.1.2"])]);
+    let engine = node.engine_with(&m);
+    let old = node.pin_dir();
+    // The ProxyConfig's ebpf block asks for a larger service map: the runner rebuilds
+    // the engine (same owner: no cleanup in between).
+    node.options.sizes.services *= 2;
+    let new = node.pin_dir();
+    let (stats, mut engine) = thread::scope(|s| {
+        let looping = s.spawn(|| node.connect_loop("pod", VIP, Duration::from_millis(2000)));
+        thread::sleep(Duration::from_millis(500));
+        let mut e = node.engine();
+        node.full_sync(&mut e, &m);
+        drop(engine);
+        (looping.join().unwrap(), e)
+    });
+    assert_eq!(
+        stats.failed, 0,
+        "connections failed across the resize: {stats:?}"
+    );
+    assert!(!old.exists() && new.exists(), "{old:?} replaced by {new:?}");
+    let show = run_cmd(
+        std::process::Command::new("bpftool")
+            .args(["map", "show", "pinned"])
+            .arg(new.join("sy_services"))
+            .arg("-j"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(
+        v["max_entries"].as_u64(),
+        Some(u64::from(node.options.sizes.services))
+    );
+    assert_eq!(node.verify(&mut engine, &m), Drift::None);
+}
+
 /// Two services with the plan ids of `m` swapped (a restarted agent may number ports
 /// in another order).
 fn swap_ids(m: &NodeModel) -> NodeModel {

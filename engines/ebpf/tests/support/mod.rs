@@ -171,10 +171,17 @@ impl Node {
         run_cmd(&mut cmd).unwrap_or_else(|e| format!("({args:?} failed: {e:#})"))
     }
 
+    /// Where the engine's current layout pins its maps and links.
     pub fn pin_dir(&self) -> PathBuf {
-        self.options
-            .pin_root
-            .join(format!("v{}", switchyard_ebpf::layout::LAYOUT_VERSION))
+        switchyard_ebpf::DataplaneConfig {
+            bpffs: self.options.bpffs.clone(),
+            pin_root: self.options.pin_root.clone(),
+            cgroup: PathBuf::new(),
+            external_interfaces: vec![],
+            backend_interfaces: vec![],
+            sizes: self.options.sizes.clone(),
+        }
+        .pin_dir()
     }
 }
 
