@@ -15,10 +15,6 @@ use crate::{
     service::{addr_from_bytes, Backend, ServiceEntry, ServiceKey, TargetSet},
 };
 
-fn target_of(code: u8, what: &str) -> Result<TargetSet, EbpfError> {
-    TargetSet::from_code(code).ok_or_else(|| EbpfError::Corrupt(format!("{what}: target {code}")))
-}
-
 /// One difference between the maps and the record.
 pub type Drift = String;
 
@@ -33,22 +29,29 @@ impl Dataplane {
         for (k, v) in services {
             out.entry(v.id).or_default().entries.push((k, v));
         }
-        let mut slots: BTreeMap<(u32, u8), BTreeMap<u16, BackendValue>> = BTreeMap::new();
-        let backends: Vec<(BackendKey, BackendValue)> =
+        let mut backends: Vec<(BackendKey, BackendValue)> =
             batch::lookup_all(self.backends.map().fd().as_fd())
                 .map_err(batch_err("sy_backends"))?;
-        for (k, v) in backends {
-            slots.entry((k.id, k.target)).or_default().insert(k.slot, v);
-        }
-        for ((id, code), by_slot) in slots {
-            let target = target_of(code, &format!("backend set of id {id}"))?;
-            let contiguous: Vec<BackendValue> = by_slot
+        // Sorted by (id, set, slot), each set is a run: no tree per set (50k of them).
+        backends.sort_unstable_by_key(|(k, _)| (k.id, k.target, k.slot));
+        for run in backends.chunk_by(|(a, _), (b, _)| (a.id, a.target) == (b.id, b.target)) {
+            let (first, _) = run[0];
+            let target = TargetSet::from_code(first.target).ok_or_else(|| {
+                EbpfError::Corrupt(format!(
+                    "backend set of id {}: target {}",
+                    first.id, first.target
+                ))
+            })?;
+            let contiguous: Vec<BackendValue> = run
                 .iter()
                 .enumerate()
-                .take_while(|(i, (slot, _))| usize::from(**slot) == *i)
+                .take_while(|(i, (k, _))| usize::from(k.slot) == *i)
                 .map(|(_, (_, v))| *v)
                 .collect();
-            out.entry(id).or_default().sets.push((target, contiguous));
+            out.entry(first.id)
+                .or_default()
+                .sets
+                .push((target, contiguous));
         }
         for item in self.ranges.iter() {
             let (k, _) = item.map_err(map_err("sy_src_ranges"))?;
