@@ -110,9 +110,13 @@ fn rate(ns: &NetNs, target: SocketAddr, cgroup: Option<&std::path::Path>) -> Res
     let path = ns.path();
     let stop = Arc::new(AtomicBool::new(false));
     let server_stop = stop.clone();
+    // The client starts once the server listens (a fixed sleep lost that race on a
+    // loaded machine).
+    let (ready_tx, ready) = std::sync::mpsc::channel();
     let server = spawn_in(&path, move || -> Result<()> {
         let listener = TcpListener::bind((ENDPOINT, 8080))?;
         listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
         while !server_stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok(_) => {}
@@ -122,7 +126,13 @@ fn rate(ns: &NetNs, target: SocketAddr, cgroup: Option<&std::path::Path>) -> Res
         }
         Ok(())
     })?;
-    std::thread::sleep(Duration::from_millis(100));
+    if ready.recv_timeout(Duration::from_secs(10)).is_err() {
+        stop.store(true, Ordering::Relaxed);
+        return match server.join() {
+            Ok(Ok(Err(e))) => Err(e.context("the endpoint server")),
+            _ => bail!("the endpoint server did not start listening"),
+        };
+    }
     let result = match cgroup {
         Some(cg) => client_in_cgroup(cg, &path, target),
         None => spawn_in(&path, move || client_loop(target))?
