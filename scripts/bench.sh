@@ -11,7 +11,10 @@ bench=target/release/switchyard-bench
   --agent target/release/switchyard "$@"
 "$bench" --engines iptables-legacy,iptables-nft --sizes 1000,10000 --runs 3 --conn-rate-services 0 "$@"
 "$bench" --engines iptables-legacy --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
-"$bench" --engines nftables --sizes 10 --runs 3 --conn-rate-services 10000 "$@"
+"$bench" --engines ebpf --sizes 1000,10000,50000 --runs 3 --conn-rate-services 0 \
+  --agent target/release/switchyard --agent-mode ebpf "$@"
+"$bench" --engines ebpf --sizes 10 --runs 3 --conn-rate-services 10000,50000 \
+  --conn-rate-engines ebpf,nftables,iptables-legacy,iptables-nft "$@"
 if [ -n "${BENCH_IPTABLES_NFT_50K:-}" ]; then
   "$bench" --engines iptables-nft --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
 fi
