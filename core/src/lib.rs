@@ -9,17 +9,23 @@
 //! - [`manifests`]: the standalone source reading a directory of YAML/JSON.
 //! - [`metrics`], [`health`], [`liveness`] and [`service_health`]: what the node tells
 //!   the outside world.
+//! - [`programming_latency`]: how long endpoint changes take to reach the kernel.
+//! - [`conntrack_table`]: the ProxyConfig `conntrack` block applied, and the table's
+//!   fill watched (pressure, refused settings).
 //!
 //! The model, its plans, change sets and the engine contract live in
 //! `switchyard-model` (re-exported here as [`model`], [`changes`] and [`engine`]). Core
-//! renders no kernel rules; it reaches the kernel only through engines, and through the
-//! stale-flow cleaner and servers the binary gives it.
+//! renders no kernel rules; it reaches the kernel only through engines, the stale-flow
+//! cleaner and servers the binary gives it, and the conntrack sysctls
+//! (`switchyard-conntrack`).
 
+pub mod conntrack_table;
 pub mod engine_choice;
 pub mod health;
 pub mod liveness;
 pub mod manifests;
 pub mod metrics;
+pub mod programming_latency;
 pub mod runner;
 pub mod selection;
 pub mod service_health;
