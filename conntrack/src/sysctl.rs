@@ -43,6 +43,16 @@ pub enum Setting {
 }
 
 impl Setting {
+    pub const ALL: [Setting; 7] = [
+        Setting::Max,
+        Setting::HashSize,
+        Setting::TcpEstablishedTimeout,
+        Setting::TcpCloseWaitTimeout,
+        Setting::TcpBeLiberal,
+        Setting::UdpTimeout,
+        Setting::UdpStreamTimeout,
+    ];
+
     /// The kernel's name for it (the sysctl, or the module parameter).
     pub fn kernel_name(self) -> &'static str {
         match self {

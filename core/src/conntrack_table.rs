@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use switchyard_conntrack::{Sysctls, TableUsage};
+use switchyard_conntrack::{Refusal, Setting, Sysctls, TableUsage};
 use switchyard_crd::ConntrackSettings;
 use tokio::sync::watch;
 
@@ -46,9 +46,9 @@ pub struct ConntrackStatus {
     pub usage: Option<TableUsage>,
     /// Above [`PRESSURE_ABOVE`] and not yet back below [`PRESSURE_CLEARS_BELOW`].
     pub pressure: bool,
-    /// The settings of the `conntrack` block the kernel refused, each in words
-    /// (`nf_conntrack_max = 131072 (spec.conntrack.maxPerCore): …`).
-    pub refused: Vec<String>,
+    /// The settings of the `conntrack` block the kernel refused, each with why (its
+    /// `Display`: `nf_conntrack_max = 131072 (spec.conntrack.maxPerCore): …`).
+    pub refused: Vec<Refusal>,
     /// Why the table's fill could not be read (`nf_conntrack` not loaded).
     pub unreadable: Option<String>,
 }
@@ -148,15 +148,7 @@ impl ConntrackMonitor {
     fn apply(&mut self, settings: ConntrackSettings) {
         let refusals = self.sysctls.apply(&settings, self.cpus).refusals();
         let retry = refusals.iter().any(|r| r.retry);
-        for label in [
-            switchyard_conntrack::Setting::Max,
-            switchyard_conntrack::Setting::HashSize,
-            switchyard_conntrack::Setting::TcpEstablishedTimeout,
-            switchyard_conntrack::Setting::TcpCloseWaitTimeout,
-            switchyard_conntrack::Setting::TcpBeLiberal,
-            switchyard_conntrack::Setting::UdpTimeout,
-            switchyard_conntrack::Setting::UdpStreamTimeout,
-        ] {
+        for label in Setting::ALL {
             let refused = refusals.iter().any(|r| r.setting == label);
             self.metrics
                 .conntrack_refused
@@ -165,9 +157,8 @@ impl ConntrackMonitor {
                 })
                 .set(i64::from(refused));
         }
-        let words: Vec<String> = refusals.iter().map(ToString::to_string).collect();
         self.status.send_if_modified(|s| {
-            if s.refused == words {
+            if s.refused == refusals {
                 return false;
             }
             for r in &refusals {
@@ -177,7 +168,7 @@ impl ConntrackMonitor {
                     tracing::warn!(setting = %r, "the kernel refused a conntrack setting of the ProxyConfig");
                 }
             }
-            s.refused = words;
+            s.refused = refusals;
             true
         });
         // Applied with nothing to retry: only a change of settings applies them again.
@@ -346,8 +337,9 @@ mod tests {
         m.poll();
         let refused = status.borrow().refused.clone();
         assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].retry);
         assert!(
-            refused[0].starts_with(
+            refused[0].to_string().starts_with(
                 "nf_conntrack_tcp_timeout_close_wait = 3600 (spec.conntrack.tcpCloseWaitTimeout)"
             ),
             "{refused:?}"
