@@ -522,10 +522,7 @@ mod tests {
         let full = table(950, true);
         let e = conntrack_events(&calm, &full);
         assert_eq!(e.len(), 1);
-        assert_eq!(
-            (e[0].0.clone(), e[0].1),
-            (EventType::Warning, "ConntrackPressure")
-        );
+        assert_eq!((e[0].0, e[0].1), (EventType::Warning, "ConntrackPressure"));
         assert!(conntrack_events(&full, &table(960, true)).is_empty());
         let e = conntrack_events(&full, &calm);
         assert_eq!(e[0].1, "ConntrackPressureRelieved");
