@@ -6,7 +6,8 @@
 //! - [`validation`]: per-object checks; an invalid object is reported and skipped.
 //! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair, engine
 //!   choice and make-before-break switches).
-//! - [`manifests`]: the standalone source reading a directory of YAML/JSON.
+//! - [`manifests`]: the standalone source reading a directory of YAML/JSON
+//!   ([`manifest_docs`]: one file's text into objects).
 //! - [`metrics`], [`health`], [`liveness`] and [`service_health`]: what the node tells
 //!   the outside world.
 //! - [`programming_latency`]: how long endpoint changes take to reach the kernel.
@@ -23,6 +24,7 @@ pub mod conntrack_table;
 pub mod engine_choice;
 pub mod health;
 pub mod liveness;
+pub mod manifest_docs;
 pub mod manifests;
 pub mod metrics;
 pub mod programming_latency;

@@ -24,14 +24,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::{
     liveness::Liveness,
     metrics::Metrics,
     state::{ClusterState, Object, ObjectKey, ObjectKind},
-    validation::validate,
 };
 
 /// A problem with one file or one object in it.
@@ -88,6 +86,7 @@ struct FileStamp {
 }
 
 /// What one read of one file produced.
+#[derive(Default)]
 pub struct FileContents {
     pub objects: Vec<Object>,
     /// Per-object problems (the rest of the file is still used).
@@ -103,153 +102,7 @@ pub fn read_file(path: &Path) -> Result<FileContents, ManifestError> {
     parse_text(path, &text)
 }
 
-/// Parses manifest text (YAML or JSON, several documents allowed).
-pub fn parse_text(path: &Path, text: &str) -> Result<FileContents, ManifestError> {
-    let mut docs = Vec::new();
-    // JSON files: serde_json is an order of magnitude faster than the YAML parser on
-    // large files (a `kind: List` of thousands of objects); YAML is the fallback.
-    let json = path.extension().and_then(|e| e.to_str()) == Some("json");
-    if let Some(value) = json
-        .then(|| serde_json::from_str::<Value>(text).ok())
-        .flatten()
-    {
-        docs.push(value);
-    }
-    let yaml_docs = if docs.is_empty() {
-        Some(serde_yaml::Deserializer::from_str(text))
-    } else {
-        None
-    };
-    for (i, doc) in yaml_docs.into_iter().flatten().enumerate() {
-        let value: Value =
-            serde::Deserialize::deserialize(doc).map_err(|e| ManifestError::Parse {
-                file: path.to_path_buf(),
-                document: i + 1,
-                message: e.to_string(),
-            })?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    let mut out = FileContents {
-        objects: Vec::new(),
-        errors: Vec::new(),
-    };
-    for doc in docs {
-        collect(path, doc, &mut out);
-    }
-    Ok(out)
-}
-
-fn collect(path: &Path, doc: Value, out: &mut FileContents) {
-    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = doc
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if kind == "List" || kind.ends_with("List") && doc.get("items").is_some() {
-        if let Value::Object(mut doc) = doc {
-            if let Some(Value::Array(items)) = doc.remove("items") {
-                for item in items {
-                    collect(path, item, out);
-                }
-            }
-        }
-        return;
-    }
-    let Some(object_kind) = kind_of(api_version, &kind) else {
-        tracing::debug!(file = %path.display(), %kind, "ignoring object of a kind the proxy does not use");
-        return;
-    };
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("<unnamed>");
-    let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str);
-    let display = match namespace {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_string(),
-    };
-    let identity = identity(object_kind, &doc);
-    fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, (String, String)> {
-        serde_path_to_error::deserialize(v)
-            .map_err(|e| (e.path().to_string(), e.inner().to_string()))
-    }
-    let decoded: Result<Object, (String, String)> = match object_kind {
-        ObjectKind::Service => decode(doc).map(|o| Object::Service(Box::new(o))),
-        ObjectKind::EndpointSlice => decode(doc).map(|o| Object::EndpointSlice(Box::new(o))),
-        ObjectKind::Node => decode(doc).map(|o| Object::Node(Box::new(o))),
-        ObjectKind::ProxyConfig => decode(doc).map(|o| Object::ProxyConfig(Box::new(o))),
-    };
-    match decoded {
-        Ok(mut object) => {
-            default_namespace(&mut object);
-            match validate(&object) {
-                Ok(()) => out.objects.push(object),
-                Err(source) => out.errors.push(ManifestError::Invalid {
-                    file: path.to_path_buf(),
-                    source: Box::new(source),
-                }),
-            }
-        }
-        Err((field, message)) => out.errors.push(ManifestError::Decode {
-            file: path.to_path_buf(),
-            kind: object_kind,
-            name: display,
-            object: identity.map(Box::new),
-            field,
-            message,
-        }),
-    }
-}
-
-/// The kinds the proxy reads, by `apiVersion` and `kind`.
-fn kind_of(api_version: &str, kind: &str) -> Option<ObjectKind> {
-    match (api_version, kind) {
-        ("v1", "Service") => Some(ObjectKind::Service),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Some(ObjectKind::EndpointSlice),
-        ("v1", "Node") => Some(ObjectKind::Node),
-        ("switchyard.dev/v1alpha1", "ProxyConfig") => Some(ObjectKind::ProxyConfig),
-        _ => None,
-    }
-}
-
-/// The key an object will have once decoded (namespace defaulted as
-/// [`default_namespace`] does), read from its raw metadata; `None` without a name.
-fn identity(kind: ObjectKind, doc: &Value) -> Option<ObjectKey> {
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str)?;
-    if name.is_empty() {
-        return None;
-    }
-    let namespace = doc
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let namespaced = matches!(kind, ObjectKind::Service | ObjectKind::EndpointSlice);
-    Some(ObjectKey {
-        kind,
-        namespace: if namespaced && namespace.is_empty() {
-            "default".to_string()
-        } else {
-            namespace.to_string()
-        },
-        name: name.to_string(),
-    })
-}
-
-/// Namespaced kinds without a namespace live in `default`, as `kubectl apply` would put
-/// them.
-fn default_namespace(object: &mut Object) {
-    let meta = match object {
-        Object::Service(o) => &mut o.metadata,
-        Object::EndpointSlice(o) => &mut o.metadata,
-        Object::Node(_) | Object::ProxyConfig(_) => return,
-    };
-    if meta.namespace.as_deref().unwrap_or("").is_empty() {
-        meta.namespace = Some("default".to_string());
-    }
-}
+pub use crate::manifest_docs::parse_text;
 
 fn is_manifest(path: &Path) -> bool {
     let hidden = path

@@ -26,7 +26,7 @@ pub fn crds_yaml() -> String {
     let mut out = String::new();
     for crd in [ProxyConfig::crd(), ProxyNode::crd()] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("CRDs serialize"));
+        out.push_str(&serde_saphyr::to_string(&crd).expect("CRDs serialize"));
     }
     out
 }

@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn topology_needs_every_ready_endpoint_hinted_and_one_match() {
-        let mut eps = vec![
+        let mut eps = [
             ep("10.0.0.1", false, true, false),
             ep("10.0.0.2", false, true, false),
         ];

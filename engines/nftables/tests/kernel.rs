@@ -5,7 +5,7 @@ mod support;
 use std::time::Instant;
 
 use support::{netns::*, *};
-use switchyard_model::{ChangeSet, Drift, NodeModel, ProxyEngine};
+use switchyard_model::{ChangeSet, Drift, ProxyEngine};
 use switchyard_nftables::{render_full, ruleset::TableNames, NftOptions, NftablesEngine};
 
 macro_rules! need_root {
