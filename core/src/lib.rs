@@ -7,7 +7,8 @@
 //! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair, engine
 //!   choice and make-before-break switches).
 //! - [`manifests`]: the standalone source reading a directory of YAML/JSON
-//!   ([`manifest_docs`]: one file's text into objects).
+//!   ([`manifest_docs`]: one file's text into objects), woken by [`dir_watch`]
+//!   (inotify, or polling where it cannot serve).
 //! - [`metrics`], [`health`], [`liveness`] and [`service_health`]: what the node tells
 //!   the outside world.
 //! - [`programming_latency`]: how long endpoint changes take to reach the kernel.
@@ -21,6 +22,7 @@
 //! (`switchyard-conntrack`).
 
 pub mod conntrack_table;
+pub mod dir_watch;
 pub mod engine_choice;
 pub mod health;
 pub mod liveness;
