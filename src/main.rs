@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use switchyard_conntrack::Conntrack;
+use switchyard_conntrack::{node_cpus, Conntrack, Sysctls};
 use switchyard_core::{
+    conntrack_table::ConntrackMonitor,
     health::{serve_healthz, serve_metrics, Health},
     manifests::ManifestDir,
     metrics::Metrics,
@@ -150,16 +151,10 @@ struct UdpFlowCleaner(Conntrack);
 
 impl StaleFlowCleaner for UdpFlowCleaner {
     fn clean(&mut self, changes: &ChangeSet, new: &NodeModel) -> Result<usize, EngineError> {
-        let filters = switchyard_conntrack::stale_flow_filters(changes, new);
-        if filters.is_empty() {
+        if switchyard_conntrack::stale_flow_filters(changes, new).is_empty() {
             return Ok(0);
         }
-        tokio::task::block_in_place(|| self.0.delete_matching(&filters)).map_err(|e| {
-            EngineError::Kernel {
-                operation: "deleting stale UDP conntrack flows".into(),
-                source: std::io::Error::other(e),
-            }
-        })
+        tokio::task::block_in_place(|| self.0.clean_stale_flows(changes, new))
     }
 }
 
@@ -260,6 +255,17 @@ impl NodeSide {
             wait_for_signal().await;
             let _ = stop_tx.send(true);
         });
+        // The ProxyConfig `conntrack` block, applied and watched beside the runner.
+        let conntrack = ConntrackMonitor::new(
+            Sysctls::host(),
+            node_cpus(std::path::Path::new("/sys")),
+            self.state.clone(),
+            self.node_name.clone(),
+            self.source.clone(),
+            self.metrics.clone(),
+        );
+        let conntrack_status = conntrack.status();
+        tokio::spawn(conntrack.run(stop_rx.clone()));
         let runner = SyncRunner::new(
             Arc::new(Registry {
                 ctx: BuildContext {
@@ -286,6 +292,7 @@ impl NodeSide {
                 client,
                 self.node_name,
                 runner.status(),
+                conntrack_status,
             ));
         }
         runner.run(stop_rx).await;

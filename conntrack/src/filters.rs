@@ -25,7 +25,7 @@ use std::{
 
 use switchyard_model::{ChangeSet, IpFamily, NodeModel, Protocol, ServicePortPlan};
 
-use crate::flow::Flow;
+use switchyard_netlink::ctnetlink::Flow;
 
 /// Selects flows by their original destination and reply source. `None` matches
 /// anything; a filter with every field `None` matches every flow of its protocol.
@@ -179,8 +179,8 @@ pub fn stale_flow_filters(changes: &ChangeSet, new: &NodeModel) -> Vec<Conntrack
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::Tuple;
     use switchyard_model::test_util::{self, ep, TestService};
+    use switchyard_netlink::ctnetlink::Tuple;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -5,30 +5,28 @@
 //! `cmd/kube-proxy/app/conntrack.go`.
 //!
 //! - [`filters`]: [`ConntrackFilter`] and [`stale_flow_filters`], the pure part — which
-//!   flows a model change makes stale.
-//! - [`socket`]: [`Conntrack`], a ctnetlink socket in the caller's network namespace
-//!   that lists flows and deletes the ones matching filters.
-//! - [`flow`]: [`Flow`] and [`Tuple`], one conntrack entry as the kernel reports it.
-//! - [`message`]: the ctnetlink wire format (request encoding, stream decoding).
-//! - [`error`]: [`ConntrackError`], what can go wrong.
+//!   flows a change of plans makes stale.
+//! - [`socket`]: [`Conntrack`], the conntrack table of a network namespace: lists flows
+//!   and deletes the ones matching filters ([`Conntrack::clean_stale_flows`] is what the
+//!   binary's stale-flow cleaner calls).
 //! - [`sysctl`]: [`Sysctls`], the table's size and timeouts set from the ProxyConfig
 //!   `conntrack` block, each refusal reported; [`TableUsage`], how full the table is.
 //!
-//! This crate owns no kernel state of its own: it deletes only the conntrack entries its
-//! caller's filters name, and writes only the conntrack sysctls its caller's settings
-//! name. Needs `CAP_NET_ADMIN` and the
+//! The ctnetlink wire format, [`Flow`] and [`Tuple`] are the netlink layer's
+//! (`switchyard_netlink::ctnetlink`). This crate owns no kernel state of its own: it
+//! deletes only the conntrack entries its caller's filters name, and writes only the
+//! conntrack sysctls its caller's settings name. Needs `CAP_NET_ADMIN` and the
 //! `nf_conntrack_netlink` module (auto-loaded by the kernel on first use; any kernel
 //! with ctnetlink, 2.6.14+, works; `CTA_ID` checks on delete since 2.6.x).
 
-pub mod error;
 pub mod filters;
-pub mod flow;
-pub mod message;
 pub mod socket;
 pub mod sysctl;
 
-pub use error::ConntrackError;
 pub use filters::{stale_flow_filters, ConntrackFilter};
-pub use flow::{Flow, Tuple};
 pub use socket::Conntrack;
+pub use switchyard_netlink::{
+    ctnetlink::{Flow, Tuple},
+    NetlinkError,
+};
 pub use sysctl::{node_cpus, Refusal, Setting, SysctlError, Sysctls, TableUsage, Tuning};

@@ -386,6 +386,9 @@ impl Runner {
                 status,
             });
         }
+        if self.mode == "iptables" {
+            flows.push(iptables_rule_metrics(&sandbox));
+        }
         let mut report = ScenarioReport {
             scenario: scenario.name.clone(),
             mode: self.mode.clone(),
@@ -420,6 +423,30 @@ impl Runner {
             }
         }
         Ok(report)
+    }
+}
+
+/// iptables mode reports the rules it programmed per table on `/metrics`
+/// (`kubeproxy_sync_proxy_rules_iptables_total{table}`, as upstream): a pseudo-flow that
+/// passes when both tables show a non-zero count.
+fn iptables_rule_metrics(sandbox: &Sandbox) -> FlowResult {
+    let text = sandbox.metrics().unwrap_or_else(|e| format!("error: {e:#}"));
+    let count = |table: &str| -> Option<f64> {
+        let prefix = format!("kubeproxy_sync_proxy_rules_iptables_total{{table=\"{table}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let (nat, filter) = (count("nat"), count("filter"));
+    let passed = nat.is_some_and(|n| n > 0.0) && filter.is_some_and(|n| n > 0.0);
+    FlowResult {
+        name: "(iptables rule counts on /metrics)".into(),
+        src: String::new(),
+        dst: "/metrics".into(),
+        proto: String::new(),
+        expected: "nat > 0, filter > 0".into(),
+        got: format!("nat {nat:?}, filter {filter:?}"),
+        status: if passed { Status::Pass } else { Status::Fail },
     }
 }
 

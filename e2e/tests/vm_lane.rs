@@ -7,6 +7,9 @@
 //! - `/proc/modules` and three empty jobs (per-job overhead),
 //! - every test of `tests/sandbox_selftest.rs` and the nftables scenarios of
 //!   `tests/scenarios.rs`, unchanged, one job per test,
+//! - the netlink layer's IPVS and rtnetlink kernel tests (`netlink/tests/ipvs_kernel.rs`,
+//!   `rtnetlink_kernel.rs`: IPVS services and destinations of both families, the dummy
+//!   link; the host has neither), one job per test, required not to skip,
 //! - `switchyard probe` in a namespace with a bridge after `modprobe -r br_netfilter`
 //!   (the probe warns), then `br_netfilter` again,
 //! - a job that outlives its 2 s bound (the runner kills it; the next job still runs),
@@ -40,6 +43,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// The names of the jobs running a test binary's tests.
 struct TestJobs {
     probe: Vec<String>,
+    netlink: Vec<String>,
     selftests: Vec<String>,
     scenarios: Vec<String>,
 }
@@ -91,6 +95,9 @@ fn jobs() -> (Vec<Job>, TestJobs) {
     let (selftest_names, scenario_names) = (names(&selftests), vec![scenario_job.name.clone()]);
     jobs.extend(selftests);
     jobs.push(scenario_job);
+    let netlink = netlink_jobs();
+    let netlink_names = names(&netlink);
+    jobs.extend(netlink);
     jobs.push(shell_job(
         "bridge-without-br-netfilter",
         "modprobe -r br_netfilter || exit 99; ip netns add sy-brtest && \
@@ -112,10 +119,28 @@ fn jobs() -> (Vec<Job>, TestJobs) {
     );
     let tests = TestJobs {
         probe: probe_test_names,
+        netlink: netlink_names,
         selftests: selftest_names,
         scenarios: scenario_names,
     };
     (jobs, tests)
+}
+
+/// The netlink layer's kernel tests that need what only the VM has (IPVS, the dummy
+/// link type), told that a missing feature is a failure there, not a skip.
+fn netlink_jobs() -> Vec<Job> {
+    [
+        "netlink/tests/ipvs_kernel.rs",
+        "netlink/tests/rtnetlink_kernel.rs",
+    ]
+    .into_iter()
+    .flat_map(|source| {
+        TestBinary::from_cargo(source)
+            .and_then(|b| b.jobs())
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+    })
+    .map(|job| job.env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"))
+    .collect()
 }
 
 /// The one boot every test here reads.
@@ -306,6 +331,26 @@ fn assert_tests_pass(run: &LaneRun, names: &[String]) {
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn netlink_ipvs_and_dummy_link_tests_pass_in_the_vm() {
+    if !require_root("netlink_ipvs_and_dummy_link_tests_pass_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.netlink);
+    let listed = |name: &str| run.tests.netlink.iter().any(|t| t.ends_with(name));
+    assert!(listed("::services_and_destinations_of_both_families"));
+    assert!(listed("::dummy_link_lifecycle"));
+    for name in &run.tests.netlink {
+        let job = finished(run, name);
+        assert!(
+            !job.stdout.contains("*** SKIPPED"),
+            "{name} skipped in the VM:\n{}",
+            job.stdout
+        );
+    }
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Running the iptables tools: `*-restore --noflush --wait` with a transaction on stdin,
-//! and `*-save` listings. Optionally inside a network namespace
+//! `*-save` listings and single-chain listings. Optionally inside a network namespace
 //! (`ip netns exec NAME TOOL ...`), for tests and benchmarks.
 
-use switchyard_core::{
-    engine::{apply_with_tool, run_tool},
+use switchyard_model::{
+    tool::{apply_with_tool, run_tool},
     EngineError,
 };
 
@@ -32,6 +32,12 @@ pub async fn save_table(
     run_tool(netns, tool, &["-t", table], "").await
 }
 
+/// The exit status of `iptables -S CHAIN` for a chain that does not exist — measured:
+/// 1 with iptables-nft and iptables-legacy 1.8.9 alike (iptables-nft also answers 1 for
+/// a chain of a table it cannot represent), where bad usage exits 2 and a held xtables
+/// lock 4.
+const NO_SUCH_CHAIN: i32 = 1;
+
 /// One chain's rules (`iptables -w -t TABLE -S CHAIN`, as `-A CHAIN ...` lines);
 /// `None` when the chain does not exist. Much cheaper than a whole-table save with
 /// iptables-nft, which fetches only this chain.
@@ -43,14 +49,38 @@ pub async fn list_chain(
 ) -> Result<Option<String>, EngineError> {
     match run_tool(netns, tool, &["-w", "5", "-t", table, "-S", chain], "").await {
         Ok(out) => Ok(Some(out)),
-        Err(EngineError::Apply { message, .. })
-            if message.contains("No chain/target/match by that name")
-                || message.contains("does not exist")
-                // iptables-nft's answer for a chain it does not find.
-                || message.contains("is incompatible") =>
-        {
-            Ok(None)
-        }
+        Err(EngineError::Tool {
+            exit: Some(NO_SUCH_CHAIN),
+            ..
+        }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// A sysctl of the namespace the tools run in (`/proc/sys/...` read there), trimmed;
+/// `None` when it does not exist (its module is not loaded).
+pub async fn sysctl(netns: Option<&str>, path: &str) -> Result<Option<String>, EngineError> {
+    let full = format!("/proc/sys/{path}");
+    match netns {
+        None => match tokio::fs::read_to_string(&full).await {
+            Ok(v) => Ok(Some(v.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(EngineError::Kernel {
+                operation: format!("reading {full}"),
+                source,
+            }),
+        },
+        // `cat` exits 1 for a missing file.
+        Some(_) => match run_tool(netns, "cat", &[&full], "").await {
+            Ok(v) => Ok(Some(v.trim().to_string())),
+            Err(EngineError::Tool { exit: Some(1), .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// `TOOL --version`: whether the tool runs at all ([`EngineError::Spawn`] when it is
+/// not installed).
+pub async fn version(netns: Option<&str>, tool: &str) -> Result<String, EngineError> {
+    run_tool(netns, tool, &["--version"], "").await
 }

@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use switchyard_core::IpFamily;
+use switchyard_model::IpFamily;
 
 /// The iptables backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -1,46 +1,93 @@
-//! The names and fixed layout of Switchyard's iptables rules: the top-level `SY-` chains
-//! in `nat` and `filter`, the jump rules from the builtin chains into them, and the
-//! hashed per-service-port chain names (`SY-SVC-…`, `SY-SEP-…`). Every chain Switchyard
-//! creates starts with [`PREFIX`], so it never touches kube-proxy's `KUBE-` chains and
-//! `cleanup` can find everything it made.
+//! The names and fixed layout of the engine's iptables chains: the top-level chains in
+//! `nat` and `filter`, the jump rules from the builtin chains into them, and the
+//! per-service-port chain names (`SVC`, `SEP` ...) derived from the model's name digests.
+//!
+//! Every chain name starts with the engine's [`ChainPrefix`] (default `SY-`), its
+//! ownership parameter: an engine owns exactly the chains [`Chains::owns`] recognises —
+//! the fixed names, and a per-port kind followed by 16 base32 characters — so two
+//! engines with different prefixes never delete each other's chains, even when one
+//! prefix starts with the other (`SY-` and `SY-B-`). kube-proxy's `KUBE-` chains and the
+//! host firewall are never touched.
 
-use std::fmt::Write as _;
+use std::{fmt, net::IpAddr};
 
-use sha2::{Digest, Sha256};
-use switchyard_core::{Endpoint, ServicePortName};
+use switchyard_model::PortDigest;
 
-/// Prefix of every chain Switchyard creates.
-pub const PREFIX: &str = "SY-";
-
-/// The mark bit that asks `SY-POSTROUTING` to masquerade a packet (kube-proxy's default).
+/// The mark bit that asks the postrouting chain to masquerade a packet (kube-proxy's
+/// default).
 pub const MASQUERADE_MARK: &str = "0x4000";
 
-/// nat: dispatch on service VIPs (cluster, external and load-balancer IPs).
-pub const SERVICES: &str = "SY-SERVICES";
-/// nat: dispatch on NodePorts; reached from the last rule of `SY-SERVICES`.
-pub const NODEPORTS: &str = "SY-NODEPORTS";
-/// nat: masquerades packets carrying the mark.
-pub const POSTROUTING: &str = "SY-POSTROUTING";
-/// nat: sets the mark.
-pub const MARK_MASQ: &str = "SY-MARK-MASQ";
-/// nat: marks packets whose source is outside every cluster CIDR (used when a family
-/// has several cluster CIDRs; a single one is matched inline with `! -s`).
-pub const MARK_NONLOCAL: &str = "SY-MARK-NONLOCAL";
-/// filter: REJECT/DROP for cluster IPs without (local) endpoints.
-pub const FILTER_SERVICES: &str = "SY-SERVICES";
-/// filter: REJECT/DROP for external IPs, LB IPs and NodePorts without (local) endpoints.
-pub const EXTERNAL_SERVICES: &str = "SY-EXTERNAL-SERVICES";
-/// filter: drops traffic to LB IPs not accepted by the service's firewall chain.
-pub const FIREWALL: &str = "SY-FIREWALL";
-/// filter: accepts health-check NodePorts.
-pub const FILTER_NODEPORTS: &str = "SY-NODEPORTS";
-/// filter: accepts forwarded service traffic when FORWARD's policy is DROP.
-pub const FORWARD: &str = "SY-FORWARD";
-/// nat and filter: empty chain whose disappearance means the table was flushed or
-/// deleted by someone else (upstream's `KUBE-PROXY-CANARY`).
-pub const CANARY: &str = "SY-CANARY";
+/// iptables' longest chain name (`XT_EXTENSION_MAXNAMELEN` - 1).
+const CHAIN_NAME_MAX: usize = 28;
 
-/// The two tables Switchyard writes.
+/// Characters of a per-port chain's hash (16 base32 characters = 80 bits).
+const HASH_CHARS: usize = 16;
+
+/// The prefix of every chain an engine creates: 1 to 8 characters of `A-Z`, `a-z`,
+/// `0-9`, `-`, `_`, not starting with `-`. Eight is what leaves room for the longest
+/// per-port name (`PREFIX` + `SVC-` + 16 characters) under iptables' 28.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChainPrefix(String);
+
+/// Why a chain prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("iptables chain prefix {prefix:?}: {reason}")]
+pub struct ChainPrefixError {
+    pub prefix: String,
+    pub reason: &'static str,
+}
+
+impl ChainPrefix {
+    pub const DEFAULT: &'static str = "SY-";
+    pub const MAX_LEN: usize = 8;
+
+    pub fn new(prefix: &str) -> Result<ChainPrefix, ChainPrefixError> {
+        let refuse = |reason| {
+            Err(ChainPrefixError {
+                prefix: prefix.to_string(),
+                reason,
+            })
+        };
+        if prefix.is_empty() {
+            return refuse("empty");
+        }
+        if prefix.len() > ChainPrefix::MAX_LEN {
+            return refuse("longer than 8 characters (chain names are limited to 28)");
+        }
+        if prefix.starts_with('-') {
+            return refuse("starts with '-' (it would read as an option)");
+        }
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return refuse("only A-Z, a-z, 0-9, '-' and '_' are allowed");
+        }
+        Ok(ChainPrefix(prefix.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.0 == ChainPrefix::DEFAULT
+    }
+}
+
+impl Default for ChainPrefix {
+    fn default() -> Self {
+        ChainPrefix(ChainPrefix::DEFAULT.to_string())
+    }
+}
+
+impl fmt::Display for ChainPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The two tables the engine writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     Filter,
@@ -57,38 +104,63 @@ impl Table {
         }
     }
 
-    /// The fixed chains of this table, declared (flushed) on every full sync.
-    pub fn fixed_chains(self) -> &'static [&'static str] {
+    pub fn index(self) -> usize {
         match self {
-            Table::Filter => &[
-                FILTER_SERVICES,
-                EXTERNAL_SERVICES,
-                FIREWALL,
-                FILTER_NODEPORTS,
-                FORWARD,
-                CANARY,
-            ],
-            Table::Nat => &[
-                SERVICES,
-                NODEPORTS,
-                POSTROUTING,
-                MARK_MASQ,
-                MARK_NONLOCAL,
-                CANARY,
-            ],
+            Table::Filter => 0,
+            Table::Nat => 1,
         }
     }
 }
 
-/// A rule in a builtin chain jumping into one of ours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kinds of per-service-port chain, and what each is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortChain {
+    /// The first set of backends the plan uses (`SVC-`): upstream's cluster-policy
+    /// chain in every case but an internal-Local port without external destinations.
+    Service,
+    /// A second set of backends (`SVL-`): upstream's local-policy chain.
+    Local,
+    /// A third set of backends (`SVX-`); no plan the model makes needs one.
+    Alternate,
+    /// External destinations: NodePort, external IPs, LB IPs (`EXT-`).
+    External,
+    /// loadBalancerSourceRanges (`FW-`): in `nat` with endpoints, in `filter` without.
+    Firewall,
+    /// One endpoint (`SEP-`): hairpin mark, affinity, DNAT.
+    Endpoint,
+}
+
+impl PortChain {
+    pub const ALL: [PortChain; 6] = [
+        PortChain::Service,
+        PortChain::Local,
+        PortChain::Alternate,
+        PortChain::External,
+        PortChain::Firewall,
+        PortChain::Endpoint,
+    ];
+
+    fn kind(self) -> &'static str {
+        match self {
+            PortChain::Service => "SVC-",
+            PortChain::Local => "SVL-",
+            PortChain::Alternate => "SVX-",
+            PortChain::External => "EXT-",
+            PortChain::Firewall => "FW-",
+            PortChain::Endpoint => "SEP-",
+        }
+    }
+}
+
+/// A rule in a builtin chain jumping into one of the engine's chains.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Jump {
     pub table: Table,
     pub builtin: &'static str,
     /// Matches before the comment (e.g. `-m conntrack --ctstate NEW`), or empty.
     pub matches: &'static str,
     pub comment: &'static str,
-    pub target: &'static str,
+    pub target: String,
 }
 
 impl Jump {
@@ -106,164 +178,219 @@ impl Jump {
         line.strip_prefix("-A ")
             .and_then(|rest| rest.strip_prefix(self.builtin))
             .is_some_and(|rest| rest.starts_with(' '))
-            && line.ends_with(&format!(" -j {}", self.target))
+            && line
+                .strip_suffix(self.target.as_str())
+                .is_some_and(|l| l.ends_with(" -j "))
             && line.contains("switchyard")
     }
 }
 
 const NEW: &str = "-m conntrack --ctstate NEW";
 
-/// Jumps from builtin chains into ours, as upstream's `iptablesJumpChains`.
-pub const JUMPS: &[Jump] = &[
-    Jump {
-        table: Table::Filter,
-        builtin: "INPUT",
-        matches: NEW,
-        comment: "switchyard load balancer firewall",
-        target: FIREWALL,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "INPUT",
-        matches: "",
-        comment: "switchyard health check service ports",
-        target: FILTER_NODEPORTS,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "INPUT",
-        matches: NEW,
-        comment: "switchyard externally-visible service portals",
-        target: EXTERNAL_SERVICES,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "FORWARD",
-        matches: NEW,
-        comment: "switchyard load balancer firewall",
-        target: FIREWALL,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "FORWARD",
-        matches: "",
-        comment: "switchyard forwarding rules",
-        target: FORWARD,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "FORWARD",
-        matches: NEW,
-        comment: "switchyard service portals",
-        target: FILTER_SERVICES,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "FORWARD",
-        matches: NEW,
-        comment: "switchyard externally-visible service portals",
-        target: EXTERNAL_SERVICES,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "OUTPUT",
-        matches: NEW,
-        comment: "switchyard load balancer firewall",
-        target: FIREWALL,
-    },
-    Jump {
-        table: Table::Filter,
-        builtin: "OUTPUT",
-        matches: NEW,
-        comment: "switchyard service portals",
-        target: FILTER_SERVICES,
-    },
-    Jump {
-        table: Table::Nat,
-        builtin: "PREROUTING",
-        matches: "",
-        comment: "switchyard service portals",
-        target: SERVICES,
-    },
-    Jump {
-        table: Table::Nat,
-        builtin: "OUTPUT",
-        matches: "",
-        comment: "switchyard service portals",
-        target: SERVICES,
-    },
-    Jump {
-        table: Table::Nat,
-        builtin: "POSTROUTING",
-        matches: "",
-        comment: "switchyard postrouting rules",
-        target: POSTROUTING,
-    },
-];
-
-/// The kinds of per-service-port chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortChain {
-    /// Cluster traffic policy: every usable endpoint (`SY-SVC-`).
-    Cluster,
-    /// Local traffic policy: this node's endpoints (`SY-SVL-`).
-    Local,
-    /// External destinations (NodePort, external IPs, LB IPs) (`SY-EXT-`).
-    External,
-    /// loadBalancerSourceRanges (`SY-FW-`).
-    Firewall,
+/// Every chain name of one engine, from its prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chains {
+    prefix: ChainPrefix,
+    /// nat: dispatch on service VIPs (cluster, external and load-balancer IPs); its last
+    /// rule sends local destinations to `nodeport_addresses`.
+    pub services: String,
+    /// nat: dispatch on NodePorts.
+    pub nodeports: String,
+    /// nat and filter: the destinations that accept NodePorts (nodePortAddresses, never
+    /// loopback), to `nodeports` (nat) or `external_nodeports` (filter).
+    pub nodeport_addresses: String,
+    /// nat: masquerades packets carrying the mark.
+    pub postrouting: String,
+    /// nat: sets the mark.
+    pub mark_masq: String,
+    /// nat: marks packets whose source is outside every cluster CIDR (a family with
+    /// several cluster CIDRs; a single one is matched inline with `! -s`).
+    pub mark_nonlocal: String,
+    /// filter: REJECT/DROP for cluster IPs without (local) endpoints. Same name as the
+    /// nat dispatch chain, as upstream's `KUBE-SERVICES`.
+    pub filter_services: String,
+    /// filter: REJECT/DROP for external IPs and LB IPs without (local) endpoints, then
+    /// the NodePort destinations.
+    pub external_services: String,
+    /// filter: REJECT/DROP for NodePorts without (local) endpoints.
+    pub external_nodeports: String,
+    /// filter: drops traffic to LB IPs not accepted by the service's firewall chain.
+    pub firewall: String,
+    /// filter: accepts health-check NodePorts.
+    pub filter_nodeports: String,
+    /// filter: accepts forwarded service traffic when FORWARD's policy is DROP.
+    pub forward: String,
+    /// nat and filter: empty chain whose disappearance means the table was flushed or
+    /// deleted by someone else (upstream's `KUBE-PROXY-CANARY`).
+    pub canary: String,
+    jumps: Vec<Jump>,
 }
 
-impl PortChain {
-    fn prefix(self) -> &'static str {
-        match self {
-            PortChain::Cluster => "SY-SVC-",
-            PortChain::Local => "SY-SVL-",
-            PortChain::External => "SY-EXT-",
-            PortChain::Firewall => "SY-FW-",
+impl Chains {
+    pub fn new(prefix: &ChainPrefix) -> Chains {
+        let name = |suffix: &str| format!("{prefix}{suffix}");
+        let mut chains = Chains {
+            prefix: prefix.clone(),
+            services: name("SERVICES"),
+            nodeports: name("NODEPORTS"),
+            nodeport_addresses: name("NODEPORT-ADDRESSES"),
+            postrouting: name("POSTROUTING"),
+            mark_masq: name("MARK-MASQ"),
+            mark_nonlocal: name("MARK-NONLOCAL"),
+            filter_services: name("SERVICES"),
+            external_services: name("EXTERNAL-SERVICES"),
+            external_nodeports: name("EXTERNAL-NODEPORTS"),
+            firewall: name("FIREWALL"),
+            filter_nodeports: name("NODEPORTS"),
+            forward: name("FORWARD"),
+            canary: name("CANARY"),
+            jumps: Vec::new(),
+        };
+        chains.jumps = chains.jump_list();
+        chains
+    }
+
+    pub fn prefix(&self) -> &ChainPrefix {
+        &self.prefix
+    }
+
+    /// The fixed chains of `table`, declared (flushed) on every full sync.
+    pub fn fixed(&self, table: Table) -> Vec<&str> {
+        match table {
+            Table::Filter => vec![
+                &self.filter_services,
+                &self.external_services,
+                &self.external_nodeports,
+                &self.nodeport_addresses,
+                &self.firewall,
+                &self.filter_nodeports,
+                &self.forward,
+                &self.canary,
+            ],
+            Table::Nat => vec![
+                &self.services,
+                &self.nodeports,
+                &self.nodeport_addresses,
+                &self.postrouting,
+                &self.mark_masq,
+                &self.mark_nonlocal,
+                &self.canary,
+            ],
         }
+        .into_iter()
+        .map(String::as_str)
+        .collect()
     }
 
-    /// The chain of this kind for `name`: prefix + 16 base32 characters of a SHA-256
-    /// (at most 23 characters, under iptables' 28).
-    pub fn name(self, name: &ServicePortName) -> String {
-        let mut h = Sha256::new();
-        hash_port_name(&mut h, name);
-        chain_name(self.prefix(), h)
+    /// Jumps from builtin chains into ours, as upstream's `iptablesJumpChains`.
+    pub fn jumps(&self) -> &[Jump] {
+        &self.jumps
+    }
+
+    fn jump_list(&self) -> Vec<Jump> {
+        let j = |table, builtin, matches, comment, target: &String| Jump {
+            table,
+            builtin,
+            matches,
+            comment,
+            target: target.clone(),
+        };
+        use Table::{Filter, Nat};
+        const FIREWALL: &str = "switchyard load balancer firewall";
+        const PORTALS: &str = "switchyard service portals";
+        const EXTERNAL: &str = "switchyard externally-visible service portals";
+        vec![
+            j(Filter, "INPUT", NEW, FIREWALL, &self.firewall),
+            j(
+                Filter,
+                "INPUT",
+                "",
+                "switchyard health check service ports",
+                &self.filter_nodeports,
+            ),
+            j(Filter, "INPUT", NEW, EXTERNAL, &self.external_services),
+            j(Filter, "FORWARD", NEW, FIREWALL, &self.firewall),
+            j(
+                Filter,
+                "FORWARD",
+                "",
+                "switchyard forwarding rules",
+                &self.forward,
+            ),
+            j(Filter, "FORWARD", NEW, PORTALS, &self.filter_services),
+            j(Filter, "FORWARD", NEW, EXTERNAL, &self.external_services),
+            j(Filter, "OUTPUT", NEW, FIREWALL, &self.firewall),
+            j(Filter, "OUTPUT", NEW, PORTALS, &self.filter_services),
+            j(Nat, "PREROUTING", "", PORTALS, &self.services),
+            j(Nat, "OUTPUT", "", PORTALS, &self.services),
+            j(
+                Nat,
+                "POSTROUTING",
+                "",
+                "switchyard postrouting rules",
+                &self.postrouting,
+            ),
+        ]
+    }
+
+    /// The chain of `kind` for the service port whose digest is `digest` (all kinds but
+    /// [`PortChain::Endpoint`]; a port's chains share the hash, as upstream's).
+    pub fn port(&self, kind: PortChain, digest: &PortDigest) -> String {
+        self.hashed(kind, &digest.0)
+    }
+
+    /// The endpoint chain (`SEP-`) of the backend `ip:port` of a service port.
+    pub fn endpoint(&self, digest: &PortDigest, ip: IpAddr, port: u16) -> String {
+        self.hashed(PortChain::Endpoint, &digest.with_endpoint(ip, port))
+    }
+
+    /// `PREFIX` + kind + 16 base32 characters of `hash` (at most 28 characters).
+    fn hashed(&self, kind: PortChain, hash: &[u8; 32]) -> String {
+        const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        // 16 base32 characters = the first 80 bits = 10 bytes.
+        let bits = hash[..10]
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+        let mut out = String::with_capacity(CHAIN_NAME_MAX);
+        out.push_str(self.prefix.as_str());
+        out.push_str(kind.kind());
+        for i in (0..HASH_CHARS).rev() {
+            out.push(ALPHABET[((bits >> (i * 5)) & 31) as usize] as char);
+        }
+        out
+    }
+
+    /// Whether `chain` is a per-port chain of this engine.
+    pub fn is_port_chain(&self, chain: &str) -> bool {
+        let Some(rest) = chain.strip_prefix(self.prefix.as_str()) else {
+            return false;
+        };
+        PortChain::ALL.iter().any(|k| {
+            rest.strip_prefix(k.kind()).is_some_and(|hash| {
+                hash.len() == HASH_CHARS
+                    && hash
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+            })
+        })
+    }
+
+    /// Whether `chain` in `table` belongs to this engine (a fixed chain or a per-port
+    /// one). Chains of an engine with another prefix never do.
+    pub fn owns(&self, table: Table, chain: &str) -> bool {
+        self.is_port_chain(chain) || self.fixed(table).contains(&chain)
     }
 }
 
-/// The endpoint chain (`SY-SEP-…`) of `endpoint` in service port `name`.
-pub fn endpoint_chain(name: &ServicePortName, endpoint: &Endpoint) -> String {
-    let mut h = Sha256::new();
-    hash_port_name(&mut h, name);
-    h.update(endpoint.to_string().as_bytes());
-    chain_name("SY-SEP-", h)
+impl Default for Chains {
+    fn default() -> Self {
+        Chains::new(&ChainPrefix::default())
+    }
 }
 
-/// Length-prefixed fields, so no two distinct names hash the same input.
-fn hash_port_name(h: &mut Sha256, name: &ServicePortName) {
-    for field in [&name.namespace, &name.name, &name.port] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field.as_bytes());
-    }
-    h.update(name.protocol.as_str().as_bytes());
-}
-
-fn chain_name(prefix: &str, h: Sha256) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let digest = h.finalize();
-    // 16 base32 characters = the first 80 bits = 10 bytes.
-    let mut bits: u128 = 0;
-    for b in &digest[..10] {
-        bits = (bits << 8) | u128::from(*b);
-    }
-    let mut out = String::with_capacity(prefix.len() + 16);
-    out.push_str(prefix);
-    for i in (0..16).rev() {
-        out.push(ALPHABET[((bits >> (i * 5)) & 31) as usize] as char);
-    }
-    out
+/// A port's chains share one hash; this is it, for chain-name checks in tests.
+pub fn port_hash(chain: &str) -> &str {
+    &chain[chain.len().saturating_sub(HASH_CHARS)..]
 }
 
 /// Longest comment kept (the kernel's limit is 255 bytes).
@@ -296,15 +423,10 @@ pub fn comment(text: &str) -> String {
     s
 }
 
-/// Formats into `out` (writing to a String cannot fail).
-pub fn push_fmt(out: &mut String, args: std::fmt::Arguments<'_>) {
-    let _ = out.write_fmt(args);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_core::Protocol;
+    use switchyard_model::{Protocol, ServicePortName};
 
     fn spn(ns: &str, name: &str) -> ServicePortName {
         ServicePortName {
@@ -317,16 +439,52 @@ mod tests {
 
     #[test]
     fn chain_names_are_stable_short_and_distinct() {
-        let a = PortChain::Cluster.name(&spn("ns", "a"));
-        assert_eq!(a, PortChain::Cluster.name(&spn("ns", "a")));
+        let c = Chains::default();
+        let d = spn("ns", "a").digest();
+        let a = c.port(PortChain::Service, &d);
+        assert_eq!(a, c.port(PortChain::Service, &spn("ns", "a").digest()));
         assert_eq!(a.len(), 23);
         assert!(a.starts_with("SY-SVC-"));
-        assert!(a[7..]
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
-        assert_ne!(a, PortChain::Cluster.name(&spn("nsa", "")));
+        assert!(c.is_port_chain(&a));
+        assert_ne!(a, c.port(PortChain::Service, &spn("nsa", "").digest()));
         // As upstream, a port's SVC/SVL/EXT/FW chains share the hash.
-        assert_eq!(a[7..], PortChain::External.name(&spn("ns", "a"))[7..]);
+        assert_eq!(port_hash(&a), port_hash(&c.port(PortChain::External, &d)));
+        let sep = c.endpoint(&d, "10.0.0.1".parse().unwrap(), 80);
+        assert!(sep.starts_with("SY-SEP-") && c.is_port_chain(&sep));
+        assert_ne!(
+            sep,
+            c.endpoint(&d, "10.0.0.1".parse().unwrap(), 81),
+            "the port is part of an endpoint's identity"
+        );
+    }
+
+    #[test]
+    fn prefixes_are_checked_and_own_only_their_chains() {
+        for bad in ["", "-X", "ABCDEFGHI", "A B", "A\"", "É"] {
+            assert!(ChainPrefix::new(bad).is_err(), "{bad:?}");
+        }
+        let sy = Chains::default();
+        let longest = Chains::new(&ChainPrefix::new("SY-SVC-X").unwrap());
+        let d = spn("ns", "a").digest();
+        for kind in PortChain::ALL {
+            let name = longest.port(kind, &d);
+            assert!(name.len() <= CHAIN_NAME_MAX, "{name}");
+            assert!(longest.is_port_chain(&name));
+            assert!(!sy.owns(Table::Nat, &name), "{name}");
+            assert!(!longest.owns(Table::Nat, &sy.port(kind, &d)));
+        }
+        for table in Table::BOTH {
+            for fixed in longest.fixed(table) {
+                assert!(fixed.len() <= CHAIN_NAME_MAX, "{fixed}");
+                assert!(!sy.owns(table, fixed), "{fixed}");
+            }
+            for fixed in sy.fixed(table) {
+                assert!(!longest.owns(table, fixed), "{fixed}");
+                assert!(sy.owns(table, fixed));
+            }
+        }
+        assert!(!sy.owns(Table::Nat, "KUBE-SERVICES"));
+        assert!(!sy.owns(Table::Nat, "SY-SVC-abcdefghijklmnop"));
     }
 
     #[test]
@@ -339,10 +497,14 @@ mod tests {
 
     #[test]
     fn jumps_match_saved_lines() {
-        let j = JUMPS[5];
+        let c = Chains::default();
+        let j = &c.jumps()[5];
         let saved = format!("-A FORWARD {}", j.spec());
         assert!(j.matches_saved(&saved));
         assert!(!j.matches_saved("-A FORWARD -j SY-SERVICES"));
-        assert!(!JUMPS[0].matches_saved(&saved));
+        assert!(!c.jumps()[0].matches_saved(&saved));
+        let other = Chains::new(&ChainPrefix::new("SY-B-").unwrap());
+        let saved = format!("-A FORWARD {}", other.jumps()[5].spec());
+        assert!(!j.matches_saved(&saved), "{saved}");
     }
 }

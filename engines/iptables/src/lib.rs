@@ -1,20 +1,23 @@
 //! The iptables dataplane engine: kube-proxy's iptables proxier layout (services
 //! dispatch chain, per-service-port and per-endpoint chains, external and firewall
-//! chains, NodePorts, mark-then-masquerade, REJECT/DROP in `filter`) under Switchyard's
-//! own `SY-` chains, programmed with one `iptables-restore --noflush` transaction per
-//! family and sync, on the nft or legacy backend.
+//! chains, NodePorts, mark-then-masquerade, REJECT/DROP in `filter`) under the engine's
+//! own chains (prefix `SY-` by default), programmed with one
+//! `iptables-restore --noflush` transaction per family and sync, on the nft or legacy
+//! backend.
 //!
-//! This crate owns the `SY-` chains of the `nat` and `filter` tables and the jump rules
-//! into them, and nothing else: other chains and rules (kube-proxy's `KUBE-` chains,
-//! the host firewall) are never flushed or rewritten. It never reads the Kubernetes API
-//! and never re-derives service semantics (see `switchyard_core::model`).
+//! This crate owns the chains of its prefix in the `nat` and `filter` tables and the
+//! jump rules into them, and nothing else: other chains and rules (kube-proxy's `KUBE-`
+//! chains, the host firewall, another engine's prefix) are never flushed or rewritten.
+//! It never reads the Kubernetes API and decides no Service semantics: it encodes the
+//! model's plans (`switchyard_model::plan`).
 //!
-//! - [`chains`]: chain names, the fixed layout, jump rules, hashed per-port names,
-//!   comment sanitizing.
-//! - [`render`]: restore input, full ([`render_full`]) and partial.
+//! - [`chains`]: the chain prefix, chain names, the jump rules, ownership, comments.
+//! - [`port`]: one service port's plan encoded as rules.
+//! - [`fixed`]: the fixed chains' rules (node-wide settings only).
+//! - [`render`]: restore input, full ([`render_full`]), partial and cleanup.
 //! - [`record`]: what the engine applied, per family and service port.
 //! - [`backend`]: nft or legacy, detection, binaries.
-//! - [`apply`]: running `*-restore` and `*-save` (optionally inside a netns).
+//! - [`apply`]: running `*-restore`, `*-save`, `-S CHAIN` (optionally inside a netns).
 //! - [`verify`]: comparing the kernel with the record (drift).
 //! - [`engine`]: `IptablesEngine`, the `ProxyEngine` implementation.
 
@@ -22,10 +25,13 @@ pub mod apply;
 pub mod backend;
 pub mod chains;
 pub mod engine;
+pub mod fixed;
+pub mod port;
 pub mod record;
 pub mod render;
 pub mod verify;
 
 pub use backend::{detect_backend, Backend, Binaries};
+pub use chains::{ChainPrefix, ChainPrefixError};
 pub use engine::{IptOptions, IptablesEngine};
 pub use render::{render_full, render_full_shaped, Shape};

@@ -4,58 +4,89 @@
 
 use std::collections::HashMap;
 
-use switchyard_core::{IpFamily, ServicePortName};
+use switchyard_model::{IpFamily, ServicePortName};
 
-use crate::chains::{self, Table};
+use crate::chains::{Chains, Table};
+
+/// The shared chains a service port puts rules in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DispatchChain {
+    /// nat: cluster, external and LB IPs to the port's chains.
+    NatServices,
+    /// nat: NodePorts to the port's external chain.
+    NatNodePorts,
+    /// filter: cluster IPs without (local) endpoints.
+    FilterServices,
+    /// filter: external IPs and LB IPs without (local) endpoints.
+    ExternalServices,
+    /// filter: NodePorts without (local) endpoints.
+    ExternalNodePorts,
+    /// filter: LB IPs with source ranges.
+    Firewall,
+    /// filter: health-check NodePorts.
+    HealthCheck,
+}
+
+impl DispatchChain {
+    pub const ALL: [DispatchChain; 7] = [
+        DispatchChain::NatServices,
+        DispatchChain::NatNodePorts,
+        DispatchChain::FilterServices,
+        DispatchChain::ExternalServices,
+        DispatchChain::ExternalNodePorts,
+        DispatchChain::Firewall,
+        DispatchChain::HealthCheck,
+    ];
+
+    pub fn table(self) -> Table {
+        match self {
+            DispatchChain::NatServices | DispatchChain::NatNodePorts => Table::Nat,
+            _ => Table::Filter,
+        }
+    }
+
+    pub fn name(self, chains: &Chains) -> &str {
+        match self {
+            DispatchChain::NatServices => &chains.services,
+            DispatchChain::NatNodePorts => &chains.nodeports,
+            DispatchChain::FilterServices => &chains.filter_services,
+            DispatchChain::ExternalServices => &chains.external_services,
+            DispatchChain::ExternalNodePorts => &chains.external_nodeports,
+            DispatchChain::Firewall => &chains.firewall,
+            DispatchChain::HealthCheck => &chains.filter_nodeports,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// A service port's rules in the shared chains, as rule specs (what follows
 /// `-A CHAIN `).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dispatch {
-    /// nat `SY-SERVICES`: cluster, external and LB IPs.
-    pub nat_services: Vec<String>,
-    /// nat `SY-NODEPORTS`.
-    pub nat_nodeports: Vec<String>,
-    /// filter `SY-SERVICES`: cluster IPs without (local) endpoints.
-    pub filter_services: Vec<String>,
-    /// filter `SY-EXTERNAL-SERVICES`: external destinations without (local) endpoints.
-    pub filter_external: Vec<String>,
-    /// filter `SY-FIREWALL`: LB IPs with source ranges.
-    pub filter_firewall: Vec<String>,
-    /// filter `SY-NODEPORTS`: health-check NodePorts.
-    pub filter_nodeports: Vec<String>,
+    lists: [Vec<String>; 7],
 }
 
 impl Dispatch {
-    /// Every list with its table and chain.
-    pub fn lists(&self) -> [(Table, &'static str, &[String]); 6] {
-        [
-            (Table::Nat, chains::SERVICES, &self.nat_services),
-            (Table::Nat, chains::NODEPORTS, &self.nat_nodeports),
-            (
-                Table::Filter,
-                chains::FILTER_SERVICES,
-                &self.filter_services,
-            ),
-            (
-                Table::Filter,
-                chains::EXTERNAL_SERVICES,
-                &self.filter_external,
-            ),
-            (Table::Filter, chains::FIREWALL, &self.filter_firewall),
-            (
-                Table::Filter,
-                chains::FILTER_NODEPORTS,
-                &self.filter_nodeports,
-            ),
-        ]
+    pub fn push(&mut self, chain: DispatchChain, spec: String) {
+        self.lists[chain.index()].push(spec);
+    }
+
+    pub fn get(&self, chain: DispatchChain) -> &[String] {
+        &self.lists[chain.index()]
+    }
+
+    /// Every list with its chain.
+    pub fn lists(&self) -> impl Iterator<Item = (DispatchChain, &[String])> {
+        DispatchChain::ALL.into_iter().map(|c| (c, self.get(c)))
     }
 
     pub fn rules(&self, table: Table) -> usize {
         self.lists()
-            .iter()
-            .filter(|(t, _, _)| *t == table)
-            .map(|(_, _, l)| l.len())
+            .filter(|(c, _)| c.table() == table)
+            .map(|(_, l)| l.len())
             .sum()
     }
 }
@@ -63,78 +94,74 @@ impl Dispatch {
 /// What one service port programmed in one family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortRecord {
-    /// nat chains this port owns (`SY-SVC-`, `SY-SVL-`, `SY-EXT-`, `SY-FW-`, `SY-SEP-`).
-    pub chains: Vec<String>,
-    /// Rules inside those chains.
-    pub body_rules: usize,
+    /// Chains this port owns, per table (`Table::index`): nat `SVC-`, `SVL-`, `EXT-`,
+    /// `FW-`, `SEP-`; filter `FW-` (source ranges of a port without endpoints).
+    pub chains: [Vec<String>; 2],
+    /// Rules inside those chains, per table.
+    pub body_rules: [usize; 2],
     pub dispatch: Dispatch,
 }
 
 impl PortRecord {
+    pub fn chains(&self, table: Table) -> &[String] {
+        &self.chains[table.index()]
+    }
+
     pub fn rules(&self, table: Table) -> usize {
-        let own = if table == Table::Nat {
-            self.body_rules
-        } else {
-            0
-        };
-        own + self.dispatch.rules(table)
+        self.body_rules[table.index()] + self.dispatch.rules(table)
     }
 }
 
-/// What one family's tables hold in Switchyard's chains.
+/// What one family's tables hold in the engine's chains.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FamilyRecord {
     pub ports: HashMap<ServicePortName, PortRecord>,
-    /// Rules in the fixed chains (nat, filter).
-    pub fixed_nat: usize,
-    pub fixed_filter: usize,
-    /// Of `fixed_nat`, the NodePort jumps at the end of nat `SY-SERVICES`.
-    pub nodeport_jumps: usize,
-    /// Rules of all ports (nat, filter), kept in step with `ports`.
-    pub port_nat: usize,
-    pub port_filter: usize,
+    /// Rules in the fixed chains, per table (`Table::index`).
+    pub fixed: [usize; 2],
+    /// Rules of all ports, per table, kept in step with `ports`.
+    port_rules: [usize; 2],
 }
 
 impl FamilyRecord {
     /// Replaces (or removes) one port's record, keeping the counts in step.
     pub fn set(&mut self, name: ServicePortName, record: Option<PortRecord>) {
         if let Some(old) = self.ports.remove(&name) {
-            self.port_nat -= old.rules(Table::Nat);
-            self.port_filter -= old.rules(Table::Filter);
+            for t in Table::BOTH {
+                self.port_rules[t.index()] -= old.rules(t);
+            }
         }
         if let Some(new) = record {
-            self.port_nat += new.rules(Table::Nat);
-            self.port_filter += new.rules(Table::Filter);
+            for t in Table::BOTH {
+                self.port_rules[t.index()] += new.rules(t);
+            }
             self.ports.insert(name, new);
         }
     }
 
-    /// Rules in Switchyard's own chains of `table` (jumps from builtin chains excluded).
+    /// Rules in the engine's own chains of `table` (jumps from builtin chains excluded).
     pub fn chain_rules(&self, table: Table) -> usize {
-        match table {
-            Table::Nat => self.fixed_nat + self.port_nat,
-            Table::Filter => self.fixed_filter + self.port_filter,
-        }
+        self.fixed[table.index()] + self.port_rules[table.index()]
     }
 
-    /// Rules in nat `SY-SERVICES`.
-    pub fn services_rules(&self) -> usize {
-        self.nodeport_jumps
+    /// Rules in the fixed chains of `table`: the fixed rules and every port's dispatch
+    /// rules (what `verify` counts without listing the per-port chains).
+    pub fn fixed_chain_rules(&self, table: Table) -> usize {
+        self.fixed[table.index()]
             + self
                 .ports
                 .values()
-                .map(|p| p.dispatch.nat_services.len())
+                .map(|p| p.dispatch.rules(table))
                 .sum::<usize>()
     }
 
-    /// The nat chains of all ports.
-    pub fn port_chains(&self) -> impl Iterator<Item = &String> {
-        self.ports.values().flat_map(|p| &p.chains)
+    /// The per-port chains of `table`, all ports.
+    pub fn port_chains(&self, table: Table) -> impl Iterator<Item = &String> {
+        self.ports.values().flat_map(move |p| p.chains(table))
     }
 
     /// Rules including the jumps from builtin chains.
-    pub fn rules(&self, table: Table) -> usize {
-        self.chain_rules(table) + chains::JUMPS.iter().filter(|j| j.table == table).count()
+    pub fn rules(&self, table: Table, chains: &Chains) -> usize {
+        self.chain_rules(table) + chains.jumps().iter().filter(|j| j.table == table).count()
     }
 }
 
@@ -146,6 +173,8 @@ pub struct Applied {
     /// Per-endpoint rules were written without comments (many endpoints, as upstream's
     /// large-cluster mode); a switch needs a full sync.
     pub large: bool,
+    /// Forwarded INVALID packets are dropped (a change needs a full sync).
+    pub drop_invalid: bool,
 }
 
 impl Applied {
@@ -163,20 +192,19 @@ impl Applied {
         }
     }
 
-    /// Rules programmed per table, both families together.
-    pub fn rule_counts(&self) -> Vec<(String, usize)> {
+    /// Rules programmed per table (`filter`, `nat`), both families together, for
+    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`.
+    /// Only the `families` programmed count.
+    pub fn rules_by_table(&self, chains: &Chains, families: &[IpFamily]) -> Vec<(String, usize)> {
         Table::BOTH
             .iter()
             .map(|t| {
-                (
-                    t.as_str().to_string(),
-                    self.v4.rules(*t) + self.v6.rules(*t),
-                )
+                let n = families
+                    .iter()
+                    .map(|f| self.family(*f).rules(*t, chains))
+                    .sum();
+                (t.as_str().to_string(), n)
             })
             .collect()
-    }
-
-    pub fn rule_count(&self) -> usize {
-        self.rule_counts().iter().map(|(_, n)| n).sum()
     }
 }

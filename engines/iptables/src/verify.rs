@@ -1,89 +1,88 @@
 //! Drift: whether the kernel still holds what the engine applied. One `*-save` per
 //! family is compared with the record: the canary chains (a flushed or deleted table
 //! loses them), the jumps from builtin chains, every chain of every service port, and
-//! the number of rules in Switchyard's chains (catches `iptables -F`). With
+//! the number of rules in the engine's chains (catches `iptables -F`). With
 //! iptables-nft, whose listings are slow at scale, a targeted check instead
 //! ([`compare_targeted`]).
 
-use switchyard_core::{Drift, EngineError, IpFamily};
+use switchyard_model::{Drift, EngineError, IpFamily};
 
 use crate::{
     apply,
     backend::Binaries,
-    chains::{self, Table, JUMPS},
+    chains::{Chains, Table},
     record::FamilyRecord,
     render::KernelChains,
 };
 
 /// Compares one family's `*-save` output with its record; `None` when they agree.
-pub fn compare(family: IpFamily, saved: &str, record: &FamilyRecord) -> Option<String> {
-    let fam = match family {
-        IpFamily::V4 => "IPv4",
-        IpFamily::V6 => "IPv6",
-    };
-    let kernel = KernelChains::parse(saved);
+pub fn compare(
+    family: IpFamily,
+    saved: &str,
+    record: &FamilyRecord,
+    chains: &Chains,
+) -> Option<String> {
+    let kernel = KernelChains::parse(saved, chains);
     for table in Table::BOTH {
-        let present = match table {
-            Table::Nat => &kernel.nat,
-            Table::Filter => &kernel.filter,
-        };
-        if !present.contains(chains::CANARY) {
+        let t = table.as_str();
+        if !kernel.has(table, &chains.canary) {
             return Some(format!(
-                "{fam} {} table: canary chain {} is gone (table flushed or deleted)",
-                table.as_str(),
-                chains::CANARY
+                "{family} {t} table: canary chain {} is gone (table flushed or deleted)",
+                chains.canary
             ));
         }
-        for c in table.fixed_chains() {
-            if !present.contains(*c) {
-                return Some(format!("{fam} {}: chain {c} is missing", table.as_str()));
+        if let Some(c) = chains
+            .fixed(table)
+            .into_iter()
+            .find(|c| !kernel.has(table, c))
+        {
+            return Some(format!("{family} {t}: chain {c} is missing"));
+        }
+        for (name, port) in &record.ports {
+            if let Some(c) = port.chains(table).iter().find(|c| !kernel.has(table, c)) {
+                return Some(format!("{family} {t}: chain {c} of {name} is missing"));
             }
         }
     }
-    for (j, ok) in JUMPS.iter().zip(&kernel.jumps) {
+    for (j, ok) in chains.jumps().iter().zip(&kernel.jumps) {
         if !ok {
             return Some(format!(
-                "{fam} {}: jump from {} to {} is missing",
+                "{family} {}: jump from {} to {} is missing",
                 j.table.as_str(),
                 j.builtin,
                 j.target
             ));
         }
     }
-    for (name, port) in &record.ports {
-        if let Some(c) = port.chains.iter().find(|c| !kernel.nat.contains(*c)) {
-            return Some(format!("{fam} nat: chain {c} of {name} is missing"));
-        }
-    }
-    let mut counts = [0usize; 2];
-    let mut table = None;
-    for line in saved.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = match t.trim() {
-                "filter" => Some(0),
-                "nat" => Some(1),
-                _ => None,
-            };
-        } else if let Some(i) = table {
-            if line
-                .strip_prefix("-A ")
-                .is_some_and(|r| r.starts_with(chains::PREFIX))
-            {
-                counts[i] += 1;
-            }
-        }
-    }
-    for (i, t) in Table::BOTH.iter().enumerate() {
-        let want = record.chain_rules(*t);
-        if counts[i] != want {
+    let counts = rules_in_our_chains(saved, chains);
+    for t in Table::BOTH {
+        let want = record.chain_rules(t);
+        if counts[t.index()] != want {
             return Some(format!(
-                "{fam} {}: {} rules in Switchyard's chains, {want} applied",
+                "{family} {}: {} rules in the engine's chains, {want} applied",
                 t.as_str(),
-                counts[i]
+                counts[t.index()]
             ));
         }
     }
     None
+}
+
+/// Rules of `*-save` output in the chains `chains` owns, per table (`Table::index`).
+fn rules_in_our_chains(saved: &str, chains: &Chains) -> [usize; 2] {
+    let mut counts = [0usize; 2];
+    let mut table = None;
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = Table::BOTH.into_iter().find(|k| k.as_str() == t.trim());
+        } else if let (Some(t), Some(rule)) = (table, line.strip_prefix("-A ")) {
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            if chains.owns(t, chain) {
+                counts[t.index()] += 1;
+            }
+        }
+    }
+    counts
 }
 
 /// The drift of both families, the first difference found.
@@ -94,9 +93,10 @@ pub fn drift(found: Vec<String>) -> Drift {
     }
 }
 
-/// The builtin chains our jumps leave from, per table.
-fn builtins(table: Table) -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = JUMPS
+/// The builtin chains our jumps leave from, in `table`.
+fn builtins(chains: &Chains, table: Table) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = chains
+        .jumps()
         .iter()
         .filter(|j| j.table == table)
         .map(|j| j.builtin)
@@ -115,50 +115,40 @@ pub async fn compare_targeted(
     bins: &Binaries,
     family: IpFamily,
     record: &FamilyRecord,
+    chains: &Chains,
 ) -> Result<Option<String>, EngineError> {
-    let fam = match family {
-        IpFamily::V4 => "IPv4",
-        IpFamily::V6 => "IPv6",
-    };
     let tool = bins.iptables(family);
-    let (nat_services, nat_nodeports) = record.ports.values().fold((0, 0), |(s, n), p| {
-        (
-            s + p.dispatch.nat_services.len(),
-            n + p.dispatch.nat_nodeports.len(),
-        )
-    });
     for table in Table::BOTH {
         let t = table.as_str();
         let mut count = 0;
-        for c in table.fixed_chains() {
+        for c in chains.fixed(table) {
             let Some(rules) = apply::list_chain(netns, tool, t, c).await? else {
-                return Ok(Some(if *c == chains::CANARY {
-                    format!("{fam} {t} table: canary chain {c} is gone (table flushed or deleted)")
+                return Ok(Some(if c == chains.canary {
+                    format!(
+                        "{family} {t} table: canary chain {c} is gone (table flushed or deleted)"
+                    )
                 } else {
-                    format!("{fam} {t}: chain {c} is missing")
+                    format!("{family} {t}: chain {c} is missing")
                 }));
             };
             count += rules.lines().filter(|l| l.starts_with("-A ")).count();
         }
-        let want = match table {
-            Table::Filter => record.chain_rules(Table::Filter),
-            Table::Nat => record.fixed_nat + nat_services + nat_nodeports,
-        };
+        let want = record.fixed_chain_rules(table);
         if count != want {
             return Ok(Some(format!(
-                "{fam} {t}: {count} rules in Switchyard's fixed chains, {want} applied"
+                "{family} {t}: {count} rules in the engine's fixed chains, {want} applied"
             )));
         }
         let mut listed = String::new();
-        for b in builtins(table) {
+        for b in builtins(chains, table) {
             if let Some(l) = apply::list_chain(netns, tool, t, b).await? {
                 listed.push_str(&l);
             }
         }
-        for j in JUMPS.iter().filter(|j| j.table == table) {
+        for j in chains.jumps().iter().filter(|j| j.table == table) {
             if !listed.lines().any(|l| j.matches_saved(l)) {
                 return Ok(Some(format!(
-                    "{fam} {t}: jump from {} to {} is missing",
+                    "{family} {t}: jump from {} to {} is missing",
                     j.builtin, j.target
                 )));
             }

@@ -1,18 +1,18 @@
-//! Property test: whatever the names, ports and addresses, the kernel accepts the full
-//! ruleset and a partial update (real restore on one backend, `--test` on the other),
-//! the record matches what the kernel holds, and no name injects a rule.
+//! Property test: whatever the Services (names, ports, addresses, policies, endpoints in
+//! any condition) and node settings, planned by the real planner, the kernel accepts
+//! the full ruleset and a partial update (real restore on one backend, `--test` on the
+//! other), the record matches what the kernel holds, and no name injects a rule.
 
 mod support;
 
 use proptest::prelude::*;
-use support::netns::{have_root, Netns};
-use switchyard_core::test_util::strategies::{
-    any_endpoint, any_ip, any_name, any_net, any_protocol,
-};
-use switchyard_core::{
-    ChangeSet, Drift, IpFamily, NodeModel, ProxyEngine, ServicePort, ServicePortName,
-};
+use support::{netns::Netns, TestCatalog, TestService};
+use switchyard_e2e::require_root as have_root;
 use switchyard_iptables::{render_full, Backend, IptablesEngine};
+use switchyard_model::{
+    test_util::strategies::{any_endpoint, any_ip, any_name, any_net, any_protocol},
+    ChangeSet, Drift, IpFamily, ModelConfig, NodeFacts, NodeModel, ProxyEngine, ServicePortName,
+};
 
 prop_compose! {
     fn any_service()(
@@ -27,47 +27,64 @@ prop_compose! {
         affinity in prop::option::of(1u32..=86400),
         hc in prop::option::of(1u16..=65535),
         endpoints in prop::collection::vec(any_endpoint(), 0..5),
-    ) -> ServicePort {
-        let mut endpoints = endpoints;
-        endpoints.sort();
-        endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-        let local = endpoints.iter().filter(|e| e.local).cloned().collect();
-        let externally = node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
-        ServicePort {
+    ) -> TestService {
+        TestService {
             name: ServicePortName { namespace: ns, name, port: port_name, protocol },
-            protocol,
             port,
             cluster_ips,
             node_port,
             external_ips,
             load_balancer_ips,
             load_balancer_source_ranges: ranges,
-            external_policy_local: ext_local && externally,
+            external_policy_local: ext_local,
             internal_policy_local: int_local,
             affinity_timeout: affinity,
-            health_check_node_port: hc.filter(|_| ext_local && externally),
-            cluster_endpoints: endpoints,
-            local_endpoints: local,
+            health_check_node_port: hc,
+            endpoints,
         }
     }
 }
 
+/// Node-wide facts and settings.
+#[derive(Clone, Debug)]
+struct Node {
+    facts: NodeFacts,
+    config: ModelConfig,
+}
+
 prop_compose! {
-    fn any_model()(
-        services in prop::collection::vec(any_service(), 0..6),
+    fn any_node()(
         node_ips in prop::collection::vec(any_ip(), 0..3),
-        node_port_addresses in prop::collection::vec(any_net(), 0..3),
+        node_port_cidrs in prop::collection::vec(any_net(), 0..3),
+        node_port_primary in any::<bool>(),
         cluster_cidrs in prop::collection::vec(any_net(), 0..3),
         masquerade_all in any::<bool>(),
-    ) -> NodeModel {
-        NodeModel {
-            node_name: "n".into(),
-            node_ips,
-            node_port_addresses,
-            cluster_cidrs,
-            masquerade_all,
-            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+    ) -> Node {
+        Node {
+            facts: NodeFacts { name: support::NODE_NAME.into(), primary_ips: node_ips, zone: "zone-a".into() },
+            config: ModelConfig { cluster_cidrs, masquerade_all, node_port_cidrs, node_port_primary },
         }
+    }
+}
+
+fn build(services: &[TestService], node: &Node) -> NodeModel {
+    NodeModel::build(&TestCatalog::new(services), &node.facts, &node.config)
+}
+
+fn check_text(m: &NodeModel, ns: &Netns, other: &str) {
+    for (family, base) in [(IpFamily::V4, "iptables"), (IpFamily::V6, "ip6tables")] {
+        let text = render_full(m, family);
+        for l in text.lines() {
+            assert!(
+                l.starts_with(['*', ':', '-']) || l == "COMMIT",
+                "stray line {l:?}"
+            );
+            if l.starts_with("-I ") {
+                assert!(l.contains("switchyard"), "{l}");
+            }
+        }
+        let (ok, out) = ns.run(&format!("{base}-{other}-restore"), &["--test"], &text);
+        assert!(ok, "{base}-{other}-restore --test: {out}\n{text}");
     }
 }
 
@@ -79,22 +96,8 @@ fn check(m1: &NodeModel, m2: &NodeModel, backend: Backend) {
     } else {
         "nft"
     };
-    for (family, base) in [(IpFamily::V4, "iptables"), (IpFamily::V6, "ip6tables")] {
-        for m in [m1, m2] {
-            let text = render_full(m, family);
-            for l in text.lines() {
-                assert!(
-                    l.starts_with(['*', ':', '-']) || l == "COMMIT",
-                    "stray line {l:?}"
-                );
-                if l.starts_with("-I ") {
-                    assert!(l.contains("switchyard"), "{l}");
-                }
-            }
-            let (ok, out) = ns.run(&format!("{base}-{other}-restore"), &["--test"], &text);
-            assert!(ok, "{base}-{other}-restore --test: {out}\n{text}");
-        }
-    }
+    check_text(m1, &ns, other);
+    check_text(m2, &ns, other);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,32 +127,32 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     #[test]
     fn kernel_accepts_any_model(
-        m1 in any_model(),
-        m2_extra in any_model(),
+        s1 in prop::collection::vec(any_service(), 0..6),
+        extra in prop::collection::vec(any_service(), 0..6),
+        node in any_node(),
         keep in prop::collection::vec(any::<bool>(), 6),
         legacy in any::<bool>(),
     ) {
         if !have_root("kernel_accepts_any_model") {
             return Ok(());
         }
-        // m2: some of m1's services kept (some with endpoints changed), plus new ones,
-        // with m1's node-wide settings so the change set is partial.
-        let mut m2 = m1.clone();
-        let names: Vec<_> = m1.services.keys().cloned().collect();
-        for (i, name) in names.iter().enumerate() {
+        // s2: some of s1's services kept (some losing an endpoint), plus new ones, on
+        // the same node with the same settings, so the change set is partial.
+        let mut s2 = Vec::new();
+        for (i, s) in s1.iter().enumerate() {
             match (keep[i % keep.len()], i % 2) {
-                (false, _) => { m2.services.remove(name); }
+                (false, _) => {}
                 (true, 0) => {
-                    let sp = m2.services.get_mut(name).unwrap();
-                    sp.cluster_endpoints.pop();
-                    sp.local_endpoints = sp.cluster_endpoints.iter().filter(|e| e.local).cloned().collect();
+                    let mut s = s.clone();
+                    s.endpoints.pop();
+                    s2.push(s);
                 }
-                _ => {}
+                _ => s2.push(s.clone()),
             }
         }
-        for (k, v) in m2_extra.services {
-            m2.services.entry(k).or_insert(v);
-        }
+        s2.extend(extra);
+        let m1 = build(&s1, &node);
+        let m2 = build(&s2, &node);
         check(&m1, &m2, if legacy { Backend::Legacy } else { Backend::Nft });
     }
 }

@@ -4,11 +4,10 @@
 mod support;
 
 use support::{netns::*, *};
-use switchyard_core::{ChangeSet, Drift, NodeModel, ProxyEngine};
 use switchyard_iptables::{
-    chains::{endpoint_chain, PortChain},
-    detect_backend, Backend, IptOptions, IptablesEngine,
+    chains::PortChain, detect_backend, Backend, ChainPrefix, IptOptions, IptablesEngine,
 };
+use switchyard_model::{ChangeSet, Drift, ProxyEngine};
 
 macro_rules! need_root {
     ($name:expr) => {
@@ -20,27 +19,39 @@ macro_rules! need_root {
 
 const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 
-fn two_services() -> NodeModel {
-    let mut web = service(
-        "web",
-        &["172.16.0.10", "fd00:96::10"],
-        80,
-        vec![
-            ep("10.0.0.5", 8080, true),
-            ep("10.0.1.5", 8080, false),
-            ep("fd00:10::5", 8080, true),
-        ],
-    );
-    web.node_port = Some(30080);
-    web.affinity_timeout = Some(300);
-    let empty = service("empty", &["172.16.0.11"], 443, vec![]);
-    let other = service(
-        "other",
-        &["172.16.0.12"],
-        80,
-        vec![ep("10.0.2.5", 80, false)],
-    );
-    model(vec![web, empty, other])
+fn two_services() -> Vec<TestService> {
+    // web: dual-stack NodePort with affinity, one remote endpoint; empty: none at all;
+    // other: one remote endpoint.
+    let web_endpoints = [
+        ("10.0.0.5", true),
+        ("10.0.1.5", false),
+        ("fd00:10::5", true),
+    ]
+    .map(|(ip, local)| ep(ip, 8080, local))
+    .to_vec();
+    let web = TestService {
+        node_port: Some(30080),
+        affinity_timeout: Some(300),
+        ..service("web", &["172.16.0.10", "fd00:96::10"], 80, web_endpoints)
+    };
+    vec![
+        web,
+        service("empty", &["172.16.0.11"], 443, vec![]),
+        service(
+            "other",
+            &["172.16.0.12"],
+            80,
+            vec![ep("10.0.2.5", 80, false)],
+        ),
+    ]
+}
+
+/// `services` without the endpoint at `ip`.
+fn without_endpoint(mut services: Vec<TestService>, ip: &str) -> Vec<TestService> {
+    for s in &mut services {
+        s.endpoints.retain(|e| e.ip.to_string() != ip);
+    }
+    services
 }
 
 fn save(ns: &Netns, backend: Backend, v6: bool) -> String {
@@ -65,16 +76,20 @@ async fn sync_partial_and_removal() {
     for backend in BACKENDS {
         let ns = Netns::new();
         let mut engine = IptablesEngine::new(ns.options(backend));
-        let m1 = two_services();
+        let m1 = model(two_services());
         let report = engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
         assert!(report.full);
-        let counts = engine.rule_counts();
+        let counts = &report.rules_by_table;
         assert_eq!(report.rules, counts.iter().map(|(_, n)| n).sum::<usize>());
+        assert_eq!(
+            counts.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+            ["filter", "nat"]
+        );
         assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
         let v4 = save(&ns, backend, false);
         let web = spn("default", "web", "http");
-        let svc = PortChain::Cluster.name(&web);
-        let gone = endpoint_chain(&web, &ep("10.0.1.5", 8080, false));
+        let svc = port_chain(PortChain::Service, &web);
+        let gone = endpoint_chain(&web, "10.0.1.5", 8080);
         assert!(
             v4.contains(&format!(":{gone} - [0:0]")),
             "{backend:?}\n{v4}"
@@ -89,7 +104,7 @@ async fn sync_partial_and_removal() {
         assert!(
             v4.lines()
                 .any(|l| l.starts_with("-A SY-SERVICES -d 172.16.0.11/32")
-                    && l.contains("--dport 443 -j REJECT")),
+                    && l.contains("--dport 443 -j REJECT --reject-with tcp-reset")),
             "{v4}"
         );
         assert!(v4.contains("--dport 30080 -j SY-EXT-"), "{v4}");
@@ -101,17 +116,13 @@ async fn sync_partial_and_removal() {
             Drift::None,
             "{backend:?}"
         );
-        let other = PortChain::Cluster.name(&spn("default", "other", "http"));
+        let other = port_chain(PortChain::Service, &spn("default", "other", "http"));
         let other_before = chain_rules(&v4, &other);
         assert_eq!(other_before.len(), 2, "{v4}");
 
         // Remove one endpoint: a partial sync deletes its chain, leaves others alone.
-        let mut m2 = m1.clone();
-        m2.services
-            .get_mut(&web)
-            .unwrap()
-            .cluster_endpoints
-            .retain(|e| e.ip.to_string() != "10.0.1.5");
+        let s2 = without_endpoint(two_services(), "10.0.1.5");
+        let m2 = model(s2.clone());
         let changes = ChangeSet::between(&m1, &m2);
         assert!(!changes.full);
         let report = engine.sync(&m2, &changes).await.unwrap();
@@ -135,11 +146,9 @@ async fn sync_partial_and_removal() {
         );
 
         // Endpoints of the empty service appear; then a service goes away.
-        let mut m3 = m2.clone();
-        m3.services
-            .get_mut(&spn("default", "empty", "http"))
-            .unwrap()
-            .cluster_endpoints = vec![ep("10.0.3.1", 8443, false)];
+        let mut s3 = s2.clone();
+        s3[1].endpoints = vec![ep("10.0.3.1", 8443, false)];
+        let m3 = model(s3.clone());
         assert!(
             !engine
                 .sync(&m3, &ChangeSet::between(&m2, &m3))
@@ -153,7 +162,10 @@ async fn sync_partial_and_removal() {
         // The NodePort jump is still the last rule of SY-SERVICES.
         let services = chain_rules(&v4, "SY-SERVICES");
         assert!(
-            services.last().unwrap().contains("-j SY-NODEPORTS"),
+            services
+                .last()
+                .unwrap()
+                .contains("-j SY-NODEPORT-ADDRESSES"),
             "{services:?}"
         );
         assert_eq!(
@@ -161,8 +173,7 @@ async fn sync_partial_and_removal() {
             Drift::None,
             "{backend:?}"
         );
-        let mut m4 = m3.clone();
-        m4.services.remove(&web);
+        let m4 = model(s3[1..].to_vec());
         engine
             .sync(&m4, &ChangeSet::between(&m3, &m4))
             .await
@@ -171,6 +182,7 @@ async fn sync_partial_and_removal() {
         assert!(!v4.contains("172.16.0.10"), "{v4}");
         assert!(!v4.contains(&svc), "{v4}");
         assert!(!v4.contains("SY-EXT-"), "{v4}");
+        assert!(!v4.contains("--dport 30080"), "{v4}");
         let v6 = save(&ns, backend, true);
         assert!(!v6.contains("SY-SVC-"), "{v6}");
         assert_eq!(
@@ -198,7 +210,7 @@ async fn verify_finds_drift_and_full_sync_restores() {
     for backend in BACKENDS {
         let ns = Netns::new();
         let mut engine = IptablesEngine::new(ns.options(backend));
-        let m = two_services();
+        let m = model(two_services());
         engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
         assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
         let ipt = tool(backend, false, "");
@@ -258,7 +270,7 @@ async fn cleanup_leaves_foreign_rules() {
         let (ok, out) = ns.run(&tool(backend, false, "restore"), &["--noflush"], foreign);
         assert!(ok, "{out}");
         let mut engine = IptablesEngine::new(ns.options(backend));
-        let m = two_services();
+        let m = model(two_services());
         engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
         assert!(save(&ns, backend, false).contains("SY-SERVICES"));
         engine.cleanup().await.unwrap();
@@ -292,21 +304,16 @@ async fn failed_restore_keeps_rules_and_next_sync_is_full() {
     for backend in BACKENDS {
         let ns = Netns::new();
         let mut engine = IptablesEngine::new(ns.options(backend));
-        let m1 = two_services();
+        let m1 = model(two_services());
         engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
         let web = spn("default", "web", "http");
-        let gone = endpoint_chain(&web, &ep("10.0.1.5", 8080, false));
+        let gone = endpoint_chain(&web, "10.0.1.5", 8080);
         // A foreign rule referencing the endpoint chain: deleting it must fail.
         let pin = format!("*nat\n:PIN - [0:0]\n-A PIN -j {gone}\nCOMMIT\n");
         let (ok, out) = ns.run(&tool(backend, false, "restore"), &["--noflush"], &pin);
         assert!(ok, "{out}");
         let before = save(&ns, backend, false);
-        let mut m2 = m1.clone();
-        m2.services
-            .get_mut(&web)
-            .unwrap()
-            .cluster_endpoints
-            .retain(|e| e.ip.to_string() != "10.0.1.5");
+        let m2 = model(without_endpoint(two_services(), "10.0.1.5"));
         let err = engine
             .sync(&m2, &ChangeSet::between(&m1, &m2))
             .await
@@ -351,14 +358,15 @@ async fn catch_all_cluster_cidr_programs_on_both_backends() {
         ] {
             let ns = Netns::new();
             let mut engine = IptablesEngine::new(ns.options(backend));
-            let mut m = two_services();
-            m.cluster_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+            let mut c = config();
+            c.cluster_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+            let m = model_with(two_services(), &c);
             engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
             assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
             let web = spn("default", "web", "http");
             for v6 in [false, true] {
                 let saved = save(&ns, backend, v6);
-                let svc = chain_rules(&saved, &PortChain::Cluster.name(&web));
+                let svc = chain_rules(&saved, &port_chain(PortChain::Service, &web));
                 assert!(!svc.is_empty(), "{backend:?} {cidrs:?}: {saved}");
                 assert!(
                     !svc.iter().any(|r| r.contains("SY-MARK-")),
@@ -374,13 +382,21 @@ async fn catch_all_cluster_cidr_programs_on_both_backends() {
 async fn detects_the_backend_with_more_rules() {
     need_root!("detects_the_backend_with_more_rules");
     let ns = Netns::new();
-    assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft, "empty: nft");
+    assert_eq!(detect_backend(Some(ns.name())), Backend::Nft, "empty: nft");
     let rules = "*filter\n-A INPUT -s 198.51.100.1/32 -j DROP\n-A INPUT -s 198.51.100.2/32 -j DROP\nCOMMIT\n";
     let (ok, out) = ns.run("iptables-legacy-restore", &["--noflush"], rules);
     assert!(ok, "{out}");
-    assert_eq!(detect_backend(Some(&ns.name)), Backend::Legacy);
+    assert_eq!(detect_backend(Some(ns.name())), Backend::Legacy);
     let mut engine = IptablesEngine::new(ns.options(Backend::Detect));
-    let m = two_services();
+    assert_eq!(engine.owner(), "iptables", "not resolved yet");
+    engine.prepare().await.unwrap();
+    assert_eq!(
+        engine.backend(),
+        Some(Backend::Legacy),
+        "resolved by prepare"
+    );
+    assert_eq!(engine.owner(), "iptables-legacy");
+    let m = model(two_services());
     engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
     assert_eq!(engine.backend(), Some(Backend::Legacy));
     assert_eq!(
@@ -395,7 +411,7 @@ async fn detects_the_backend_with_more_rules() {
     let ns = Netns::new();
     let (ok, out) = ns.run("iptables-nft-restore", &["--noflush"], rules);
     assert!(ok, "{out}");
-    assert_eq!(detect_backend(Some(&ns.name)), Backend::Nft);
+    assert_eq!(detect_backend(Some(ns.name())), Backend::Nft);
 }
 
 /// The nft backend's full sync lists the nat table (`-S`) to keep iptables-nft-restore
@@ -417,7 +433,7 @@ async fn nft_full_sync_over_a_nat_table_iptables_cannot_list() {
     );
     assert!(ok, "{out}");
     let mut engine = IptablesEngine::new(ns.options(Backend::Nft));
-    let m = two_services();
+    let m = model(two_services());
     engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
     assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
     // Again, from a state where the chains exist.
@@ -441,17 +457,13 @@ async fn ipv4_only_kernel_programs_no_ip6tables_rules() {
             ipv6: false,
             ..ns.options(backend)
         });
-        let m1 = two_services();
+        let m1 = model(two_services());
         engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
         assert!(save(&ns, backend, false).contains("SY-SERVICES"));
         assert!(!save(&ns, backend, true).contains("SY-"), "{backend:?}");
         assert_eq!(engine.verify(&m1).await.unwrap(), Drift::None);
 
-        let mut m2 = m1.clone();
-        for sp in m2.services.values_mut() {
-            sp.cluster_endpoints
-                .retain(|e| e.ip.to_string() != "10.0.1.5");
-        }
+        let m2 = model(without_endpoint(two_services(), "10.0.1.5"));
         let report = engine
             .sync(&m2, &ChangeSet::between(&m1, &m2))
             .await
@@ -462,5 +474,135 @@ async fn ipv4_only_kernel_programs_no_ip6tables_rules() {
 
         engine.cleanup().await.unwrap();
         assert!(!save(&ns, backend, false).contains("SY-"), "{backend:?}");
+    }
+}
+
+/// Lines of `saved` (both families' saves together) that are rules of `table` in the
+/// engine's chains or jumps into them.
+fn our_rules(saved: &[String], table: &str, prefix: &str) -> usize {
+    let mut n = 0;
+    for s in saved {
+        let mut current = "";
+        for l in s.lines() {
+            if let Some(t) = l.strip_prefix('*') {
+                current = if t == table { "yes" } else { "" };
+            } else if !current.is_empty()
+                && l.starts_with("-A ")
+                && (l.starts_with(&format!("-A {prefix}")) || l.contains(&format!("-j {prefix}")))
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The per-table counts a sync reports (`kubeproxy_sync_proxy_rules_iptables_total`)
+/// are what the kernel holds, after full and partial syncs.
+#[tokio::test]
+async fn reported_rule_counts_match_the_kernel() {
+    need_root!("reported_rule_counts_match_the_kernel");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        let m1 = model(two_services());
+        let m2 = model(without_endpoint(two_services(), "10.0.1.5"));
+        for (m, changes) in [
+            (&m1, ChangeSet::full(&m1)),
+            (&m2, ChangeSet::between(&m1, &m2)),
+        ] {
+            let report = engine.sync(m, &changes).await.unwrap();
+            let saved = [save(&ns, backend, false), save(&ns, backend, true)];
+            for (table, n) in &report.rules_by_table {
+                assert_eq!(
+                    *n,
+                    our_rules(&saved, table, "SY-"),
+                    "{backend:?} {table} full={}",
+                    report.full
+                );
+            }
+        }
+    }
+}
+
+/// Two engines with different chain prefixes in one namespace (a make-before-break
+/// switch between two configurations): neither's full sync, verify or cleanup touches
+/// the other's chains.
+#[tokio::test]
+async fn two_prefixes_never_touch_each_other() {
+    need_root!("two_prefixes_never_touch_each_other");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let mut a = IptablesEngine::new(ns.options(backend));
+        let mut b = IptablesEngine::new(IptOptions {
+            chain_prefix: ChainPrefix::new("SY-B-").unwrap(),
+            ..ns.options(backend)
+        });
+        assert_eq!(a.owner(), format!("iptables-{}", backend.as_str()));
+        assert_eq!(b.owner(), format!("iptables-{} (SY-B-)", backend.as_str()));
+        let ma = model(two_services());
+        let mb = model(without_endpoint(two_services(), "10.0.1.5"));
+        a.sync(&ma, &ChangeSet::full(&ma)).await.unwrap();
+        b.sync(&mb, &ChangeSet::full(&mb)).await.unwrap();
+        // Full syncs again: each sees the other's chains and leaves them alone.
+        a.sync(&ma, &ChangeSet::full(&ma)).await.unwrap();
+        b.sync(&mb, &ChangeSet::full(&mb)).await.unwrap();
+        assert_eq!(a.verify(&ma).await.unwrap(), Drift::None, "{backend:?} a");
+        assert_eq!(b.verify(&mb).await.unwrap(), Drift::None, "{backend:?} b");
+        let v4 = save(&ns, backend, false);
+        assert!(v4.contains(":SY-B-SERVICES"), "{v4}");
+        assert!(v4.contains("-j SY-B-SVC-"), "{v4}");
+        // Cleaning up one leaves the other in place and in sync.
+        a.cleanup().await.unwrap();
+        assert_eq!(b.verify(&mb).await.unwrap(), Drift::None, "{backend:?}");
+        let v4 = save(&ns, backend, false);
+        assert!(
+            !v4.lines()
+                .any(|l| l.contains("SY-") && !l.contains("SY-B-")),
+            "{backend:?}: a's chains remain\n{v4}"
+        );
+        b.cleanup().await.unwrap();
+        for v6 in [false, true] {
+            let saved = save(&ns, backend, v6);
+            assert!(!saved.contains("SY-"), "{backend:?}\n{saved}");
+        }
+    }
+}
+
+/// D20: INVALID packets are dropped unless `nf_conntrack_tcp_be_liberal` is set in the
+/// engine's network namespace, read by `prepare` (a change makes the next sync full).
+#[tokio::test]
+async fn tcp_be_liberal_skips_the_invalid_drop() {
+    need_root!("tcp_be_liberal_skips_the_invalid_drop");
+    const INVALID: &str = "-A SY-FORWARD -m conntrack --ctstate INVALID -j DROP";
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let m = model(two_services());
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        engine.prepare().await.unwrap();
+        engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+        assert!(save(&ns, backend, false).contains(INVALID), "{backend:?}");
+        // The conntrack sysctls exist now (the rules loaded nf_conntrack).
+        let (ok, out) = ns.run(
+            "sysctl",
+            &["-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1"],
+            "",
+        );
+        assert!(ok, "{out}");
+        engine.prepare().await.unwrap();
+        assert_eq!(engine.drops_invalid(), Some(false));
+        let report = engine.sync(&m, &ChangeSet::default()).await.unwrap();
+        assert!(report.full, "a changed sysctl needs a full sync");
+        for v6 in [false, true] {
+            let saved = save(&ns, backend, v6);
+            assert!(!saved.contains("INVALID"), "{backend:?}\n{saved}");
+        }
+        assert_eq!(engine.verify(&m).await.unwrap(), Drift::None);
+        // Another namespace, not liberal: a fresh engine there drops INVALID.
+        let other = Netns::new();
+        let mut engine = IptablesEngine::new(other.options(backend));
+        engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+        assert_eq!(engine.drops_invalid(), Some(true));
+        assert!(save(&other, backend, false).contains(INVALID));
     }
 }

@@ -7,8 +7,8 @@ mod support;
 use std::time::Instant;
 
 use support::{netns::*, *};
-use switchyard_core::{ChangeSet, Drift, IpFamily, ProxyEngine};
 use switchyard_iptables::{render_full, Backend, IptablesEngine};
+use switchyard_model::{ChangeSet, Drift, IpFamily, ProxyEngine};
 
 fn sizes() -> Vec<(usize, usize)> {
     std::env::var("SY_SCALE")
@@ -36,7 +36,12 @@ async fn timings() {
         return;
     }
     for (count, endpoints) in sizes() {
-        let m1 = big_model(count, endpoints);
+        let services = big_services(count, endpoints);
+        let m1 = model(services.clone());
+        // One endpoint of one service replaced.
+        let mut changed = services;
+        changed[count / 2].endpoints.pop();
+        let m2 = model(changed);
         let start = Instant::now();
         let text = render_full(&m1, IpFamily::V4);
         eprintln!(
@@ -51,9 +56,6 @@ async fn timings() {
             let start = Instant::now();
             let r = engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
             let full = start.elapsed();
-            let mut m2 = m1.clone();
-            let sp = m2.services.values_mut().nth(count / 2).unwrap();
-            sp.cluster_endpoints.pop();
             let changes = ChangeSet::between(&m1, &m2);
             let start = Instant::now();
             let p = engine.sync(&m2, &changes).await.unwrap();

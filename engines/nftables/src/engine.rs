@@ -98,7 +98,7 @@ impl NftablesEngine {
                 if result.is_err() {
                     self.socket = None;
                 }
-                return result.map(|()| "netlink");
+                return result.map(|()| "netlink").map_err(EngineError::from);
             }
         }
         apply::transaction(&self.options, &partial.text(&self.options.tables)).await?;

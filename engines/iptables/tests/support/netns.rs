@@ -11,36 +11,32 @@ pub use switchyard_e2e::require_root as have_root;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// A network namespace deleted on drop.
-pub struct Netns {
-    pub name: String,
-    _guard: NetNs,
-}
+/// A network namespace of its own (`sy-ipt-PID-N`), deleted on drop.
+pub struct Netns(NetNs);
 
 impl Netns {
     pub fn new() -> Netns {
-        let name = format!(
-            "sy-ipt-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let guard = NetNs::create(&name).unwrap_or_else(|e| panic!("creating {name}: {e:#}"));
-        Netns {
-            name,
-            _guard: guard,
-        }
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("sy-ipt-{}-{n}", std::process::id());
+        Netns(NetNs::create(&name).unwrap_or_else(|e| panic!("creating {name}: {e:#}")))
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
     /// Runs `TOOL ARGS` in the namespace with `input` on stdin; returns (success, stdout+stderr).
     pub fn run(&self, tool: &str, args: &[&str], input: &str) -> (bool, String) {
-        exec(&self.name, tool, args, input)
+        exec(self.name(), tool, args, input)
     }
 
+    /// Engine options programming this namespace, both families.
     pub fn options(&self, backend: Backend) -> IptOptions {
         IptOptions {
-            netns: Some(self.name.clone()),
+            netns: Some(self.name().to_string()),
             backend,
             ipv6: true,
+            ..IptOptions::default()
         }
     }
 }

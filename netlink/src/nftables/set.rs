@@ -1,0 +1,202 @@
+//! Sets and maps as nf_tables declares them: key and data types (nft's datatype ids,
+//! concatenations folded as nft folds them), flags, and the user data nft attaches so
+//! `nft list` prints our sets as it prints its own.
+
+use crate::attr::AttrWriter;
+
+/// nft's datatypes (`src/datatype.h`) that keys and map data use here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    Ipv4Addr,
+    Ipv6Addr,
+    /// An IP protocol number (1 byte).
+    InetProto,
+    /// A port (2 bytes, big-endian).
+    InetService,
+    /// A packet mark (4 bytes).
+    Mark,
+}
+
+impl KeyType {
+    /// nft's datatype id.
+    pub fn id(self) -> u32 {
+        match self {
+            KeyType::Ipv4Addr => 7,
+            KeyType::Ipv6Addr => 8,
+            KeyType::InetProto => 12,
+            KeyType::InetService => 13,
+            KeyType::Mark => 19,
+        }
+    }
+
+    /// Bytes of one value.
+    pub fn bytes(self) -> u32 {
+        match self {
+            KeyType::Ipv4Addr | KeyType::Mark => 4,
+            KeyType::Ipv6Addr => 16,
+            KeyType::InetProto => 1,
+            KeyType::InetService => 2,
+        }
+    }
+
+    /// Big-endian on the wire (addresses, ports): nft's user data says so.
+    fn big_endian(self) -> bool {
+        matches!(
+            self,
+            KeyType::Ipv4Addr | KeyType::Ipv6Addr | KeyType::InetService
+        )
+    }
+
+    /// The key type of a concatenation: each component shifted in by 6 bits, the first
+    /// one highest (nft's `concat_subtype_add`).
+    pub fn concat_id(parts: &[KeyType]) -> u32 {
+        parts.iter().fold(0, |acc, p| (acc << 6) | p.id())
+    }
+
+    /// The key length of a concatenation: each component padded to 4 bytes (one
+    /// register); a single type is its own length.
+    pub fn concat_len(parts: &[KeyType]) -> u32 {
+        match parts {
+            [one] => one.bytes(),
+            _ => parts.iter().map(|p| p.bytes().div_ceil(4) * 4).sum(),
+        }
+    }
+}
+
+/// What a map maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataType {
+    /// A verdict map (`: verdict`).
+    Verdict,
+    Value(KeyType),
+}
+
+/// Set flags (`NFT_SET_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SetFlags {
+    pub constant: bool,
+    /// Elements are ranges (prefixes).
+    pub interval: bool,
+    /// Elements expire (`flags timeout`).
+    pub timeout: bool,
+    /// Rules add elements (`flags dynamic`).
+    pub dynamic: bool,
+}
+
+pub(crate) const NFT_SET_CONSTANT: u32 = 0x2;
+pub(crate) const NFT_SET_INTERVAL: u32 = 0x4;
+pub(crate) const NFT_SET_MAP: u32 = 0x8;
+pub(crate) const NFT_SET_TIMEOUT: u32 = 0x10;
+pub(crate) const NFT_SET_EVAL: u32 = 0x20;
+pub(crate) const NFT_SET_CONCAT: u32 = 0x80;
+/// `NFT_DATA_VERDICT`: the data type of verdict maps.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+
+pub(crate) const NFTA_SET_TABLE: u16 = 1;
+pub(crate) const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_TIMEOUT: u16 = 11;
+const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC_CONCAT: u16 = 2;
+const NFTA_SET_FIELD_LEN: u16 = 1;
+const NFTA_LIST_ELEM: u16 = 1;
+/// nft's set user data (`NFTNL_UDATA_SET_KEYBYTEORDER` = 0, length 4, host-endian
+/// `BYTEORDER_BIG_ENDIAN` = 2).
+const USERDATA_KEY_BIG_ENDIAN: [u8; 6] = {
+    let v = 2u32.to_ne_bytes();
+    [0, 4, v[0], v[1], v[2], v[3]]
+};
+
+/// A set or map to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetSpec<'a> {
+    pub name: &'a str,
+    /// One type, or the components of a concatenation.
+    pub key: &'a [KeyType],
+    /// `Some` for a map.
+    pub data: Option<DataType>,
+    pub flags: SetFlags,
+    /// Default element timeout (`timeout 3h`), in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+impl SetSpec<'_> {
+    fn flag_bits(&self) -> u32 {
+        let f = &self.flags;
+        let mut bits = 0;
+        for (on, bit) in [
+            (f.constant, NFT_SET_CONSTANT),
+            (f.interval, NFT_SET_INTERVAL),
+            (f.timeout, NFT_SET_TIMEOUT),
+            (f.dynamic, NFT_SET_EVAL),
+            (self.data.is_some(), NFT_SET_MAP),
+            (self.key.len() > 1, NFT_SET_CONCAT),
+        ] {
+            if on {
+                bits |= bit;
+            }
+        }
+        bits
+    }
+
+    /// The `NEWSET` attributes, with `id` as the set's id in the transaction.
+    pub(crate) fn encode(&self, a: &mut AttrWriter<'_>, table: &str, id: u32) {
+        a.str(NFTA_SET_TABLE, table);
+        a.str(NFTA_SET_NAME, self.name);
+        a.be32(NFTA_SET_FLAGS, self.flag_bits());
+        a.be32(NFTA_SET_KEY_TYPE, KeyType::concat_id(self.key));
+        a.be32(NFTA_SET_KEY_LEN, KeyType::concat_len(self.key));
+        match self.data {
+            Some(DataType::Verdict) => a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
+            Some(DataType::Value(t)) => {
+                a.be32(NFTA_SET_DATA_TYPE, t.id());
+                a.be32(NFTA_SET_DATA_LEN, t.bytes());
+            }
+            None => {}
+        }
+        a.be32(NFTA_SET_ID, id);
+        if let Some(ms) = self.timeout_ms {
+            a.be64(NFTA_SET_TIMEOUT, ms);
+        }
+        // A concatenation names its fields' lengths and carries NFT_SET_CONCAT (kernels
+        // since 6.2 refuse one without the other), as nft does.
+        if self.key.len() > 1 {
+            a.nested(NFTA_SET_DESC, |a| {
+                a.nested(NFTA_SET_DESC_CONCAT, |a| {
+                    for part in self.key {
+                        a.nested(NFTA_LIST_ELEM, |a| a.be32(NFTA_SET_FIELD_LEN, part.bytes()));
+                    }
+                });
+            });
+        }
+        if let [one] = self.key {
+            if one.big_endian() {
+                a.put(NFTA_SET_USERDATA, &USERDATA_KEY_BIG_ENDIAN);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenations_fold_as_nft_does() {
+        let vip = [KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService];
+        // nft: ipv4_addr . inet_proto . inet_service
+        assert_eq!(KeyType::concat_id(&vip), (7 << 12) | (12 << 6) | 13);
+        assert_eq!(KeyType::concat_len(&vip), 12);
+        assert_eq!(KeyType::concat_len(&[KeyType::InetService]), 2);
+        assert_eq!(
+            KeyType::concat_len(&[KeyType::Ipv6Addr, KeyType::Ipv6Addr]),
+            32
+        );
+    }
+}
