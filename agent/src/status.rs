@@ -153,7 +153,7 @@ fn missing_features(s: &NodeStatus, requested: Mode) -> Option<String> {
             if c.missing.is_empty() {
                 c.detail.clone()
             } else {
-                c.missing.join(", ")
+                c.missing.join(",")
             }
         })
 }
@@ -481,7 +481,7 @@ mod tests {
     #[test]
     fn status_carries_missing_features_latency_and_conntrack() {
         let s = proxy_node_status(&node(), &table(950, true), &[]);
-        assert_eq!(s.missing_features.as_deref(), Some("ip_vs, ip_vs_rr"));
+        assert_eq!(s.missing_features.as_deref(), Some("ip_vs,ip_vs_rr"));
         let l = s.network_programming_latency.clone().unwrap();
         assert_eq!((l.p50_seconds, l.p99_seconds, l.samples), (0.02, 0.25, 7));
         let ct = s.conntrack.clone().unwrap();
@@ -500,7 +500,7 @@ mod tests {
             p.message
         );
         let json = serde_json::to_value(&s).unwrap();
-        assert_eq!(json["missingFeatures"], "ip_vs, ip_vs_rr");
+        assert_eq!(json["missingFeatures"], "ip_vs,ip_vs_rr");
         assert_eq!(json["conntrack"]["usagePercent"], 95);
         assert_eq!(json["networkProgrammingLatency"]["p99Seconds"], 0.25);
 

@@ -75,8 +75,8 @@ pub mod condition {
     printcolumn = r#"{"name":"Fallback","type":"boolean","jsonPath":".status.fallbackActive"}"#,
     printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
     printcolumn = r#"{"name":"Missing","type":"string","priority":1,"description":"What the requested mode lacks on this node","jsonPath":".status.missingFeatures"}"#,
-    printcolumn = r#"{"name":"Conntrack %","type":"integer","priority":1,"description":"Conntrack table fill","jsonPath":".status.conntrack.usagePercent"}"#,
-    printcolumn = r#"{"name":"Prog p99","type":"number","priority":1,"description":"Network programming latency, 99th percentile, seconds","jsonPath":".status.networkProgrammingLatency.p99Seconds"}"#,
+    printcolumn = r#"{"name":"Conntrack","type":"integer","priority":1,"description":"Conntrack table fill, percent","jsonPath":".status.conntrack.usagePercent"}"#,
+    printcolumn = r#"{"name":"Prog-P99","type":"number","priority":1,"description":"Network programming latency, 99th percentile, seconds","jsonPath":".status.networkProgrammingLatency.p99Seconds"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -152,8 +152,8 @@ pub struct ProxyNodeStatus {
     pub fallback_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<ModeCapability>,
-    /// What the requested mode lacks on this node (its capability's `missing`, joined),
-    /// e.g. "ip_vs, ip_vs_rr"; `switchyard probe` prints the fix for each.
+    /// What the requested mode lacks on this node (its capability's `missing`, joined
+    /// by commas), e.g. "ip_vs,ip_vs_rr"; `switchyard probe` prints the fix for each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_features: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
