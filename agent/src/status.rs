@@ -43,9 +43,51 @@ pub fn proxy_node_status(
         }
         None => (None, None, None, None),
     };
+    let mut conditions = engine_conditions(
+        s,
+        previous,
+        active,
+        fallback_reason.as_deref(),
+        degraded.as_deref(),
+    );
+    conditions.extend(conntrack_conditions(ct, previous));
+    ProxyNodeStatus {
+        config: s.config_name.clone(),
+        requested_mode: requested,
+        active_mode: active,
+        fallback_active: fallback_reason.is_some(),
+        fallback_reason,
+        capabilities: s.capabilities.clone(),
+        missing_features: requested.and_then(|m| missing_features(s, m)),
+        last_sync_time: s
+            .last_sync
+            .map(|t| Time(Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH))),
+        last_sync_duration_seconds: s.last_sync_duration.map(|d| d.as_secs_f64()),
+        service_ports: s.service_ports as i64,
+        endpoints: s.endpoints as i64,
+        rules: s.rules.map(|r| r as i64),
+        network_programming_latency: s.network_programming.map(|l| ProgrammingLatencyStatus {
+            p50_seconds: l.p50.as_secs_f64(),
+            p99_seconds: l.p99.as_secs_f64(),
+            samples: l.samples as i64,
+            window_seconds: l.window.as_secs() as i64,
+        }),
+        conntrack: conntrack_table(ct),
+        conditions,
+    }
+}
+
+/// Ready, FallbackActive, Degraded, ConfigConflict and SettingsUnused.
+fn engine_conditions(
+    s: &NodeStatus,
+    previous: &[Condition],
+    active: Option<Mode>,
+    fallback_reason: Option<&str>,
+    degraded: Option<&str>,
+) -> Vec<Condition> {
     let synced = s.last_sync.is_some() && s.last_error.is_none() && degraded.is_none();
     let (ready_reason, ready_message) = match (&degraded, &s.last_error, s.last_sync) {
-        (Some(r), _, _) => ("Degraded", r.clone()),
+        (Some(r), _, _) => ("Degraded", r.to_string()),
         (None, Some(e), _) => ("SyncFailed", e.clone()),
         (None, None, None) => ("NotSynced", "no sync yet".to_string()),
         (None, None, Some(_)) => (
@@ -56,7 +98,7 @@ pub fn proxy_node_status(
             ),
         ),
     };
-    let mut conditions = vec![
+    vec![
         condition::state(
             previous,
             condition::READY,
@@ -73,7 +115,7 @@ pub fn proxy_node_status(
             } else {
                 "RequestedModeActive"
             },
-            fallback_reason.clone().unwrap_or_default(),
+            fallback_reason.unwrap_or_default().to_string(),
         ),
         condition::state(
             previous,
@@ -84,7 +126,7 @@ pub fn proxy_node_status(
             } else {
                 "EngineRunning"
             },
-            degraded.clone().unwrap_or_default(),
+            degraded.unwrap_or_default().to_string(),
         ),
         condition::state(
             previous,
@@ -116,32 +158,7 @@ pub fn proxy_node_status(
             },
             s.unused_settings.join("; "),
         ),
-    ];
-    conditions.extend(conntrack_conditions(ct, previous));
-    ProxyNodeStatus {
-        config: s.config_name.clone(),
-        requested_mode: requested,
-        active_mode: active,
-        fallback_active: fallback_reason.is_some(),
-        fallback_reason,
-        capabilities: s.capabilities.clone(),
-        missing_features: requested.and_then(|m| missing_features(s, m)),
-        last_sync_time: s
-            .last_sync
-            .map(|t| Time(Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH))),
-        last_sync_duration_seconds: s.last_sync_duration.map(|d| d.as_secs_f64()),
-        service_ports: s.service_ports as i64,
-        endpoints: s.endpoints as i64,
-        rules: s.rules.map(|r| r as i64),
-        network_programming_latency: s.network_programming.map(|l| ProgrammingLatencyStatus {
-            p50_seconds: l.p50.as_secs_f64(),
-            p99_seconds: l.p99.as_secs_f64(),
-            samples: l.samples as i64,
-            window_seconds: l.window.as_secs() as i64,
-        }),
-        conntrack: conntrack_table(ct),
-        conditions,
-    }
+    ]
 }
 
 /// What the requested mode lacks here, joined (`None` when it can run, or for `auto`).
