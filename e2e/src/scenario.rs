@@ -430,7 +430,9 @@ impl Runner {
 /// (`kubeproxy_sync_proxy_rules_iptables_total{table}`, as upstream): a pseudo-flow that
 /// passes when both tables show a non-zero count.
 fn iptables_rule_metrics(sandbox: &Sandbox) -> FlowResult {
-    let text = sandbox.metrics().unwrap_or_else(|e| format!("error: {e:#}"));
+    let text = sandbox
+        .metrics()
+        .unwrap_or_else(|e| format!("error: {e:#}"));
     let count = |table: &str| -> Option<f64> {
         let prefix = format!("kubeproxy_sync_proxy_rules_iptables_total{{table=\"{table}\"}} ");
         text.lines()
