@@ -195,7 +195,8 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             format!("supported, not mounted at {bpffs_str}: the engine mounts it"),
         );
         f.note(format!(
-            "bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it"
+            "bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it (to mount it \
+             for good, before the agent starts: mount -t bpf bpf {bpffs_str})"
         ));
     } else {
         f.fail(
