@@ -17,7 +17,10 @@ use std::{
 };
 
 use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
-use tokio::sync::{watch, Notify};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant as TokioInstant,
+};
 
 use switchyard_model::{
     ChangeSet, Drift, EngineError, FamilyPlan, NodeModel, ProxyEngine, ServicePortPlan, SyncReport,
@@ -251,17 +254,17 @@ struct Finished {
     first_model: bool,
 }
 
-/// Prepares, programs (fully) and verifies a new engine.
+/// Prepares, programs (fully) and verifies a new engine; returns what its sync did.
 async fn start(
     engine: &mut dyn ProxyEngine,
     mode: Mode,
     model: &NodeModel,
-) -> Result<(), SyncError> {
+) -> Result<SyncReport, SyncError> {
     engine
         .prepare()
         .await
         .map_err(|source| SyncError::Prepare { mode, source })?;
-    engine
+    let report = engine
         .sync(model, &ChangeSet::full(model))
         .await
         .map_err(|source| SyncError::Sync { mode, source })?;
@@ -270,7 +273,7 @@ async fn start(
         .await
         .map_err(|source| SyncError::Verify { mode, source })?
     {
-        Drift::None => Ok(()),
+        Drift::None => Ok(report),
         Drift::Found(drift) => Err(SyncError::Unverified { mode, drift }),
     }
 }
@@ -479,33 +482,36 @@ impl SyncRunner {
         mode: Mode,
         config: &EffectiveConfig,
         model: &NodeModel,
-    ) -> Result<(), SyncError> {
+    ) -> Result<SyncReport, SyncError> {
         let mut engine = self
             .factory
             .build(mode, config)
             .map_err(|source| SyncError::Build { mode, source })?;
-        if let Err(e) = start(engine.as_mut(), mode, model).await {
-            let other_owner = self
-                .engine
-                .as_ref()
-                .map(|old| old.engine.owner() != engine.owner());
-            match other_owner {
-                Some(true) => {
-                    if let Err(c) = engine.cleanup().await {
-                        tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+        let report = match start(engine.as_mut(), mode, model).await {
+            Ok(report) => report,
+            Err(e) => {
+                let other_owner = self
+                    .engine
+                    .as_ref()
+                    .map(|old| old.engine.owner() != engine.owner());
+                match other_owner {
+                    Some(true) => {
+                        if let Err(c) = engine.cleanup().await {
+                            tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+                        }
+                    }
+                    Some(false) => {}
+                    None => {
+                        tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
+                        self.engine = Some(ActiveEngine {
+                            engine,
+                            built_with: config.clone(),
+                        });
                     }
                 }
-                Some(false) => {}
-                None => {
-                    tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
-                    self.engine = Some(ActiveEngine {
-                        engine,
-                        built_with: config.clone(),
-                    });
-                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let from = self.engine.take();
         if let Some(mut old) = from {
             let old_mode = old.engine.mode();
@@ -524,7 +530,7 @@ impl SyncRunner {
             engine,
             built_with: config.clone(),
         });
-        Ok(())
+        Ok(report)
     }
 
     /// Removes what other engines left on the node (a previous process in another mode
@@ -662,9 +668,9 @@ impl SyncRunner {
     ) -> Pass {
         if !self.engine_fits(mode, config) {
             return match self.switch_to(mode, config, model).await {
-                Ok(()) => {
+                Ok(report) => {
                     self.last_applied = diff.into_full();
-                    self.last_report = None;
+                    self.last_report = Some(report);
                     Pass::Synced {
                         full: true,
                         service_ports: model.services.len(),
@@ -834,19 +840,20 @@ impl SyncRunner {
         }
     }
 
-    /// Runs until `shutdown` turns true. Rules stay in place on return.
+    /// Runs until `shutdown` turns true. Rules stay in place on return. Its schedule
+    /// runs on tokio's clock (paused in tests), never the wall clock.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut pending = true;
         let mut force_full = true;
-        let mut last_attempt: Option<Instant> = None;
-        let mut retry_at: Option<Instant> = None;
+        let mut last_attempt: Option<TokioInstant> = None;
+        let mut retry_at: Option<TokioInstant> = None;
         let mut backoff = Duration::from_secs(1);
-        let mut next_periodic = Instant::now() + self.selected().config.sync_period;
-        let mut last_full: Option<Instant> = None;
+        let mut next_periodic = TokioInstant::now() + self.selected().config.sync_period;
+        let mut last_full: Option<TokioInstant> = None;
         self.health.queued();
         loop {
             let config = self.selected().config;
-            let now = Instant::now();
+            let now = TokioInstant::now();
             let mut wake = next_periodic;
             if now >= next_periodic {
                 // Every syncPeriod: a sync, and a drift check whose findings (logged and
@@ -870,13 +877,13 @@ impl SyncRunner {
                     last_attempt = Some(now);
                     match self.sync_once(force_full).await {
                         Pass::Failed(_) | Pass::Degraded(_) => {
-                            retry_at = Some(Instant::now() + backoff);
+                            retry_at = Some(TokioInstant::now() + backoff);
                             backoff = (backoff * 2).min(config.sync_period);
                             force_full = true;
                         }
                         Pass::Synced { .. } | Pass::Unchanged => {
                             if force_full {
-                                last_full = Some(Instant::now());
+                                last_full = Some(TokioInstant::now());
                             }
                             pending = false;
                             force_full = false;
@@ -893,7 +900,7 @@ impl SyncRunner {
                     pending = true;
                     self.health.queued();
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
                         tracing::info!("stopping; dataplane rules stay in place");

@@ -136,7 +136,7 @@ fn role(e: &Endpoint, target: &Target, local_policy: bool) -> Role {
     }
     Role::Left(if local_policy && !e.local {
         Left::NotLocal
-    } else if !e.ready && !(e.serving && e.terminating) {
+    } else if !e.ready && (!e.serving || !e.terminating) {
         Left::NotReady
     } else if !e.ready {
         Left::NotLocal
