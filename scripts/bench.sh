@@ -18,3 +18,10 @@ bench=target/release/switchyard-bench
 if [ -n "${BENCH_IPTABLES_NFT_50K:-}" ]; then
   "$bench" --engines iptables-nft --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
 fi
+# Standalone mode, file write to traffic on the new backend (inotify), 10k services: the
+# e2e test measures it with the release binary and prints the table row.
+echo
+echo "| agent | services | file write to traffic ms, median (min–max) of 9 |"
+echo "|---|---:|---:|"
+SWITCHYARD_BIN=target/release/switchyard "${CARGO:-cargo}" test --release -q -p switchyard-e2e \
+  --test programming_latency -- --nocapture | grep '^| standalone'

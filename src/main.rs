@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use switchyard_conntrack::Conntrack;
+use switchyard_conntrack::{node_cpus, Conntrack, Sysctls};
 use switchyard_core::{
+    conntrack_table::ConntrackMonitor,
     health::{serve_healthz, serve_metrics, Health},
     manifests::ManifestDir,
     metrics::Metrics,
@@ -268,6 +269,17 @@ impl NodeSide {
             wait_for_signal().await;
             let _ = stop_tx.send(true);
         });
+        // The ProxyConfig `conntrack` block, applied and watched beside the runner.
+        let conntrack = ConntrackMonitor::new(
+            Sysctls::host(),
+            node_cpus(std::path::Path::new("/sys")),
+            self.state.clone(),
+            self.node_name.clone(),
+            self.source.clone(),
+            self.metrics.clone(),
+        );
+        let conntrack_status = conntrack.status();
+        tokio::spawn(conntrack.run(stop_rx.clone()));
         let runner = SyncRunner::new(
             Arc::new(Registry {
                 ctx: BuildContext {
@@ -296,6 +308,7 @@ impl NodeSide {
                 client,
                 self.node_name,
                 runner.status(),
+                conntrack_status,
             ));
         }
         runner.run(stop_rx).await;

@@ -7,21 +7,29 @@
 //! - [`runner`]: the sync loop (debounce, periodic resync, retries, drift repair, engine
 //!   choice and make-before-break switches).
 //! - [`manifests`]: the standalone source reading a directory of YAML/JSON
-//!   ([`manifest_docs`]: one file's text into objects).
+//!   ([`manifest_docs`]: one file's text into objects), woken by [`dir_watch`]
+//!   (inotify, or polling where it cannot serve).
 //! - [`metrics`], [`health`], [`liveness`] and [`service_health`]: what the node tells
 //!   the outside world.
+//! - [`programming_latency`]: how long endpoint changes take to reach the kernel.
+//! - [`conntrack_table`]: the ProxyConfig `conntrack` block applied, and the table's
+//!   fill watched (pressure, refused settings).
 //!
 //! The model, its plans, change sets and the engine contract live in
 //! `switchyard-model` (re-exported here as [`model`], [`changes`] and [`engine`]). Core
-//! renders no kernel rules; it reaches the kernel only through engines, and through the
-//! stale-flow cleaner and servers the binary gives it.
+//! renders no kernel rules; it reaches the kernel only through engines, the stale-flow
+//! cleaner and servers the binary gives it, and the conntrack sysctls
+//! (`switchyard-conntrack`).
 
+pub mod conntrack_table;
+pub mod dir_watch;
 pub mod engine_choice;
 pub mod health;
 pub mod liveness;
 pub mod manifest_docs;
 pub mod manifests;
 pub mod metrics;
+pub mod programming_latency;
 pub mod runner;
 pub mod selection;
 pub mod service_health;

@@ -1,5 +1,5 @@
-//! The standalone source: a directory of Kubernetes YAML/JSON manifests, followed by
-//! polling. Every `*.yaml`, `*.yml` and `*.json` file is read (multi-document YAML and
+//! The standalone source: a directory of Kubernetes YAML/JSON manifests, followed through
+//! inotify (polling where inotify cannot serve; see [`crate::dir_watch`]). Every `*.yaml`, `*.yml` and `*.json` file is read (multi-document YAML and
 //! `kind: List` included); Service, EndpointSlice, Node and ProxyConfig objects enter
 //! `ClusterState`, other kinds are ignored.
 //!
@@ -27,6 +27,7 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use crate::{
+    dir_watch::DirWatch,
     liveness::Liveness,
     metrics::Metrics,
     state::{ClusterState, Object, ObjectKey, ObjectKind},
@@ -346,19 +347,33 @@ impl ManifestDir {
         changed
     }
 
-    /// Scans every `interval` on a dedicated thread ("manifests"), waking `notify` on
-    /// change, for as long as the process runs. The thread ticks a heartbeat in
-    /// `liveness` each time round (`manifests scan`, allowed `interval` +
-    /// [`SCAN_SILENCE_LIMIT`] of silence).
+    /// Scans on a dedicated thread ("manifests") whenever inotify reports a change in
+    /// the directory (and every [`crate::dir_watch::RESCAN_INTERVAL`] regardless), or every `interval`
+    /// where inotify cannot serve; wakes `notify` on change, for as long as the process
+    /// runs. The thread ticks a heartbeat in `liveness` each time round (`manifests
+    /// scan`, allowed the longer wait + [`SCAN_SILENCE_LIMIT`] of silence).
     pub fn follow(
-        mut self,
+        self,
         state: Arc<Mutex<ClusterState>>,
         notify: Arc<Notify>,
         interval: Duration,
         liveness: &Liveness,
     ) -> Following {
+        let wakeup = DirWatch::new(self.dir.clone(), interval);
+        self.follow_with(state, notify, wakeup, liveness)
+    }
+
+    /// [`ManifestDir::follow`], woken by `wakeup`.
+    pub fn follow_with(
+        mut self,
+        state: Arc<Mutex<ClusterState>>,
+        notify: Arc<Notify>,
+        mut wakeup: DirWatch,
+        liveness: &Liveness,
+    ) -> Following {
         let (done, first_read) = watch::channel(false);
-        let heartbeat = liveness.register("manifests scan", interval + SCAN_SILENCE_LIMIT);
+        let heartbeat =
+            liveness.register("manifests scan", wakeup.longest_wait() + SCAN_SILENCE_LIMIT);
         let fault = ScanFault::from_env();
         let mut waiting = WaitLog::default();
         std::thread::Builder::new()
@@ -380,7 +395,7 @@ impl ManifestDir {
                 } else if let Some(fault) = fault {
                     fault.strike();
                 }
-                std::thread::sleep(interval);
+                wakeup.wait();
             })
             .expect("spawning the manifests thread");
         Following { first_read }
@@ -678,6 +693,38 @@ mod tests {
             live.alive && live.loops[0].name == "manifests scan",
             "{live:?}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 12 part 3: with inotify, an edit is read at once, not at the next poll
+    /// (the poll interval here is a minute).
+    #[tokio::test]
+    async fn follows_edits_through_inotify() {
+        let dir = tmpdir("inotify");
+        std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+        let state = Arc::new(Mutex::new(ClusterState::default()));
+        let notify = Arc::new(Notify::new());
+        let mut following = ManifestDir::new(&dir, Metrics::new()).follow(
+            state.clone(),
+            notify.clone(),
+            Duration::from_secs(60),
+            &Liveness::new(),
+        );
+        following.first_read().await.unwrap();
+        // Let the scan thread reach its wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let written = std::time::Instant::now();
+        std::fs::write(dir.join("b.yaml"), SVC.replace("name: a", "name: b")).unwrap();
+        while state.lock().unwrap().service_count() < 2 {
+            assert!(
+                written.elapsed() < Duration::from_secs(3),
+                "not read within 3 s: inotify did not wake the scan"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let took = written.elapsed();
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        println!("file write to state: {took:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -33,6 +33,11 @@ pub struct TrafficPolicyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SettingLabel {
+    pub setting: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabel {
     pub table: String,
 }
@@ -58,6 +63,10 @@ pub struct Metrics {
     pub engine_fallback: Family<FallbackLabels, Gauge>,
     pub service_ports: Gauge,
     pub endpoints: Gauge,
+    pub conntrack_entries: Gauge,
+    pub conntrack_limit: Gauge,
+    pub conntrack_pressure: Gauge,
+    pub conntrack_refused: Family<SettingLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -95,6 +104,10 @@ impl Metrics {
             engine_fallback: Family::default(),
             service_ports: Gauge::default(),
             endpoints: Gauge::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_limit: Gauge::default(),
+            conntrack_pressure: Gauge::default(),
+            conntrack_refused: Family::default(),
         };
         r.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -180,6 +193,26 @@ impl Metrics {
             "switchyard_endpoints",
             "Endpoints programmed",
             m.endpoints.clone(),
+        );
+        r.register(
+            "switchyard_conntrack_entries",
+            "Entries in the node's conntrack table (nf_conntrack_count)",
+            m.conntrack_entries.clone(),
+        );
+        r.register(
+            "switchyard_conntrack_entries_limit",
+            "Size limit of the node's conntrack table (nf_conntrack_max)",
+            m.conntrack_limit.clone(),
+        );
+        r.register(
+            "switchyard_conntrack_pressure",
+            "1 while the conntrack table is more than 90% full (until back below 85%)",
+            m.conntrack_pressure.clone(),
+        );
+        r.register(
+            "switchyard_conntrack_setting_refused",
+            "1 for each conntrack setting of the ProxyConfig the kernel refused",
+            m.conntrack_refused.clone(),
         );
         Metrics {
             registry: Arc::new(r),

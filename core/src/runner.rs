@@ -17,7 +17,10 @@ use std::{
 };
 
 use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
-use tokio::sync::{watch, Notify};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant as TokioInstant,
+};
 
 use switchyard_model::{
     ChangeSet, Drift, EngineError, FamilyPlan, NodeModel, ProxyEngine, ServicePortPlan, SyncReport,
@@ -28,6 +31,7 @@ use crate::{
     engine_choice::{choose, EngineChoice},
     health::Health,
     metrics::{FallbackLabels, Metrics, ModeLabel, TableLabel, TrafficPolicyLabel},
+    programming_latency::{LatencySummary, ProgrammingLatency},
     selection,
     service_health::ServiceHealthServers,
     state::{model_config, ClusterState},
@@ -182,6 +186,8 @@ pub struct NodeStatus {
     /// ProxyConfig blocks this node does not use (`ipvs` while nftables runs...), each
     /// with why.
     pub unused_settings: Vec<String>,
+    /// Recent network programming latency (see `programming_latency`).
+    pub network_programming: Option<LatencySummary>,
 }
 
 /// The engine programming the node and the config it was built with.
@@ -218,6 +224,8 @@ pub struct SyncRunner {
     /// switch, whose sync is the new engine's start).
     last_applied: ChangeSet,
     last_report: Option<SyncReport>,
+    /// Endpoint changes waiting to be programmed, and the recent latencies.
+    programming: ProgrammingLatency,
 }
 
 /// The engine blocks of the ProxyConfig that the engine running here does not read.
@@ -244,21 +252,19 @@ struct Finished {
     elapsed: Duration,
     /// The model was built for the first time (a restarted agent has no previous model).
     first_model: bool,
-    /// When the oldest change this pass applied was noticed.
-    pending_since: Option<Instant>,
 }
 
-/// Prepares, programs (fully) and verifies a new engine.
+/// Prepares, programs (fully) and verifies a new engine; returns what its sync did.
 async fn start(
     engine: &mut dyn ProxyEngine,
     mode: Mode,
     model: &NodeModel,
-) -> Result<(), SyncError> {
+) -> Result<SyncReport, SyncError> {
     engine
         .prepare()
         .await
         .map_err(|source| SyncError::Prepare { mode, source })?;
-    engine
+    let report = engine
         .sync(model, &ChangeSet::full(model))
         .await
         .map_err(|source| SyncError::Sync { mode, source })?;
@@ -267,7 +273,7 @@ async fn start(
         .await
         .map_err(|source| SyncError::Verify { mode, source })?
     {
-        Drift::None => Ok(()),
+        Drift::None => Ok(report),
         Drift::Found(drift) => Err(SyncError::Unverified { mode, drift }),
     }
 }
@@ -376,6 +382,7 @@ impl SyncRunner {
             leftovers_removed: false,
             last_applied: ChangeSet::default(),
             last_report: None,
+            programming: ProgrammingLatency::default(),
         }
     }
 
@@ -475,33 +482,36 @@ impl SyncRunner {
         mode: Mode,
         config: &EffectiveConfig,
         model: &NodeModel,
-    ) -> Result<(), SyncError> {
+    ) -> Result<SyncReport, SyncError> {
         let mut engine = self
             .factory
             .build(mode, config)
             .map_err(|source| SyncError::Build { mode, source })?;
-        if let Err(e) = start(engine.as_mut(), mode, model).await {
-            let other_owner = self
-                .engine
-                .as_ref()
-                .map(|old| old.engine.owner() != engine.owner());
-            match other_owner {
-                Some(true) => {
-                    if let Err(c) = engine.cleanup().await {
-                        tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+        let report = match start(engine.as_mut(), mode, model).await {
+            Ok(report) => report,
+            Err(e) => {
+                let other_owner = self
+                    .engine
+                    .as_ref()
+                    .map(|old| old.engine.owner() != engine.owner());
+                match other_owner {
+                    Some(true) => {
+                        if let Err(c) = engine.cleanup().await {
+                            tracing::warn!(mode = %mode, error = %c, "cleaning up the engine that failed to start");
+                        }
+                    }
+                    Some(false) => {}
+                    None => {
+                        tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
+                        self.engine = Some(ActiveEngine {
+                            engine,
+                            built_with: config.clone(),
+                        });
                     }
                 }
-                Some(false) => {}
-                None => {
-                    tracing::warn!(mode = %mode, "first sync failed: the rules already in the kernel stay in place; retrying");
-                    self.engine = Some(ActiveEngine {
-                        engine,
-                        built_with: config.clone(),
-                    });
-                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let from = self.engine.take();
         if let Some(mut old) = from {
             let old_mode = old.engine.mode();
@@ -520,7 +530,7 @@ impl SyncRunner {
             engine,
             built_with: config.clone(),
         });
-        Ok(())
+        Ok(report)
     }
 
     /// Removes what other engines left on the node (a previous process in another mode
@@ -556,7 +566,12 @@ impl SyncRunner {
     /// recomputed, unless something node-wide changed. Returns the difference.
     fn refresh_model(&mut self, config: &EffectiveConfig) -> ChangeSet {
         let mut state = self.state.lock().expect("state lock poisoned");
-        let changes = state.take_changes();
+        let mut changes = state.take_changes();
+        self.programming.changed(
+            std::mem::take(&mut changes.trigger_times)
+                .into_values()
+                .flatten(),
+        );
         if self.model_built && !changes.global {
             return self.model.update_services(&*state, &changes.services);
         }
@@ -573,7 +588,7 @@ impl SyncRunner {
     }
 
     /// Builds the model and applies what changed (everything when `full`).
-    pub async fn sync_once(&mut self, full: bool, pending_since: Option<Instant>) -> Pass {
+    pub async fn sync_once(&mut self, full: bool) -> Pass {
         let started = Instant::now();
         let selected = self.selected();
         let config = &selected.config;
@@ -616,11 +631,14 @@ impl SyncRunner {
                 let done = Finished {
                     elapsed: started.elapsed(),
                     first_model,
-                    pending_since,
                 };
                 self.record_success(&model, done);
+                self.record_programmed();
             }
-            Pass::Unchanged => self.health.synced(),
+            Pass::Unchanged => {
+                self.health.synced();
+                self.record_programmed();
+            }
             Pass::Failed(e) => self.record_failure(e),
             Pass::Degraded(_) => {}
         }
@@ -650,9 +668,9 @@ impl SyncRunner {
     ) -> Pass {
         if !self.engine_fits(mode, config) {
             return match self.switch_to(mode, config, model).await {
-                Ok(()) => {
+                Ok(report) => {
                     self.last_applied = diff.into_full();
-                    self.last_report = None;
+                    self.last_report = Some(report);
                     Pass::Synced {
                         full: true,
                         service_ports: model.services.len(),
@@ -685,6 +703,15 @@ impl SyncRunner {
                 }
             }
             Err(source) => Pass::Failed(SyncError::Sync { mode, source }),
+        }
+    }
+
+    /// The pending endpoint changes are in the kernel: their latencies are observed.
+    fn record_programmed(&mut self) {
+        let histogram = &self.metrics.network_programming_duration;
+        if let Some(summary) = self.programming.programmed(histogram) {
+            self.status
+                .send_modify(|s| s.network_programming = Some(summary));
         }
     }
 
@@ -756,10 +783,6 @@ impl SyncRunner {
     ) {
         let m = &self.metrics;
         m.sync_duration.observe(done.elapsed.as_secs_f64());
-        if let Some(p) = done.pending_since {
-            m.network_programming_duration
-                .observe(p.elapsed().as_secs_f64());
-        }
         m.last_sync_timestamp.set(
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -817,20 +840,20 @@ impl SyncRunner {
         }
     }
 
-    /// Runs until `shutdown` turns true. Rules stay in place on return.
+    /// Runs until `shutdown` turns true. Rules stay in place on return. Its schedule
+    /// runs on tokio's clock (paused in tests), never the wall clock.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut pending = true;
-        let mut pending_since = Some(Instant::now());
         let mut force_full = true;
-        let mut last_attempt: Option<Instant> = None;
-        let mut retry_at: Option<Instant> = None;
+        let mut last_attempt: Option<TokioInstant> = None;
+        let mut retry_at: Option<TokioInstant> = None;
         let mut backoff = Duration::from_secs(1);
-        let mut next_periodic = Instant::now() + self.selected().config.sync_period;
-        let mut last_full: Option<Instant> = None;
+        let mut next_periodic = TokioInstant::now() + self.selected().config.sync_period;
+        let mut last_full: Option<TokioInstant> = None;
         self.health.queued();
         loop {
             let config = self.selected().config;
-            let now = Instant::now();
+            let now = TokioInstant::now();
             let mut wake = next_periodic;
             if now >= next_periodic {
                 // Every syncPeriod: a sync, and a drift check whose findings (logged and
@@ -852,18 +875,17 @@ impl SyncRunner {
                     .max(retry_at.unwrap_or(now));
                 if earliest <= now {
                     last_attempt = Some(now);
-                    match self.sync_once(force_full, pending_since).await {
+                    match self.sync_once(force_full).await {
                         Pass::Failed(_) | Pass::Degraded(_) => {
-                            retry_at = Some(Instant::now() + backoff);
+                            retry_at = Some(TokioInstant::now() + backoff);
                             backoff = (backoff * 2).min(config.sync_period);
                             force_full = true;
                         }
                         Pass::Synced { .. } | Pass::Unchanged => {
                             if force_full {
-                                last_full = Some(Instant::now());
+                                last_full = Some(TokioInstant::now());
                             }
                             pending = false;
-                            pending_since = None;
                             force_full = false;
                             retry_at = None;
                             backoff = Duration::from_secs(1);
@@ -876,10 +898,9 @@ impl SyncRunner {
             tokio::select! {
                 _ = self.notify.notified() => {
                     pending = true;
-                    pending_since.get_or_insert_with(Instant::now);
                     self.health.queued();
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
                         tracing::info!("stopping; dataplane rules stay in place");
@@ -1058,29 +1079,66 @@ mod tests {
         } = fixture("mode: nftables");
         state.lock().unwrap().upsert(service("a", "10.96.0.1"));
         assert!(!health.verdict().healthy);
-        assert_synced(runner.sync_once(false, None).await, true, 1);
+        assert_synced(runner.sync_once(false).await, true, 1);
         assert!(health.verdict().healthy);
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Unchanged
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Unchanged));
 
         state.lock().unwrap().upsert(service("b", "10.96.0.2"));
-        assert_synced(runner.sync_once(false, None).await, false, 1);
+        assert_synced(runner.sync_once(false).await, false, 1);
 
         calls.lock().unwrap().fail_next = 1;
         state.lock().unwrap().upsert(service("c", "10.96.0.3"));
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Failed(_)
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Failed(_)));
         // After a failure the kernel state is unknown: the next sync rewrites everything.
-        assert_synced(runner.sync_once(false, None).await, true, 3);
+        assert_synced(runner.sync_once(false).await, true, 3);
         let n = Mode::Nftables;
         assert_eq!(
             calls.lock().unwrap().syncs,
             vec![(n, true, 1), (n, false, 1), (n, true, 0)],
             "after the failure the engine rewrites everything from the model"
+        );
+    }
+
+    /// Issue 12 part 3: network programming latency runs from the slice's trigger-time
+    /// annotation (not from when the runner saw it) to the end of the pass that
+    /// programmed it, and a failed pass keeps it pending.
+    #[tokio::test]
+    async fn programming_latency_starts_at_the_trigger_time() {
+        let Fixture {
+            mut runner,
+            calls,
+            state,
+            metrics,
+            ..
+        } = fixture("mode: nftables");
+        state.lock().unwrap().upsert(service("a", "10.96.0.1"));
+        runner.sync_once(false).await;
+        let triggered = k8s_openapi::jiff::Timestamp::now();
+        std::thread::sleep(Duration::from_millis(300));
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_yaml::from_str(&format!(
+            "metadata: {{name: a-1, namespace: n, labels: {{kubernetes.io/service-name: a}}, \
+             annotations: {{endpoints.kubernetes.io/last-change-trigger-time: '{triggered}'}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [10.1.0.1]}}]\nports: [{{port: 8080}}]"
+        ))
+        .unwrap();
+        state
+            .lock()
+            .unwrap()
+            .upsert(Object::EndpointSlice(Box::new(slice)));
+        calls.lock().unwrap().fail_next = 1;
+        assert!(matches!(runner.sync_once(false).await, Pass::Failed(_)));
+        assert_eq!(runner.status().borrow().network_programming, None);
+        assert_synced(runner.sync_once(false).await, true, 1);
+        let summary = runner.status().borrow().network_programming.unwrap();
+        assert_eq!(summary.samples, 1);
+        assert!(
+            summary.p99 >= Duration::from_millis(300) && summary.p99 < Duration::from_secs(30),
+            "{summary:?}"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+            "{text}"
         );
     }
 
@@ -1091,10 +1149,7 @@ mod tests {
             metrics,
             ..
         } = fixture("mode: ipvs\nfallback: [nftables]");
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Synced { .. }
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Synced { .. }));
         assert_eq!(runner.mode(), Some(Mode::Nftables));
         let status = runner.status().borrow().clone();
         assert!(status.choice.as_ref().unwrap().is_fallback());
@@ -1114,14 +1169,9 @@ mod tests {
             health,
             ..
         } = fixture("mode: nftables");
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Synced { .. }
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Synced { .. }));
         state.lock().unwrap().upsert(config("mode: ipvs"));
-        assert!(
-            matches!(runner.sync_once(false, None).await, Pass::Degraded(r) if r.contains("ip_vs"))
-        );
+        assert!(matches!(runner.sync_once(false).await, Pass::Degraded(r) if r.contains("ip_vs")));
         assert!(!health.verdict().healthy);
         assert!(
             !calls.lock().unwrap().cleanups.contains(&Mode::Nftables),
@@ -1135,7 +1185,7 @@ mod tests {
     #[tokio::test]
     async fn engine_blocks_of_other_engines_are_reported_unused() {
         let Fixture { mut runner, .. } = fixture("mode: nftables\nipvs: {scheduler: wrr}");
-        runner.sync_once(false, None).await;
+        runner.sync_once(false).await;
         let unused = runner.status().borrow().unused_settings.clone();
         assert_eq!(unused.len(), 1, "{unused:?}");
         assert!(unused[0].starts_with("spec.ipvs:"), "{unused:?}");
@@ -1156,10 +1206,7 @@ mod tests {
         state.lock().unwrap().upsert(service("a", "10.96.0.1"));
         calls.lock().unwrap().fail_next = 2;
         for _ in 0..2 {
-            assert!(matches!(
-                runner.sync_once(false, None).await,
-                Pass::Failed(_)
-            ));
+            assert!(matches!(runner.sync_once(false).await, Pass::Failed(_)));
             assert!(!health.verdict().healthy);
         }
         assert!(
@@ -1167,7 +1214,7 @@ mod tests {
             "nothing may be cleaned up while the first sync fails"
         );
         assert_eq!(runner.mode(), Some(Mode::Nftables), "the engine stays");
-        assert_synced(runner.sync_once(false, None).await, true, 1);
+        assert_synced(runner.sync_once(false).await, true, 1);
         let c = calls.lock().unwrap();
         // A full rewrite (the retry's change set names nothing: the model was built).
         assert_eq!(c.syncs, vec![(Mode::Nftables, true, 0)]);
@@ -1183,20 +1230,11 @@ mod tests {
             mut runner, calls, ..
         } = fixture("mode: iptables");
         calls.lock().unwrap().fail_next = 1;
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Failed(_)
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Failed(_)));
         assert!(calls.lock().unwrap().cleanups.is_empty());
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Synced { .. }
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Synced { .. }));
         assert_eq!(calls.lock().unwrap().cleanups, vec![Mode::Nftables]);
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Unchanged
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Unchanged));
         assert_eq!(
             calls.lock().unwrap().cleanups,
             vec![Mode::Nftables],
@@ -1214,14 +1252,11 @@ mod tests {
             state,
             ..
         } = fixture("mode: nftables");
-        runner.sync_once(false, None).await;
+        runner.sync_once(false).await;
         calls.lock().unwrap().cleanups.clear();
         state.lock().unwrap().upsert(config("mode: iptables"));
         calls.lock().unwrap().fail_next = 1;
-        assert!(matches!(
-            runner.sync_once(false, None).await,
-            Pass::Failed(_)
-        ));
+        assert!(matches!(runner.sync_once(false).await, Pass::Failed(_)));
         assert_eq!(runner.mode(), Some(Mode::Nftables));
         assert_eq!(calls.lock().unwrap().cleanups, vec![Mode::Iptables]);
     }
@@ -1235,10 +1270,10 @@ mod tests {
             ..
         } = fixture("mode: nftables");
         state.lock().unwrap().upsert(service("a", "10.96.0.1"));
-        runner.sync_once(false, None).await;
+        runner.sync_once(false).await;
         state.lock().unwrap().upsert(config("mode: iptables"));
         assert!(matches!(
-            runner.sync_once(false, None).await,
+            runner.sync_once(false).await,
             Pass::Synced { full: true, .. }
         ));
         assert_eq!(runner.mode(), Some(Mode::Iptables));

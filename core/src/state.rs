@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     sync::Arc,
+    time::SystemTime,
 };
 
 use ipnet::IpNet;
@@ -32,6 +33,9 @@ use switchyard_model::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The Node label naming its zone, matched against EndpointSlice zone hints.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The EndpointSlice annotation dating the change that caused its last update
+/// (RFC 3339 with nanoseconds), set by the EndpointSlice controller.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Whether kube-proxy programs this Service at all: not headless, not ExternalName.
 pub fn is_proxied(svc: &Service) -> bool {
@@ -331,6 +335,27 @@ pub struct StateChanges {
     pub services: BTreeSet<ServiceKey>,
     /// A Node or ProxyConfig changed: everything must be recomputed.
     pub global: bool,
+    /// When the endpoint changes among these happened, per Service (see
+    /// `programming_latency`): the slices' trigger-time annotations, or when they were
+    /// seen here.
+    pub trigger_times: BTreeMap<ServiceKey, Vec<SystemTime>>,
+}
+
+/// When the change behind an EndpointSlice update happened: its trigger-time annotation
+/// when it parses, else `seen`; `None` for a change from before `started` (a
+/// predecessor's to program, as upstream ignores it).
+fn trigger_time(meta: &ObjectMeta, seen: SystemTime, started: SystemTime) -> Option<SystemTime> {
+    let annotated = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+        .and_then(|v| v.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(SystemTime::from);
+    match annotated {
+        Some(t) if t > started => Some(t),
+        Some(_) => None,
+        None => Some(seen),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -345,6 +370,8 @@ pub struct ClusterState {
     changes: StateChanges,
     /// Bumped on every change, so readers can tell whether anything moved.
     generation: u64,
+    /// When this store was made: older trigger times are not this process's to time.
+    started: SystemTime,
 }
 
 impl Default for ClusterState {
@@ -359,8 +386,10 @@ impl Default for ClusterState {
             changes: StateChanges {
                 services: BTreeSet::new(),
                 global: true,
+                trigger_times: BTreeMap::new(),
             },
             generation: 0,
+            started: SystemTime::now(),
         }
     }
 }
@@ -388,6 +417,16 @@ impl ClusterState {
                 let new_owner = entry.service.clone();
                 let changed = replace(&mut self.endpoint_slices, key.clone(), entry);
                 if changed {
+                    let seen = SystemTime::now();
+                    if let (Some(svc), Some(t)) =
+                        (&new_owner, trigger_time(&o.metadata, seen, self.started))
+                    {
+                        self.changes
+                            .trigger_times
+                            .entry((key.namespace.clone(), svc.clone()))
+                            .or_default()
+                            .push(t);
+                    }
                     self.reindex_slice(&key, old_owner, new_owner);
                 }
                 changed
@@ -429,6 +468,11 @@ impl ClusterState {
             }
             ObjectKind::EndpointSlice => match self.endpoint_slices.remove(key) {
                 Some(old) => {
+                    if let Some(svc) = &old.service {
+                        self.changes
+                            .trigger_times
+                            .remove(&(key.namespace.clone(), svc.clone()));
+                    }
                     self.reindex_slice(key, old.service, None);
                     true
                 }
@@ -682,6 +726,41 @@ mod tests {
         assert_eq!(st.slices_of("ns", "s").count(), 0);
         assert_eq!(st.slices_of("ns", "t").count(), 1);
         assert_eq!(st.take_changes().services.len(), 2);
+    }
+
+    #[test]
+    fn slice_changes_carry_their_trigger_times() {
+        let mut st = ClusterState::default();
+        let key = ("ns".to_string(), "s".to_string());
+        // No annotation: timed from when it was seen.
+        let before = SystemTime::now();
+        st.upsert(object(SLICE));
+        let times = st.take_changes().trigger_times.remove(&key).unwrap();
+        assert!(times.len() == 1 && times[0] >= before, "{times:?}");
+        // An annotation after the start wins; one from before the start is ignored.
+        let annotated = |t: &str| {
+            SLICE.replace(
+                "labels:",
+                &format!("annotations: {{endpoints.kubernetes.io/last-change-trigger-time: '{t}'}}, labels:"),
+            )
+        };
+        let later = k8s_openapi::jiff::Timestamp::try_from(st.started).unwrap()
+            + k8s_openapi::jiff::SignedDuration::from_millis(1500);
+        st.upsert(object(
+            &annotated(&later.to_string()).replace("10.1.0.2", "10.1.0.9"),
+        ));
+        let times = st.take_changes().trigger_times.remove(&key).unwrap();
+        assert_eq!(times, [SystemTime::from(later)]);
+        st.upsert(object(
+            &annotated("2020-01-01T00:00:00.123456789Z").replace("10.1.0.2", "10.1.0.8"),
+        ));
+        let changes = st.take_changes();
+        assert!(changes.services.contains(&key));
+        assert!(changes.trigger_times.is_empty(), "{changes:?}");
+        // A change then the slice's removal: nothing left to time.
+        st.upsert(object(SLICE));
+        st.remove(&object(SLICE).key());
+        assert!(st.take_changes().trigger_times.is_empty());
     }
 
     #[test]

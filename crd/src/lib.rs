@@ -14,7 +14,10 @@ mod engine_config;
 mod proxy_config;
 mod proxy_node;
 
-pub use proxy_node::{condition, ModeCapability, ProxyNode, ProxyNodeSpec, ProxyNodeStatus};
+pub use proxy_node::{
+    condition, ConntrackTableStatus, ModeCapability, ProgrammingLatencyStatus, ProxyNode,
+    ProxyNodeSpec, ProxyNodeStatus,
+};
 
 /// Every CRD Switchyard defines, as one multi-document YAML (what `switchyard crd` prints
 /// and what the Helm chart ships).

@@ -55,6 +55,11 @@ pub mod condition {
     /// The ProxyConfig sets a block (`ipvs`, `ebpf`) for an engine that does not run
     /// here: validated, and reported as unused.
     pub const SETTINGS_UNUSED: &str = "SettingsUnused";
+    /// The conntrack table is more than 90 % full (until back below 85 %): new flows
+    /// are dropped once it is full.
+    pub const CONNTRACK_PRESSURE: &str = "ConntrackPressure";
+    /// The kernel refused settings of the ProxyConfig `conntrack` block.
+    pub const CONNTRACK_SETTINGS_REFUSED: &str = "ConntrackSettingsRefused";
 }
 
 #[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -69,6 +74,9 @@ pub mod condition {
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeMode"}"#,
     printcolumn = r#"{"name":"Fallback","type":"boolean","jsonPath":".status.fallbackActive"}"#,
     printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Missing","type":"string","priority":1,"description":"What the requested mode lacks on this node","jsonPath":".status.missingFeatures"}"#,
+    printcolumn = r#"{"name":"Conntrack","type":"integer","priority":1,"description":"Conntrack table fill, percent","jsonPath":".status.conntrack.usagePercent"}"#,
+    printcolumn = r#"{"name":"Prog-P99","type":"number","priority":1,"description":"Network programming latency, 99th percentile, seconds","jsonPath":".status.networkProgrammingLatency.p99Seconds"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +100,41 @@ pub struct ModeCapability {
     pub detail: String,
 }
 
+/// The node's conntrack table (see the agent's conntrack monitor).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackTableStatus {
+    /// `nf_conntrack_count` at the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<i64>,
+    /// `nf_conntrack_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Entries as a whole percentage of the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_percent: Option<i64>,
+    /// Settings of the ProxyConfig `conntrack` block the kernel refused, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// Why the table could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+/// Recent network programming latency: from an endpoint change (the EndpointSlice's
+/// `endpoints.kubernetes.io/last-change-trigger-time`, else when the node saw it) to the
+/// kernel holding it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgrammingLatencyStatus {
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+    /// Changes summarized.
+    pub samples: i64,
+    /// How far back the summary looks.
+    pub window_seconds: i64,
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyNodeStatus {
@@ -109,6 +152,10 @@ pub struct ProxyNodeStatus {
     pub fallback_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<ModeCapability>,
+    /// What the requested mode lacks on this node (its capability's `missing`, joined
+    /// by commas), e.g. "ip_vs,ip_vs_rr"; `switchyard probe` prints the fix for each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_features: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +166,10 @@ pub struct ProxyNodeStatus {
     pub endpoints: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_programming_latency: Option<ProgrammingLatencyStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackTableStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -31,7 +31,15 @@ const ONE_OF_TRIES: usize = 16;
 const REJECT_TRIES: usize = 3;
 const DROP_TRIES: usize = 2;
 /// How long the agent may take to answer `/healthz`.
-const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the agent may take to become healthy: its start (probe included) and first
+/// sync, generously; six times as long inside the VM lane (TCG emulation).
+fn healthy_timeout() -> Duration {
+    if std::env::var_os(crate::vm::IN_VM_VAR).is_some() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(20)
+    }
+}
 
 /// One scenario file.
 #[derive(Clone, Debug, Deserialize)]
@@ -384,9 +392,9 @@ impl Runner {
                 let addr = addr
                     .parse()
                     .with_context(|| format!("healthzBindAddress {addr:?}"))?;
-                sandbox.wait_healthy_at(addr, HEALTHY_TIMEOUT)?;
+                sandbox.wait_healthy_at(addr, healthy_timeout())?;
             }
-            None => sandbox.wait_healthy(HEALTHY_TIMEOUT)?,
+            None => sandbox.wait_healthy(healthy_timeout())?,
         }
 
         let mut flows = Vec::new();

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
@@ -504,6 +504,22 @@ fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
         },
     )?;
     println!("{}", c.kubectl(&["get", "proxynode"])?);
+    // Issue 12 part 4: `-o wide` adds what the requested mode lacks (a priority-1 column).
+    let wide = c.kubectl(&["get", "proxynode", "-o", "wide"])?;
+    println!("{wide}");
+    let header = wide.lines().next().unwrap_or_default();
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with("test-node"))
+        .unwrap_or_default();
+    ensure!(
+        header.contains("MISSING") && row.contains("ip_vs") && header.contains("CONNTRACK"),
+        "kubectl get proxynode -o wide lacks the missing features:\n{wide}"
+    );
+    ensure!(
+        !c.kubectl(&["get", "proxynode"])?.contains("MISSING"),
+        "the Missing column is for -o wide only"
+    );
 
     eventually(
         c,

@@ -10,6 +10,7 @@
 //! - [`plan`]: [`ServicePortPlan`] and [`FamilyPlan`], every Service semantic decided.
 //! - [`model`]: [`NodeModel`], the plans of this node and the node-wide settings.
 //! - [`changes`]: [`ChangeSet`], the difference between two models.
+//! - [`explain`]: why each endpoint serves a plan's targets or not (`switchyard explain`).
 //! - [`engine`]: the [`ProxyEngine`] contract and its typed errors; [`tool`]: running an
 //!   engine's command-line tool.
 //! - [`family`], [`name`], [`mode`]: IP families and protocols, service port names, their
@@ -18,6 +19,7 @@
 pub mod changes;
 pub mod endpoints;
 pub mod engine;
+pub mod explain;
 pub mod facts;
 pub mod family;
 pub mod mode;

@@ -227,7 +227,7 @@ impl NodeModel {
 
 /// Every endpoint of the slices whose port named `port_name` has `protocol`, each
 /// address and port once.
-fn slice_endpoints(
+pub(crate) fn slice_endpoints(
     slices: &[&SliceEntry],
     port_name: &str,
     protocol: Protocol,

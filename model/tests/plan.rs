@@ -272,3 +272,34 @@ fn incremental_update_equals_a_full_build() {
     assert_eq!(diff.previous.len(), 2);
     assert_eq!(m, NodeModel::build(&catalog, &node, &config));
 }
+
+#[test]
+fn explanations_read_the_plan() {
+    use switchyard_model::explain::{explain_port, Left, Role};
+    use switchyard_model::test_util::TestCatalog;
+    let mut remote = ep("10.1.0.2", 80, false);
+    remote.zone_hints = vec!["zone-b".into()];
+    let mut local = ep("10.1.0.1", 80, true);
+    local.zone_hints = vec!["zone-a".into()];
+    let mut gone = ep("10.1.0.3", 80, true);
+    gone.ready = false;
+    gone.serving = false;
+    let mut s = external(service("s", &["10.96.0.1"], 80, vec![local, remote, gone]));
+    s.external_policy_local = true;
+    let catalog = TestCatalog::new(&[s.clone()]);
+    let e = explain_port(&catalog, &test_util::node(), &test_util::config(), &s.name).unwrap();
+    let role = |ip: &str| {
+        e.endpoints
+            .iter()
+            .find(|r| r.endpoint.ip.to_string() == ip)
+            .map(|r| (r.internal.clone(), r.external.clone()))
+            .unwrap()
+    };
+    assert_eq!(role("10.1.0.1"), (Role::Serves, Role::Serves));
+    assert!(matches!(
+        role("10.1.0.2").0,
+        Role::Left(Left::Topology { .. })
+    ));
+    assert_eq!(role("10.1.0.2").1, Role::Left(Left::NotLocal));
+    assert_eq!(role("10.1.0.3").0, Role::Left(Left::NotReady));
+}

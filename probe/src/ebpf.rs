@@ -156,12 +156,15 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             format!("supported, not mounted at {bpffs_str}: the engine mounts it"),
         );
         f.note(if can_mount {
-            format!("bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it")
+            format!(
+                "bpffs is not mounted at {bpffs_str}; the eBPF engine mounts it (to mount it \
+                 for good, before the agent starts: mount -t bpf bpf {bpffs_str})"
+            )
         } else {
             format!(
                 "bpffs is not mounted at {bpffs_str} and mounting it needs CAP_SYS_ADMIN, \
-                 which this process lacks: the engine works where bpffs is mounted for it \
-                 (the host's systemd does at boot; the chart's agent.ebpf.mountBpffs)"
+                 which this process lacks: mount it before the agent starts (mount -t bpf \
+                 bpf {bpffs_str}; systemd does at boot; the chart's agent.ebpf.mountBpffs)"
             )
         });
     } else {

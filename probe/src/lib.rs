@@ -14,6 +14,8 @@
 //!   say what each engine's checks are).
 //! - [`ProbeReport`], [`ModeReport`], [`Check`]: the findings, serializable for
 //!   `switchyard probe --output json` and the `ProxyNode` status.
+//! - [`fix`]: the fix for each missing feature (`modprobe` line, package, kernel option,
+//!   mount), in [`ModeReport::fixes`] and the table `switchyard probe` prints.
 //! - [`ProbeReport::warnings`]: node problems no mode owns ([`bridge`]: a pod bridge
 //!   without `br_netfilter`).
 //! - [`ipvs::load_modules`], [`Probe::load_ipvs_modules`]: the one way the probe changes
@@ -25,6 +27,7 @@ pub mod command;
 mod context;
 pub mod ebpf;
 pub mod error;
+pub mod fix;
 pub mod genl;
 pub mod iptables;
 pub mod ipvs;
@@ -38,6 +41,7 @@ pub mod version;
 use std::time::Duration;
 
 pub use error::{CommandError, GenlError, ModuleLoadError, NetnsError};
+pub use fix::Fix;
 pub use report::{Check, ModeReport, NotLoaded, ProbeReport};
 pub use roots::ProbeRoots;
 pub use switchyard_crd::Mode;
@@ -119,13 +123,16 @@ impl Probe {
                 continue;
             }
             seen.push(mode);
-            reports.push(match mode {
-                Mode::Iptables => iptables::probe(&ctx),
-                Mode::Nftables => nftables::probe(&ctx),
-                Mode::Ipvs => ipvs::probe(&ctx),
-                Mode::Ebpf => ebpf::probe(&ctx),
-                Mode::Auto => unreachable!("skipped above"),
-            });
+            reports.push(
+                match mode {
+                    Mode::Iptables => iptables::probe(&ctx),
+                    Mode::Nftables => nftables::probe(&ctx),
+                    Mode::Ipvs => ipvs::probe(&ctx),
+                    Mode::Ebpf => ebpf::probe(&ctx),
+                    Mode::Auto => unreachable!("skipped above"),
+                }
+                .with_fixes(&release),
+            );
         }
         ProbeReport {
             kernel_release: release,

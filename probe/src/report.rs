@@ -7,7 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchyard_crd::Mode;
 
-use crate::kernel_module::is_module_name;
+use crate::{
+    fix::{fix_for, Fix},
+    kernel_module::is_module_name,
+};
 
 /// The findings for every probed mode on this node.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub struct ModeReport {
     /// Facts worth knowing that are not failures (backend chosen, versions, mounts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What to do about each of `missing`, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixes: Vec<Fix>,
 }
 
 /// A kernel module that is not loaded although this kernel has it (loadable), or that a
@@ -94,7 +100,21 @@ impl ModeReport {
             missing: unique,
             not_loaded: Vec::new(),
             notes,
+            fixes: Vec::new(),
         }
+    }
+
+    /// Fills `fixes`: one per missing feature, for kernel `release`.
+    pub fn with_fixes(mut self, release: &str) -> Self {
+        self.fixes = self
+            .missing
+            .iter()
+            .map(|m| Fix {
+                missing: m.clone(),
+                fix: fix_for(m, self.not_loaded.iter().find(|n| n.module == *m), release),
+            })
+            .collect();
+        self
     }
 
     /// Marks modules of `missing` as present but not loaded (adding any not listed yet).
@@ -196,6 +216,12 @@ impl ProbeReport {
                 reason
             ));
         }
+        for m in self.modes.iter().filter(|m| !m.fixes.is_empty()) {
+            out.push_str(&format!("\nto fix {}:\n", m.mode.as_str()));
+            for f in &m.fixes {
+                out.push_str(&format!("  {}: {}\n", f.missing, f.fix));
+            }
+        }
         for m in &self.modes {
             out.push_str(&format!("\n{}:\n", m.mode.as_str()));
             let width = m.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
@@ -255,16 +281,23 @@ mod tests {
     fn serializes_camel_case_and_round_trips() {
         let r = ProbeReport {
             kernel_release: "6.1.0".into(),
-            modes: vec![report(&["ip_vs"])],
+            modes: vec![report(&["ip_vs"]).with_fixes("6.1.0")],
             warnings: vec!["bridge cbr0 without br_netfilter".into()],
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["kernelRelease"], "6.1.0");
         assert_eq!(json["modes"][0]["mode"], "ipvs");
         assert_eq!(json["modes"][0]["missing"][0], "ip_vs");
-        let back: ProbeReport = serde_json::from_value(json).unwrap();
+        let back: ProbeReport = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, r);
         assert!(r.table().contains("missing kernel module ip_vs"));
+        assert!(
+            r.table()
+                .contains("to fix ipvs:\n  ip_vs: not built for kernel 6.1.0"),
+            "{}",
+            r.table()
+        );
+        assert_eq!(json["modes"][0]["fixes"][0]["missing"], "ip_vs");
         assert!(r.table().contains("warning: bridge cbr0"));
     }
 

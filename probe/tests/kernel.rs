@@ -74,6 +74,26 @@ fn probes_this_machine() {
 
     assert_ipvs_fits_this_kernel(report.get(Mode::Ipvs).unwrap());
 
+    // Issue 12 part 4: every missing feature of every mode comes with a known fix.
+    for m in &report.modes {
+        let named: Vec<&str> = m.fixes.iter().map(|f| f.missing.as_str()).collect();
+        assert_eq!(named, m.missing, "{}: a fix per missing feature", m.mode);
+        for f in &m.fixes {
+            assert!(
+                !f.fix.starts_with("no known fix"),
+                "{}: {} has no fix: {f:?}",
+                m.mode,
+                f.missing
+            );
+            assert!(
+                report
+                    .table()
+                    .contains(&format!("  {}: {}", f.missing, f.fix)),
+                "the table prints it"
+            );
+        }
+    }
+
     // The JSON form round-trips.
     let json = serde_json::to_string(&report).unwrap();
     assert!(json.contains("\"kernelRelease\""));
