@@ -150,31 +150,6 @@ impl IpvsEngine {
             .collect()
     }
 
-    /// The helper table of every family, as one `nft -f` transaction.
-    fn helper_text(&self, record: &Record, rules: &[NodeRules]) -> String {
-        let elements = record.elements();
-        let mut text = String::new();
-        for node in rules {
-            let chains: Vec<&helper::Chain> = record
-                .chains
-                .values()
-                .filter(|c| c.family == node.family)
-                .collect();
-            let mine: Vec<&helper::Element> = elements
-                .iter()
-                .filter(|(f, _)| *f == node.family)
-                .map(|(_, e)| e)
-                .collect();
-            text.push_str(&helper::text::full_table(
-                &self.options.table,
-                node,
-                &chains,
-                &mine,
-            ));
-        }
-        text
-    }
-
     async fn full_sync(
         &mut self,
         model: &NodeModel,
@@ -204,7 +179,8 @@ impl IpvsEngine {
         )?;
         owned.vips.extend(old_vips.iter().copied());
         let rules = self.node_rules(model);
-        self.nft(&self.helper_text(&record, &rules)).await?;
+        self.nft(&helper::text::tables(&self.options.table, &record, &rules))
+            .await?;
         let wanted = record.addresses();
         let rtnl = self.rtnl.as_mut().expect("opened");
         for ip in wanted.difference(&old_vips) {

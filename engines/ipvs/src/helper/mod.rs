@@ -9,10 +9,7 @@
 //! Why nftables and not iptables + ipset as upstream: the project already speaks
 //! nf_tables (netlink batches, dumps), one table holds the whole ruleset and is
 //! replaced atomically, sets take concatenated `addr . proto . port` keys (upstream
-//! needs one ipset per key shape), and `ct original` lets masquerading be decided in
-//! postrouting from the connection's original destination, so no mark bit is spent
-//! on it (IPVS compares a packet's whole mark with a firewall-mark service's mark, so
-//! a masquerade bit would break the short circuit's fwmark services).
+//! needs one ipset per key shape), and no second tool (`ipset`) is needed.
 //!
 //! Hooks, against IPVS's own (`LOCAL_IN` at 98 for traffic from elsewhere, `LOCAL_OUT`
 //! at -98 for the node's own):
@@ -21,17 +18,24 @@
 //!   @short-circuit` → `sc-H`: `meta mark set M`), which selects the port's fwmark
 //!   virtual server (cluster-wide backends);
 //! - `output` (filter, -150, before IPVS): the node's own traffic gets the same marks,
-//!   then the checks;
-//! - `input` (filter, 0, before IPVS): the checks;
+//!   then the checks, then the masquerade mark;
+//! - `input` (filter, 0, before IPVS): the checks, then the masquerade mark;
 //! - `checks`: load-balancer source ranges (`vmap @firewall` → `fw-H`), then, unless
 //!   short-circuited (`meta mark @sc-marks`), Drop and Reject targets (`vmap
 //!   @no-endpoint`), then traffic to a cluster IP on a port no service has is
 //!   rejected (`@cluster-ports`, `@cluster-ips`);
-//! - `postrouting` (nat, 100): masquerading, by the connection's original destination:
-//!   hairpin (`@hairpin` endpoint pairs), external destinations under the Cluster
-//!   policy (`@masq-external`), the node's own traffic to Local-policy external
-//!   destinations (`@local-external`), and cluster IPs from outside the cluster CIDRs
-//!   (or from anywhere with `masqueradeAll`) (`@cluster-ports`).
+//! - `mark-for-masquerade`: mark 0x4000 (kube-proxy's) for external destinations
+//!   under the Cluster policy (`@masq-external`) and cluster IPs from outside the
+//!   cluster CIDRs (or from anywhere with `masqueradeAll`); the node's own traffic to
+//!   Local-policy external destinations too (`@local-external`, in `output`);
+//! - `postrouting` (nat, 100): hairpin (`@hairpin` endpoint pairs) is marked; the
+//!   node's own short-circuited traffic is masqueraded; `masquerading` SNATs marked
+//!   packets and clears the bit.
+//!
+//! Why a mark set before IPVS and not `ct original` in postrouting: nft 1.0.6 refuses
+//! `ct original proto-dst` in a concatenation (its type is unknown without a protocol
+//! context). Why short-circuited packets never carry the masquerade bit: IPVS compares
+//! a packet's whole mark with a firewall-mark service's mark.
 //!
 //! `node-ports` records which NodePort virtual servers are ours (for cleanup and
 //! adoption after a restart); no rule reads it.
@@ -56,15 +60,6 @@ pub const TABLE: &str = "switchyard-ipvs";
 pub const REJECT_CHAIN: &str = "reject-chain";
 pub const CHECKS_CHAIN: &str = "checks";
 
-/// The base chains and the fixed chains: (name, rule count) is what `verify` checks.
-pub const FIXED_CHAINS: [&str; 6] = [
-    "prerouting",
-    "output",
-    "input",
-    "postrouting",
-    CHECKS_CHAIN,
-    REJECT_CHAIN,
-];
 
 /// The sets and maps service ports add elements to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

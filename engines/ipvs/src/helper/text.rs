@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 use switchyard_model::{IpFamily, MasqueradeSources};
 
+use crate::record::Record;
+
 use super::{
     addr_type, nft_family, Chain, Element, SetKind, CHECKS_CHAIN, CLUSTER_CIDRS_SET, REJECT_CHAIN,
 };
@@ -34,45 +36,41 @@ fn frontend_match(ipx: &str) -> String {
     format!("{ipx} daddr . meta l4proto . th dport")
 }
 
-/// `ct original ip daddr . meta l4proto . ct original proto-dst`: the destination the
-/// client sent to, after IPVS rewrote the packet's.
-fn original_frontend(ipx: &str) -> String {
-    format!("ct original {ipx} daddr . meta l4proto . ct original proto-dst")
+/// The mark bit asking `masquerading` to SNAT a packet (kube-proxy's). IPVS compares
+/// a packet's whole mark with firewall-mark services' marks, so packets carrying a
+/// short-circuit mark never get it (their masquerading is decided apart).
+pub const MASQUERADE_MARK: &str = "0x00004000";
+
+pub const MARK_CHAIN: &str = "mark-for-masquerade";
+pub const MASQUERADING_CHAIN: &str = "masquerading";
+
+fn set_masquerade_mark() -> String {
+    format!("meta mark set meta mark or {MASQUERADE_MARK}")
 }
 
 /// The fixed chains of one family's table (rules depend on node-wide settings only).
 pub fn fixed_chains(node: &NodeRules) -> Vec<FixedChain> {
     let ipx = nft_family(node.family);
     let frontend = frontend_match(ipx);
-    let original = original_frontend(ipx);
-    let has_cidrs = !node.cluster_cidrs.is_empty();
-    let short_circuit = format!("ct state new {frontend} vmap @{}", SetKind::ShortCircuit.name());
+    let sc = SetKind::ShortCircuit.name();
+    let not_short_circuited = format!("meta mark != @{}", SetKind::ScMarks.name());
     let mut prerouting = Vec::new();
-    if has_cidrs {
+    if !node.cluster_cidrs.is_empty() {
         prerouting.push(format!(
-            "ct state new {ipx} saddr @{CLUSTER_CIDRS_SET} {frontend} vmap @{}",
-            SetKind::ShortCircuit.name()
+            "ct state new {ipx} saddr @{CLUSTER_CIDRS_SET} {frontend} vmap @{sc}"
         ));
     }
-    let mut postrouting = vec![
-        format!(
-            "{ipx} saddr . {ipx} daddr @{} masquerade fully-random",
-            SetKind::Hairpin.name()
-        ),
-        format!(
-            "{original} @{} masquerade fully-random",
-            SetKind::MasqExternal.name()
-        ),
-        format!(
-            "fib saddr type local {original} @{} masquerade fully-random",
-            SetKind::LocalExternal.name()
-        ),
-    ];
-    let cluster = format!("{original} @{}", SetKind::ClusterPorts.name());
+    let mut mark = vec![format!(
+        "{frontend} @{} {}",
+        SetKind::MasqExternal.name(),
+        set_masquerade_mark()
+    )];
+    let cluster = format!("{frontend} @{}", SetKind::ClusterPorts.name());
     match node.masquerade {
-        MasqueradeSources::All => postrouting.push(format!("{cluster} masquerade fully-random")),
-        MasqueradeSources::OutsideClusterCidrs => postrouting.push(format!(
-            "{cluster} {ipx} saddr != @{CLUSTER_CIDRS_SET} masquerade fully-random"
+        MasqueradeSources::All => mark.push(format!("{cluster} {}", set_masquerade_mark())),
+        MasqueradeSources::OutsideClusterCidrs => mark.push(format!(
+            "{cluster} {ipx} saddr != @{CLUSTER_CIDRS_SET} {}",
+            set_masquerade_mark()
         )),
         MasqueradeSources::None => {}
     }
@@ -85,17 +83,54 @@ pub fn fixed_chains(node: &NodeRules) -> Vec<FixedChain> {
         FixedChain {
             name: "output",
             base: Some("type filter hook output priority -150; policy accept;"),
-            rules: vec![short_circuit, format!("ct state new jump {CHECKS_CHAIN}")],
+            rules: vec![
+                format!("ct state new {frontend} vmap @{sc}"),
+                format!("ct state new jump {CHECKS_CHAIN}"),
+                format!("ct state new {not_short_circuited} jump {MARK_CHAIN}"),
+                format!(
+                    "ct state new {not_short_circuited} {frontend} @{} {}",
+                    SetKind::LocalExternal.name(),
+                    set_masquerade_mark()
+                ),
+            ],
         },
         FixedChain {
             name: "input",
             base: Some("type filter hook input priority 0; policy accept;"),
-            rules: vec![format!("ct state new jump {CHECKS_CHAIN}")],
+            rules: vec![
+                format!("ct state new jump {CHECKS_CHAIN}"),
+                format!("ct state new {not_short_circuited} jump {MARK_CHAIN}"),
+            ],
         },
         FixedChain {
             name: "postrouting",
             base: Some("type nat hook postrouting priority 100; policy accept;"),
-            rules: postrouting,
+            rules: vec![
+                format!(
+                    "{ipx} saddr . {ipx} daddr @{} {}",
+                    SetKind::Hairpin.name(),
+                    set_masquerade_mark()
+                ),
+                format!(
+                    "meta mark @{} fib saddr type local masquerade fully-random",
+                    SetKind::ScMarks.name()
+                ),
+                format!("jump {MASQUERADING_CHAIN}"),
+            ],
+        },
+        FixedChain {
+            name: MARK_CHAIN,
+            base: None,
+            rules: mark,
+        },
+        FixedChain {
+            name: MASQUERADING_CHAIN,
+            base: None,
+            rules: vec![
+                format!("meta mark & {MASQUERADE_MARK} == 0 return"),
+                format!("meta mark set meta mark xor {MASQUERADE_MARK}"),
+                "masquerade fully-random".to_string(),
+            ],
         },
         FixedChain {
             name: CHECKS_CHAIN,
@@ -179,6 +214,27 @@ pub fn full_table(table: &str, node: &NodeRules, chains: &[&Chain], elements: &[
     out
 }
 
+/// The helper table of every family in `rules` with `record`'s chains and elements,
+/// as one `nft -f` transaction.
+pub fn tables(table: &str, record: &Record, rules: &[NodeRules]) -> String {
+    let elements = record.elements();
+    let mut text = String::new();
+    for node in rules {
+        let chains: Vec<&Chain> = record
+            .chains
+            .values()
+            .filter(|c| c.family == node.family)
+            .collect();
+        let mine: Vec<&Element> = elements
+            .iter()
+            .filter(|(f, _)| *f == node.family)
+            .map(|(_, e)| e)
+            .collect();
+        text.push_str(&full_table(table, node, &chains, &mine));
+    }
+    text
+}
+
 /// Partial changes of one family as nft text: chains created (or refilled), element
 /// deletes, then adds.
 pub fn partial(
@@ -246,22 +302,22 @@ mod tests {
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             masquerade: MasqueradeSources::OutsideClusterCidrs,
         };
-        let post = |node: &NodeRules| {
+        let mark = |node: &NodeRules| {
             fixed_chains(node)
                 .into_iter()
-                .find(|c| c.name == "postrouting")
+                .find(|c| c.name == MARK_CHAIN)
                 .unwrap()
                 .rules
         };
-        assert_eq!(post(&node).len(), 4);
-        assert!(post(&node)[3].contains("ip saddr != @cluster-cidrs"));
+        assert_eq!(mark(&node).len(), 2);
+        assert!(mark(&node)[1].contains("ip saddr != @cluster-cidrs"));
         node.masquerade = MasqueradeSources::None;
-        assert_eq!(post(&node).len(), 3);
+        assert_eq!(mark(&node).len(), 1);
         node.family = IpFamily::V6;
         node.cluster_cidrs.clear();
         let pre = fixed_chains(&node);
         assert!(pre[0].rules.is_empty(), "no cluster CIDRs: no pod short circuit");
-        assert!(post(&node)[1].starts_with("ct original ip6 daddr"));
+        assert!(mark(&node)[0].starts_with("ip6 daddr . meta l4proto . th dport"));
     }
 
     #[test]
