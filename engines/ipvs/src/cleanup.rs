@@ -11,7 +11,11 @@ use switchyard_netlink::{
     Netns,
 };
 
-use crate::{dummy, engine::{excluded, IpvsEngine}, ownership::Owned};
+use crate::{
+    dummy,
+    engine::{excluded, IpvsEngine},
+    ownership::Owned,
+};
 
 pub async fn cleanup(engine: &mut IpvsEngine) -> Result<(), EngineError> {
     let options = engine.options.clone();

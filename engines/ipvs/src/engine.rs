@@ -59,7 +59,9 @@ fn unavailable(e: switchyard_netlink::NetlinkError) -> EngineError {
     if e.errno() == Some(nix::errno::Errno::ENOENT as i32) {
         EngineError::Unavailable {
             mode: Mode::Ipvs,
-            reason: format!("the IPVS netlink family is not registered ({e}): kernel module ip_vs not loaded"),
+            reason: format!(
+                "the IPVS netlink family is not registered ({e}): kernel module ip_vs not loaded"
+            ),
         }
     } else {
         e.into()
@@ -160,8 +162,7 @@ impl IpvsEngine {
         self.open()?;
         let rtnl = self.rtnl.as_mut().expect("opened");
         let index = dummy::ensure(rtnl, &self.options.interface)?;
-        let node_addrs =
-            dummy::node_port_addresses(rtnl, Some(index), &model.node_port_addresses)?;
+        let node_addrs = dummy::node_port_addresses(rtnl, Some(index), &model.node_port_addresses)?;
         let old_vips = dummy::vips(rtnl, index)?;
         let ipv6 = self.options.ipv6;
         let mut record = Record::of(
@@ -245,7 +246,12 @@ impl IpvsEngine {
         }
         self.last_operations = w.operations;
         record.kernel = kernel;
-        sweep_drained(ipvs_of(&mut self.ipvs), &mut record.kernel, now, self.options.drain_limit)?;
+        sweep_drained(
+            ipvs_of(&mut self.ipvs),
+            &mut record.kernel,
+            now,
+            self.options.drain_limit,
+        )?;
         Ok(())
     }
 
@@ -320,7 +326,12 @@ impl IpvsEngine {
         }
         self.helper_stale_chains(delta).await?;
         self.last_operations = operations;
-        sweep_drained(ipvs_of(&mut self.ipvs), &mut record.kernel, now, self.options.drain_limit)?;
+        sweep_drained(
+            ipvs_of(&mut self.ipvs),
+            &mut record.kernel,
+            now,
+            self.options.drain_limit,
+        )?;
         Ok(())
     }
 
@@ -343,7 +354,9 @@ impl IpvsEngine {
                 let chains: Vec<&helper::Chain> = h.chains.iter().collect();
                 let replaced: Vec<&helper::Element> = h.replaced.iter().collect();
                 let adds: Vec<&helper::Element> = h.adds.iter().collect();
-                text.push_str(&helper::text::partial(&table, family, &chains, &replaced, &adds));
+                text.push_str(&helper::text::partial(
+                    &table, family, &chains, &replaced, &adds,
+                ));
             }
             return self.nft(&text).await;
         }
@@ -372,7 +385,11 @@ impl IpvsEngine {
         let mut text = String::new();
         for (h, &family) in delta.helper.iter().zip(&IpFamily::ALL) {
             let names: Vec<&str> = h.stale_chains.iter().map(String::as_str).collect();
-            text.push_str(&helper::text::delete_chains(&self.options.table, family, &names));
+            text.push_str(&helper::text::delete_chains(
+                &self.options.table,
+                family,
+                &names,
+            ));
         }
         if text.is_empty() {
             return Ok(());

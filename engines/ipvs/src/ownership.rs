@@ -50,7 +50,9 @@ impl Owned {
                 for (bytes, _) in elements {
                     match Key::decode(kind, family, &bytes) {
                         Some(Key::Frontend(addr, protocol, port)) => {
-                            owned.node_ports.insert(ServiceId::new(protocol, addr, port));
+                            owned
+                                .node_ports
+                                .insert(ServiceId::new(protocol, addr, port));
                         }
                         Some(Key::Mark(mark)) => {
                             owned.marks.insert((family, mark));
@@ -70,7 +72,9 @@ impl Owned {
     /// Whether virtual server `id` is ours.
     pub fn owns(&self, id: &ServiceId) -> bool {
         match *id {
-            ServiceId::Addr { addr, .. } => self.vips.contains(&addr) || self.node_ports.contains(id),
+            ServiceId::Addr { addr, .. } => {
+                self.vips.contains(&addr) || self.node_ports.contains(id)
+            }
             ServiceId::Fwmark { family, mark } => self.marks.contains(&(family, mark)),
         }
     }
@@ -86,12 +90,19 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut o = Owned::default();
         o.vips.insert(ip("10.96.0.1"));
-        o.node_ports.insert(ServiceId::new(Protocol::Tcp, ip("192.168.0.2"), 30080));
+        o.node_ports
+            .insert(ServiceId::new(Protocol::Tcp, ip("192.168.0.2"), 30080));
         o.marks.insert((IpFamily::V6, 0x0100_0001));
         assert!(o.owns(&ServiceId::new(Protocol::Udp, ip("10.96.0.1"), 53)));
         assert!(o.owns(&ServiceId::new(Protocol::Tcp, ip("192.168.0.2"), 30080)));
         assert!(!o.owns(&ServiceId::new(Protocol::Tcp, ip("192.168.0.2"), 22)));
-        assert!(o.owns(&ServiceId::Fwmark { family: IpFamily::V6, mark: 0x0100_0001 }));
-        assert!(!o.owns(&ServiceId::Fwmark { family: IpFamily::V4, mark: 0x0100_0001 }));
+        assert!(o.owns(&ServiceId::Fwmark {
+            family: IpFamily::V6,
+            mark: 0x0100_0001
+        }));
+        assert!(!o.owns(&ServiceId::Fwmark {
+            family: IpFamily::V4,
+            mark: 0x0100_0001
+        }));
     }
 }

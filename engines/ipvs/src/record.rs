@@ -152,10 +152,16 @@ impl Record {
             .winners()
             .flat_map(|(id, f)| {
                 let family = id.family();
-                frontend_elements(id, f).into_iter().map(move |e| (family, e))
+                frontend_elements(id, f)
+                    .into_iter()
+                    .map(move |e| (family, e))
             })
             .collect();
-        out.extend(self.shared.winners().filter_map(|(s, ())| shared_element(s)));
+        out.extend(
+            self.shared
+                .winners()
+                .filter_map(|(s, ())| shared_element(s)),
+        );
         out
     }
 
@@ -186,12 +192,21 @@ impl Record {
                 shared_keys.extend(w.shared.iter().cloned());
             }
             if let Some(old) = self.ports.get(name) {
-                old_chains.extend(old.chains.iter().map(|c| ((c.family, c.name.clone()), c.clone())));
+                old_chains.extend(
+                    old.chains
+                        .iter()
+                        .map(|c| ((c.family, c.name.clone()), c.clone())),
+                );
             }
         }
-        let before_servers: Vec<Option<Frontend>> =
-            server_keys.iter().map(|k| self.servers.winner(k).cloned()).collect();
-        let before_shared: Vec<bool> = shared_keys.iter().map(|k| self.shared.contains(k)).collect();
+        let before_servers: Vec<Option<Frontend>> = server_keys
+            .iter()
+            .map(|k| self.servers.winner(k).cloned())
+            .collect();
+        let before_shared: Vec<bool> = shared_keys
+            .iter()
+            .map(|k| self.shared.contains(k))
+            .collect();
         for (name, new) in ports {
             if let Some(old) = self.ports.remove(&name) {
                 self.release(&name, &old);
@@ -218,7 +233,6 @@ impl Record {
         chain_changes(&mut delta, old_chains, new_chains);
         delta
     }
-
 }
 
 /// Chains of touched ports created or changed (`new`), and those gone (`old` only).
@@ -229,7 +243,9 @@ fn chain_changes(
 ) {
     for (key, chain) in &old {
         if !new.contains_key(key) {
-            delta.helper[key.0.index()].stale_chains.push(chain.name.clone());
+            delta.helper[key.0.index()]
+                .stale_chains
+                .push(chain.name.clone());
         }
     }
     for (key, chain) in new {
@@ -240,7 +256,12 @@ fn chain_changes(
 }
 
 /// The helper element changes of one virtual server whose winning claim changed.
-fn helper_changes(delta: &mut Delta, id: &ServiceId, before: Option<&Frontend>, after: Option<&Frontend>) {
+fn helper_changes(
+    delta: &mut Delta,
+    id: &ServiceId,
+    before: Option<&Frontend>,
+    after: Option<&Frontend>,
+) {
     let old: Vec<Element> = before.map(|f| frontend_elements(id, f)).unwrap_or_default();
     let new: Vec<Element> = after.map(|f| frontend_elements(id, f)).unwrap_or_default();
     let h = &mut delta.helper[id.family().index()];
@@ -308,7 +329,13 @@ mod tests {
         assert!(h.deletes.is_empty() && h.chains.is_empty());
 
         let d = r.replace(vec![(name, None)]);
-        assert_eq!(d.servers, [(ServiceId::new(Protocol::Tcp, "10.96.0.1".parse().unwrap(), 80), None)]);
+        assert_eq!(
+            d.servers,
+            [(
+                ServiceId::new(Protocol::Tcp, "10.96.0.1".parse().unwrap(), 80),
+                None
+            )]
+        );
         assert_eq!(d.addresses_removed.len(), 1);
         assert_eq!(d.helper[0].deletes.len(), 4, "{:?}", d.helper[0]);
         assert!(r.servers.is_empty() && r.shared.is_empty());

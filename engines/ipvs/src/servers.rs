@@ -269,7 +269,14 @@ mod tests {
         let mut hashed = s.clone();
         hashed.flags |= SVC_F_HASHED;
         assert!(same_service(&s, &hashed));
-        let plain = service_of(id, &Frontend { persistence: None, ..fe }, &Scheduler::default());
+        let plain = service_of(
+            id,
+            &Frontend {
+                persistence: None,
+                ..fe
+            },
+            &Scheduler::default(),
+        );
         assert!(!same_service(&s, &plain));
     }
 }

@@ -110,9 +110,18 @@ mod tests {
     #[test]
     fn conn_reuse_mode_only_where_upstream_sets_it() {
         let has = |s: &[Setting], p: &str| s.iter().any(|(k, _)| *k == p);
-        assert!(!has(&settings(false, "6.1.0-57-amd64"), "net/ipv4/vs/conn_reuse_mode"));
-        assert!(has(&settings(false, "5.4.0-100-generic"), "net/ipv4/vs/conn_reuse_mode"));
-        assert!(!has(&settings(false, "3.10.0"), "net/ipv4/vs/conn_reuse_mode"));
+        assert!(!has(
+            &settings(false, "6.1.0-57-amd64"),
+            "net/ipv4/vs/conn_reuse_mode"
+        ));
+        assert!(has(
+            &settings(false, "5.4.0-100-generic"),
+            "net/ipv4/vs/conn_reuse_mode"
+        ));
+        assert!(!has(
+            &settings(false, "3.10.0"),
+            "net/ipv4/vs/conn_reuse_mode"
+        ));
         let strict = settings(true, "6.18.44");
         assert!(strict.contains(&("net/ipv4/conf/all/arp_ignore", "1")));
         assert!(strict.contains(&("net/ipv4/conf/all/arp_announce", "2")));

@@ -40,7 +40,11 @@ pub fn verify(engine: &mut IpvsEngine, model: &NodeModel) -> Result<Drift, Engin
     result
 }
 
-fn check(engine: &mut IpvsEngine, record: &mut Record, model: &NodeModel) -> Result<Drift, EngineError> {
+fn check(
+    engine: &mut IpvsEngine,
+    record: &mut Record,
+    model: &NodeModel,
+) -> Result<Drift, EngineError> {
     engine.open()?;
     for step in [links, servers, helper_table] {
         if let Some(drift) = step(engine, record, model)? {
@@ -48,12 +52,21 @@ fn check(engine: &mut IpvsEngine, record: &mut Record, model: &NodeModel) -> Res
         }
     }
     let ipvs = engine.ipvs.as_mut().expect("opened");
-    sweep_drained(ipvs, &mut record.kernel, Instant::now(), engine.options.drain_limit)?;
+    sweep_drained(
+        ipvs,
+        &mut record.kernel,
+        Instant::now(),
+        engine.options.drain_limit,
+    )?;
     Ok(Drift::None)
 }
 
 /// The dummy interface, its VIPs, and the NodePort addresses.
-fn links(engine: &mut IpvsEngine, record: &mut Record, model: &NodeModel) -> Result<Option<String>, EngineError> {
+fn links(
+    engine: &mut IpvsEngine,
+    record: &mut Record,
+    model: &NodeModel,
+) -> Result<Option<String>, EngineError> {
     let name = engine.options.interface.clone();
     let rtnl = engine.rtnl.as_mut().expect("opened");
     let Some(index) = rtnl.link_index(&name)? else {
@@ -64,7 +77,9 @@ fn links(engine: &mut IpvsEngine, record: &mut Record, model: &NodeModel) -> Res
     if vips != wanted {
         let missing: Vec<_> = wanted.difference(&vips).collect();
         let extra: Vec<_> = vips.difference(&wanted).collect();
-        return Ok(Some(format!("{name}: VIPs missing {missing:?}, unexpected {extra:?}")));
+        return Ok(Some(format!(
+            "{name}: VIPs missing {missing:?}, unexpected {extra:?}"
+        )));
     }
     let node = dummy::node_port_addresses(rtnl, Some(index), &model.node_port_addresses)?;
     if node != engine.node_addrs {
@@ -77,7 +92,11 @@ fn links(engine: &mut IpvsEngine, record: &mut Record, model: &NodeModel) -> Res
 }
 
 /// Every virtual server, and the real servers of a sample.
-fn servers(engine: &mut IpvsEngine, record: &mut Record, _: &NodeModel) -> Result<Option<String>, EngineError> {
+fn servers(
+    engine: &mut IpvsEngine,
+    record: &mut Record,
+    _: &NodeModel,
+) -> Result<Option<String>, EngineError> {
     let ipvs = engine.ipvs.as_mut().expect("opened");
     let dumped: BTreeMap<ServiceId, _> = ipvs.services()?.into_iter().map(|s| (s.id, s)).collect();
     for (id, k) in &record.kernel {
@@ -93,8 +112,13 @@ fn servers(engine: &mut IpvsEngine, record: &mut Record, _: &NodeModel) -> Resul
         vips: record.addresses(),
         ..Owned::default()
     };
-    if let Some(id) = dumped.keys().find(|id| owned.owns(id) && !record.kernel.contains_key(id)) {
-        return Ok(Some(format!("unexpected virtual server {id:?} at a VIP of ours")));
+    if let Some(id) = dumped
+        .keys()
+        .find(|id| owned.owns(id) && !record.kernel.contains_key(id))
+    {
+        return Ok(Some(format!(
+            "unexpected virtual server {id:?} at a VIP of ours"
+        )));
     }
     let ids: Vec<ServiceId> = record.kernel.keys().copied().collect();
     if ids.is_empty() {
@@ -106,7 +130,12 @@ fn servers(engine: &mut IpvsEngine, record: &mut Record, _: &NodeModel) -> Resul
         let live: BTreeMap<_, u32> = ipvs
             .destinations(id)?
             .into_iter()
-            .map(|d| ((d.destination.addr, d.destination.port), d.destination.weight))
+            .map(|d| {
+                (
+                    (d.destination.addr, d.destination.port),
+                    d.destination.weight,
+                )
+            })
             .collect();
         let applied: BTreeMap<_, u32> = record.kernel[id]
             .dests
@@ -123,7 +152,11 @@ fn servers(engine: &mut IpvsEngine, record: &mut Record, _: &NodeModel) -> Resul
 }
 
 /// The helper table: element counts of every set, rule counts of every chain.
-fn helper_table(engine: &mut IpvsEngine, record: &mut Record, _: &NodeModel) -> Result<Option<String>, EngineError> {
+fn helper_table(
+    engine: &mut IpvsEngine,
+    record: &mut Record,
+    _: &NodeModel,
+) -> Result<Option<String>, EngineError> {
     let table = engine.options.table.clone();
     let elements = record.elements();
     let nft = engine.nft.as_mut().expect("opened");
@@ -131,9 +164,17 @@ fn helper_table(engine: &mut IpvsEngine, record: &mut Record, _: &NodeModel) -> 
         let family = rules.family;
         let fam = table_family(family);
         for kind in SetKind::ALL {
-            let want = elements.iter().filter(|(f, e)| *f == family && e.set == kind).count();
+            let want = elements
+                .iter()
+                .filter(|(f, e)| *f == family && e.set == kind)
+                .count();
             match nft.element_count(fam, &table, kind.name())? {
-                None => return Ok(Some(format!("{family} table {table}: set {} is gone", kind.name()))),
+                None => {
+                    return Ok(Some(format!(
+                        "{family} table {table}: set {} is gone",
+                        kind.name()
+                    )))
+                }
                 Some(n) if n != want => {
                     return Ok(Some(format!(
                         "{family} table {table}: {} has {n} elements, {want} applied",

@@ -18,9 +18,7 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use switchyard_model::{
-    Backends, FamilyPlan, IpFamily, Protocol, ServicePortPlan, Target,
-};
+use switchyard_model::{Backends, FamilyPlan, IpFamily, Protocol, ServicePortPlan, Target};
 use switchyard_netlink::ipvs::ServiceId;
 use switchyard_nftables::ruleset::collapse;
 
@@ -114,13 +112,22 @@ fn no_endpoint(target: &Target) -> Option<Verdict> {
 /// IPv6) the IPv6 plan is left out.
 pub fn port_wants(plan: &ServicePortPlan, node_addrs: &[IpAddr], ipv6: bool) -> PortWants {
     let mut out = PortWants::default();
-    for f in plan.families.iter().filter(|f| ipv6 || f.family == IpFamily::V4) {
+    for f in plan
+        .families
+        .iter()
+        .filter(|f| ipv6 || f.family == IpFamily::V4)
+    {
         family_wants(plan, f, node_addrs, &mut out);
     }
     out
 }
 
-fn family_wants(plan: &ServicePortPlan, f: &FamilyPlan, node_addrs: &[IpAddr], out: &mut PortWants) {
+fn family_wants(
+    plan: &ServicePortPlan,
+    f: &FamilyPlan,
+    node_addrs: &[IpAddr],
+    out: &mut PortWants,
+) {
     let (protocol, port) = (plan.protocol, plan.port);
     let frontend = |target: &Target, sets: Vec<(SetKind, Verdict)>| Frontend {
         protocol,
@@ -137,7 +144,11 @@ fn family_wants(plan: &ServicePortPlan, f: &FamilyPlan, node_addrs: &[IpAddr], o
             frontend(&f.internal, sets),
         );
         out.shared(Shared::Address(ip));
-        out.shared(Shared::Element(f.family, SetKind::ClusterIps, Key::Addr(ip)));
+        out.shared(Shared::Element(
+            f.family,
+            SetKind::ClusterIps,
+            Key::Addr(ip),
+        ));
     }
     let short_circuit = f.short_circuit.as_ref().map(|sc| {
         let name = chain_name("sc-", plan);
@@ -146,10 +157,11 @@ fn family_wants(plan: &ServicePortPlan, f: &FamilyPlan, node_addrs: &[IpAddr], o
     });
     let firewall = f.firewall.as_ref().map(|fw| {
         let name = chain_name("fw-", plan);
-        let mut rules: Vec<ChainRule> = collapse(fw.allowed.iter().copied().filter(|n| f.family.has_net(n)))
-            .into_iter()
-            .map(ChainRule::Allow)
-            .collect();
+        let mut rules: Vec<ChainRule> =
+            collapse(fw.allowed.iter().copied().filter(|n| f.family.has_net(n)))
+                .into_iter()
+                .map(ChainRule::Allow)
+                .collect();
         rules.push(ChainRule::Drop);
         out.chains.push(Chain {
             family: f.family,
@@ -196,7 +208,11 @@ fn family_wants(plan: &ServicePortPlan, f: &FamilyPlan, node_addrs: &[IpAddr], o
         }
     }
     for b in f.backends() {
-        out.shared(Shared::Element(f.family, SetKind::Hairpin, Key::Pair(b.ip, b.ip)));
+        out.shared(Shared::Element(
+            f.family,
+            SetKind::Hairpin,
+            Key::Pair(b.ip, b.ip),
+        ));
     }
 }
 
@@ -258,7 +274,10 @@ mod tests {
         let (id, rank, fe) = &w.servers[0];
         assert_eq!(*id, ServiceId::new(Protocol::Tcp, ip("10.96.0.1"), 80));
         assert_eq!(*rank, RANK_SERVICE_IP);
-        assert_eq!(fe.backends, [(ip("10.1.0.1"), 8080), (ip("10.1.0.2"), 8080)]);
+        assert_eq!(
+            fe.backends,
+            [(ip("10.1.0.1"), 8080), (ip("10.1.0.2"), 8080)]
+        );
         assert_eq!(fe.sets, [(SetKind::ClusterPorts, Verdict::None)]);
         assert!(w.shared.contains(&Shared::Address(ip("10.96.0.1"))));
         assert!(w.shared.contains(&Shared::Element(
@@ -298,7 +317,11 @@ mod tests {
         for family in IpFamily::ALL {
             let id = ServiceId::Fwmark { family, mark };
             let (_, _, sc) = w.servers.iter().find(|(s, _, _)| *s == id).unwrap();
-            assert_eq!(sc.backends.len(), 1, "{family}: the family's cluster-wide backends");
+            assert_eq!(
+                sc.backends.len(),
+                1,
+                "{family}: the family's cluster-wide backends"
+            );
         }
         assert_eq!(w.chains.len(), 2);
         assert_eq!(w.chains[0].rules, [ChainRule::SetMark(mark)]);

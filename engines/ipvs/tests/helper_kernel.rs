@@ -24,7 +24,10 @@ use switchyard_nftables::ruleset::collapse;
 const TABLE: &str = "sy-ipvs-test";
 
 fn node_addrs() -> Vec<IpAddr> {
-    vec!["192.168.0.2".parse().unwrap(), "2001:db8::1".parse().unwrap()]
+    vec![
+        "192.168.0.2".parse().unwrap(),
+        "2001:db8::1".parse().unwrap(),
+    ]
 }
 
 fn record(model: &NodeModel) -> Record {
@@ -74,7 +77,10 @@ fn assert_counts(nft: &mut NftSocket, record: &Record) {
     let elements = record.elements();
     for f in IpFamily::ALL {
         for kind in SetKind::ALL {
-            let want = elements.iter().filter(|(ef, e)| *ef == f && e.set == kind).count();
+            let want = elements
+                .iter()
+                .filter(|(ef, e)| *ef == f && e.set == kind)
+                .count();
             let got = nft.element_count(family(f), TABLE, kind.name()).unwrap();
             assert_eq!(got, Some(want), "{f} {}", kind.name());
         }
@@ -92,7 +98,10 @@ fn full_table_and_partial_changes_are_accepted() {
     apply(&ns, &helper::text::tables(TABLE, &record, &rules(&model)));
     let listing = ns.exec("nft", &["list", "table", "ip", TABLE]);
     assert!(listing.contains("chain mark-for-masquerade"), "{listing}");
-    assert!(listing.contains("meta mark set 0x01"), "short-circuit chain: {listing}");
+    assert!(
+        listing.contains("meta mark set 0x01"),
+        "short-circuit chain: {listing}"
+    );
     let mut nft = NftSocket::open(Some(&ns.name)).unwrap();
     assert_counts(&mut nft, &record);
 
@@ -102,7 +111,11 @@ fn full_table_and_partial_changes_are_accepted() {
         "web",
         &["10.96.0.10"],
         80,
-        vec![ep("10.1.0.1", 8080, true), ep("10.1.0.2", 8080, false), ep("10.1.0.9", 8080, false)],
+        vec![
+            ep("10.1.0.1", 8080, true),
+            ep("10.1.0.2", 8080, false),
+            ep("10.1.0.9", 8080, false),
+        ],
     )]);
     let plan = grown.services.values().next().unwrap().clone();
     let name = plan.name.clone();
@@ -142,8 +155,15 @@ fn full_table_and_partial_changes_are_accepted() {
     assert_counts(&mut nft, &record);
 
     // And back, with its chains: through nft text.
-    let plan = model.services.values().find(|p| p.name.name == "local").unwrap();
-    let delta = record.replace(vec![(plan.name.clone(), Some(port_wants(plan, &node_addrs(), true)))]);
+    let plan = model
+        .services
+        .values()
+        .find(|p| p.name.name == "local")
+        .unwrap();
+    let delta = record.replace(vec![(
+        plan.name.clone(),
+        Some(port_wants(plan, &node_addrs(), true)),
+    )]);
     let mut text = String::new();
     for (h, &f) in delta.helper.iter().zip(&IpFamily::ALL) {
         assert!(!h.chains.is_empty());

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use switchyard_model::IpFamily;
-use switchyard_netlink::nftables::{
-    Batch, ElementBytes, TableFamily, NFT_GOTO, NFT_JUMP, NF_DROP,
-};
+use switchyard_netlink::nftables::{Batch, ElementBytes, TableFamily, NFT_GOTO, NFT_JUMP, NF_DROP};
 
 use super::{Element, SetKind, Verdict, REJECT_CHAIN};
 

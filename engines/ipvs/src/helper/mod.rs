@@ -60,7 +60,6 @@ pub const TABLE: &str = "switchyard-ipvs";
 pub const REJECT_CHAIN: &str = "reject-chain";
 pub const CHECKS_CHAIN: &str = "checks";
 
-
 /// The sets and maps service ports add elements to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetKind {

@@ -172,9 +172,15 @@ fn chain_block(out: &mut String, name: &str, base: Option<&str>, rules: &[String
 
 /// The whole table of one family, replacing whatever table of that name was there
 /// (one atomic transaction with the other family's).
-pub fn full_table(table: &str, node: &NodeRules, chains: &[&Chain], elements: &[&Element]) -> String {
+pub fn full_table(
+    table: &str,
+    node: &NodeRules,
+    chains: &[&Chain],
+    elements: &[&Element],
+) -> String {
     let fam = nft_family(node.family);
-    let mut out = format!("add table {fam} {table}\ndelete table {fam} {table}\ntable {fam} {table} {{\n");
+    let mut out =
+        format!("add table {fam} {table}\ndelete table {fam} {table}\ntable {fam} {table} {{\n");
     for c in fixed_chains(node) {
         chain_block(&mut out, c.name, c.base, &c.rules);
     }
@@ -262,7 +268,12 @@ pub fn partial(
         );
     }
     for e in adds {
-        let _ = writeln!(out, "add element {fam} {table} {} {{ {} }}", e.set.name(), e.text());
+        let _ = writeln!(
+            out,
+            "add element {fam} {table} {} {{ {} }}",
+            e.set.name(),
+            e.text()
+        );
     }
     out
 }
@@ -316,7 +327,10 @@ mod tests {
         node.family = IpFamily::V6;
         node.cluster_cidrs.clear();
         let pre = fixed_chains(&node);
-        assert!(pre[0].rules.is_empty(), "no cluster CIDRs: no pod short circuit");
+        assert!(
+            pre[0].rules.is_empty(),
+            "no cluster CIDRs: no pod short circuit"
+        );
         assert!(mark(&node)[0].starts_with("ip6 daddr . meta l4proto . th dport"));
     }
 

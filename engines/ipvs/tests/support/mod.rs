@@ -42,7 +42,10 @@ pub fn need_root(test: &str) -> bool {
 pub fn need_ipvs(test: &str) -> bool {
     let present = || std::path::Path::new("/proc/sys/net/ipv4/vs").exists();
     if !present() {
-        let _ = Command::new("modprobe").arg("ip_vs").stderr(Stdio::null()).status();
+        let _ = Command::new("modprobe")
+            .arg("ip_vs")
+            .stderr(Stdio::null())
+            .status();
     }
     if present() {
         return true;
@@ -98,7 +101,9 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -114,10 +119,12 @@ pub fn varied_model() -> NodeModel {
         vec![ep("10.1.0.1", 8080, true), ep("10.1.0.2", 8080, false)],
     ));
     services.push(test_util::service("empty", &["10.96.0.11"], 80, vec![]));
-    let mut dns = test_util::service("dns", &["10.96.0.12", "fd00::12"], 53, vec![
-        ep("10.1.0.3", 5353, false),
-        ep("fd00:10::3", 5353, false),
-    ]);
+    let mut dns = test_util::service(
+        "dns",
+        &["10.96.0.12", "fd00::12"],
+        53,
+        vec![ep("10.1.0.3", 5353, false), ep("fd00:10::3", 5353, false)],
+    );
     dns.name.protocol = switchyard_model::Protocol::Udp;
     services.push(dns);
     let mut np = test_util::service("np", &["10.96.0.13"], 80, vec![ep("10.1.0.4", 8080, true)]);
@@ -134,7 +141,12 @@ pub fn varied_model() -> NodeModel {
     local.load_balancer_ips = vec!["203.0.113.50".parse().unwrap()];
     local.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
     services.push(local);
-    let mut sticky = test_util::service("sticky", &["10.96.0.15"], 80, vec![ep("10.1.0.6", 8080, false)]);
+    let mut sticky = test_util::service(
+        "sticky",
+        &["10.96.0.15"],
+        80,
+        vec![ep("10.1.0.6", 8080, false)],
+    );
     sticky.affinity_timeout = Some(10800);
     sticky.external_ips = vec!["192.0.2.15".parse().unwrap()];
     services.push(sticky);
