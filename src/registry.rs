@@ -73,7 +73,9 @@ pub fn ipvs_options(settings: &IpvsSettings) -> IpvsOptions {
             IpvsSchedulerFlag::ShPort | IpvsSchedulerFlag::MhPort => SVC_F_SCHED2,
         })
         .fold(0, |a, b| a | b);
-    let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+    let secs = |d: Option<std::time::Duration>| {
+        d.map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+    };
     IpvsOptions {
         scheduler: Scheduler {
             name: settings.scheduler.as_str().to_string(),
