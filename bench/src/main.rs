@@ -3,6 +3,8 @@
 //!
 //! - per engine and size: a full sync from empty, and a one-endpoint change (engine
 //!   apply alone, and the whole pipeline: state update, model build, diff, apply);
+//!   the IPVS engine needs a kernel with IPVS: the VM lane's kernel (`--engines
+//!   ipvs,nftables` there; see BENCHMARKS.md "IPVS");
 //! - the real agent's resident memory after its first sync at the largest size.
 //!
 //! Figures are medians of `--runs` runs; the machine is small and noisy, so the table
@@ -22,6 +24,7 @@ use switchyard_core::state::model_config;
 use switchyard_crd::EffectiveConfig;
 use switchyard_e2e::netns::NetNs;
 use switchyard_iptables::{Backend, IptOptions, IptablesEngine};
+use switchyard_ipvs::{IpvsEngine, IpvsOptions};
 use switchyard_model::{ChangeSet, NodeModel, ProxyEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 
@@ -37,6 +40,7 @@ pub enum Subject {
     Nftables,
     IptablesNft,
     IptablesLegacy,
+    Ipvs,
 }
 
 impl std::str::FromStr for Subject {
@@ -46,8 +50,9 @@ impl std::str::FromStr for Subject {
             "nftables" => Ok(Subject::Nftables),
             "iptables-nft" => Ok(Subject::IptablesNft),
             "iptables-legacy" => Ok(Subject::IptablesLegacy),
+            "ipvs" => Ok(Subject::Ipvs),
             other => Err(format!(
-                "{other:?}: expected nftables, iptables-nft or iptables-legacy"
+                "{other:?}: expected nftables, iptables-nft, iptables-legacy or ipvs"
             )),
         }
     }
@@ -59,6 +64,7 @@ impl std::fmt::Display for Subject {
             Subject::Nftables => "nftables",
             Subject::IptablesNft => "iptables (nft backend)",
             Subject::IptablesLegacy => "iptables (legacy backend)",
+            Subject::Ipvs => "ipvs",
         })
     }
 }
@@ -86,6 +92,10 @@ pub fn engine_for(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
             backend: Backend::Legacy,
             ..IptOptions::default()
         })),
+        Subject::Ipvs => Box::new(IpvsEngine::new(IpvsOptions {
+            netns,
+            ..IpvsOptions::default()
+        })),
     }
 }
 
@@ -110,6 +120,13 @@ struct Args {
     /// Services programmed for the connection-setup-rate comparison (0: skip).
     #[arg(long, default_value_t = 10000)]
     conn_rate_services: usize,
+    /// Engines in the connection-setup-rate comparison.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nftables,iptables-nft,iptables-legacy"
+    )]
+    conn_rate_engines: Vec<Subject>,
     /// The switchyard binary, for the agent memory figure (skipped when absent).
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -327,11 +344,7 @@ fn main() -> Result<()> {
             args.conn_rate_services
         );
         let rows = runtime.block_on(conn_rate::compare(
-            &[
-                Subject::Nftables,
-                Subject::IptablesNft,
-                Subject::IptablesLegacy,
-            ],
+            &args.conn_rate_engines,
             args.conn_rate_services,
             args.runs,
         ))?;

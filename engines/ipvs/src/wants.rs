@@ -24,12 +24,15 @@ use switchyard_nftables::ruleset::collapse;
 
 use crate::helper::{Chain, ChainRule, Key, SetKind, Verdict};
 
-/// Firewall marks of the short-circuit virtual servers: the port's id (24 bits) with
-/// bit 24 set, so no mark of ours is 0 or a common masquerade bit alone.
-pub const FWMARK_BASE: u32 = 0x0100_0000;
+/// Firewall marks of the short-circuit virtual servers: the port's id (24 bits) spread
+/// over bits 0-13 and 15-24, with bit 31 set: never 0, and never the masquerade bit
+/// (0x4000, bit 14), which `masquerading` would otherwise find on short-circuited pod
+/// traffic (whose source must be kept).
+pub const FWMARK_BASE: u32 = 0x8000_0000;
 
 pub fn fwmark(id: u32) -> u32 {
-    FWMARK_BASE | (id & 0x00FF_FFFF)
+    let id = id & 0x00FF_FFFF;
+    FWMARK_BASE | ((id & !0x3FFF) << 1) | (id & 0x3FFF)
 }
 
 /// Claim ranks: service IPs (and fwmark servers) win over NodePorts on the same
@@ -259,6 +262,14 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn firewall_marks_are_distinct_and_never_carry_the_masquerade_bit() {
+        let marks: std::collections::HashSet<u32> = (1..=0xFF_FFFF).step_by(7).map(fwmark).collect();
+        assert_eq!(marks.len(), (1..=0xFF_FFFF).step_by(7).count());
+        assert!(marks.iter().all(|m| m & 0x4000 == 0 && *m != 0));
+        assert_eq!(fwmark(0x4000), 0x8000_8000);
     }
 
     #[test]

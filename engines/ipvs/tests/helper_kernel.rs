@@ -99,7 +99,7 @@ fn full_table_and_partial_changes_are_accepted() {
     let listing = ns.exec("nft", &["list", "table", "ip", TABLE]);
     assert!(listing.contains("chain mark-for-masquerade"), "{listing}");
     assert!(
-        listing.contains("meta mark set 0x01"),
+        listing.contains("meta mark set 0x8"),
         "short-circuit chain: {listing}"
     );
     let mut nft = NftSocket::open(Some(&ns.name)).unwrap();
