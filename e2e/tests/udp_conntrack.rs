@@ -7,8 +7,10 @@
 //! UDP ClusterIP and records every answer. 1) endpoints [A] -> [B] while pod A keeps
 //! running (without cleanup its conntrack entry would keep the client on A, which still
 //! answers): answers must come from B within 1 s of the file write. 2) a service without
-//! endpoints (rejected) gains endpoint C: answers from C within 1 s. Played in nftables mode
-//! and in iptables mode on both backends; the measured latencies are printed.
+//! endpoints (rejected) gains endpoint C: answers from C within 1 s. Played in nftables mode,
+//! in iptables mode on both backends, and in ipvs mode (IPVS flows live in conntrack with
+//! `net.ipv4.vs.conntrack=1`, so the same cleaner covers them; the VM lane runs it, the
+//! host skips it loudly); the measured latencies are printed.
 
 use std::{
     io::ErrorKind,
@@ -28,7 +30,7 @@ use switchyard_e2e::{
     manifests::{
         cluster_ip_service, node_object, proxy_config, ready_slice, ManifestDir, TestPort,
     },
-    netns, require_root, Sandbox,
+    netns, require_ipvs, require_root, Sandbox,
 };
 
 const A: &str = "10.180.0.1";
@@ -373,4 +375,12 @@ fn udp_conntrack_iptables_legacy_backend() -> Result<()> {
         return Ok(());
     }
     run("iptables", &["--iptables-backend", "legacy"])
+}
+
+#[test]
+fn udp_conntrack_ipvs() -> Result<()> {
+    if !require_root("udp_conntrack_ipvs") || !require_ipvs("udp_conntrack_ipvs") {
+        return Ok(());
+    }
+    run("ipvs", &[])
 }

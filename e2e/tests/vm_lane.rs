@@ -14,6 +14,7 @@
 //!   cleanup, one-endpoint changes, graceful termination, `ipvsadm -Ln`) and its helper
 //!   table test, one job per test, required not to skip,
 //! - the scenario files in ipvs mode (see [`DEFAULT_IPVS_SCENARIOS`]), one job per file,
+//!   and the stale UDP flow cleanup in ipvs mode (`tests/udp_conntrack.rs`),
 //! - fallback both ways (`tests/ipvs_fallback.rs`): with the modules, IPVS runs and no
 //!   fallback is reported; then, after `ip_vs` is unloaded and `modprobe ip_vs` made to
 //!   fail (`install ip_vs /bin/false` in `/run/modprobe.d`), nftables runs and the
@@ -199,13 +200,16 @@ fn ipvs_engine_jobs() -> Vec<Job> {
 }
 
 /// `scenarios_ipvs`, one job per default file, or one job with the host's
-/// `SWITCHYARD_VM_SCENARIO` filter.
+/// `SWITCHYARD_VM_SCENARIO` filter; then the stale UDP flow cleanup in ipvs mode.
 fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
     let filters: Vec<String> = match std::env::var("SWITCHYARD_VM_SCENARIO") {
         Ok(filter) => vec![filter],
-        Err(_) => DEFAULT_IPVS_SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        Err(_) => DEFAULT_IPVS_SCENARIOS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
-    filters
+    let mut jobs: Vec<Job> = filters
         .into_iter()
         .map(|filter| {
             let mut job = scenarios
@@ -215,7 +219,13 @@ fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
             job.name = format!("scenarios_ipvs[{filter}]");
             job
         })
-        .collect()
+        .collect();
+    let udp = TestBinary::from_cargo("e2e/tests/udp_conntrack.rs").expect("udp_conntrack");
+    jobs.push(
+        udp.job("udp_conntrack_ipvs")
+            .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"),
+    );
+    jobs
 }
 
 /// Fallback both ways: IPVS with the modules; then `ip_vs` unloaded and made

@@ -32,7 +32,7 @@ pub async fn cleanup(engine: &mut IpvsEngine) -> Result<(), EngineError> {
         .map(|&f| nft.tables(family(f)))
         .collect::<Result<Vec<_>, _>>()?
         .iter()
-        .any(|names| names.iter().any(|n| *n == options.table));
+        .any(|names| names.contains(&options.table));
     if index.is_none() && !table_present {
         return Ok(());
     }

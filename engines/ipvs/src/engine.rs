@@ -157,7 +157,13 @@ impl IpvsEngine {
         model: &NodeModel,
         changes: &ChangeSet,
     ) -> Result<SyncReport, EngineError> {
-        self.record = None;
+        // Forget the record first (a failure makes the next sync full), keeping which
+        // servers it held: they are ours to delete if no port wants them any more.
+        let previous: BTreeSet<ServiceId> = self
+            .record
+            .take()
+            .map(|r| r.kernel.into_keys().collect())
+            .unwrap_or_default();
         let start = Instant::now();
         self.open()?;
         let rtnl = self.rtnl.as_mut().expect("opened");
@@ -187,6 +193,7 @@ impl IpvsEngine {
         for ip in wanted.difference(&old_vips) {
             rtnl.add_address(index, dummy::vip_address(*ip))?;
         }
+        owned.servers = previous;
         self.adopt(&mut record, &owned)?;
         let rtnl = self.rtnl.as_mut().expect("opened");
         for ip in old_vips.difference(&wanted) {
@@ -217,20 +224,13 @@ impl IpvsEngine {
             .winners()
             .map(|(id, f)| (*id, f.clone()))
             .collect();
-        let previous: BTreeSet<ServiceId> = self
-            .record
-            .as_ref()
-            .map(|r| r.kernel.keys().copied().collect())
-            .unwrap_or_default();
         let mut kernel = BTreeMap::new();
         let mut operations = 0;
         for service in ipvs.services()? {
             let id = service.id;
             if wanted.contains_key(&id) {
                 kernel.insert(id, read_server(ipvs, service, now)?);
-            } else if (owned.owns(&id) || previous.contains(&id))
-                && !excluded(&self.options.exclude_cidrs, &id)
-            {
+            } else if owned.owns(&id) && !excluded(&self.options.exclude_cidrs, &id) {
                 operations += 1;
                 ipvs.delete_service(&id)?;
             }

@@ -24,6 +24,8 @@ pub struct Owned {
     pub node_ports: BTreeSet<ServiceId>,
     /// Firewall marks per family (`sc-marks`).
     pub marks: BTreeSet<(IpFamily, u32)>,
+    /// Servers the engine's record says it wrote.
+    pub servers: BTreeSet<ServiceId>,
 }
 
 fn table_family(family: IpFamily) -> TableFamily {
@@ -66,11 +68,17 @@ impl Owned {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.vips.is_empty() && self.node_ports.is_empty() && self.marks.is_empty()
+        self.vips.is_empty()
+            && self.node_ports.is_empty()
+            && self.marks.is_empty()
+            && self.servers.is_empty()
     }
 
     /// Whether virtual server `id` is ours.
     pub fn owns(&self, id: &ServiceId) -> bool {
+        if self.servers.contains(id) {
+            return true;
+        }
         match *id {
             ServiceId::Addr { addr, .. } => {
                 self.vips.contains(&addr) || self.node_ports.contains(id)

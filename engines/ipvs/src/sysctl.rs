@@ -28,7 +28,7 @@ pub fn settings(strict_arp: bool, release: &str) -> Vec<Setting> {
         ("net/ipv4/ip_forward", "1"),
     ];
     let version = kernel_version(release);
-    if version >= (4, 1) && version < (5, 9) {
+    if ((4, 1)..(5, 9)).contains(&version) {
         out.push(("net/ipv4/vs/conn_reuse_mode", "0"));
     }
     if strict_arp {

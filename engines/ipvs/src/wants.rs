@@ -266,7 +266,8 @@ mod tests {
 
     #[test]
     fn firewall_marks_are_distinct_and_never_carry_the_masquerade_bit() {
-        let marks: std::collections::HashSet<u32> = (1..=0xFF_FFFF).step_by(7).map(fwmark).collect();
+        let marks: std::collections::HashSet<u32> =
+            (1..=0xFF_FFFF).step_by(7).map(fwmark).collect();
         assert_eq!(marks.len(), (1..=0xFF_FFFF).step_by(7).count());
         assert!(marks.iter().all(|m| m & 0x4000 == 0 && *m != 0));
         assert_eq!(fwmark(0x4000), 0x8000_8000);

@@ -28,7 +28,7 @@ fn bytes(e: &Element) -> ElementBytes {
 }
 
 /// Groups elements by set.
-fn by_set<'a>(elements: &[&'a Element]) -> BTreeMap<SetKind, Vec<ElementBytes>> {
+fn by_set(elements: &[&Element]) -> BTreeMap<SetKind, Vec<ElementBytes>> {
     let mut out: BTreeMap<SetKind, Vec<ElementBytes>> = BTreeMap::new();
     for e in elements {
         out.entry(e.set).or_default().push(bytes(e));
