@@ -37,15 +37,16 @@ use std::{
 
 use serde_json::Value;
 use switchyard_e2e::{
-    agent::agent_binary,
+    agent::{agent_binary, workspace_root},
     require_root,
+    scenario::scenario_files,
     vm::{Exit, Job, TestBinary, TestVerdict, VmError, VmLane, VmReport, VmStatus},
 };
 
 /// The scenario file run in the VM by default in nftables mode: the shared ClusterIP
-/// scenario. All the files take ~5 minutes per mode under TCG (28 s on the host), so
-/// they are opt-in (`SWITCHYARD_VM_SCENARIO=` — empty matches every file — runs them in
-/// both modes).
+/// scenario. All twenty files take ~12 minutes per mode under TCG (30-60 s each; under
+/// a minute on the host), so they are opt-in: `SWITCHYARD_VM_SCENARIO=` (empty matches
+/// every file) runs every matching file in both modes, one job per file.
 const DEFAULT_SCENARIO: &str = "cluster-ip-general";
 
 /// The scenario files run in ipvs mode by default, one job each: each exercises a
@@ -115,14 +116,10 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         TestBinary::from_cargo("e2e/tests/sandbox_selftest.rs").expect("sandbox_selftest");
     let selftests = selftest.jobs().expect("listing sandbox_selftest");
     let scenarios = TestBinary::from_cargo("e2e/tests/scenarios.rs").expect("scenarios");
-    let filter =
-        std::env::var("SWITCHYARD_VM_SCENARIO").unwrap_or_else(|_| DEFAULT_SCENARIO.into());
-    let scenario_job = scenarios
-        .job("scenarios_nftables")
-        .env("SWITCHYARD_SCENARIO", filter);
-    let (selftest_names, scenario_names) = (names(&selftests), vec![scenario_job.name.clone()]);
+    let nft_scenarios = scenario_jobs(&scenarios, "scenarios_nftables", &[DEFAULT_SCENARIO]);
+    let (selftest_names, scenario_names) = (names(&selftests), names(&nft_scenarios));
     jobs.extend(selftests);
-    jobs.push(scenario_job);
+    jobs.extend(nft_scenarios);
     let netlink = netlink_jobs();
     let netlink_names = names(&netlink);
     jobs.extend(netlink);
@@ -199,27 +196,40 @@ fn ipvs_engine_jobs() -> Vec<Job> {
     .collect()
 }
 
-/// `scenarios_ipvs`, one job per default file, or one job with the host's
-/// `SWITCHYARD_VM_SCENARIO` filter; then the stale UDP flow cleanup in ipvs mode.
-fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
+/// One job of `test` per scenario file: the `defaults`, or every file matching the
+/// host's `SWITCHYARD_VM_SCENARIO` (empty: all of them). One file per job keeps each
+/// within its bound (all the files in one job take longer than that under TCG).
+fn scenario_jobs(scenarios: &TestBinary, test: &str, defaults: &[&str]) -> Vec<Job> {
     let filters: Vec<String> = match std::env::var("SWITCHYARD_VM_SCENARIO") {
-        Ok(filter) => vec![filter],
-        Err(_) => DEFAULT_IPVS_SCENARIOS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        Ok(filter) => {
+            let root = workspace_root();
+            let mut files = scenario_files(&root.join("../shared/scenarios")).unwrap_or_default();
+            files.extend(scenario_files(&root.join("e2e/scenarios")).unwrap_or_default());
+            files
+                .iter()
+                .filter(|f| f.to_string_lossy().contains(&filter))
+                .filter_map(|f| f.file_name().map(|n| format!("/{}", n.to_string_lossy())))
+                .collect()
+        }
+        Err(_) => defaults.iter().map(|s| s.to_string()).collect(),
     };
-    let mut jobs: Vec<Job> = filters
+    filters
         .into_iter()
         .map(|filter| {
             let mut job = scenarios
-                .job("scenarios_ipvs")
+                .job(test)
                 .env("SWITCHYARD_SCENARIO", &filter)
                 .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1");
-            job.name = format!("scenarios_ipvs[{filter}]");
+            job.name = format!("{test}[{}]", filter.trim_start_matches('/'));
             job
         })
-        .collect();
+        .collect()
+}
+
+/// `scenarios_ipvs` per file (see [`scenario_jobs`]), then the stale UDP flow cleanup
+/// in ipvs mode.
+fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
+    let mut jobs = scenario_jobs(scenarios, "scenarios_ipvs", &DEFAULT_IPVS_SCENARIOS);
     let udp = TestBinary::from_cargo("e2e/tests/udp_conntrack.rs").expect("udp_conntrack");
     jobs.push(
         udp.job("udp_conntrack_ipvs")
