@@ -249,7 +249,9 @@ fn run(mode: &str, args: &[&str]) -> Result<()> {
     dir.write_object("svc-empty.yaml", &service("empty", "172.30.4.2"))?;
     dir.write_object("slice-empty.yaml", &slice("empty", &[]))?;
     sb.run_agent(dir.path(), args)?;
-    sb.wait_healthy(Duration::from_secs(20))?;
+    // The probe alone takes 10-13 s in the VM lane (TCG), loading the IPVS modules more.
+    let in_vm = std::env::var(switchyard_e2e::vm::IN_VM_VAR).as_deref() == Ok("1");
+    sb.wait_healthy(Duration::from_secs(if in_vm { 90 } else { 20 }))?;
 
     // 1) An endpoint goes away (but keeps answering): the client moves to B.
     let mut client = Client::start(&sb, 40053, "172.30.4.1:53".parse()?)?;

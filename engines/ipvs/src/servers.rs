@@ -173,7 +173,9 @@ impl Writer<'_> {
 }
 
 /// Deletes the draining real servers that have no connection left, or have drained
-/// for `limit`; returns how many went.
+/// for `limit`; returns how many went. Those that started draining at `now` (in the
+/// sync calling this) wait for the next check: a one-endpoint change stays one
+/// operation, and the idle check comes at the next sync or drift check.
 pub fn sweep_drained(
     ipvs: &mut Ipvs,
     kernel: &mut BTreeMap<ServiceId, KernelServer>,
@@ -182,7 +184,11 @@ pub fn sweep_drained(
 ) -> Result<usize, NetlinkError> {
     let mut removed = 0;
     for (id, server) in kernel.iter_mut() {
-        if !server.dests.values().any(|d| d.draining_since.is_some()) {
+        if !server
+            .dests
+            .values()
+            .any(|d| d.draining_since.is_some_and(|t| t < now))
+        {
             continue;
         }
         let live = ipvs.destinations(id)?;
@@ -190,6 +196,7 @@ pub fn sweep_drained(
             .dests
             .iter()
             .filter_map(|(k, d)| d.draining_since.map(|t| (*k, t)))
+            .filter(|(_, since)| *since < now)
             .collect();
         for ((ip, port), since) in draining {
             let conns = live
