@@ -77,6 +77,21 @@ proxyConfigs:
       maxServices: 65536
       maxEndpoints: 262144
 EOF
+cat >"$tmp/ipvs-values.yaml" <<'EOF'
+proxyConfigs:
+  - name: default
+    mode: nftables
+    fallback: [iptables]
+  - name: ipvs-pool
+    priority: 10
+    nodeSelector:
+      matchLabels:
+        switchyard.dev/pool: ipvs
+    mode: ipvs
+    fallback: [nftables]
+    ipvs:
+      scheduler: rr
+EOF
 cat >"$tmp/ebpf-fallback-values.yaml" <<'EOF'
 proxyConfigs:
   - name: default
@@ -91,6 +106,7 @@ render "$tmp/ebpf.yaml" -f "$tmp/ebpf-values.yaml"
 render "$tmp/ebpf-fallback.yaml" -f "$tmp/ebpf-fallback-values.yaml"
 render "$tmp/ebpf-mount.yaml" -f "$tmp/ebpf-values.yaml" --set agent.ebpf.mountBpffs=true \
     --set agent.ebpf.hostCgroupRoot=/sys/fs/cgroup/unified
+render "$tmp/ipvs.yaml" -f "$tmp/ipvs-values.yaml"
 render "$tmp/apiserver.yaml" --set apiServer.host=172.18.0.2 --set apiServer.port=6443
 
 # --- values the chart must refuse ----------------------------------------------------
@@ -281,7 +297,7 @@ def env_of(container):
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def check_agent(scenario, docs, ebpf):
+def check_agent(scenario, docs, ebpf, ipvs):
     ds = one(scenario, docs, "DaemonSet", f"{prefix}-agent")
     if ds is None:
         return
@@ -331,8 +347,15 @@ def check_agent(scenario, docs, ebpf):
         fail(scenario, f"eBPF pool configured but agent lacks {sorted(ebpf_caps - added)}")
     if not ebpf and added & ebpf_caps:
         fail(scenario, f"no eBPF pool but agent has {sorted(added & ebpf_caps)}")
-    if added - ebpf_caps - {"NET_ADMIN", "NET_RAW"}:
-        fail(scenario, f"agent has unexpected capabilities {sorted(added - ebpf_caps - {'NET_ADMIN', 'NET_RAW'})}")
+    # An IPVS pool loads its modules (ip_vs, the scheduler's, nf_conntrack): SYS_MODULE,
+    # and only then.
+    if ipvs and "SYS_MODULE" not in added:
+        fail(scenario, "IPVS pool configured but agent lacks SYS_MODULE")
+    if not ipvs and "SYS_MODULE" in added:
+        fail(scenario, "no IPVS pool but agent has SYS_MODULE")
+    expected = ebpf_caps | {"NET_ADMIN", "NET_RAW", "SYS_MODULE"}
+    if added - expected:
+        fail(scenario, f"agent has unexpected capabilities {sorted(added - expected)}")
     # Liveness (and startup) is "the loops turn", readiness is "synced": a node whose
     # syncs fail must not be restarted (issue 14, defect 2).
     probes = {
@@ -483,16 +506,17 @@ def check_api_server_env(scenario, docs, host):
 
 
 scenarios = {
-    "default": (False, {"default": ("nftables", ["iptables"], 0)}),
-    "ebpf": (True, {"default": ("nftables", ["iptables"], 0), "ebpf-pool": ("ebpf", ["nftables"], 20)}),
-    "ebpf-fallback": (True, {"default": ("ipvs", ["ebpf", "iptables"], 0)}),
-    "ebpf-mount": (True, {"default": ("nftables", ["iptables"], 0), "ebpf-pool": ("ebpf", ["nftables"], 20)}),
+    "default": (False, False, {"default": ("nftables", ["iptables"], 0)}),
+    "ebpf": (True, False, {"default": ("nftables", ["iptables"], 0), "ebpf-pool": ("ebpf", ["nftables"], 20)}),
+    "ebpf-fallback": (True, True, {"default": ("ipvs", ["ebpf", "iptables"], 0)}),
+    "ebpf-mount": (True, False, {"default": ("nftables", ["iptables"], 0), "ebpf-pool": ("ebpf", ["nftables"], 20)}),
+    "ipvs": (False, True, {"default": ("nftables", ["iptables"], 0), "ipvs-pool": ("ipvs", ["nftables"], 10)}),
 }
-for scenario, (ebpf, configs) in scenarios.items():
+for scenario, (ebpf, ipvs, configs) in scenarios.items():
     docs = load(scenario)
     check_crds(scenario, docs)
     check_rbac(scenario, docs)
-    check_agent(scenario, docs, ebpf)
+    check_agent(scenario, docs, ebpf, ipvs)
     check_operator(scenario, docs)
     check_node_restriction(scenario, docs, True)
     specs = check_proxy_configs(scenario, docs, configs)
@@ -510,7 +534,7 @@ if failures:
     for f in failures:
         print(f"FAIL: {f}", file=sys.stderr)
     sys.exit(1)
-print("ok: RBAC equals the table of API calls; agent unprivileged, no escalation (NET_ADMIN, NET_RAW; BPF and PERFMON only with an eBPF pool, SYS_ADMIN only in the opt-in bpffs init container); CRDs and ProxyConfigs rendered")
+print("ok: RBAC equals the table of API calls; agent unprivileged, no escalation (NET_ADMIN, NET_RAW; BPF and PERFMON only with an eBPF pool, SYS_ADMIN only in the opt-in bpffs init container, SYS_MODULE only with an IPVS pool, /lib/modules read-only); CRDs and ProxyConfigs rendered")
 PY
 
 [[ $refused == 0 ]] || die "the chart accepted values it must refuse"

@@ -5,6 +5,8 @@
 #   busybox-static     the initramfs's only program
 #   tiny-initramfs     satisfies the kernel package's "linux-initramfs-tool" dependency
 #                      without initramfs-tools, which pulls in udev and systemd
+#   ipvsadm            the operator's view of IPVS: the IPVS engine's tests read its
+#                      output in the VM (the host's binaries run there unchanged)
 # All with --no-install-recommends (qemu's recommends are a desktop's worth). Idempotent,
 # and a no-op (a few dpkg-query calls) when everything is there. Needs root to install.
 set -euo pipefail
@@ -13,6 +15,7 @@ need=()
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 installed busybox-static || need+=(busybox-static)
+command -v ipvsadm >/dev/null 2>&1 || need+=(ipvsadm)
 installed linux-image-amd64 || need+=(tiny-initramfs linux-image-amd64)
 
 "$(dirname "$0")/apt-install.sh" install-vm-lane-deps "${need[@]}"

@@ -233,7 +233,8 @@ impl NodeSide {
             }
             effective_config(&state, &self.node_name, &self.source).config
         };
-        let report = tokio::task::spawn_blocking(|| Probe::new().run(&Mode::ENGINES)).await?;
+        let probe = ipvs_module_loading(Probe::new(), &config);
+        let report = tokio::task::spawn_blocking(move || probe.run(&Mode::ENGINES)).await?;
         let caps = capabilities(&report);
         for c in &caps {
             tracing::info!(mode = %c.mode, usable = c.available, detail = %c.detail, "probe");
@@ -314,6 +315,22 @@ impl NodeSide {
         runner.run(stop_rx).await;
         Ok(())
     }
+}
+
+/// A node whose config asks for IPVS (as its mode or a fallback) loads the modules
+/// first, as kube-proxy does, so a node whose `ip_vs` is loadable but not loaded is
+/// not reported without it; a module that will not load is named with modprobe's
+/// error in the probe's findings (and so in the fallback's reason).
+fn ipvs_module_loading(probe: Probe, config: &switchyard_crd::EffectiveConfig) -> Probe {
+    if config.mode != Mode::Ipvs && !config.fallback.contains(&Mode::Ipvs) {
+        return probe;
+    }
+    let scheduler = config.ipvs.scheduler.as_str();
+    tracing::info!(
+        scheduler,
+        "loading kernel modules ip_vs, ip_vs_{scheduler} and nf_conntrack before probing (the config asks for ipvs)"
+    );
+    probe.load_ipvs_modules(scheduler)
 }
 
 async fn run_standalone(dir: PathBuf, args: NodeArgs) -> Result<()> {

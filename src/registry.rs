@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 
 use switchyard_core::runner::EngineFactory;
-use switchyard_crd::{EffectiveConfig, Mode, ModeCapability};
+use switchyard_crd::{EffectiveConfig, IpvsSchedulerFlag, IpvsSettings, Mode, ModeCapability};
 use switchyard_ebpf::{EbpfEngine, EbpfOptions, MapSizes};
 use switchyard_iptables::{Backend as IptBackend, IptOptions, IptablesEngine};
+use switchyard_ipvs::{IpvsEngine, IpvsOptions, Scheduler};
 use switchyard_model::{EngineError, ProxyEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 use switchyard_probe::ProbeReport;
@@ -102,6 +103,48 @@ fn ebpf_settings_changed(old: &EffectiveConfig, new: &EffectiveConfig) -> bool {
     old.ebpf != new.ebpf
 }
 
+/// The `ipvs` block in the engine's terms.
+pub fn ipvs_options(settings: &IpvsSettings) -> IpvsOptions {
+    use switchyard_netlink::ipvs::{Timeouts, SVC_F_SCHED1, SVC_F_SCHED2};
+    let flags = settings
+        .scheduler_flags
+        .iter()
+        .map(|f| match f {
+            IpvsSchedulerFlag::ShFallback | IpvsSchedulerFlag::MhFallback => SVC_F_SCHED1,
+            IpvsSchedulerFlag::ShPort | IpvsSchedulerFlag::MhPort => SVC_F_SCHED2,
+        })
+        .fold(0, |a, b| a | b);
+    let secs = |d: Option<std::time::Duration>| {
+        d.map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+    };
+    IpvsOptions {
+        scheduler: Scheduler {
+            name: settings.scheduler.as_str().to_string(),
+            flags,
+        },
+        strict_arp: settings.strict_arp,
+        timeouts: Timeouts {
+            tcp: secs(settings.tcp_timeout),
+            tcp_fin: secs(settings.tcp_fin_timeout),
+            udp: secs(settings.udp_timeout),
+        },
+        exclude_cidrs: settings.exclude_cidrs.clone(),
+        ..IpvsOptions::default()
+    }
+}
+
+fn ipvs(_: &BuildContext, config: &EffectiveConfig) -> Box<dyn ProxyEngine> {
+    Box::new(IpvsEngine::new(ipvs_options(&config.ipvs)))
+}
+
+fn ipvs_owners() -> Vec<Box<dyn ProxyEngine>> {
+    vec![Box::new(IpvsEngine::new(IpvsOptions::default()))]
+}
+
+fn ipvs_settings_changed(old: &EffectiveConfig, new: &EffectiveConfig) -> bool {
+    old.ipvs != new.ipvs
+}
+
 fn never(_: &EffectiveConfig, _: &EffectiveConfig) -> bool {
     false
 }
@@ -121,6 +164,13 @@ pub const ENGINES: &[EngineEntry] = &[
         build: nftables,
         owners: nftables_owners,
         settings_changed: never,
+    },
+    EngineEntry {
+        mode: Mode::Ipvs,
+        auto_rank: 2,
+        build: ipvs,
+        owners: ipvs_owners,
+        settings_changed: ipvs_settings_changed,
     },
     EngineEntry {
         mode: Mode::Iptables,

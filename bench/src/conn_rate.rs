@@ -1,11 +1,12 @@
 //! Connection setup rate through a ClusterIP: what iptables mode's reputation comes from.
 //! Every new connection walks the services dispatch chain; iptables matches rule by rule,
-//! nftables looks the VIP up in a verdict map, eBPF looks it up in a hash map at
-//! connect(). Measured in one namespace per case: the engine programs N services whose
-//! endpoint is a local server, and a client opens as many connections as it can for a
-//! fixed time to the VIP the dispatch chain reaches last, and (with N services) straight
-//! to the endpoint. The eBPF engine's client is a child process in its private cgroup
-//! (only that cgroup's sockets see its programs); the loop is the same function.
+//! nftables looks the VIP up in a verdict map, IPVS in its service hash table, eBPF
+//! in a hash map at connect(). Measured in one namespace per case: the engine programs N
+//! services whose endpoint is a local server, and a client opens as many connections as
+//! it can for a fixed time to the VIP the dispatch chain reaches last, and (with N
+//! services) straight to the endpoint. The eBPF engine's client is a child process in
+//! its private cgroup (only that cgroup's sockets see its programs); the loop is the
+//! same function.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -63,7 +64,7 @@ fn model(services: usize) -> NodeModel {
 /// The VIP whose rule iptables evaluates last (any VIP for nftables: one map lookup).
 fn last_vip(subject: Subject, ns: &NetNs, services: usize) -> Result<Ipv4Addr> {
     let save = match subject {
-        Subject::Nftables | Subject::Ebpf => return Ok(vip(services - 1)),
+        Subject::Nftables | Subject::Ebpf | Subject::Ipvs => return Ok(vip(services - 1)),
         Subject::IptablesNft => "iptables-nft-save",
         Subject::IptablesLegacy => "iptables-legacy-save",
     };
@@ -163,6 +164,7 @@ async fn one_case(subject: Subject, services: usize, tag: &str) -> Result<(f64, 
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     let m = model(services);
     let Programmed { mut engine, ebpf } = engine_for(subject, &ns)?;
+    engine.prepare().await.context("prepare")?;
     engine
         .sync(&m, &ChangeSet::full(&m))
         .await

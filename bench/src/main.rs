@@ -3,6 +3,8 @@
 //!
 //! - per engine and size: a full sync from empty, and a one-endpoint change (engine
 //!   apply alone, and the whole pipeline: state update, model build, diff, apply);
+//!   the IPVS engine needs a kernel with IPVS: the VM lane's kernel (`--engines
+//!   ipvs,nftables` there; see BENCHMARKS.md "IPVS");
 //! - the real agent's resident memory after its first sync at the largest size.
 //!
 //! Figures are medians of `--runs` runs; the machine is small and noisy, so the table
@@ -23,6 +25,7 @@ use switchyard_core::state::model_config;
 use switchyard_crd::EffectiveConfig;
 use switchyard_e2e::netns::NetNs;
 use switchyard_iptables::{Backend, IptOptions, IptablesEngine};
+use switchyard_ipvs::{IpvsEngine, IpvsOptions};
 use switchyard_model::{ChangeSet, NodeModel, ProxyEngine};
 use switchyard_nftables::{NftOptions, NftablesEngine};
 
@@ -39,6 +42,7 @@ pub enum Subject {
     IptablesNft,
     IptablesLegacy,
     Ebpf,
+    Ipvs,
 }
 
 impl std::str::FromStr for Subject {
@@ -49,8 +53,9 @@ impl std::str::FromStr for Subject {
             "iptables-nft" => Ok(Subject::IptablesNft),
             "iptables-legacy" => Ok(Subject::IptablesLegacy),
             "ebpf" => Ok(Subject::Ebpf),
+            "ipvs" => Ok(Subject::Ipvs),
             other => Err(format!(
-                "{other:?}: expected nftables, iptables-nft, iptables-legacy or ebpf"
+                "{other:?}: expected nftables, iptables-nft, iptables-legacy, ebpf or ipvs"
             )),
         }
     }
@@ -63,6 +68,7 @@ impl std::fmt::Display for Subject {
             Subject::IptablesNft => "iptables (nft backend)",
             Subject::IptablesLegacy => "iptables (legacy backend)",
             Subject::Ebpf => "ebpf",
+            Subject::Ipvs => "ipvs",
         })
     }
 }
@@ -125,6 +131,10 @@ fn netfilter_engine(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
             ..IptOptions::default()
         })),
         Subject::Ebpf => unreachable!("built by engine_for"),
+        Subject::Ipvs => Box::new(IpvsEngine::new(IpvsOptions {
+            netns,
+            ..IpvsOptions::default()
+        })),
     }
 }
 

@@ -26,5 +26,5 @@ pub mod scenario;
 pub mod vm;
 
 pub use probe::{Outcome, Proto, Source};
-pub use sandbox::{require_root, Sandbox};
+pub use sandbox::{require_ipvs, require_root, Sandbox};
 pub use scenario::{Runner, Scenario, ScenarioReport};

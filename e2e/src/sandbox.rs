@@ -98,6 +98,36 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Set by the VM lane for the jobs that need what only its kernel has (IPVS, the dummy
+/// link type): a missing feature is then a failure, not a skip.
+pub const REQUIRE_VM_FEATURES: &str = "SWITCHYARD_REQUIRE_VM_FEATURES";
+
+/// For tests needing IPVS: true when this kernel has it (`ip_vs` loaded, or loaded now
+/// by `modprobe`); otherwise panics when the VM lane requires it
+/// ([`REQUIRE_VM_FEATURES`]), else prints a loud SKIPPED line (the host kernel has no
+/// IPVS: the VM lane runs these) and returns false.
+pub fn require_ipvs(test: &str) -> bool {
+    let present = || Path::new("/proc/sys/net/ipv4/vs").exists();
+    if !present() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("ip_vs")
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    if present() {
+        return true;
+    }
+    if std::env::var(REQUIRE_VM_FEATURES).as_deref() == Ok("1") {
+        panic!("{test}: IPVS is required here ({REQUIRE_VM_FEATURES}=1) but this kernel has none");
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n*** SKIPPED: {test} needs IPVS, which this kernel lacks; the VM lane runs it ***\n\n")
+            .as_bytes(),
+    );
+    false
+}
+
 /// Where a sandboxed eBPF engine attaches and pins (see [`Sandbox::enable_ebpf`]).
 #[derive(Clone, Debug)]
 pub struct EbpfPaths {
@@ -500,17 +530,23 @@ impl Sandbox {
         )
     }
 
-    /// The nftables ruleset of the node namespace (for failure reports).
+    /// The nftables ruleset of the node namespace, and its IPVS table where the kernel
+    /// has IPVS (for failure reports).
     pub fn node_ruleset(&self) -> String {
-        run_cmd(std::process::Command::new("ip").args([
-            "netns",
-            "exec",
-            self.node.name(),
-            "nft",
-            "list",
-            "ruleset",
-        ]))
-        .unwrap_or_else(|e| format!("(nft list ruleset failed: {e:#})"))
+        let in_node = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", self.node.name()];
+            all.extend_from_slice(args);
+            run_cmd(std::process::Command::new("ip").args(&all))
+        };
+        let mut out = in_node(&["nft", "list", "ruleset"])
+            .unwrap_or_else(|e| format!("(nft list ruleset failed: {e:#})"));
+        if Path::new("/proc/sys/net/ipv4/vs").exists() {
+            match in_node(&["ipvsadm", "-Ln"]) {
+                Ok(table) => out.push_str(&format!("\nipvsadm -Ln:\n{table}")),
+                Err(e) => out.push_str(&format!("\n(ipvsadm -Ln failed: {e:#})")),
+            }
+        }
+        out
     }
 
     fn owner_of(&self, ip: IpAddr) -> Option<PathBuf> {

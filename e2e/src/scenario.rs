@@ -30,9 +30,9 @@ const ONE_OF_TRIES: usize = 16;
 /// timeout).
 const REJECT_TRIES: usize = 3;
 const DROP_TRIES: usize = 2;
-/// How long the agent may take to answer `/healthz`.
-/// How long the agent may take to become healthy: its start (probe included) and first
-/// sync, generously; six times as long inside the VM lane (TCG emulation).
+/// How long the agent may take to become healthy (its start, probe included, and first
+/// sync): 20 s, or 120 s in the VM lane, where the probe alone takes 10-13 s under TCG
+/// and loading the IPVS modules more.
 fn healthy_timeout() -> Duration {
     if std::env::var_os(crate::vm::IN_VM_VAR).is_some() {
         Duration::from_secs(120)

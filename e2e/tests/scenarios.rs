@@ -1,14 +1,17 @@
 //! Runs every packet-flow scenario — the shared ones (`<workspace>/../shared/scenarios`, or
 //! `$SWITCHYARD_SCENARIOS_DIR`) and ours (`e2e/scenarios`) — against the real agent in
-//! nftables mode, in iptables mode on both backends and in ebpf mode, one sandbox per scenario, printing a report per file and failing with
-//! the list of every failed flow.
+//! nftables mode, in iptables mode on both backends, in ebpf mode, and in ipvs mode (on a
+//! kernel with IPVS: the VM lane runs it, the host skips it loudly), one sandbox per
+//! scenario, printing a report per file and failing with the list of every failed flow.
 //!
 //! `SWITCHYARD_SCENARIO=<substring>` runs only matching files; `SWITCHYARD_PENDING=a,b`
 //! adds flow names (or `scenario/flow`) to the pending list.
 
 use std::path::PathBuf;
 
-use switchyard_e2e::{agent::workspace_root, require_root, scenario::scenario_files, Runner};
+use switchyard_e2e::{
+    agent::workspace_root, require_ipvs, require_root, scenario::scenario_files, Runner,
+};
 
 /// Flows known not to work yet (`scenario/flow`), reported as PENDING.
 const PENDING: &[&str] = &[];
@@ -107,4 +110,13 @@ fn scenarios_ebpf() {
         return;
     }
     run_all("ebpf", &[]);
+}
+
+/// IPVS: on a kernel with IPVS only (the VM lane runs it; the host skips it loudly).
+#[test]
+fn scenarios_ipvs() {
+    if !require_root("scenarios_ipvs") || !require_ipvs("scenarios_ipvs") {
+        return;
+    }
+    run_all("ipvs", &[]);
 }

@@ -10,6 +10,15 @@
 //! - the netlink layer's IPVS and rtnetlink kernel tests (`netlink/tests/ipvs_kernel.rs`,
 //!   `rtnetlink_kernel.rs`: IPVS services and destinations of both families, the dummy
 //!   link; the host has neither), one job per test, required not to skip,
+//! - the IPVS engine's kernel tests (`engines/ipvs/tests/kernel.rs`: adoption, drift,
+//!   cleanup, one-endpoint changes, graceful termination, `ipvsadm -Ln`) and its helper
+//!   table test, one job per test, required not to skip,
+//! - the scenario files in ipvs mode (see [`DEFAULT_IPVS_SCENARIOS`]), one job per file,
+//!   and the stale UDP flow cleanup in ipvs mode (`tests/udp_conntrack.rs`),
+//! - fallback both ways (`tests/ipvs_fallback.rs`): with the modules, IPVS runs and no
+//!   fallback is reported; then, after `ip_vs` is unloaded and `modprobe ip_vs` made to
+//!   fail (`install ip_vs /bin/false` in `/run/modprobe.d`), nftables runs and the
+//!   fallback names `ip_vs`,
 //! - `switchyard probe` in a namespace with a bridge after `modprobe -r br_netfilter`
 //!   (the probe warns), then `br_netfilter` again,
 //! - a job that outlives its 2 s bound (the runner kills it; the next job still runs),
@@ -28,15 +37,32 @@ use std::{
 
 use serde_json::Value;
 use switchyard_e2e::{
-    agent::agent_binary,
+    agent::{agent_binary, workspace_root},
     require_root,
+    scenario::scenario_files,
     vm::{Exit, Job, TestBinary, TestVerdict, VmError, VmLane, VmReport, VmStatus},
 };
 
-/// The scenario file run in the VM by default: the shared ClusterIP scenario. All fifteen
-/// files take ~5 minutes under TCG (28 s on the host), so they are opt-in
-/// (`SWITCHYARD_VM_SCENARIO=` — empty matches every file).
+/// The scenario file run in the VM by default in nftables mode: the shared ClusterIP
+/// scenario. All twenty files take ~12 minutes per mode under TCG (30-60 s each; under
+/// a minute on the host), so they are opt-in: `SWITCHYARD_VM_SCENARIO=` (empty matches
+/// every file) runs every matching file in both modes, one job per file.
 const DEFAULT_SCENARIO: &str = "cluster-ip-general";
+
+/// The scenario files run in ipvs mode by default, one job each: each exercises a
+/// different part of the engine — virtual servers, hairpin, refusals of unallocated
+/// ports (`cluster-ip-general`); the firewall-mark short circuit and the node's own
+/// masquerading under `externalTrafficPolicy: Local`
+/// (`external-traffic-policy-local-short-circuit`); Reject, Drop and load-balancer
+/// source ranges in the helper table (`reject-and-source-ranges`); IPv6 virtual servers
+/// (`dual-stack`); NodePorts per node address (`nodeports`). About 40-80 s each.
+const DEFAULT_IPVS_SCENARIOS: [&str; 5] = [
+    "cluster-ip-general",
+    "external-traffic-policy-local-short-circuit",
+    "reject-and-source-ranges",
+    "dual-stack",
+    "nodeports",
+];
 const HANG_BOUND: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -46,6 +72,9 @@ struct TestJobs {
     netlink: Vec<String>,
     selftests: Vec<String>,
     scenarios: Vec<String>,
+    ipvs_engine: Vec<String>,
+    ipvs_scenarios: Vec<String>,
+    fallback: [String; 2],
 }
 
 struct LaneRun {
@@ -87,17 +116,22 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         TestBinary::from_cargo("e2e/tests/sandbox_selftest.rs").expect("sandbox_selftest");
     let selftests = selftest.jobs().expect("listing sandbox_selftest");
     let scenarios = TestBinary::from_cargo("e2e/tests/scenarios.rs").expect("scenarios");
-    let filter =
-        std::env::var("SWITCHYARD_VM_SCENARIO").unwrap_or_else(|_| DEFAULT_SCENARIO.into());
-    let scenario_job = scenarios
-        .job("scenarios_nftables")
-        .env("SWITCHYARD_SCENARIO", filter);
-    let (selftest_names, scenario_names) = (names(&selftests), vec![scenario_job.name.clone()]);
+    let nft_scenarios = scenario_jobs(&scenarios, "scenarios_nftables", &[DEFAULT_SCENARIO]);
+    let (selftest_names, scenario_names) = (names(&selftests), names(&nft_scenarios));
     jobs.extend(selftests);
-    jobs.push(scenario_job);
+    jobs.extend(nft_scenarios);
     let netlink = netlink_jobs();
     let netlink_names = names(&netlink);
     jobs.extend(netlink);
+    let ipvs_engine = ipvs_engine_jobs();
+    let ipvs_engine_names = names(&ipvs_engine);
+    jobs.extend(ipvs_engine);
+    let ipvs_scenarios = ipvs_scenario_jobs(&scenarios);
+    let ipvs_scenario_names = names(&ipvs_scenarios);
+    jobs.extend(ipvs_scenarios);
+    let fallback = fallback_jobs();
+    let fallback_names = [fallback[0].name.clone(), fallback[1].name.clone()];
+    jobs.extend(fallback);
     jobs.push(shell_job(
         "bridge-without-br-netfilter",
         "modprobe -r br_netfilter || exit 99; ip netns add sy-brtest && \
@@ -122,6 +156,9 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         netlink: netlink_names,
         selftests: selftest_names,
         scenarios: scenario_names,
+        ipvs_engine: ipvs_engine_names,
+        ipvs_scenarios: ipvs_scenario_names,
+        fallback: fallback_names,
     };
     (jobs, tests)
 }
@@ -141,6 +178,89 @@ fn netlink_jobs() -> Vec<Job> {
     })
     .map(|job| job.env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"))
     .collect()
+}
+
+/// The IPVS engine's kernel tests, required not to skip.
+fn ipvs_engine_jobs() -> Vec<Job> {
+    [
+        "engines/ipvs/tests/kernel.rs",
+        "engines/ipvs/tests/helper_kernel.rs",
+    ]
+    .into_iter()
+    .flat_map(|source| {
+        TestBinary::from_cargo(source)
+            .and_then(|b| b.jobs())
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+    })
+    .map(|job| job.env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"))
+    .collect()
+}
+
+/// One job of `test` per scenario file: the `defaults`, or every file matching the
+/// host's `SWITCHYARD_VM_SCENARIO` (empty: all of them). One file per job keeps each
+/// within its bound (all the files in one job take longer than that under TCG).
+fn scenario_jobs(scenarios: &TestBinary, test: &str, defaults: &[&str]) -> Vec<Job> {
+    let filters: Vec<String> = match std::env::var("SWITCHYARD_VM_SCENARIO") {
+        Ok(filter) => {
+            let root = workspace_root();
+            let mut files = scenario_files(&root.join("../shared/scenarios")).unwrap_or_default();
+            files.extend(scenario_files(&root.join("e2e/scenarios")).unwrap_or_default());
+            files
+                .iter()
+                .filter(|f| f.to_string_lossy().contains(&filter))
+                .filter_map(|f| f.file_name().map(|n| format!("/{}", n.to_string_lossy())))
+                .collect()
+        }
+        Err(_) => defaults.iter().map(|s| s.to_string()).collect(),
+    };
+    filters
+        .into_iter()
+        .map(|filter| {
+            let mut job = scenarios
+                .job(test)
+                .env("SWITCHYARD_SCENARIO", &filter)
+                .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1");
+            job.name = format!("{test}[{}]", filter.trim_start_matches('/'));
+            job
+        })
+        .collect()
+}
+
+/// `scenarios_ipvs` per file (see [`scenario_jobs`]), then the stale UDP flow cleanup
+/// in ipvs mode.
+fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
+    let mut jobs = scenario_jobs(scenarios, "scenarios_ipvs", &DEFAULT_IPVS_SCENARIOS);
+    let udp = TestBinary::from_cargo("e2e/tests/udp_conntrack.rs").expect("udp_conntrack");
+    jobs.push(
+        udp.job("udp_conntrack_ipvs")
+            .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"),
+    );
+    jobs
+}
+
+/// Fallback both ways: IPVS with the modules; then `ip_vs` unloaded and made
+/// unloadable, nftables.
+fn fallback_jobs() -> [Job; 2] {
+    let binary = TestBinary::from_cargo("e2e/tests/ipvs_fallback.rs").expect("ipvs_fallback");
+    let with = binary
+        .job("with_the_modules_ipvs_runs_and_no_fallback_is_reported")
+        .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1");
+    let test = "without_ip_vs_nftables_runs_and_the_fallback_names_the_module";
+    let without = Job::new(format!("ipvs_fallback::{test}"), "/bin/sh")
+        .args([
+            "-c",
+            "for i in $(seq 40); do \
+               modprobe -r ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh ip_vs \
+               2>/dev/null && break; sleep 0.5; done; \
+             [ ! -e /proc/sys/net/ipv4/vs ] || { echo 'ip_vs would not unload'; exit 99; }; \
+             mkdir -p /run/modprobe.d && \
+             echo 'install ip_vs /bin/false' > /run/modprobe.d/sy-no-ip-vs.conf && \
+             exec \"$0\" \"$1\" --exact --test-threads=1 --nocapture",
+            &binary.path.to_string_lossy(),
+            test,
+        ])
+        .cwd(&binary.package_dir);
+    [with, without]
 }
 
 /// The one boot every test here reads.
@@ -241,6 +361,17 @@ fn probe_finds_ipvs_in_the_vm_and_not_on_the_host() {
         .and_then(|c| c.iter().find(|c| c["name"] == "netlink family"))
         .unwrap_or_else(|| panic!("no netlink family check: {in_vm:#}"));
     assert_eq!(family["ok"], true, "{family:#}");
+    let schedulers = in_vm["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "schedulers"))
+        .unwrap_or_else(|| panic!("no schedulers check: {in_vm:#}"));
+    let detail = schedulers["detail"].as_str().unwrap_or_default();
+    for s in ["rr", "wrr", "lc", "wlc", "sh", "mh"] {
+        assert!(
+            detail.split_whitespace().any(|w| w == s),
+            "scheduler {s} not named: {detail}"
+        );
+    }
 
     let out = std::process::Command::new(agent_binary().unwrap())
         .args(["probe", "--output", "json"])
@@ -413,4 +544,51 @@ fn a_hung_vm_is_killed_with_an_error_naming_the_job() {
     assert!(text.contains("hung in job 'vm-hang'"), "{text}");
     assert!(text.contains("vm-hang started"), "console tail: {text}");
     assert!(run.report.job("vm-hang").unwrap().exit.is_none());
+}
+
+#[test]
+fn ipvs_engine_kernel_tests_pass_in_the_vm() {
+    if !require_root("ipvs_engine_kernel_tests_pass_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.ipvs_engine);
+    let listed = |name: &str| run.tests.ipvs_engine.iter().any(|t| t.ends_with(name));
+    assert!(listed("::one_endpoint_change_is_one_ipvs_operation"));
+    assert!(listed("::ipvsadm_reads_as_an_operator_expects"));
+    for name in &run.tests.ipvs_engine {
+        let job = finished(run, name);
+        assert!(
+            !job.stdout.contains("SKIPPED") && !job.stderr.contains("SKIPPED"),
+            "{name} skipped in the VM:\n{}{}",
+            job.stdout,
+            job.stderr
+        );
+    }
+}
+
+#[test]
+fn ipvs_scenarios_pass_in_the_vm() {
+    if !require_root("ipvs_scenarios_pass_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.ipvs_scenarios);
+}
+
+#[test]
+fn ipvs_falls_back_to_nftables_only_without_ip_vs_in_the_vm() {
+    if !require_root("ipvs_falls_back_to_nftables_only_without_ip_vs_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    assert_tests_pass(run, &run.tests.fallback);
+    for name in &run.tests.fallback {
+        let job = finished(run, name);
+        assert!(
+            !job.stderr.contains("SKIPPED"),
+            "{name} skipped in the VM:\n{}",
+            job.stderr
+        );
+    }
 }

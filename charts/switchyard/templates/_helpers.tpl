@@ -42,6 +42,19 @@ agent then gets BPF, PERFMON, SYS_ADMIN and a writable /sys/fs/bpf. */}}
 {{- if $on -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" when a ProxyConfig uses ipvs as mode or fallback: the agent then loads the
+IPVS modules itself (ip_vs, the scheduler's, nf_conntrack), as kube-proxy does, from the
+host's /lib/modules (mounted read-only), which needs CAP_SYS_MODULE. */}}
+{{- define "switchyard.ipvsEnabled" -}}
+{{- $on := false -}}
+{{- range .Values.proxyConfigs -}}
+{{- if or (eq (toString .mode) "ipvs") (has "ipvs" (.fallback | default (list))) -}}
+{{- $on = true -}}
+{{- end -}}
+{{- end -}}
+{{- if $on -}}true{{- end -}}
+{{- end -}}
+
 {{/* KUBERNETES_SERVICE_HOST/PORT pointing at the real API server, when configured. */}}
 {{- define "switchyard.apiServerEnv" -}}
 {{- if .Values.apiServer.host }}
