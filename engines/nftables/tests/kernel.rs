@@ -241,7 +241,8 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
     let mut failing = NftablesEngine::new(NftOptions {
         netns: Some(ns.name.clone()),
         nft_path: fake.to_string_lossy().into_owned(),
-        netlink_partials: false,
+        netlink: false,
+        adopt: false,
         ipv6: true,
         tables: TableNames::default(),
     });
@@ -301,7 +302,7 @@ async fn scale_timings() {
         let mut s3 = s2.clone();
         s3[count / 3].endpoints.pop();
         let m3 = model(s3);
-        let (_, rec) = switchyard_nftables::render::render_full_with_record(&m2);
+        let (_, rec) = switchyard_nftables::full::render_full_with_record(&m2);
         let p = switchyard_nftables::render_partial(&m3, &ChangeSet::between(&m2, &m3), &rec);
         std::fs::write(format!("{dir}/full2.nft"), render_full(&m2)).unwrap();
         std::fs::write(format!("{dir}/partial.nft"), p.text(&TableNames::default())).unwrap();
@@ -360,7 +361,7 @@ async fn shared_external_ip_moves_to_the_remaining_service() {
 #[ignore]
 async fn partial_phases() {
     need_root!("partial_phases");
-    use switchyard_nftables::{netlink::NftSocket, render::render_full_with_record};
+    use switchyard_nftables::{full::render_full_with_record, netlink::NftSocket};
     let ns = Netns::new();
     let count: usize = std::env::var("SY_NFT_SCALE")
         .ok()
@@ -401,6 +402,7 @@ async fn partial_phases() {
         &[switchyard_nftables::netlink::ElementBytes {
             key: vec![1, 2, 3, 4],
             verdict: None,
+            comment: None,
         }],
     );
     let t = Instant::now();
