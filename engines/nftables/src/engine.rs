@@ -27,6 +27,11 @@ use crate::{
 /// seconds; more than this means something is wrong.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Reliability tests only, never set in production: while the file this variable names
+/// exists, the engine refuses every transaction as a kernel refusing it would (`EPERM`,
+/// nothing sent), so a test can check that refused syncs keep the rules in place.
+pub const REFUSE_ENV: &str = "SWITCHYARD_FAULT_NFT_REFUSE";
+
 /// How the engine talks to the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NftOptions {
@@ -76,6 +81,8 @@ pub struct NftablesEngine {
     socket: Option<NftSocket>,
     /// No sync was attempted yet by this engine: the first one may adopt.
     fresh: bool,
+    /// See [`REFUSE_ENV`].
+    refuse_flag: Option<std::path::PathBuf>,
 }
 
 impl NftablesEngine {
@@ -86,6 +93,7 @@ impl NftablesEngine {
             verify_cursor: 0,
             socket: None,
             fresh: true,
+            refuse_flag: std::env::var_os(REFUSE_ENV).map(Into::into),
         }
     }
 
@@ -114,6 +122,14 @@ impl NftablesEngine {
 
     /// Commits a batch; drops the socket after an error.
     fn commit(&mut self, batch: crate::netlink::Batch) -> Result<(), EngineError> {
+        if let Some(flag) = &self.refuse_flag {
+            if flag.exists() {
+                return Err(EngineError::errno(
+                    format!("nf_tables netlink batch refused ({REFUSE_ENV} = {})", flag.display()),
+                    1,
+                ));
+            }
+        }
         let result = self.socket()?.commit(batch);
         if result.is_err() {
             self.socket = None;
