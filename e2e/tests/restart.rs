@@ -1,9 +1,11 @@
 //! Restarts keep the dataplane (issue 14, defects 1 and 10), with the real binary:
 //!
-//! - the agent is killed with SIGKILL and restarted while its dataplane tool refuses every
-//!   transaction (a wrapper first on the agent's `PATH` exits 1 while a flag file exists):
-//!   the rules the killed process left keep serving the ClusterIP all along; once the tool
-//!   accepts again the agent syncs and becomes healthy;
+//! - the agent is killed with SIGKILL and, after a Service's endpoints changed, restarted
+//!   while its dataplane refuses every transaction (a wrapper first on the agent's `PATH`
+//!   exits 1 while a flag file exists; the nftables engine, which runs no tool, refuses
+//!   itself on the same flag): the rules the killed process left keep serving the
+//!   ClusterIP all along; once transactions pass again the agent syncs and becomes
+//!   healthy;
 //! - the agent is stopped, and while it is down the ProxyConfig moves to the other engine
 //!   and the Service's only endpoint moves from pod A to pod B: after the restart only B
 //!   answers, and the previous engine's rules are gone.
@@ -124,16 +126,31 @@ impl RefusingTools {
 }
 
 /// The tools each engine applies its syncs with, and a line only its syncs hold (its
-/// cleanups delete chains and tables, they add no rule).
+/// cleanups delete chains and tables, they add no rule). The nftables engine runs no
+/// tool (its transactions are netlink batches): it refuses them itself while the flag
+/// file exists (`SWITCHYARD_FAULT_NFT_REFUSE`, see [`fault_env`]).
 fn tools(mode: &str, backend: &str) -> (Vec<String>, &'static str) {
     if mode == "nftables" {
-        return (vec!["nft".into()], "^table ip switchyard {");
+        return (Vec::new(), "");
     }
     let tools = ["iptables", "ip6tables"]
         .iter()
         .map(|t| format!("{t}-{backend}-restore"))
         .collect();
     (tools, "^-A SY-")
+}
+
+/// The agent's environment for `mode`: the wrappers first on its PATH, and for nftables
+/// the engine's own refusal switch on the same flag file.
+fn fault_env(mode: &str, wrappers: &RefusingTools) -> Vec<(String, String)> {
+    let mut env = wrappers.env();
+    if mode == "nftables" {
+        env.push((
+            "SWITCHYARD_FAULT_NFT_REFUSE".to_string(),
+            wrappers.flag().display().to_string(),
+        ));
+    }
+    env
 }
 
 fn sandbox() -> Result<Sandbox> {
@@ -154,15 +171,20 @@ fn kill_and_restart_while_refused(mode: &str, backend: &str) -> Result<()> {
     let (names, marker) = tools(mode, backend);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let wrappers = RefusingTools::new(&names, marker)?;
+    let env = fault_env(mode, &wrappers);
     let args = ["--iptables-backend", backend];
-    sb.run_agent_with_env(dir.path(), &args, &wrappers.env())?;
+    sb.run_agent_with_env(dir.path(), &args, &env)?;
     sb.wait_healthy(Duration::from_secs(30))?;
     let both: BTreeSet<String> = [POD_A, POD_B].iter().flat_map(|p| only(p)).collect();
     ensure!(answers(&sb, 16)? == both, "before the restart");
 
     sb.agent_mut()?.kill();
     wrappers.refuse(true)?;
-    sb.run_agent_with_env(dir.path(), &args, &wrappers.env())?;
+    // Pod B leaves the Service while the agent is down, so the restarted agent must
+    // write (an engine adopting unchanged rules would have nothing to refuse); both
+    // pods keep answering, so the old rules keep serving until it can.
+    dir.write(&slice(&[POD_A]))?;
+    sb.run_agent_with_env(dir.path(), &args, &env)?;
     // Three refused syncs (1 s, 2 s backoff), traffic served all along.
     let start = Instant::now();
     while sb.agent_log().matches("retrying with a full sync").count() < 3 {
@@ -187,7 +209,10 @@ fn kill_and_restart_while_refused(mode: &str, backend: &str) -> Result<()> {
     );
     wrappers.refuse(false)?;
     sb.wait_healthy(Duration::from_secs(30))?;
-    ensure!(answers(&sb, 16)? == both, "after the agent recovered");
+    ensure!(
+        answers(&sb, 16)? == only(POD_A),
+        "after the agent recovered"
+    );
     Ok(())
 }
 

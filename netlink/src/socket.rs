@@ -7,13 +7,18 @@
 //! never a hang; a datagram larger than the receive buffer is an error, never silently
 //! cut. The socket is `netlink-sys`'s; nothing here needs `unsafe`.
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{
+    io::{self, IoSlice},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::Duration,
+};
 
 use netlink_sys::{protocols, Socket, SocketAddr};
 use nix::{
     sched::{setns, CloneFlags},
     sys::{
-        socket::{setsockopt, sockopt},
+        socket::{sendmsg, setsockopt, sockopt, MsgFlags, NetlinkAddr},
         time::TimeVal,
     },
 };
@@ -146,11 +151,16 @@ impl NetlinkSocket {
         Ok(())
     }
 
-    /// Raises the send buffer so one datagram of `bytes` fits (nf_tables batches).
-    pub fn set_send_buffer(&self, bytes: usize) {
+    /// Raises the send buffer so one datagram of `bytes` fits (nf_tables batches): with
+    /// `SO_SNDBUFFORCE` (needs `CAP_NET_ADMIN`; the kernel caps it near 2 GiB), else
+    /// `SO_SNDBUF` (capped by `net.core.wmem_max`; a larger datagram then fails with
+    /// `EMSGSIZE`). Returns the buffer the kernel granted.
+    pub fn set_send_buffer(&self, bytes: usize) -> usize {
+        let bytes = bytes.min(i32::MAX as usize / 2);
         if setsockopt(&self.socket, sockopt::SndBufForce, &bytes).is_err() {
             let _ = setsockopt(&self.socket, sockopt::SndBuf, &bytes);
         }
+        nix::sys::socket::getsockopt(&self.socket, sockopt::SndBuf).unwrap_or(0)
     }
 
     /// The next sequence number.
@@ -178,6 +188,39 @@ impl NetlinkSocket {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(NetlinkError::io(format!("{operation}: sending"), e)),
+            }
+        }
+    }
+
+    /// Sends one datagram given as consecutive pieces (the iovecs of one `sendmsg`, so
+    /// nothing is copied into one buffer first), retrying when interrupted. More pieces
+    /// than the kernel takes in one call (`UIO_MAXIOV`, 1024) are joined first.
+    pub fn send_vectored(&self, pieces: &[Vec<u8>], operation: &str) -> Result<(), NetlinkError> {
+        const UIO_MAXIOV: usize = 1024;
+        let joined;
+        let pieces: &[Vec<u8>] = if pieces.len() > UIO_MAXIOV {
+            joined = [pieces.concat()];
+            &joined
+        } else {
+            pieces
+        };
+        let iov: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        loop {
+            match sendmsg::<NetlinkAddr>(
+                self.socket.as_raw_fd(),
+                &iov,
+                &[],
+                MsgFlags::empty(),
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(NetlinkError::io(
+                        format!("{operation}: sending"),
+                        io::Error::from(e),
+                    ))
+                }
             }
         }
     }

@@ -218,10 +218,12 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
             ElementBytes {
                 key: padded(c.vip, 6, 80),
                 verdict: Some((NFT_GOTO, Some("svc-a".into()))),
+                ..Default::default()
             },
             ElementBytes {
                 key: padded(c.vip, 17, 53),
                 verdict: Some((NFT_GOTO, Some("svc-b".into()))),
+                ..Default::default()
             },
         ],
     );
@@ -232,6 +234,7 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
         &[ElementBytes {
             key: addr_bytes(c.vip),
             verdict: None,
+            ..Default::default()
         }],
     );
     let pair: Vec<u8> = [addr_bytes(c.endpoints[0]), addr_bytes(c.endpoints[0])].concat();
@@ -242,6 +245,7 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
         &[ElementBytes {
             key: pair,
             verdict: None,
+            ..Default::default()
         }],
     );
     batch.add_prefixes(f, TABLE, "nodeport-ips", &[c.prefix, c.node]);

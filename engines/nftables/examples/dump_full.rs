@@ -18,7 +18,7 @@ fn main() {
     let before = rss_mib();
     let start = Instant::now();
     let (pieces, record) =
-        switchyard_nftables::render::render_full_pieces(&model, &Default::default(), true);
+        switchyard_nftables::full::render_full_pieces(&model, &Default::default(), true);
     let took = start.elapsed();
     for piece in &pieces {
         print!("{piece}");

@@ -11,7 +11,7 @@ use switchyard_model::Protocol;
 use crate::{
     netlink::{ElementBytes, NFT_GOTO, NF_DROP},
     rule::ip_bytes,
-    ruleset::{MapKind, REJECT_CHAIN},
+    ruleset::{Family, MapKind, REJECT_CHAIN},
 };
 
 /// A chain (or set) and the table holding it (0: the main table, `1 + i`: shard `i`).
@@ -52,6 +52,8 @@ pub enum ElementKey {
     Addr(IpAddr),
     /// `addr . addr`: `hairpin`.
     Pair(IpAddr, IpAddr),
+    /// `port id . digest`: `port-digests` (see [`crate::digest`]).
+    Digest([u8; 16]),
 }
 
 impl ElementKey {
@@ -79,8 +81,54 @@ impl ElementKey {
                 out.extend_from_slice(&ip_bytes(&a));
                 out.extend_from_slice(&ip_bytes(&b));
             }
+            ElementKey::Digest(d) => out.extend_from_slice(&d),
         }
         out
+    }
+}
+
+impl ElementKey {
+    /// The key of a `kind` element of `family` from its netlink form (a dump), or `None`
+    /// when the bytes are not one.
+    pub fn from_bytes(kind: MapKind, family: Family, bytes: &[u8]) -> Option<ElementKey> {
+        let addr_len = match family {
+            Family::Ip => 4,
+            Family::Ip6 => 16,
+        };
+        let ip = |b: &[u8]| -> Option<IpAddr> {
+            match b.len() {
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+                16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+                _ => None,
+            }
+        };
+        let proto_port = |b: &[u8]| -> Option<(Protocol, u16)> {
+            let [p, 0, 0, 0, hi, lo, 0, 0] = <[u8; 8]>::try_from(b).ok()? else {
+                return None;
+            };
+            let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .find(|x| x.number() == p)?;
+            Some((protocol, u16::from_be_bytes([hi, lo])))
+        };
+        match kind {
+            MapKind::ServiceIps | MapKind::NoEndpointServices | MapKind::FirewallIps => {
+                let (addr, rest) = bytes.split_at_checked(addr_len)?;
+                let (p, n) = proto_port(rest)?;
+                Some(ElementKey::Vip(ip(addr)?, p, n))
+            }
+            MapKind::ServiceNodePorts | MapKind::NoEndpointNodePorts => {
+                let (p, n) = proto_port(bytes)?;
+                Some(ElementKey::NodePort(p, n))
+            }
+            MapKind::ClusterIps if bytes.len() == addr_len => Some(ElementKey::Addr(ip(bytes)?)),
+            MapKind::Hairpin if bytes.len() == 2 * addr_len => {
+                let (a, b) = bytes.split_at(addr_len);
+                Some(ElementKey::Pair(ip(a)?, ip(b)?))
+            }
+            MapKind::PortDigests => Some(ElementKey::Digest(bytes.try_into().ok()?)),
+            MapKind::ClusterIps | MapKind::Hairpin => None,
+        }
     }
 }
 
@@ -91,6 +139,7 @@ impl fmt::Display for ElementKey {
             ElementKey::NodePort(p, n) => write!(f, "{p} . {n}"),
             ElementKey::Addr(ip) => write!(f, "{ip}"),
             ElementKey::Pair(a, b) => write!(f, "{a} . {b}"),
+            ElementKey::Digest(d) => write!(f, "{}", std::net::Ipv6Addr::from(*d)),
         }
     }
 }
@@ -103,9 +152,24 @@ pub enum Verdict {
     Drop,
     /// `goto CHAIN` (`reject-chain` for a rejection).
     Goto(ObjectRef),
+    /// A set element carrying a comment, no verdict (`port-digests`: the port's chain
+    /// names without their prefix, so an engine can find the chains of a port it no
+    /// longer knows).
+    Comment(Arc<str>),
 }
 
 impl Verdict {
+    /// The verdict of an element of table `t` from a dump (the chains our elements
+    /// point to live in the element's table), or `None` when it is not one of ours.
+    pub fn from_dump(verdict: Option<&(i32, Option<String>)>, t: usize) -> Option<Verdict> {
+        match verdict {
+            None => Some(Verdict::None),
+            Some((NF_DROP, None)) => Some(Verdict::Drop),
+            Some((NFT_GOTO, Some(chain))) => Some(Verdict::Goto(ObjectRef::new(t, chain.as_str()))),
+            Some(_) => None,
+        }
+    }
+
     pub fn reject() -> Verdict {
         Verdict::Goto(ObjectRef::main(REJECT_CHAIN))
     }
@@ -114,7 +178,7 @@ impl Verdict {
     pub fn chain(&self) -> Option<&ObjectRef> {
         match self {
             Verdict::Goto(c) => Some(c),
-            Verdict::None | Verdict::Drop => None,
+            Verdict::None | Verdict::Drop | Verdict::Comment(_) => None,
         }
     }
 }
@@ -125,6 +189,7 @@ impl fmt::Display for Verdict {
             Verdict::None => Ok(()),
             Verdict::Drop => f.write_str("drop"),
             Verdict::Goto(c) => write!(f, "goto {c}"),
+            Verdict::Comment(text) => write!(f, "comment {text:?}"),
         }
     }
 }
@@ -141,7 +206,7 @@ impl Element {
     /// The table the element lives in: sharded maps' elements live with the chain they
     /// point to, the others in the main table.
     pub fn table(&self) -> usize {
-        table_of(self.kind, &self.value)
+        table_of(self.kind, &self.key, &self.value)
     }
 
     /// The netlink form.
@@ -149,26 +214,34 @@ impl Element {
         ElementBytes {
             key: self.key.bytes(),
             verdict: match &self.value {
-                Verdict::None => None,
+                Verdict::None | Verdict::Comment(_) => None,
                 Verdict::Drop => Some((NF_DROP, None)),
                 Verdict::Goto(c) => Some((NFT_GOTO, Some(c.name.to_string()))),
+            },
+            comment: match &self.value {
+                Verdict::Comment(text) => Some(text.to_string()),
+                _ => None,
             },
         }
     }
 
-    /// `KEY` or `KEY : VERDICT`, as in an nft element list.
+    /// `KEY`, `KEY : VERDICT` or `KEY comment "TEXT"`, as in an nft element list.
     pub fn text(&self) -> String {
         match self.value {
             Verdict::None => self.key.to_string(),
+            Verdict::Comment(_) => format!("{} {}", self.key, self.value),
             _ => format!("{} : {}", self.key, self.value),
         }
     }
 }
 
-/// The table holding an element of `kind` with `value` (see [`Element::table`]).
-pub fn table_of(kind: MapKind, value: &Verdict) -> usize {
-    match (kind.is_sharded(), value.chain()) {
-        (true, Some(c)) => c.table,
+/// The table holding an element of `kind` with `key` and `value` (see
+/// [`Element::table`]): a port's digest lives in the port's shard (its id's first byte
+/// picks it, as for the port's chains).
+pub fn table_of(kind: MapKind, key: &ElementKey, value: &Verdict) -> usize {
+    match (kind.is_sharded(), key, value.chain()) {
+        (true, ElementKey::Digest(d), _) => crate::ruleset::shard_table(d[0]),
+        (true, _, Some(c)) => c.table,
         _ => 0,
     }
 }

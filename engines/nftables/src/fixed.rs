@@ -1,16 +1,17 @@
-//! The fixed part of every table, as nft text for full syncs: base chains and their
-//! jumps, the top-level chains (masquerading, reject, the filter checks, the service
-//! lookups) and the interval sets. It depends on node-wide settings only, never on a
-//! service port (see `port` for those).
-
-use std::fmt::Write as _;
+//! The fixed part of every table, as data: base chains with their rules, the top-level
+//! chains (masquerading, reject, the filter checks, the service lookups) and the
+//! interval sets with their prefixes. It depends on node-wide settings only, never on a
+//! service port (see `port` for those). `render` writes it as netlink messages or nft
+//! text; `digest` digests it, so a restarted engine can tell whether a table's fixed
+//! part is still what it would write.
 
 use ipnet::IpNet;
 use switchyard_model::{MasqueradeSources, NodeModel};
 
 use crate::{
     record::TableRecord,
-    ruleset::{self, collapse, BaseChain, Family, MapKind},
+    rule::{Action, Match, Rule},
+    ruleset::{self, collapse, BaseChain, Family, Jump, MapKind, MASQUERADE_MARK},
 };
 
 /// The node-wide settings of one family, prepared once per render.
@@ -36,204 +37,177 @@ impl NodeCtx {
     }
 }
 
-/// `{ a, b, c }`, or empty for no items.
-fn set_literal<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
-    let mut out = String::new();
-    for item in items {
-        out.push_str(if out.is_empty() { "{ " } else { ", " });
-        let _ = write!(out, "{item}");
-    }
-    if !out.is_empty() {
-        out.push_str(" }");
-    }
-    out
+/// The fixed part of one table.
+pub struct FixedTable {
+    /// Base chains and their rules.
+    pub base_chains: Vec<(&'static BaseChain, Vec<Rule>)>,
+    /// Regular chains and their rules.
+    pub chains: Vec<(&'static str, Vec<Rule>)>,
+    /// The interval sets (`nodeport-ips`, `cluster-cidrs`) and their prefixes.
+    pub interval_sets: [(&'static str, Vec<IpNet>); 2],
 }
 
-/// Writes base chains with their jumps, counting rules.
-fn base_chains(
-    bases: &[BaseChain],
-    jumps: &[(&str, &str, &str)],
-    ipx: &str,
-    out: &mut String,
-    record: &mut TableRecord,
-) {
-    for base in bases {
-        let _ = writeln!(
-            out,
-            "\tchain {} {{\n\t\ttype {} hook {} priority {}; policy accept;",
-            base.name, base.kind, base.hook, base.priority
-        );
-        let mut rules = 0;
-        if base.name == ruleset::NAT_POSTROUTING_CHAIN {
-            // Hairpin: an endpoint reaching itself through a service is masqueraded
-            // (one set of `endpoint . endpoint` pairs, rather than a rule per endpoint).
-            let _ = writeln!(
-                out,
-                "\t\tct status dnat {ipx} saddr . {ipx} daddr @{} jump {}",
-                MapKind::Hairpin.name(),
-                ruleset::MARK_MASQ_CHAIN
-            );
-            rules += 1;
+impl FixedTable {
+    /// The fixed part of table `t` (0: main, else a shard).
+    pub fn new(ctx: &NodeCtx, t: usize) -> FixedTable {
+        let (bases, jumps, chains) = if t == 0 {
+            (ruleset::BASE_CHAINS, ruleset::JUMPS, main_chains(ctx))
+        } else {
+            (
+                ruleset::SHARD_BASE_CHAINS,
+                ruleset::SHARD_JUMPS,
+                shard_chains(ctx),
+            )
+        };
+        FixedTable {
+            base_chains: bases
+                .iter()
+                .map(|base| (base, base_rules(base, jumps)))
+                .collect(),
+            chains,
+            interval_sets: [
+                (ruleset::NODEPORT_IPS_SET, ctx.node_port_nets.clone()),
+                (ruleset::CLUSTER_CIDRS_SET, ctx.cluster_cidrs.clone()),
+            ],
         }
-        for (from, cond, to) in jumps {
-            if *from == base.name {
-                let _ = writeln!(out, "\t\t{cond}jump {to}");
-                rules += 1;
-            }
+    }
+
+    /// Records the fixed chains and their rule counts.
+    pub fn record(&self, record: &mut TableRecord) {
+        for (base, rules) in &self.base_chains {
+            record.chains.insert(base.name.into(), rules.len());
         }
-        out.push_str("\t}\n");
-        record.chains.insert(base.name.into(), rules);
+        for (name, rules) in &self.chains {
+            record.chains.insert((*name).into(), rules.len());
+        }
     }
 }
 
-/// Writes fixed chains and their rules, counting rules.
-fn chains(list: &[(&str, &[String])], out: &mut String, record: &mut TableRecord) {
-    for (name, rules) in list {
-        let _ = writeln!(out, "\tchain {name} {{");
-        for r in rules.iter() {
-            let _ = writeln!(out, "\t\t{r}");
+/// A base chain's rules: the hairpin check (postrouting), then its jumps.
+fn base_rules(base: &BaseChain, jumps: &[Jump]) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    if base.name == ruleset::NAT_POSTROUTING_CHAIN {
+        // Hairpin: an endpoint reaching itself through a service is masqueraded (one set
+        // of `endpoint . endpoint` pairs, rather than a rule per endpoint).
+        rules.push(Rule::mark(vec![
+            Match::CtStatusDnat,
+            Match::AddrPairIn(MapKind::Hairpin.name().to_string()),
+        ]));
+    }
+    for (from, new_only, to) in jumps {
+        if *from == base.name {
+            let matches = if *new_only {
+                vec![Match::CtStateNew]
+            } else {
+                vec![]
+            };
+            rules.push(Rule::new(matches, Action::Jump((*to).to_string())));
         }
-        out.push_str("\t}\n");
-        record.chains.insert((*name).into(), rules.len());
     }
-}
-
-/// The `nodeport-ips` and `cluster-cidrs` interval sets (in every table).
-fn interval_sets(ctx: &NodeCtx, out: &mut String) {
-    for (name, nets) in [
-        (ruleset::NODEPORT_IPS_SET, &ctx.node_port_nets),
-        (ruleset::CLUSTER_CIDRS_SET, &ctx.cluster_cidrs),
-    ] {
-        let _ = write!(
-            out,
-            "\tset {name} {{\n\t\ttype {}\n\t\tflags interval\n\t\tauto-merge\n",
-            ctx.family.addr_type()
-        );
-        if !nets.is_empty() {
-            let _ = writeln!(out, "\t\telements = {}", set_literal(nets.iter()));
-        }
-        out.push_str("\t}\n");
-    }
-}
-
-/// The loopback exclusion of NodePort matches.
-fn no_localhost(family: Family) -> &'static str {
-    match family {
-        Family::Ip => "ip daddr != 127.0.0.0/8",
-        Family::Ip6 => "ip6 daddr != ::1",
-    }
+    rules
 }
 
 /// The NodePort destination condition: a local address within `nodePortAddresses`,
 /// never loopback.
-fn nodeport_destination(ctx: &NodeCtx) -> String {
-    format!(
-        "fib daddr type local {} {} daddr @{}",
-        no_localhost(ctx.family),
-        ctx.family.nft(),
-        ruleset::NODEPORT_IPS_SET
+fn nodeport_destination(ctx: &NodeCtx) -> Vec<Match> {
+    let loopback: IpNet = match ctx.family {
+        Family::Ip => "127.0.0.0/8",
+        Family::Ip6 => "::1/128",
+    }
+    .parse()
+    .expect("a valid prefix");
+    vec![
+        Match::FibDaddrLocal,
+        Match::DaddrNotNet(loopback),
+        Match::DaddrIn(ruleset::NODEPORT_IPS_SET.to_string()),
+    ]
+}
+
+fn mark_for_masquerade() -> (&'static str, Vec<Rule>) {
+    (
+        ruleset::MARK_MASQ_CHAIN,
+        vec![Rule::new(vec![], Action::MarkOr(MASQUERADE_MARK))],
     )
 }
 
-/// The fixed part of a shard table: its base chains, its `services` chain (the
-/// `service-ips` lookup) and `nodeports` chain (the `service-nodeports` lookup),
-/// `mark-for-masquerade`, and the replicated interval sets.
-pub fn shard(ctx: &NodeCtx, out: &mut String, record: &mut TableRecord) {
-    let ipx = ctx.family.nft();
-    base_chains(
-        ruleset::SHARD_BASE_CHAINS,
-        ruleset::SHARD_JUMPS,
-        ipx,
-        out,
-        record,
+/// The fixed chains of a shard table: its `services` chain (the `service-ips` lookup),
+/// `nodeports` chain (the `service-nodeports` lookup) and `mark-for-masquerade`.
+fn shard_chains(ctx: &NodeCtx) -> Vec<(&'static str, Vec<Rule>)> {
+    let services = Rule::new(
+        vec![],
+        Action::VipVmap(MapKind::ServiceIps.name().to_string()),
     );
-    let services = [format!(
-        "{ipx} daddr . meta l4proto . th dport vmap @service-ips"
-    )];
-    let nodeports = [format!(
-        "{} meta l4proto . th dport vmap @service-nodeports",
-        nodeport_destination(ctx)
-    )];
-    let mark = [format!(
-        "meta mark set meta mark or {}",
-        ruleset::MASQUERADE_MARK
-    )];
-    let fixed: [(&str, &[String]); 3] = [
-        (ruleset::SERVICES_CHAIN, &services),
-        (ruleset::NODEPORTS_CHAIN, &nodeports),
-        (ruleset::MARK_MASQ_CHAIN, &mark),
-    ];
-    chains(&fixed, out, record);
-    interval_sets(ctx, out);
+    let nodeports = Rule::new(
+        nodeport_destination(ctx),
+        Action::PortVmap(MapKind::ServiceNodePorts.name().to_string()),
+    );
+    vec![
+        (ruleset::SERVICES_CHAIN, vec![services]),
+        (ruleset::NODEPORTS_CHAIN, vec![nodeports]),
+        mark_for_masquerade(),
+    ]
 }
 
 /// The masquerade marking of cluster IP traffic: one rule for every service port
 /// (upstream has one per service port chain), ahead of the DNAT (the shards' nat chains
 /// run after this table's).
-fn cluster_ip_masquerade(ctx: &NodeCtx) -> Vec<String> {
-    let ipx = ctx.family.nft();
+fn cluster_ip_masquerade(ctx: &NodeCtx) -> Vec<Rule> {
+    let to_cluster_ip = Match::DaddrIn(ruleset::CLUSTER_IPS_SET.to_string());
     match ctx.masquerade {
-        MasqueradeSources::All => vec![format!(
-            "{ipx} daddr @{} jump {}",
-            ruleset::CLUSTER_IPS_SET,
-            ruleset::MARK_MASQ_CHAIN
-        )],
-        MasqueradeSources::OutsideClusterCidrs => vec![format!(
-            "{ipx} daddr @{} {ipx} saddr != @{} jump {}",
-            ruleset::CLUSTER_IPS_SET,
-            ruleset::CLUSTER_CIDRS_SET,
-            ruleset::MARK_MASQ_CHAIN
-        )],
+        MasqueradeSources::All => vec![Rule::mark(vec![to_cluster_ip])],
+        MasqueradeSources::OutsideClusterCidrs => vec![Rule::mark(vec![
+            to_cluster_ip,
+            Match::SaddrIn {
+                set: ruleset::CLUSTER_CIDRS_SET.to_string(),
+                negate: true,
+            },
+        ])],
         MasqueradeSources::None => Vec::new(),
     }
 }
 
-/// The fixed part of a family's main table: base chains, top-level chains, the interval
-/// sets (map declarations and elements are written by the caller).
-pub fn main(ctx: &NodeCtx, out: &mut String, record: &mut TableRecord) {
-    let ipx = ctx.family.nft();
-    base_chains(ruleset::BASE_CHAINS, ruleset::JUMPS, ipx, out, record);
-    let services = cluster_ip_masquerade(ctx);
-    let masquerading = [
-        format!("meta mark & {} == 0 return", ruleset::MASQUERADE_MARK),
-        format!("meta mark set meta mark xor {}", ruleset::MASQUERADE_MARK),
-        "masquerade fully-random".to_string(),
+/// The fixed chains of a family's main table.
+fn main_chains(ctx: &NodeCtx) -> Vec<(&'static str, Vec<Rule>)> {
+    let vmap = |kind: MapKind| Action::VipVmap(kind.name().to_string());
+    let masquerading = vec![
+        Rule::new(vec![Match::MarkClear(MASQUERADE_MARK)], Action::Return),
+        Rule::new(vec![], Action::MarkXor(MASQUERADE_MARK)),
+        Rule::new(vec![], Action::MasqueradeFullyRandom),
     ];
-    let mark = [format!(
-        "meta mark set meta mark or {}",
-        ruleset::MASQUERADE_MARK
-    )];
     // TCP gets a reset: ICMP errors towards a host are rate-limited by the kernel
     // (net.ipv4.icmp_ratelimit), so a client could see a timeout instead of a refusal.
-    let reject = [
-        "meta l4proto tcp reject with tcp reset".to_string(),
-        "reject".to_string(),
+    let reject = vec![
+        Rule::new(
+            vec![Match::L4proto(switchyard_model::Protocol::Tcp)],
+            Action::RejectTcpReset,
+        ),
+        Rule::new(vec![], Action::Reject),
     ];
-    let endpoints_check = [format!(
-        "{ipx} daddr . meta l4proto . th dport vmap @no-endpoint-services"
-    )];
-    let nodeport_check = [format!(
-        "{} meta l4proto . th dport vmap @no-endpoint-nodeports",
-        nodeport_destination(ctx)
-    )];
-    let firewall_check = [format!(
-        "{ipx} daddr . meta l4proto . th dport vmap @firewall-ips"
-    )];
-    let cluster_ips_check = [format!(
-        "{ipx} daddr @{} goto {}",
-        ruleset::CLUSTER_IPS_SET,
-        ruleset::REJECT_CHAIN
-    )];
-    let fixed: [(&str, &[String]); 8] = [
-        (ruleset::SERVICES_CHAIN, &services),
-        (ruleset::MASQUERADING_CHAIN, &masquerading),
-        (ruleset::MARK_MASQ_CHAIN, &mark),
-        (ruleset::REJECT_CHAIN, &reject),
-        (ruleset::SERVICE_ENDPOINTS_CHECK_CHAIN, &endpoints_check),
-        (ruleset::NODEPORT_ENDPOINTS_CHECK_CHAIN, &nodeport_check),
-        (ruleset::FIREWALL_CHECK_CHAIN, &firewall_check),
-        (ruleset::CLUSTER_IPS_CHECK_CHAIN, &cluster_ips_check),
-    ];
-    chains(&fixed, out, record);
-    interval_sets(ctx, out);
+    let nodeport_check = Rule::new(
+        nodeport_destination(ctx),
+        Action::PortVmap(MapKind::NoEndpointNodePorts.name().to_string()),
+    );
+    let cluster_ips_check = Rule::new(
+        vec![Match::DaddrIn(ruleset::CLUSTER_IPS_SET.to_string())],
+        Action::Goto(ruleset::REJECT_CHAIN.to_string()),
+    );
+    vec![
+        (ruleset::SERVICES_CHAIN, cluster_ip_masquerade(ctx)),
+        (ruleset::MASQUERADING_CHAIN, masquerading),
+        mark_for_masquerade(),
+        (ruleset::REJECT_CHAIN, reject),
+        (
+            ruleset::SERVICE_ENDPOINTS_CHECK_CHAIN,
+            vec![Rule::new(vec![], vmap(MapKind::NoEndpointServices))],
+        ),
+        (
+            ruleset::NODEPORT_ENDPOINTS_CHECK_CHAIN,
+            vec![nodeport_check],
+        ),
+        (
+            ruleset::FIREWALL_CHECK_CHAIN,
+            vec![Rule::new(vec![], vmap(MapKind::FirewallIps))],
+        ),
+        (ruleset::CLUSTER_IPS_CHECK_CHAIN, vec![cluster_ips_check]),
+    ]
 }

@@ -83,17 +83,21 @@
 //! each message, so a full listing of a large table is slow; see `verify` for how drift
 //! checks stay cheap.
 
+pub mod adopt;
 pub mod apply;
+pub mod digest;
 pub mod element;
 pub mod engine;
 pub mod fixed;
+pub mod full;
 pub mod netlink;
+pub mod partial;
 pub mod port;
 pub mod record;
-pub mod render;
 pub mod rule;
 pub mod ruleset;
 pub mod verify;
 
 pub use engine::{NftOptions, NftablesEngine};
-pub use render::{render_full, render_partial, Partial};
+pub use full::render_full;
+pub use partial::{render_partial, Partial};

@@ -4,8 +4,9 @@
 //! families and table names to it.
 
 pub use switchyard_netlink::nftables::{
-    Attrs, Batch, ElementBytes, Found, NftSocket, MAX_BATCH_BYTES, NFTA_DATA_VALUE,
-    NFTA_DATA_VERDICT, NFT_GOTO, NFT_JUMP, NFT_RETURN, NF_DROP,
+    userdata_comment, Attrs, BaseChain as BaseChainSpec, Batch, ChainType, DataType, DumpKind,
+    ElementBytes, ElementInfo, Found, Hook, KeyType, NftSocket, RuleExpr, SetFlags, SetSpec,
+    NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFT_GOTO, NFT_JUMP, NFT_RETURN, NF_DROP,
 };
 use switchyard_netlink::nftables::{TableFamily, TableIndex};
 

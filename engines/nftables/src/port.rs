@@ -11,7 +11,8 @@
 //! - `fw-H` (main table): the LB source ranges;
 //! - map elements: `service-ips` / `service-nodeports` to the chains,
 //!   `no-endpoint-services` / `no-endpoint-nodeports` for Drop and Reject targets,
-//!   `firewall-ips`, `cluster-ips`, and a `hairpin` pair per backend;
+//!   `firewall-ips`, `cluster-ips`, a `hairpin` pair per backend, and the port's
+//!   `port-digests` element (the digest of all of the above, see `digest`);
 //! - `aff-E-T`: one dynamic set per backend (ClientIP affinity only).
 //!
 //! The random choice is a cascade, rule `i` of `N` being
@@ -24,6 +25,7 @@ use ipnet::IpNet;
 use switchyard_model::{Backend, Backends, FamilyPlan, ServicePortPlan, Target};
 
 use crate::{
+    digest,
     element::{Element, ElementKey, ObjectRef, Verdict},
     record::PortObjects,
     rule::{Action, Match, Rule},
@@ -130,6 +132,9 @@ pub fn encode_port(ctx: &FamilyCtx, plan: &ServicePortPlan) -> PortRules {
         firewall(ctx, plan, f, &names, &fw.allowed, &mut out);
     }
     backend_chains(plan, f, &names, &chains, &mut out);
+    let digest = digest::port(ctx.family, &out);
+    out.elements
+        .push(digest::element(names.id(), digest, Some(names.base())));
     out
 }
 

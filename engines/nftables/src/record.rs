@@ -29,10 +29,13 @@ impl PortObjects {
     }
 }
 
-/// Who wants a map key, and with which value. Several service ports can want the same
-/// key (e.g. two Services sharing an external IP and port); the first claimant's value
-/// is the one in the kernel. The name is shared with the port's record entry (one
-/// allocation per port, not one per element: 250k hairpin elements at 50k services).
+/// Who wants a map key, and with which value, sorted by service port name. Several
+/// service ports can want the same key (e.g. two Services sharing an external IP and
+/// port); the first claimant's (the smallest name's) value is the one in the kernel, so
+/// what the kernel holds depends on the model alone, never on the order of past syncs
+/// (a restarted engine can then tell what a table should hold). The name is shared
+/// with the port's record entry (one allocation per port, not one per element: 250k
+/// hairpin elements at 50k services).
 pub type Claims = Vec<(Arc<ServicePortName>, Verdict)>;
 
 /// What one table (main or shard) holds.
@@ -61,6 +64,8 @@ pub struct FamilyRecord {
     pub claims: [HashMap<ElementKey, Claims>; MapKind::ALL.len()],
     /// Per table (0: main, `1 + i`: shard `i`).
     pub tables: Vec<TableRecord>,
+    /// The digest of the tables' fixed part (in every table's `port-digests`).
+    pub fixed_digest: [u8; 8],
 }
 
 impl Default for FamilyRecord {
@@ -69,6 +74,7 @@ impl Default for FamilyRecord {
             ports: HashMap::default(),
             claims: Default::default(),
             tables: vec![TableRecord::default(); TABLES],
+            fixed_digest: [0; 8],
         }
     }
 }
@@ -101,11 +107,21 @@ impl FamilyRecord {
         }
         let owner = Arc::new(name.clone());
         for e in &objects.elements {
-            let claims = self.claims[e.kind.index()].entry(e.key).or_default();
-            if claims.is_empty() {
-                self.tables[e.table()].map_counts[e.kind.index()] += 1;
+            let kind = e.kind;
+            let claims = self.claims[kind.index()].entry(e.key).or_default();
+            let before = claims.first().map(|(_, v)| table_of(kind, &e.key, v));
+            // Full renders insert in name order: the position is the end.
+            let at = match claims.last() {
+                Some((last, _)) if **last > *name => claims.partition_point(|(n, _)| **n < *name),
+                _ => claims.len(),
+            };
+            claims.insert(at, (owner.clone(), e.value.clone()));
+            if at == 0 {
+                if let Some(t) = before {
+                    self.tables[t].map_counts[kind.index()] -= 1;
+                }
+                self.tables[e.table()].map_counts[kind.index()] += 1;
             }
-            claims.push((owner.clone(), e.value.clone()));
         }
         self.ports.insert(owner, objects);
     }
@@ -127,9 +143,9 @@ impl FamilyRecord {
             let Some(claims) = map.get_mut(&e.key) else {
                 continue;
             };
-            let before = claims.first().map(|(_, v)| table_of(kind, v));
+            let before = claims.first().map(|(_, v)| table_of(kind, &e.key, v));
             claims.retain(|(n, _)| **n != *name);
-            let after = claims.first().map(|(_, v)| table_of(kind, v));
+            let after = claims.first().map(|(_, v)| table_of(kind, &e.key, v));
             if claims.is_empty() {
                 map.remove(&e.key);
             }

@@ -3,12 +3,15 @@
 //! per-service-port chain names are derived (a stable hash, so no Service name ever
 //! reaches nft unescaped).
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use switchyard_model::{Backend, IpFamily, PortDigest, ServicePortName};
 
-use crate::element::ObjectRef;
+use crate::{
+    element::ObjectRef,
+    netlink::{ChainType, DataType, Hook, KeyType, SetFlags, SetSpec},
+};
 
 /// Default name of the main table in both families (fixed parts: filter checks,
 /// masquerading, hairpin, cluster IPs, no-endpoint maps); shards are `NAME-0` ...
@@ -68,7 +71,7 @@ impl Default for TableNames {
 }
 
 /// The mark bit that asks `masquerading` to SNAT a packet (as kube-proxy's default).
-pub const MASQUERADE_MARK: &str = "0x4000";
+pub const MASQUERADE_MARK: u32 = 0x4000;
 
 pub const SERVICES_CHAIN: &str = "services";
 pub const MASQUERADING_CHAIN: &str = "masquerading";
@@ -86,19 +89,54 @@ pub const CLUSTER_IPS_SET: &str = "cluster-ips";
 pub const HAIRPIN_SET: &str = "hairpin";
 /// This family's cluster CIDRs (the local-traffic detector), an interval set.
 pub const CLUSTER_CIDRS_SET: &str = "cluster-cidrs";
+/// Digests of what was written per service port and table (see [`MapKind::PortDigests`]).
+pub const PORT_DIGESTS_SET: &str = "port-digests";
 
-/// A base chain: attached to a netfilter hook.
+/// A base chain: attached to a netfilter hook, with policy accept.
 pub struct BaseChain {
     pub name: &'static str,
-    pub kind: &'static str,
-    pub hook: &'static str,
-    pub priority: &'static str,
+    pub kind: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+impl BaseChain {
+    /// `type T hook H priority P; policy accept;` (priorities numeric: nft 1.0.6 only
+    /// names `dstnat` for prerouting).
+    pub fn declaration(&self) -> String {
+        let kind = match self.kind {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+            ChainType::Route => "route",
+        };
+        let hook = match self.hook {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        };
+        format!(
+            "type {kind} hook {hook} priority {}; policy accept;",
+            self.priority
+        )
+    }
+
+    /// The netlink form.
+    pub fn netlink(&self) -> crate::netlink::BaseChainSpec {
+        crate::netlink::BaseChainSpec {
+            chain_type: self.kind,
+            hook: self.hook,
+            priority: self.priority,
+            accept: true,
+        }
+    }
 }
 
 /// The nat base chains of the main table run just before the shards' (the nat hook
 /// calls nat chains in priority order until one maps the connection), so the
 /// masquerade mark for cluster IP traffic sees the original destination.
-pub const MAIN_NAT_PRIORITY: &str = "-101";
+pub const MAIN_NAT_PRIORITY: i32 = -101;
 
 /// A shard's base chains: its service IP lookups (`services`) at -100 and its NodePort
 /// lookups (`nodeports`) at -99. Every shard's service IP map is consulted before any
@@ -108,39 +146,42 @@ pub const MAIN_NAT_PRIORITY: &str = "-101";
 pub const SHARD_BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
         name: "nat-prerouting",
-        kind: "nat",
-        hook: "prerouting",
-        priority: "-100",
+        kind: ChainType::Nat,
+        hook: Hook::Prerouting,
+        priority: -100,
     },
     BaseChain {
         name: "nat-output",
-        kind: "nat",
-        hook: "output",
-        priority: "-100",
+        kind: ChainType::Nat,
+        hook: Hook::Output,
+        priority: -100,
     },
     BaseChain {
         name: "nat-prerouting-nodeports",
-        kind: "nat",
-        hook: "prerouting",
-        priority: "-99",
+        kind: ChainType::Nat,
+        hook: Hook::Prerouting,
+        priority: -99,
     },
     BaseChain {
         name: "nat-output-nodeports",
-        kind: "nat",
-        hook: "output",
-        priority: "-99",
+        kind: ChainType::Nat,
+        hook: Hook::Output,
+        priority: -99,
     },
 ];
 
 /// The chain of a shard holding its NodePort lookup.
 pub const NODEPORTS_CHAIN: &str = "nodeports";
 
+/// A jump from a base chain: (from, only for new connections (`ct state new`), to).
+pub type Jump = (&'static str, bool, &'static str);
+
 /// Jumps from a shard's base chains.
-pub const SHARD_JUMPS: &[(&str, &str, &str)] = &[
-    ("nat-prerouting", "", SERVICES_CHAIN),
-    ("nat-output", "", SERVICES_CHAIN),
-    ("nat-prerouting-nodeports", "", NODEPORTS_CHAIN),
-    ("nat-output-nodeports", "", NODEPORTS_CHAIN),
+pub const SHARD_JUMPS: &[Jump] = &[
+    ("nat-prerouting", false, SERVICES_CHAIN),
+    ("nat-output", false, SERVICES_CHAIN),
+    ("nat-prerouting-nodeports", false, NODEPORTS_CHAIN),
+    ("nat-output-nodeports", false, NODEPORTS_CHAIN),
 ];
 
 /// As upstream since 1.34 (kubernetes#132456; numeric priorities: nft 1.0.6 only names
@@ -152,91 +193,67 @@ pub const SHARD_JUMPS: &[(&str, &str, &str)] = &[
 pub const BASE_CHAINS: &[BaseChain] = &[
     BaseChain {
         name: "filter-prerouting-pre-dnat",
-        kind: "filter",
-        hook: "prerouting",
-        priority: "-110",
+        kind: ChainType::Filter,
+        hook: Hook::Prerouting,
+        priority: -110,
     },
     BaseChain {
         name: "filter-output-pre-dnat",
-        kind: "filter",
-        hook: "output",
-        priority: "-110",
+        kind: ChainType::Filter,
+        hook: Hook::Output,
+        priority: -110,
     },
     BaseChain {
         name: "filter-input",
-        kind: "filter",
-        hook: "input",
-        priority: "0",
+        kind: ChainType::Filter,
+        hook: Hook::Input,
+        priority: 0,
     },
     BaseChain {
         name: "filter-forward",
-        kind: "filter",
-        hook: "forward",
-        priority: "0",
+        kind: ChainType::Filter,
+        hook: Hook::Forward,
+        priority: 0,
     },
     BaseChain {
         name: "filter-output",
-        kind: "filter",
-        hook: "output",
-        priority: "0",
+        kind: ChainType::Filter,
+        hook: Hook::Output,
+        priority: 0,
     },
     BaseChain {
         name: "nat-prerouting",
-        kind: "nat",
-        hook: "prerouting",
+        kind: ChainType::Nat,
+        hook: Hook::Prerouting,
         priority: MAIN_NAT_PRIORITY,
     },
     BaseChain {
         name: "nat-output",
-        kind: "nat",
-        hook: "output",
+        kind: ChainType::Nat,
+        hook: Hook::Output,
         priority: MAIN_NAT_PRIORITY,
     },
     BaseChain {
         name: NAT_POSTROUTING_CHAIN,
-        kind: "nat",
-        hook: "postrouting",
-        priority: "100",
+        kind: ChainType::Nat,
+        hook: Hook::Postrouting,
+        priority: 100,
     },
 ];
 
-/// Jumps from base chains to top-level chains: (from, condition, to).
-pub const JUMPS: &[(&str, &str, &str)] = &[
-    (
-        "filter-prerouting-pre-dnat",
-        "ct state new ",
-        FIREWALL_CHECK_CHAIN,
-    ),
-    (
-        "filter-output-pre-dnat",
-        "ct state new ",
-        FIREWALL_CHECK_CHAIN,
-    ),
-    (
-        "filter-input",
-        "ct state new ",
-        NODEPORT_ENDPOINTS_CHECK_CHAIN,
-    ),
-    (
-        "filter-input",
-        "ct state new ",
-        SERVICE_ENDPOINTS_CHECK_CHAIN,
-    ),
-    (
-        "filter-forward",
-        "ct state new ",
-        SERVICE_ENDPOINTS_CHECK_CHAIN,
-    ),
-    ("filter-forward", "ct state new ", CLUSTER_IPS_CHECK_CHAIN),
-    (
-        "filter-output",
-        "ct state new ",
-        SERVICE_ENDPOINTS_CHECK_CHAIN,
-    ),
-    ("filter-output", "ct state new ", CLUSTER_IPS_CHECK_CHAIN),
-    ("nat-prerouting", "", SERVICES_CHAIN),
-    ("nat-output", "", SERVICES_CHAIN),
-    (NAT_POSTROUTING_CHAIN, "", MASQUERADING_CHAIN),
+/// Jumps from base chains to top-level chains.
+pub const JUMPS: &[Jump] = &[
+    ("filter-prerouting-pre-dnat", true, FIREWALL_CHECK_CHAIN),
+    ("filter-output-pre-dnat", true, FIREWALL_CHECK_CHAIN),
+    ("filter-input", true, NODEPORT_ENDPOINTS_CHECK_CHAIN),
+    ("filter-input", true, SERVICE_ENDPOINTS_CHECK_CHAIN),
+    ("filter-forward", true, SERVICE_ENDPOINTS_CHECK_CHAIN),
+    ("filter-forward", true, CLUSTER_IPS_CHECK_CHAIN),
+    ("filter-output", true, SERVICE_ENDPOINTS_CHECK_CHAIN),
+    ("filter-output", true, CLUSTER_IPS_CHECK_CHAIN),
+    ("nat-prerouting", false, SERVICES_CHAIN),
+    ("nat-output", false, SERVICES_CHAIN),
+    (NAT_POSTROUTING_CHAIN, false, MASQUERADING_CHAIN),
 ];
 
 /// The maps and sets whose elements belong to service ports.
@@ -257,10 +274,15 @@ pub enum MapKind {
     /// Set of `endpoint . endpoint` address pairs: a connection DNATed to its own
     /// source is masqueraded (`nat-postrouting`).
     Hairpin,
+    /// Set of `port id . digest` (16 bytes, declared `ipv6_addr`: nft has no raw type)
+    /// in every table: per service port (in its shard), the digest of everything written
+    /// for it, and per table the digest of the fixed part (port id 0). A restarted
+    /// engine reads them back to adopt what still matches (see `adopt`).
+    PortDigests,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 7] = [
+    pub const ALL: [MapKind; 8] = [
         MapKind::ServiceIps,
         MapKind::ServiceNodePorts,
         MapKind::NoEndpointServices,
@@ -268,6 +290,7 @@ impl MapKind {
         MapKind::FirewallIps,
         MapKind::ClusterIps,
         MapKind::Hairpin,
+        MapKind::PortDigests,
     ];
 
     pub fn name(self) -> &'static str {
@@ -279,6 +302,7 @@ impl MapKind {
             MapKind::FirewallIps => "firewall-ips",
             MapKind::ClusterIps => CLUSTER_IPS_SET,
             MapKind::Hairpin => HAIRPIN_SET,
+            MapKind::PortDigests => PORT_DIGESTS_SET,
         }
     }
 
@@ -286,14 +310,60 @@ impl MapKind {
         self as usize
     }
 
-    /// Whether elements live in the shard tables (with the chains they point to).
+    /// Whether elements live in the shard tables (with the chains they point to, or
+    /// the port they describe).
     pub fn is_sharded(self) -> bool {
-        matches!(self, MapKind::ServiceIps | MapKind::ServiceNodePorts)
+        matches!(
+            self,
+            MapKind::ServiceIps | MapKind::ServiceNodePorts | MapKind::PortDigests
+        )
+    }
+
+    /// Whether table `t` (0: main, `1 + i`: shard `i`) has this map or set.
+    pub fn in_table(self, t: usize) -> bool {
+        self == MapKind::PortDigests || self.is_sharded() == (t > 0)
     }
 
     /// Whether elements carry a verdict (a map) or not (a set).
     pub fn is_map(self) -> bool {
-        !matches!(self, MapKind::ClusterIps | MapKind::Hairpin)
+        !matches!(
+            self,
+            MapKind::ClusterIps | MapKind::Hairpin | MapKind::PortDigests
+        )
+    }
+
+    /// The key's components in `family`.
+    pub fn key(self, family: Family) -> &'static [KeyType] {
+        const V4_VIP: [KeyType; 3] = [KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService];
+        const V6_VIP: [KeyType; 3] = [KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService];
+        const PORT: [KeyType; 2] = [KeyType::InetProto, KeyType::InetService];
+        match (self, family) {
+            (
+                MapKind::ServiceIps | MapKind::NoEndpointServices | MapKind::FirewallIps,
+                Family::Ip,
+            ) => &V4_VIP,
+            (
+                MapKind::ServiceIps | MapKind::NoEndpointServices | MapKind::FirewallIps,
+                Family::Ip6,
+            ) => &V6_VIP,
+            (MapKind::ServiceNodePorts | MapKind::NoEndpointNodePorts, _) => &PORT,
+            (MapKind::ClusterIps, Family::Ip) => &[KeyType::Ipv4Addr],
+            (MapKind::ClusterIps, Family::Ip6) => &[KeyType::Ipv6Addr],
+            (MapKind::Hairpin, Family::Ip) => &[KeyType::Ipv4Addr, KeyType::Ipv4Addr],
+            (MapKind::Hairpin, Family::Ip6) => &[KeyType::Ipv6Addr, KeyType::Ipv6Addr],
+            (MapKind::PortDigests, _) => &[KeyType::Ipv6Addr],
+        }
+    }
+
+    /// The netlink declaration in `family`.
+    pub fn spec(self, family: Family) -> SetSpec<'static> {
+        SetSpec {
+            name: self.name(),
+            key: self.key(family),
+            data: self.is_map().then_some(DataType::Verdict),
+            flags: SetFlags::default(),
+            timeout_ms: None,
+        }
     }
 
     /// The nft type declaration for this family (`type ...` or `typeof ...`).
@@ -308,6 +378,7 @@ impl MapKind {
             }
             MapKind::ClusterIps => format!("type {addr}"),
             MapKind::Hairpin => format!("type {addr} . {addr}"),
+            MapKind::PortDigests => "type ipv6_addr".to_string(),
         }
     }
 }
@@ -399,7 +470,30 @@ impl PortChains {
 
     /// The table (index) of this port's chains and sets.
     pub fn table(&self) -> usize {
-        1 + self.digest.0[0] as usize % SHARDS
+        shard_table(self.digest.0[0])
+    }
+
+    /// What the port's chain names share after their prefix (`HEX-readable`).
+    pub fn base(&self) -> Arc<str> {
+        self.base.as_str().into()
+    }
+
+    /// The chains of a port whose names share `base`, in shard `table`: every name
+    /// [`PortChains`] can give (a port uses some of them).
+    pub fn all_chains(table: usize, base: &str) -> [ObjectRef; 5] {
+        [
+            ObjectRef::new(table, format!("svc-{base}")),
+            ObjectRef::new(table, format!("local-{base}")),
+            ObjectRef::new(table, format!("alt-{base}")),
+            ObjectRef::new(table, format!("ext-{base}")),
+            ObjectRef::new(0, format!("fw-{base}")),
+        ]
+    }
+
+    /// The port's id in `port-digests`: the first 8 bytes of its name's digest (the
+    /// hex digits its chain names start with).
+    pub fn id(&self) -> [u8; 8] {
+        self.digest.0[..8].try_into().expect("8 bytes")
     }
 
     fn chain(&self, prefix: &str) -> ObjectRef {
@@ -443,6 +537,11 @@ impl PortChains {
         push_hex(&mut name, &digest[..7]);
         ObjectRef::new(self.table(), name)
     }
+}
+
+/// The shard table (index) of a service port whose name digest starts with `byte`.
+pub fn shard_table(byte: u8) -> usize {
+    1 + byte as usize % SHARDS
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {

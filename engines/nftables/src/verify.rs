@@ -187,10 +187,10 @@ pub fn compare_maps(
     record: &TableRecord,
 ) -> Vec<String> {
     let fam = family.nft();
-    let shard = table > 0;
+    let t = table;
     let table = tables.name(table);
     let mut out = Vec::new();
-    for kind in MapKind::ALL.into_iter().filter(|k| k.is_sharded() == shard) {
+    for kind in MapKind::ALL.into_iter().filter(|k| k.in_table(t)) {
         let expected = record.map_counts[kind.index()];
         match listing.maps.get(kind.name()) {
             None => out.push(format!("{fam} {table} {} is missing", kind.name())),
@@ -450,7 +450,7 @@ fn sample_elements(
         [kind.index()]
     .iter()
     .filter_map(|(key, claims)| claims.first().map(|(_, v)| (key, v)))
-    .filter(|(_, v)| crate::element::table_of(kind, v) == t)
+    .filter(|(key, v)| crate::element::table_of(kind, key, v) == t)
     .skip(cursor % count)
     .take(NETLINK_SAMPLED_KEYS)
     .collect();

@@ -1,5 +1,9 @@
 //! Property test: whatever the names, ports and addresses, the kernel accepts the full
-//! ruleset and a partial update rendered against it (no injection through names).
+//! ruleset and a partial update rendered against it (no injection through names), and
+//! every way of reaching a model leaves the same kernel state, compared byte for byte in
+//! the kernel's own dumps: a full sync as a netlink batch and as `nft -f` text (the
+//! batch mirrors nft's bytecode), a partial sync after a full one, and a new process
+//! adopting the tables an old one wrote for another model.
 
 mod support;
 
@@ -11,9 +15,10 @@ use switchyard_model::test_util::strategies::{
 use switchyard_model::test_util::{TestCatalog, TestService};
 use switchyard_model::{ChangeSet, ModelConfig, NodeFacts, NodeModel, ServicePortName};
 use switchyard_nftables::{
+    adopt,
+    full::{render_full_batch, render_full_with_record},
     netlink::NftSocket,
-    render::render_full_with_record,
-    render_full, render_partial,
+    render_partial,
     ruleset::{Family, TableNames, TABLES},
     verify::{compare, parse_listing},
 };
@@ -93,12 +98,36 @@ prop_compose! {
     }
 }
 
+/// A namespace and a netlink socket in it.
+struct Kernel {
+    ns: Netns,
+    socket: NftSocket,
+}
+
+impl Kernel {
+    fn new() -> Kernel {
+        let ns = Netns::new();
+        let socket = NftSocket::open(Some(&ns.name)).expect("netlink socket in the netns");
+        Kernel { ns, socket }
+    }
+
+    /// A full sync of `model` as the engine writes it: one netlink batch.
+    fn full(&mut self, model: &NodeModel) -> Result<(), String> {
+        let empty = self.socket.batch();
+        let (batch, _) = render_full_batch(model, &TableNames::default(), true, empty);
+        self.socket.commit(batch).map_err(|e| e.to_string())
+    }
+
+    fn state(&mut self, family: Family) -> std::collections::BTreeMap<String, Vec<Vec<u8>>> {
+        support::kernel_state(&mut self.socket, family)
+    }
+}
+
 #[test]
 fn kernel_accepts_full_and_partial_rulesets() {
     if !have_root("kernel_accepts_full_and_partial_rulesets") {
         return;
     }
-    let ns = Netns::new();
     let config = ProptestConfig {
         cases: std::env::var("SY_PROPTEST_CASES")
             .ok()
@@ -107,42 +136,48 @@ fn kernel_accepts_full_and_partial_rulesets() {
         failure_persistence: None,
         ..ProptestConfig::default()
     };
-    // The reference: what a full sync of the second model gives.
-    let reference = Netns::new();
-    let socket = std::cell::RefCell::new(
-        NftSocket::open(Some(&ns.name)).expect("netlink socket in the netns"),
-    );
+    // Partial syncs, nft text, the reference (a full sync of the second model), and an
+    // adopting process.
+    let kernel = std::cell::RefCell::new(Kernel::new());
+    let text = Netns::new();
+    let reference = std::cell::RefCell::new(Kernel::new());
+    let adopting = std::cell::RefCell::new(Kernel::new());
     let counts = std::cell::RefCell::new(std::collections::BTreeMap::<&str, usize>::new());
     proptest!(config, |((m1, m2) in any_models())| {
-        let (full, applied) = render_full_with_record(&m1);
-        let (ok, out) = ns.nft(&["-f", "-"], &full);
-        prop_assert!(ok, "full ruleset refused: {out}\n{full}");
+        let mut kernel = kernel.borrow_mut();
+        let (full_text, applied) = render_full_with_record(&m1);
+        prop_assert!(kernel.full(&m1).is_ok(), "netlink full sync refused: {:?}\n{full_text}", kernel.full(&m1));
+        // The same model written by nft from the text: the same kernel state.
+        let (ok, out) = text.nft(&["-f", "-"], &full_text);
+        prop_assert!(ok, "full ruleset refused by nft: {out}\n{full_text}");
+        for family in Family::BOTH {
+            let mut socket = NftSocket::open(Some(&text.name)).unwrap();
+            let by_nft = support::kernel_state(&mut socket, family);
+            let diff = support::state_diff(&kernel.state(family), &by_nft);
+            prop_assert!(diff.is_empty(), "netlink and nft full syncs differ: {diff:#?}\n{full_text}");
+        }
         let changes = ChangeSet::between(&m1, &m2);
         let partial = render_partial(&m2, &changes, &applied);
         let mut via = "nothing";
         let tables = TableNames::default();
-        let text = partial.text(&tables);
+        let partial_text = partial.text(&tables);
         if !partial.is_empty() {
-            // The nft text of the same transaction is valid too (the engine's fallback).
-            let (ok, out) = ns.nft(&["-c", "-f", "-"], &text);
-            prop_assert!(ok, "partial update refused: {out}\n{text}\nagainst\n{full}");
-            // Through netlink, as the engine does.
-            let mut socket = socket.borrow_mut();
-            let mut batch = socket.batch();
+            // The nft text of the same transaction is valid too (the engine's option).
+            let (ok, out) = kernel.ns.nft(&["-c", "-f", "-"], &partial_text);
+            prop_assert!(ok, "partial update refused: {out}\n{partial_text}\nagainst\n{full_text}");
+            let mut batch = kernel.socket.batch();
             partial.encode(&mut batch, &tables);
             via = "netlink";
-            let result = socket.commit(batch);
-            prop_assert!(result.is_ok(), "netlink partial update failed: {result:?}\n{text}");
+            let result = kernel.socket.commit(batch);
+            prop_assert!(result.is_ok(), "netlink partial update failed: {result:?}\n{partial_text}");
         }
         *counts.borrow_mut().entry(via).or_default() += 1;
         // The record after the partial update matches the kernel.
         let mut applied = applied;
         partial.commit(&mut applied);
-        let (ok, out) = reference.nft(&["-f", "-"], &render_full(&m2));
-        prop_assert!(ok, "{out}");
         for (family, t) in Family::BOTH.into_iter().flat_map(|f| (0..TABLES).map(move |t| (f, t))) {
             let table = tables.name(t).to_string();
-            let (ok, listing) = ns.nft(&["-a", "list", "table", family.nft(), &table], "");
+            let (ok, listing) = kernel.ns.nft(&["-a", "list", "table", family.nft(), &table], "");
             prop_assert!(ok, "{listing}");
             let diff = compare(
                 &tables,
@@ -151,16 +186,31 @@ fn kernel_accepts_full_and_partial_rulesets() {
                 &parse_listing(&listing, family, &table).unwrap(),
                 &applied.families[family.index()].tables[t],
             );
-            prop_assert!(diff.is_empty(), "{table}: {diff:?}\nafter\n{text}\nlisting\n{listing}");
-            // And the kernel holds exactly what a full sync of the new model gives.
-            let (_, got) = ns.nft(&["list", "table", family.nft(), &table], "");
-            let (_, want) = reference.nft(&["list", "table", family.nft(), &table], "");
-            let (got_n, want_n) = (normalized(&got), normalized(&want));
-            if got_n != want_n {
-                let missing: Vec<_> = want_n.iter().filter(|b| !got_n.contains(b)).collect();
-                let extra: Vec<_> = got_n.iter().filter(|b| !want_n.contains(b)).collect();
-                prop_assert!(false, "partial ({via}) differs from full:\nmissing {missing:#?}\nextra {extra:#?}\npartial\n{text}");
-            }
+            prop_assert!(diff.is_empty(), "{table}: {diff:?}\nafter\n{partial_text}\nlisting\n{listing}");
+        }
+        // The kernel holds exactly what a full sync of the new model gives, and so does
+        // a new process adopting the first model's tables for the second.
+        let mut reference = reference.borrow_mut();
+        prop_assert!(reference.full(&m2).is_ok());
+        let mut adopting = adopting.borrow_mut();
+        prop_assert!(adopting.full(&m1).is_ok());
+        let adoption = adopt::plan(&mut adopting.socket, &tables, &m2, true);
+        let adoption = match adoption {
+            Ok(Some(a)) => a,
+            other => return Err(TestCaseError::fail(format!("nothing adopted: {:?}", other.err()))),
+        };
+        if !adoption.repair.is_empty() {
+            let mut batch = adopting.socket.batch();
+            adoption.repair.encode(&mut batch, &tables);
+            let result = adopting.socket.commit(batch);
+            prop_assert!(result.is_ok(), "adoption repair failed: {result:?}\n{}", adoption.repair.text(&tables));
+        }
+        for family in Family::BOTH {
+            let want = reference.state(family);
+            let diff = support::state_diff(&kernel.state(family), &want);
+            prop_assert!(diff.is_empty(), "partial ({via}) differs from full: {diff:#?}\npartial\n{partial_text}");
+            let diff = support::state_diff(&adopting.state(family), &want);
+            prop_assert!(diff.is_empty(), "adoption differs from full: {diff:#?}\nrepair\n{}", adoption.repair.text(&tables));
         }
     });
     let counts = counts.into_inner();
@@ -169,75 +219,4 @@ fn kernel_accepts_full_and_partial_rulesets() {
         counts.get("netlink").copied().unwrap_or(0) > 0,
         "no partial went through netlink"
     );
-}
-
-/// A table listing as a sorted list of blocks (chain, set, map), each with its lines in
-/// order and its elements sorted: partial and full syncs create objects in different
-/// orders.
-fn normalized(listing: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    let mut elements: Option<String> = None;
-    for line in listing.lines().map(str::trim) {
-        if let Some(acc) = &mut elements {
-            acc.push_str(line);
-            acc.push(' ');
-            if line.ends_with('}') {
-                let body = acc
-                    .trim()
-                    .trim_start_matches("elements = {")
-                    .trim_end_matches('}');
-                let mut items: Vec<&str> = body
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                items.sort();
-                if let Some(block) = &mut current {
-                    block.push_str(&format!("\n  elements {items:?}"));
-                }
-                elements = None;
-            }
-            continue;
-        }
-        if line.starts_with("elements = {") {
-            elements = Some(String::new());
-            let acc = elements.as_mut().unwrap();
-            acc.push_str(line);
-            acc.push(' ');
-            if line.ends_with('}') {
-                let body = acc
-                    .trim()
-                    .trim_start_matches("elements = {")
-                    .trim_end_matches('}');
-                let mut items: Vec<&str> = body
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                items.sort();
-                if let Some(block) = &mut current {
-                    block.push_str(&format!("\n  elements {items:?}"));
-                }
-                elements = None;
-            }
-            continue;
-        }
-        if line.starts_with("chain ") || line.starts_with("set ") || line.starts_with("map ") {
-            if let Some(b) = current.take() {
-                blocks.push(b);
-            }
-            current = Some(line.to_string());
-        } else if let Some(block) = &mut current {
-            if !line.is_empty() && line != "}" {
-                block.push_str("\n  ");
-                block.push_str(line);
-            }
-        }
-    }
-    if let Some(b) = current.take() {
-        blocks.push(b);
-    }
-    blocks.sort();
-    blocks
 }

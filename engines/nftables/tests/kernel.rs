@@ -241,7 +241,8 @@ async fn failed_sync_keeps_rules_and_next_sync_is_full() {
     let mut failing = NftablesEngine::new(NftOptions {
         netns: Some(ns.name.clone()),
         nft_path: fake.to_string_lossy().into_owned(),
-        netlink_partials: false,
+        netlink: false,
+        adopt: false,
         ipv6: true,
         tables: TableNames::default(),
     });
@@ -301,7 +302,7 @@ async fn scale_timings() {
         let mut s3 = s2.clone();
         s3[count / 3].endpoints.pop();
         let m3 = model(s3);
-        let (_, rec) = switchyard_nftables::render::render_full_with_record(&m2);
+        let (_, rec) = switchyard_nftables::full::render_full_with_record(&m2);
         let p = switchyard_nftables::render_partial(&m3, &ChangeSet::between(&m2, &m3), &rec);
         std::fs::write(format!("{dir}/full2.nft"), render_full(&m2)).unwrap();
         std::fs::write(format!("{dir}/partial.nft"), p.text(&TableNames::default())).unwrap();
@@ -360,7 +361,7 @@ async fn shared_external_ip_moves_to_the_remaining_service() {
 #[ignore]
 async fn partial_phases() {
     need_root!("partial_phases");
-    use switchyard_nftables::{netlink::NftSocket, render::render_full_with_record};
+    use switchyard_nftables::{full::render_full_with_record, netlink::NftSocket};
     let ns = Netns::new();
     let count: usize = std::env::var("SY_NFT_SCALE")
         .ok()
@@ -401,6 +402,7 @@ async fn partial_phases() {
         &[switchyard_nftables::netlink::ElementBytes {
             key: vec![1, 2, 3, 4],
             verdict: None,
+            comment: None,
         }],
     );
     let t = Instant::now();
@@ -567,4 +569,108 @@ async fn ipv4_only_kernel_programs_no_ip6_tables() {
 
     engine.cleanup().await.unwrap();
     assert!(!tables(&ns).contains("switchyard"));
+}
+
+/// The ruleset with handles, so a rewrite shows (every re-created object gets a new one).
+fn ruleset_with_handles(ns: &Netns) -> String {
+    let (ok, out) = ns.nft(&["-a", "list", "ruleset"], "");
+    assert!(ok, "{out}");
+    out
+}
+
+/// A new engine (a restarted process) on a kernel holding its tables for the same model
+/// writes nothing: every object keeps its handle; verify and partial syncs go on.
+#[tokio::test]
+async fn restart_adopts_unchanged_tables_without_writing() {
+    need_root!("restart_adopts_unchanged_tables_without_writing");
+    let ns = Netns::new();
+    let s1 = two_services();
+    let m1 = model(s1.clone());
+    let mut old = NftablesEngine::new(ns.options());
+    old.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    drop(old);
+    let before = ruleset_with_handles(&ns);
+    let mut new = NftablesEngine::new(ns.options());
+    let report = new.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    assert_eq!(report.service_ports_written, 0, "{report:?}");
+    assert_eq!(before, ruleset_with_handles(&ns), "an adopting engine rewrote");
+    assert!(!new.next_sync_is_full());
+    assert_eq!(new.verify(&m1).await.unwrap(), Drift::None);
+    let m2 = model(edited(&s1, "web", |web| {
+        web.endpoints.retain(|e| e.ip.to_string() != "10.0.1.5")
+    }));
+    let report = new.sync(&m2, &ChangeSet::between(&m1, &m2)).await.unwrap();
+    assert!(!report.full);
+    assert_eq!(new.verify(&m2).await.unwrap(), Drift::None);
+}
+
+/// A restarted engine whose model changed while it was down rewrites the changed ports
+/// only, and the kernel then holds exactly what a full sync writes.
+#[tokio::test]
+async fn restart_repairs_only_the_ports_that_changed() {
+    need_root!("restart_repairs_only_the_ports_that_changed");
+    let (ns, reference) = (Netns::new(), Netns::new());
+    let mut services = two_services();
+    services.push(service("other", &["172.16.0.12"], 53, vec![ep("10.0.3.1", 53, false)]));
+    let m1 = model(services.clone());
+    let mut old = NftablesEngine::new(ns.options());
+    old.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    drop(old);
+    let other_chain = |ns: &Netns| {
+        ruleset_with_handles(ns)
+            .lines()
+            .find(|l| l.contains("chain svc-") && l.contains("-default-other-"))
+            .map(str::to_string)
+    };
+    let untouched = other_chain(&ns).expect("other's chain");
+    // While down: web loses an endpoint (and its affinity), empty is removed.
+    let changed: Vec<TestService> = edited(&services, "web", |web| {
+        web.endpoints.retain(|e| e.ip.to_string() != "10.0.1.5");
+        web.affinity_timeout = None;
+    })
+    .into_iter()
+    .filter(|s| s.name.name != "empty")
+    .collect();
+    let m2 = model(changed);
+    let mut new = NftablesEngine::new(ns.options());
+    let report = new.sync(&m2, &ChangeSet::full(&m2)).await.unwrap();
+    // web and empty in ip, web in ip6.
+    assert_eq!(report.service_ports_written, 3, "{report:?}");
+    assert_eq!(other_chain(&ns), Some(untouched), "an unchanged port was rewritten");
+    assert_eq!(new.verify(&m2).await.unwrap(), Drift::None);
+    let mut full = NftablesEngine::new(NftOptions {
+        adopt: false,
+        ..reference.options()
+    });
+    full.sync(&m2, &ChangeSet::full(&m2)).await.unwrap();
+    for family in switchyard_nftables::ruleset::Family::BOTH {
+        let mut a = switchyard_nftables::netlink::NftSocket::open(Some(&ns.name)).unwrap();
+        let mut b = switchyard_nftables::netlink::NftSocket::open(Some(&reference.name)).unwrap();
+        let diff = state_diff(&kernel_state(&mut a, family), &kernel_state(&mut b, family));
+        assert!(diff.is_empty(), "adopted and repaired differs from full: {diff:#?}");
+    }
+}
+
+/// Other node-wide settings (here masqueradeAll) change the fixed part's digest: nothing
+/// is adopted, every table is written again.
+#[tokio::test]
+async fn restart_with_other_node_settings_writes_every_table() {
+    need_root!("restart_with_other_node_settings_writes_every_table");
+    let ns = Netns::new();
+    let services = two_services();
+    let m1 = model(services.clone());
+    let mut old = NftablesEngine::new(ns.options());
+    old.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
+    drop(old);
+    let before = ruleset_with_handles(&ns);
+    let mut config = config();
+    config.masquerade_all = true;
+    let m2 = model_with(services, &config);
+    let mut new = NftablesEngine::new(ns.options());
+    let report = new.sync(&m2, &ChangeSet::full(&m2)).await.unwrap();
+    assert_eq!(report.service_ports_written, m2.services.len());
+    let after = ruleset_with_handles(&ns);
+    assert_ne!(before, after);
+    assert!(after.contains("ip daddr @cluster-ips jump mark-for-masquerade"), "{after}");
+    assert_eq!(new.verify(&m2).await.unwrap(), Drift::None);
 }

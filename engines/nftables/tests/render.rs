@@ -141,7 +141,7 @@ fn external_policy_local_without_local_endpoints_drops() {
 fn render_scale() {
     let m = big_model(50_000, 5);
     let start = std::time::Instant::now();
-    let (text, _) = switchyard_nftables::render::render_full_with_record(&m);
+    let (text, _) = switchyard_nftables::full::render_full_with_record(&m);
     eprintln!(
         "render 50k x 5: {:?}, {} bytes",
         start.elapsed(),

@@ -1,6 +1,13 @@
 //! [`Batch`]: one nf_tables transaction being encoded. Every message of a batch is
 //! numbered; the kernel reports an error for any of them and acknowledges the last one
 //! (which carries `NLM_F_ACK`), so a commit knows when the verdict is complete.
+//!
+//! A batch is written in segments of about [`SEGMENT_BYTES`] (whole messages each), so a
+//! full sync of tens of megabytes never reallocates and copies one growing buffer; the
+//! segments go to the kernel as the iovecs of one `sendmsg`, which is one datagram and
+//! so one transaction, as nft sends its batches. Parts of a transaction can be written
+//! as separate batches and [`Batch::append`]ed in the order the kernel must see them;
+//! sequence numbers are assigned when the batch is finished.
 
 use std::net::IpAddr;
 
@@ -10,10 +17,10 @@ use super::{
     NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_LIST_ELEM,
     NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_SET_ELEM_DATA,
     NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE,
-    NFT_MSG_DELSET, NFT_MSG_DELSETELEM, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
-    NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NFT_SET_ELEM_INTERVAL_END, NF_ACCEPT,
-    NF_DROP,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_TABLE_FLAGS, NFTA_TABLE_NAME,
+    NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_DELSET, NFT_MSG_DELSETELEM, NFT_MSG_DELTABLE,
+    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
+    NFT_SET_ELEM_INTERVAL_END, NF_ACCEPT, NF_DROP,
 };
 use crate::message::{MessageWriter, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 
@@ -22,8 +29,13 @@ use crate::message::{MessageWriter, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F
 /// verdicts take about 30 KiB).
 const ELEMENTS_PER_MESSAGE: usize = 256;
 
-/// Largest batch sent in one datagram (the socket's send buffer is raised to hold it).
+/// Largest batch a partial sync sends (the socket's send buffer holds it from the
+/// start); larger transactions raise the buffer to their size first (see
+/// [`super::NftSocket::commit`]).
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// A segment is closed once it holds this many bytes (whole messages only).
+pub const SEGMENT_BYTES: usize = 1024 * 1024;
 
 /// Netfilter hooks (`NF_INET_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,31 +87,54 @@ pub struct BaseChain {
     pub accept: bool,
 }
 
-/// One nf_tables transaction being encoded.
+/// One nf_tables transaction being encoded (or a part of one, see [`Batch::append`]).
 pub struct Batch {
+    /// Closed segments: whole messages, sequence numbers not yet assigned.
+    segments: Vec<Vec<u8>>,
+    /// The segment being written.
     w: MessageWriter,
-    seq: u32,
+    /// The sequence number of the begin delimiter; messages follow it.
     first: u32,
     messages: usize,
-    last_start: Option<usize>,
+    /// Where the last message starts: (segment index, offset); the open segment's index
+    /// is `segments.len()`.
+    last_start: Option<(usize, usize)>,
+    /// Ids naming sets within the transaction (`NFTA_SET_ID`).
+    next_set_id: u32,
+    bytes: usize,
+}
+
+/// A finished batch: the datagram as consecutive segments, the sequence number of its
+/// begin delimiter and that of the message the kernel acknowledges.
+pub struct Transaction {
+    pub segments: Vec<Vec<u8>>,
+    pub first: u32,
+    pub last: u32,
+}
+
+impl Transaction {
+    /// Bytes of the datagram.
+    pub fn bytes(&self) -> usize {
+        self.segments.iter().map(Vec::len).sum()
+    }
+
+    /// The datagram in one buffer (tests, small batches).
+    pub fn concat(&self) -> Vec<u8> {
+        self.segments.concat()
+    }
 }
 
 impl Batch {
     /// A batch whose messages are numbered from `seq` (the begin delimiter) on.
     pub fn new(seq: u32) -> Batch {
-        let mut w = MessageWriter::with_capacity(16 * 1024);
-        w.begin(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            seq,
-            &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
-        );
         Batch {
-            w,
-            seq: seq.wrapping_add(1),
+            segments: Vec::new(),
+            w: MessageWriter::with_capacity(16 * 1024),
             first: seq,
             messages: 0,
             last_start: None,
+            next_set_id: 1,
+            bytes: 0,
         }
     }
 
@@ -112,9 +147,35 @@ impl Batch {
         self.messages == 0
     }
 
-    /// Bytes encoded so far.
+    /// Bytes encoded so far (delimiters excluded).
     pub fn bytes(&self) -> usize {
-        self.w.len()
+        self.bytes + self.w.len()
+    }
+
+    fn close_segment(&mut self) {
+        self.w.end();
+        if !self.w.is_empty() {
+            let full = std::mem::replace(&mut self.w, MessageWriter::with_capacity(16 * 1024));
+            let bytes = full.into_bytes();
+            self.bytes += bytes.len();
+            self.segments.push(bytes);
+        }
+    }
+
+    /// Appends the messages of `other` after this batch's (sequence numbers, set ids
+    /// and the acknowledged message follow the new order).
+    pub fn append(&mut self, mut other: Batch) {
+        if other.is_empty() {
+            return;
+        }
+        self.close_segment();
+        other.close_segment();
+        let base = self.segments.len();
+        self.last_start = other.last_start.map(|(s, o)| (base + s, o));
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.next_set_id = self.next_set_id.max(other.next_set_id);
+        self.segments.append(&mut other.segments);
     }
 
     fn message(
@@ -124,17 +185,19 @@ impl Batch {
         flags: u16,
         body: impl FnOnce(&mut Attrs<'_>),
     ) {
+        if self.w.len() >= SEGMENT_BYTES {
+            self.close_segment();
+        }
         let start = self.w.begin(
             NFNL_SUBSYS_NFTABLES << 8 | msg,
             NLM_F_REQUEST | flags,
-            self.seq,
+            0,
             &nfgenmsg(family.nfproto(), 0),
         );
-        self.seq = self.seq.wrapping_add(1);
         body(&mut Attrs::new(self.w.buffer()));
         self.w.end();
         self.messages += 1;
-        self.last_start = Some(start);
+        self.last_start = Some((self.segments.len(), start));
     }
 
     /// `add table` (no error if it exists).
@@ -216,7 +279,8 @@ impl Batch {
 
     /// `add set` / `add map` (no error if it exists with the same definition).
     pub fn add_set(&mut self, family: impl Into<TableFamily>, table: &str, spec: &SetSpec<'_>) {
-        let id = self.seq;
+        let id = self.next_set_id;
+        self.next_set_id = self.next_set_id.wrapping_add(1);
         self.message(family.into(), NFT_MSG_NEWSET, NLM_F_CREATE, |a| {
             spec.encode(a, table, id);
         });
@@ -314,6 +378,9 @@ impl Batch {
                 if let Some((code, chain)) = &e.verdict {
                     a.verdict(NFTA_SET_ELEM_DATA, *code, chain.as_deref());
                 }
+                if let Some(comment) = &e.comment {
+                    a.put(NFTA_SET_ELEM_USERDATA, &comment_userdata(comment));
+                }
             },
         );
     }
@@ -339,7 +406,8 @@ impl Batch {
     /// Adds prefixes to an interval set of addresses (one type, not a concatenation):
     /// each is a start element and, unless it runs to the end of the address space, an
     /// end element (the first address after it, flagged `INTERVAL_END`), as nft sends
-    /// them. Prefixes must not overlap (nft's `auto-merge` merges them before).
+    /// them. Prefixes must be sorted and must not overlap (nft's `auto-merge` merges
+    /// them before).
     pub fn add_prefixes(
         &mut self,
         family: impl Into<TableFamily>,
@@ -347,12 +415,20 @@ impl Batch {
         set: &str,
         prefixes: &[(IpAddr, u8)],
     ) {
-        let mut bounds: Vec<(Vec<u8>, bool)> = Vec::with_capacity(prefixes.len() * 2);
+        let mut bounds: Vec<(Vec<u8>, bool)> = Vec::with_capacity(prefixes.len() * 2 + 1);
         for &(addr, len) in prefixes {
             let (start, end) = prefix_bounds(addr, len);
             bounds.push((start, false));
             if let Some(end) = end {
                 bounds.push((end, true));
+            }
+        }
+        // nft opens the set with an interval end at the zero address unless the first
+        // interval starts there; so do we, so the kernel holds what nft would write.
+        if let Some((first, _)) = bounds.first() {
+            if first.iter().any(|b| *b != 0) {
+                let zero = vec![0; first.len()];
+                bounds.insert(0, (zero, true));
             }
         }
         self.element_messages(
@@ -370,28 +446,80 @@ impl Batch {
         );
     }
 
-    /// Closes the batch: asks for an acknowledgement of the last message (errors of
-    /// any message are reported whatever its flags). Returns the datagram, the
-    /// sequence number of the batch start and that of the acknowledged message.
-    pub fn finish(mut self) -> (Vec<u8>, u32, u32) {
-        let mut last_seq = self.first;
-        if let Some(start) = self.last_start {
-            self.w.add_flags(start, NLM_F_ACK);
-            last_seq = self.seq.wrapping_sub(1);
+    /// Closes the batch: numbers its messages after the begin delimiter and asks for an
+    /// acknowledgement of the last one (errors of any message are reported whatever its
+    /// flags).
+    pub fn finish(mut self) -> Transaction {
+        self.close_segment();
+        let mut seq = self.first;
+        let ack = self.last_start;
+        for (s, segment) in self.segments.iter_mut().enumerate() {
+            let mut at = 0;
+            while at + 16 <= segment.len() {
+                let len = u32::from_ne_bytes(segment[at..at + 4].try_into().expect("4 bytes"));
+                seq = seq.wrapping_add(1);
+                segment[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+                if ack == Some((s, at)) {
+                    let flags = u16::from_ne_bytes([segment[at + 6], segment[at + 7]]) | NLM_F_ACK;
+                    segment[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+                }
+                at += crate::attr::align4(len as usize);
+            }
         }
-        self.w.begin(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            self.seq,
-            &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
-        );
-        (self.w.into_bytes(), self.first, last_seq)
+        let last = seq;
+        let delimiter = |kind, seq| {
+            let mut w = MessageWriter::with_capacity(20);
+            w.begin(kind, NLM_F_REQUEST, seq, &nfgenmsg(0, NFNL_SUBSYS_NFTABLES));
+            w.into_bytes()
+        };
+        let mut segments = Vec::with_capacity(self.segments.len() + 2);
+        segments.push(delimiter(NFNL_MSG_BATCH_BEGIN, self.first));
+        segments.append(&mut self.segments);
+        segments.push(delimiter(NFNL_MSG_BATCH_END, last.wrapping_add(1)));
+        Transaction {
+            segments,
+            first: self.first,
+            last: if ack.is_some() { last } else { self.first },
+        }
     }
 
     /// Sequence numbers this batch uses (delimiters included).
     pub fn seqs(&self) -> u32 {
         self.messages as u32 + 2
     }
+}
+
+/// nft's comment user data (`NFTNL_UDATA_*_COMMENT`, type 0: the text and its NUL).
+pub fn comment_userdata(comment: &str) -> Vec<u8> {
+    let mut end = comment.len().min(COMMENT_MAX);
+    while !comment.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &comment.as_bytes()[..end];
+    let mut out = Vec::with_capacity(text.len() + 3);
+    out.push(0);
+    out.push(text.len() as u8 + 1);
+    out.extend_from_slice(text);
+    out.push(0);
+    out
+}
+
+/// Longest comment nft reads back (`NFTNL_UDATA_COMMENT_MAXLEN` is 128 with the NUL).
+const COMMENT_MAX: usize = 127;
+
+/// The text of nft's comment user data, if it holds one.
+pub fn userdata_comment(userdata: &[u8]) -> Option<&str> {
+    let mut at = 0;
+    while at + 2 <= userdata.len() {
+        let (kind, len) = (userdata[at], usize::from(userdata[at + 1]));
+        let value = userdata.get(at + 2..at + 2 + len)?;
+        if kind == 0 {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return std::str::from_utf8(text).ok();
+        }
+        at += 2 + len;
+    }
+    None
 }
 
 /// The first address of a prefix and the first one after it (`None` past the end of
@@ -460,15 +588,21 @@ mod tests {
         b.add_table(TableFamily::Ip, "t");
         b.add_chain(TableFamily::Ip, "t", "c");
         assert_eq!((b.len(), b.seqs()), (2, 4));
-        let (buf, first, last) = b.finish();
-        assert_eq!((first, last), (10, 12));
+        let mut part = Batch::new(0);
+        part.add_chain(TableFamily::Ip, "t", "d");
+        b.append(part);
+        assert_eq!((b.len(), b.seqs()), (3, 5));
+        let tx = b.finish();
+        let buf = tx.concat();
+        assert_eq!((tx.first, tx.last), (10, 13));
         let all: Vec<_> = messages(&buf).map(Result::unwrap).collect();
         let seqs: Vec<u32> = all.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, [10, 11, 12, 13]);
+        assert_eq!(seqs, [10, 11, 12, 13, 14]);
         assert_eq!(all[0].kind, NFNL_MSG_BATCH_BEGIN);
-        assert_eq!(all[2].flags & NLM_F_ACK, NLM_F_ACK);
+        assert_eq!(all[3].flags & NLM_F_ACK, NLM_F_ACK);
         assert_eq!(all[1].flags & NLM_F_ACK, 0);
-        assert_eq!(all[3].kind, NFNL_MSG_BATCH_END);
+        assert_eq!(all[2].flags & NLM_F_ACK, 0);
+        assert_eq!(all[4].kind, NFNL_MSG_BATCH_END);
         // res_id of the delimiters: the subsystem, big-endian.
         assert_eq!(&all[0].payload[..4], &[0, 0, 0, 10]);
     }

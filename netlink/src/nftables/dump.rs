@@ -9,10 +9,12 @@ use nix::errno::Errno;
 
 use super::{
     nfgenmsg, Attrs, Batch, TableFamily, MAX_BATCH_BYTES, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_NAME,
-    NFTA_CHAIN_TABLE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_TABLE,
-    NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_TABLE_NAME, NFTA_VERDICT_CHAIN, NFT_MSG_GETCHAIN,
-    NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE,
+    NFTA_CHAIN_TABLE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM,
+    NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_SET_ELEM_DATA,
+    NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_TABLE_NAME, NFTA_VERDICT_CHAIN,
+    NFTA_VERDICT_CODE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
+    NFT_MSG_GETTABLE,
 };
 use crate::{
     attr::{attrs, Attr},
@@ -55,6 +57,8 @@ pub struct SetInfo {
 #[derive(Debug)]
 pub struct NftSocket {
     socket: NetlinkSocket,
+    /// The send buffer the kernel granted (a batch is one datagram and must fit).
+    send_buffer: usize,
 }
 
 fn malformed(what: &str) -> impl Fn(Malformed) -> NetlinkError + '_ {
@@ -78,8 +82,17 @@ impl NftSocket {
     /// namespace for `None`.
     pub fn open(netns: Option<&str>) -> Result<NftSocket, NetlinkError> {
         let socket = NetlinkSocket::open(Protocol::Netfilter, &Netns::from_name(netns))?;
-        socket.set_send_buffer(MAX_BATCH_BYTES);
-        Ok(NftSocket { socket })
+        let send_buffer = socket.set_send_buffer(MAX_BATCH_BYTES);
+        Ok(NftSocket {
+            socket,
+            send_buffer,
+        })
+    }
+
+    /// How long a commit or dump waits for the kernel (a full sync of tens of thousands
+    /// of services keeps the kernel busy for seconds).
+    pub fn set_timeout(&mut self, timeout: std::time::Duration) -> Result<(), NetlinkError> {
+        self.socket.set_timeout(timeout)
     }
 
     /// A new batch numbered after the previous ones.
@@ -92,12 +105,19 @@ impl NftSocket {
     pub fn commit(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         let count = batch.len();
         self.socket.reserve_seqs(batch.seqs());
-        let (buf, first, last) = batch.finish();
+        let tx = batch.finish();
+        let (first, last) = (tx.first, tx.last);
         if count == 0 {
             return Ok(());
         }
         const WHAT: &str = "nf_tables netlink batch";
-        self.socket.send(&buf, WHAT)?;
+        // The kernel refuses a datagram larger than the send buffer (less 32 bytes).
+        let needed = tx.bytes() + 64 * 1024;
+        if needed > self.send_buffer {
+            self.send_buffer = self.socket.set_send_buffer(needed);
+        }
+        self.socket.send_vectored(&tx.segments, WHAT)?;
+        drop(tx);
         let mut failure: Option<(u32, i32)> = None;
         loop {
             let data = self.socket.receive(WHAT)?;
@@ -216,6 +236,30 @@ impl NftSocket {
             },
         )?;
         Ok(out)
+    }
+
+    /// Names of the chains of one table (the kernel walks that table's chains only, so
+    /// this is cheap for a small table however many chains others hold).
+    pub fn table_chains(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+    ) -> Result<Found<Vec<String>>, NetlinkError> {
+        const WHAT: &str = "chain dump";
+        let mut out = Vec::new();
+        let found = self.dump(
+            family.into(),
+            NFT_MSG_GETCHAIN,
+            WHAT,
+            |a| a.str(NFTA_CHAIN_TABLE, table),
+            |attrs| {
+                for a in attrs.iter().filter(|a| a.kind == NFTA_CHAIN_NAME) {
+                    out.push(string(a, WHAT)?);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(found.map(|()| out))
     }
 
     /// Names of the chains of the `tables` in `family`, per table index (empty when a
@@ -401,6 +445,205 @@ impl NftSocket {
         )?;
         Ok(found.map(|()| out))
     }
+}
+
+/// What [`NftSocket::answers`] dumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpKind {
+    /// The chains of a table.
+    Chains,
+    /// The sets and maps of a table.
+    Sets,
+    /// The rules of a table, or of one chain.
+    Rules,
+    /// The elements of one set or map.
+    Elements,
+}
+
+/// One element as a dump reports it, in full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElementInfo {
+    pub key: Vec<u8>,
+    /// For verdict maps: the verdict code and chain.
+    pub verdict: Option<(i32, Option<String>)>,
+    /// `NFT_SET_ELEM_*` flags (`INTERVAL_END`).
+    pub flags: u32,
+    /// The user data (nft's element comment), if any.
+    pub userdata: Option<Vec<u8>>,
+}
+
+/// One expression of a dumped rule: its name and its attributes (`NFTA_EXPR_DATA`'s
+/// content), to be walked with [`crate::attr::attrs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleExpr {
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+impl NftSocket {
+    /// Every answer of a dump of `table` (and of the chain, set or map `name` for rules
+    /// and elements), as the kernel wrote its attributes: for comparing kernel state
+    /// byte for byte.
+    pub fn answers(
+        &mut self,
+        family: impl Into<TableFamily>,
+        kind: DumpKind,
+        table: &str,
+        name: Option<&str>,
+    ) -> Result<Found<Vec<Vec<u8>>>, NetlinkError> {
+        let (msg, table_attr, name_attr) = match kind {
+            DumpKind::Chains => (NFT_MSG_GETCHAIN, NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME),
+            DumpKind::Sets => (NFT_MSG_GETSET, super::set::NFTA_SET_TABLE, 0),
+            DumpKind::Rules => (NFT_MSG_GETRULE, NFTA_RULE_TABLE, NFTA_RULE_CHAIN),
+            DumpKind::Elements => (
+                NFT_MSG_GETSETELEM,
+                NFTA_SET_ELEM_LIST_TABLE,
+                NFTA_SET_ELEM_LIST_SET,
+            ),
+        };
+        let mut out = Vec::new();
+        let found = self.request(
+            family.into(),
+            msg,
+            NLM_F_DUMP,
+            "dump",
+            |a| {
+                a.str(table_attr, table);
+                if let (Some(name), true) = (name, name_attr != 0) {
+                    a.str(name_attr, name);
+                }
+            },
+            |attrs| {
+                let mut buf = Vec::new();
+                let mut w = crate::attr::AttrWriter(&mut buf);
+                for a in attrs {
+                    w.put(a.kind, a.value);
+                }
+                out.push(buf);
+                Ok(())
+            },
+        )?;
+        Ok(found.map(|()| out))
+    }
+
+    /// The elements of one set or map with everything the kernel reports of them.
+    pub fn element_infos(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+        set: &str,
+    ) -> Result<Found<Vec<ElementInfo>>, NetlinkError> {
+        let mut out = Vec::new();
+        let found = self.dump(
+            family.into(),
+            NFT_MSG_GETSETELEM,
+            "element dump",
+            |a| {
+                a.str(NFTA_SET_ELEM_LIST_TABLE, table);
+                a.str(NFTA_SET_ELEM_LIST_SET, set);
+            },
+            |attrs| {
+                for list in attrs
+                    .iter()
+                    .filter(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS)
+                {
+                    for elem in list.nested() {
+                        let elem = elem.map_err(malformed("element dump"))?;
+                        if elem.kind == NFTA_LIST_ELEM {
+                            out.push(element_info(&elem)?);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(found.map(|()| out))
+    }
+
+    /// The rules of one chain, each as its expressions.
+    pub fn rule_exprs(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+        chain: &str,
+    ) -> Result<Found<Vec<Vec<RuleExpr>>>, NetlinkError> {
+        const WHAT: &str = "rule dump";
+        let mut out = Vec::new();
+        let found = self.dump(
+            family.into(),
+            NFT_MSG_GETRULE,
+            WHAT,
+            |a| {
+                a.str(NFTA_RULE_TABLE, table);
+                a.str(NFTA_RULE_CHAIN, chain);
+            },
+            |attrs| {
+                let mut exprs = Vec::new();
+                for list in attrs.iter().filter(|a| a.kind == NFTA_RULE_EXPRESSIONS) {
+                    for elem in list.nested() {
+                        let elem = elem.map_err(malformed(WHAT))?;
+                        let (mut name, mut data) = (String::new(), Vec::new());
+                        for a in elem.nested() {
+                            let a = a.map_err(malformed(WHAT))?;
+                            match a.kind {
+                                NFTA_EXPR_NAME => name = string(&a, WHAT)?,
+                                NFTA_EXPR_DATA => data = a.value.to_vec(),
+                                _ => {}
+                            }
+                        }
+                        exprs.push(RuleExpr { name, data });
+                    }
+                }
+                out.push(exprs);
+                Ok(())
+            },
+        )?;
+        Ok(found.map(|()| out))
+    }
+}
+
+fn element_info(elem: &Attr<'_>) -> Result<ElementInfo, NetlinkError> {
+    const WHAT: &str = "element dump";
+    let mut info = ElementInfo {
+        key: Vec::new(),
+        verdict: None,
+        flags: 0,
+        userdata: None,
+    };
+    for a in elem.nested() {
+        let a = a.map_err(malformed(WHAT))?;
+        match a.kind {
+            NFTA_SET_ELEM_KEY => {
+                for v in a.nested() {
+                    info.key = v.map_err(malformed(WHAT))?.value.to_vec();
+                }
+            }
+            NFTA_SET_ELEM_DATA => {
+                for d in a.nested() {
+                    let d = d.map_err(malformed(WHAT))?;
+                    if d.kind != NFTA_DATA_VERDICT {
+                        continue;
+                    }
+                    let (mut code, mut chain) = (0, None);
+                    for v in d.nested() {
+                        let v = v.map_err(malformed(WHAT))?;
+                        match v.kind {
+                            NFTA_VERDICT_CODE => {
+                                code = v.be32().map_err(malformed(WHAT))? as i32;
+                            }
+                            NFTA_VERDICT_CHAIN => chain = Some(string(&v, WHAT)?),
+                            _ => {}
+                        }
+                    }
+                    info.verdict = Some((code, chain));
+                }
+            }
+            NFTA_SET_ELEM_FLAGS => info.flags = a.be32().map_err(malformed(WHAT))?,
+            NFTA_SET_ELEM_USERDATA => info.userdata = Some(a.value.to_vec()),
+            _ => {}
+        }
+    }
+    Ok(info)
 }
 
 /// Decodes one answer of a set dump (`NEWSET`).

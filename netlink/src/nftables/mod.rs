@@ -21,9 +21,12 @@ mod set;
 
 use std::ops::{Deref, DerefMut};
 
-pub use batch::prefix_bounds;
-pub use batch::{BaseChain, Batch, ChainType, Hook, MAX_BATCH_BYTES};
-pub use dump::{decode_elements, decode_set, DumpedElement, Found, NftSocket, SetInfo, TableIndex};
+pub use batch::{comment_userdata, prefix_bounds, userdata_comment};
+pub use batch::{BaseChain, Batch, ChainType, Hook, Transaction, MAX_BATCH_BYTES, SEGMENT_BYTES};
+pub use dump::{
+    decode_elements, decode_set, DumpKind, DumpedElement, ElementInfo, Found, NftSocket, RuleExpr,
+    SetInfo, TableIndex,
+};
 pub use set::{DataType, KeyType, SetFlags, SetSpec};
 
 use crate::attr::AttrWriter;
@@ -72,6 +75,7 @@ pub(crate) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub(crate) const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_DATA: u16 = 2;
 pub(crate) const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub(crate) const NFTA_SET_ELEM_USERDATA: u16 = 6;
 pub const NFTA_DATA_VALUE: u16 = 1;
 pub const NFTA_DATA_VERDICT: u16 = 2;
 pub(crate) const NFTA_VERDICT_CODE: u16 = 1;
@@ -122,12 +126,13 @@ pub(crate) fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
     [family, 0, a, b]
 }
 
-/// A map or set element: key bytes (concatenations padded per component) and, for
-/// verdict maps, a verdict (code, chain).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A map or set element: key bytes (concatenations padded per component), for verdict
+/// maps a verdict (code, chain), and an optional comment (nft's element user data).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ElementBytes {
     pub key: Vec<u8>,
     pub verdict: Option<(i32, Option<String>)>,
+    pub comment: Option<String>,
 }
 
 /// The attribute writer rules are encoded with: the generic writer plus nf_tables'

@@ -81,6 +81,9 @@ pub struct SetFlags {
     pub timeout: bool,
     /// Rules add elements (`flags dynamic`).
     pub dynamic: bool,
+    /// nft merges adjacent and overlapping intervals before sending them (`auto-merge`;
+    /// interval sets only). Recorded in the set's user data, as nft does.
+    pub auto_merge: bool,
 }
 
 pub(crate) const NFT_SET_CONSTANT: u32 = 0x2;
@@ -106,12 +109,28 @@ const NFTA_SET_USERDATA: u16 = 13;
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 const NFTA_SET_FIELD_LEN: u16 = 1;
 const NFTA_LIST_ELEM: u16 = 1;
-/// nft's set user data (`NFTNL_UDATA_SET_KEYBYTEORDER` = 0, length 4, host-endian
-/// `BYTEORDER_BIG_ENDIAN` = 2).
-const USERDATA_KEY_BIG_ENDIAN: [u8; 6] = {
-    let v = 2u32.to_ne_bytes();
-    [0, 4, v[0], v[1], v[2], v[3]]
+// nft's set user data (libnftnl `NFTNL_UDATA_SET_*`): type-length-value records, one
+// byte each for type and length, values host-endian. nft 1.0.6 writes, in this order:
+// the key's byte order (2: big-endian, for addresses and ports; 0 for a concatenation),
+// for maps the data's byte order (0 for verdicts), `auto-merge` (1) for interval sets,
+// for concatenations a `typeof` record naming a concatenation (expression type 13) with
+// no sub-expressions, and for maps "data is not an interval" (0).
+const UDATA_KEYBYTEORDER: u8 = 0;
+const UDATA_DATABYTEORDER: u8 = 1;
+const UDATA_MERGE_ELEMENTS: u8 = 2;
+const UDATA_KEY_TYPEOF: u8 = 3;
+const UDATA_DATA_INTERVAL: u8 = 6;
+const BYTEORDER_BIG_ENDIAN: u32 = 2;
+const BYTEORDER_HOST_ENDIAN: u32 = 1;
+const TYPEOF_CONCAT: [u8; 8] = {
+    let v = 13u32.to_ne_bytes();
+    [0, 4, v[0], v[1], v[2], v[3], 1, 0]
 };
+
+fn udata_u32(out: &mut Vec<u8>, kind: u8, value: u32) {
+    out.extend_from_slice(&[kind, 4]);
+    out.extend_from_slice(&value.to_ne_bytes());
+}
 
 /// A set or map to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,13 +155,51 @@ impl SetSpec<'_> {
             (f.timeout, NFT_SET_TIMEOUT),
             (f.dynamic, NFT_SET_EVAL),
             (self.data.is_some(), NFT_SET_MAP),
-            (self.key.len() > 1, NFT_SET_CONCAT),
+            (self.concat_fields(), NFT_SET_CONCAT),
         ] {
             if on {
                 bits |= bit;
             }
         }
         bits
+    }
+
+    /// Whether the set names its concatenation's field lengths (with `NFT_SET_CONCAT`:
+    /// kernels since 6.2 refuse one without the other): as nft, only for interval
+    /// concatenations, which need them to pick the `pipapo` backend.
+    fn concat_fields(&self) -> bool {
+        self.key.len() > 1 && self.flags.interval
+    }
+
+    /// nft's user data for this declaration (see the constants above).
+    fn userdata(&self) -> Vec<u8> {
+        let concat = self.key.len() > 1;
+        let mut out = Vec::with_capacity(28);
+        let order = match self.key {
+            [one] if one.big_endian() => BYTEORDER_BIG_ENDIAN,
+            [_] => BYTEORDER_HOST_ENDIAN,
+            _ => 0,
+        };
+        udata_u32(&mut out, UDATA_KEYBYTEORDER, order);
+        if let Some(data) = self.data {
+            let order = match data {
+                DataType::Verdict => 0,
+                DataType::Value(t) if t.big_endian() => BYTEORDER_BIG_ENDIAN,
+                DataType::Value(_) => BYTEORDER_HOST_ENDIAN,
+            };
+            udata_u32(&mut out, UDATA_DATABYTEORDER, order);
+        }
+        if self.flags.interval && self.flags.auto_merge {
+            udata_u32(&mut out, UDATA_MERGE_ELEMENTS, 1);
+        }
+        if concat {
+            out.extend_from_slice(&[UDATA_KEY_TYPEOF, TYPEOF_CONCAT.len() as u8]);
+            out.extend_from_slice(&TYPEOF_CONCAT);
+        }
+        if self.data.is_some() {
+            udata_u32(&mut out, UDATA_DATA_INTERVAL, 0);
+        }
+        out
     }
 
     /// The `NEWSET` attributes, with `id` as the set's id in the transaction.
@@ -153,7 +210,10 @@ impl SetSpec<'_> {
         a.be32(NFTA_SET_KEY_TYPE, KeyType::concat_id(self.key));
         a.be32(NFTA_SET_KEY_LEN, KeyType::concat_len(self.key));
         match self.data {
-            Some(DataType::Verdict) => a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
+            Some(DataType::Verdict) => {
+                a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+                a.be32(NFTA_SET_DATA_LEN, 0);
+            }
             Some(DataType::Value(t)) => {
                 a.be32(NFTA_SET_DATA_TYPE, t.id());
                 a.be32(NFTA_SET_DATA_LEN, t.bytes());
@@ -164,9 +224,7 @@ impl SetSpec<'_> {
         if let Some(ms) = self.timeout_ms {
             a.be64(NFTA_SET_TIMEOUT, ms);
         }
-        // A concatenation names its fields' lengths and carries NFT_SET_CONCAT (kernels
-        // since 6.2 refuse one without the other), as nft does.
-        if self.key.len() > 1 {
+        if self.concat_fields() {
             a.nested(NFTA_SET_DESC, |a| {
                 a.nested(NFTA_SET_DESC_CONCAT, |a| {
                     for part in self.key {
@@ -175,11 +233,7 @@ impl SetSpec<'_> {
                 });
             });
         }
-        if let [one] = self.key {
-            if one.big_endian() {
-                a.put(NFTA_SET_USERDATA, &USERDATA_KEY_BIG_ENDIAN);
-            }
-        }
+        a.put(NFTA_SET_USERDATA, &self.userdata());
     }
 }
 

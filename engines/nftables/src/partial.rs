@@ -1,9 +1,10 @@
-//! Transactions: the whole ruleset of every table (`render_full`, nft text) and the
-//! partial transaction that rewrites only some service ports (`render_partial`: the
-//! same change as data for a netlink batch, [`Partial::encode`], and as nft text for
-//! the `nft` fallback). Both are pure functions of the model (and, for partial, of the
-//! record of what was applied); they also return the record the kernel will hold once
-//! applied. The per-port objects come from [`crate::port::encode_port`].
+//! Partial syncs: the transaction that rewrites only some service ports
+//! ([`render_partial`]), as data for a netlink batch ([`Partial::encode`]) and as nft
+//! text (when the engine runs `nft`, a debugging option). A pure function of the model
+//! and of the record of what was applied; [`Partial::commit`] brings the record to what
+//! the kernel holds once it is applied. The per-port objects come from
+//! [`crate::port::encode_port`]. An engine adopting a previous process's tables builds
+//! a `Partial` of its repairs with [`Partial::from_ops`] (see `adopt`).
 
 use std::{collections::HashSet, fmt::Write as _};
 
@@ -11,167 +12,29 @@ use switchyard_model::{ChangeSet, NodeModel, ServicePortName};
 
 use crate::{
     element::{Element, ElementKey, ObjectRef, Verdict},
-    fixed::{self, NodeCtx},
+    full::family_ctx,
     netlink::Batch,
-    port::{encode_port, FamilyCtx, PortRules},
+    port::{encode_port, PortRules},
     record::{Applied, FamilyRecord, PortObjects},
     rule::Rule,
     ruleset::{Family, MapKind, TableNames, TABLES},
 };
 
-fn family_ctx(model: &NodeModel, family: Family) -> FamilyCtx {
-    FamilyCtx {
-        family,
-        pod_detector: !model.cluster_cidrs(family.ip_family()).is_empty(),
-    }
-}
-
-/// Writes a chain block (`chain NAME { rules }`).
-fn chain_block(out: &mut String, family: Family, chain: &ObjectRef, rules: &[Rule]) {
-    let _ = writeln!(out, "\tchain {} {{", chain.name);
-    for r in rules {
-        let _ = writeln!(out, "\t\t{}", r.text(family));
-    }
-    out.push_str("\t}\n");
-}
-
-/// Writes an affinity set block.
-fn affinity_set_block(out: &mut String, family: Family, set: &ObjectRef, timeout: u32) {
-    let _ = writeln!(
-        out,
-        "\tset {} {{\n\t\ttype {}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}",
-        set.name,
-        family.addr_type()
-    );
-}
-
-/// Appends `item` to a comma-separated list.
-fn push_item(buf: &mut String, item: &str) {
-    if !buf.is_empty() {
-        buf.push_str(", ");
-    }
-    buf.push_str(item);
-}
-
-/// Element lists per table and map, as nft text.
-type ElementText = Vec<[String; MapKind::ALL.len()]>;
-
-/// Renders one family's tables (main, then shards) as pieces of text appended to `out`
-/// (bodies are moved, not copied), returning their record.
-fn render_family_full(
-    model: &NodeModel,
-    tables: &TableNames,
-    family: Family,
-    out: &mut Vec<String>,
-) -> FamilyRecord {
-    let node = NodeCtx::new(model, family);
-    let ctx = family_ctx(model, family);
-    let mut record = FamilyRecord::default();
-    let mut bodies: Vec<String> = vec![String::new(); TABLES];
-    fixed::main(&node, &mut bodies[0], &mut record.tables[0]);
-    for (t, body) in bodies.iter_mut().enumerate().skip(1) {
-        fixed::shard(&node, body, &mut record.tables[t]);
-    }
-    let mut elements: ElementText = vec![Default::default(); TABLES];
-    for plan in model.services.values() {
-        let port = encode_port(&ctx, plan);
-        for (set, timeout) in &port.sets {
-            affinity_set_block(&mut bodies[set.table], family, set, *timeout);
-        }
-        for (chain, rules) in &port.chains {
-            chain_block(&mut bodies[chain.table], family, chain, rules);
-        }
-        for e in &port.elements {
-            // The first claimant's value is the kernel's (`insert_port` below records
-            // the claim; `head` sees earlier ports only).
-            if record.head(e.kind, &e.key).is_none() {
-                push_item(&mut elements[e.table()][e.kind.index()], &e.text());
-            }
-        }
-        record.insert_port(&plan.name, port.objects());
-    }
-    for (t, body) in bodies.into_iter().enumerate() {
-        let fam = family.nft();
-        let table = tables.name(t);
-        out.push(format!(
-            "add table {fam} {table}\ndelete table {fam} {table}\ntable {fam} {table} {{\n"
-        ));
-        out.push(body);
-        out.push(map_blocks(family, t, &elements[t]));
-    }
-    record
-}
-
-/// The map and set declarations of table `t`, with their elements, closing the table.
-fn map_blocks(family: Family, t: usize, elements: &[String; MapKind::ALL.len()]) -> String {
-    let mut tail = String::new();
-    for kind in MapKind::ALL {
-        if kind.is_sharded() != (t > 0) {
-            continue;
-        }
-        let keyword = if kind.is_map() { "map" } else { "set" };
-        let _ = write!(
-            tail,
-            "\t{keyword} {} {{\n\t\t{}\n",
-            kind.name(),
-            kind.type_decl(family)
-        );
-        let buf = &elements[kind.index()];
-        if !buf.is_empty() {
-            let _ = writeln!(tail, "\t\telements = {{ {buf} }}");
-        }
-        tail.push_str("\t}\n");
-    }
-    tail.push_str("}\n");
-    tail
-}
-
-/// The whole ruleset of every table (main and shards, both families), as one `nft -f`
-/// transaction that atomically replaces whatever tables were there.
-pub fn render_full(model: &NodeModel) -> String {
-    render_full_with_record(model).0
-}
-
-/// `render_full`, and the record of what the kernel holds once it is applied.
-pub fn render_full_with_record(model: &NodeModel) -> (String, Applied) {
-    let (pieces, applied) = render_full_pieces(model, &TableNames::default(), true);
-    (pieces.concat(), applied)
-}
-
-/// `render_full_with_record` as consecutive pieces of text (per table: header, chains,
-/// maps), to be fed to `nft` one after the other without concatenating them.
-/// Without `ipv6` (a kernel without IPv6) only the `ip` tables are written.
-pub fn render_full_pieces(
-    model: &NodeModel,
-    tables: &TableNames,
-    ipv6: bool,
-) -> (Vec<String>, Applied) {
-    let mut out = Vec::with_capacity(4 * TABLES * Family::BOTH.len());
-    let mut applied = Applied {
-        ipv4_only: !ipv6,
-        ..Applied::default()
-    };
-    for &family in applied.programmed() {
-        applied.families[family.index()] = render_family_full(model, tables, family, &mut out);
-    }
-    (out, applied)
-}
-
 /// What a partial sync writes in one family's tables, as data.
 #[derive(Default)]
-struct FamilyOps {
+pub struct FamilyOps {
     /// Chains created if missing, flushed, then filled with these rules.
-    chains: Vec<(ObjectRef, Vec<Rule>)>,
+    pub chains: Vec<(ObjectRef, Vec<Rule>)>,
     /// Affinity sets created (with their timeouts), before any rule uses them.
-    new_sets: Vec<(ObjectRef, u32)>,
+    pub new_sets: Vec<(ObjectRef, u32)>,
     /// Elements deleted (the kernel's current value tells the table).
-    deletes: Vec<Element>,
+    pub deletes: Vec<Element>,
     /// Elements added.
-    adds: Vec<Element>,
-    /// Chains flushed, then deleted.
-    stale_chains: Vec<ObjectRef>,
+    pub adds: Vec<Element>,
+    /// Chains created if missing, flushed, then deleted.
+    pub stale_chains: Vec<ObjectRef>,
     /// Affinity sets deleted, last.
-    stale_sets: Vec<ObjectRef>,
+    pub stale_sets: Vec<ObjectRef>,
 }
 
 /// The touched service ports of one family and what each now owns.
@@ -187,6 +50,24 @@ pub struct Partial {
 }
 
 impl Partial {
+    /// A transaction of the given operations per family (indexed by `Family::index`)
+    /// that changes no port's record (an adopting engine's repairs).
+    pub fn from_ops(ops: [FamilyOps; 2]) -> Partial {
+        let [v4, v6] = ops;
+        Partial {
+            families: [
+                FamilyPartial {
+                    ports: Vec::new(),
+                    ops: v4,
+                },
+                FamilyPartial {
+                    ports: Vec::new(),
+                    ops: v6,
+                },
+            ],
+        }
+    }
+
     /// Whether nothing needs to change.
     pub fn is_empty(&self) -> bool {
         self.families.iter().all(|f| {
@@ -241,6 +122,9 @@ impl Partial {
                 batch.add_elements(family, tables.name(table), kind.name(), &items);
             });
             for chain in &ops.stale_chains {
+                // Created if missing (an adopting engine deletes every name a port it
+                // no longer knows may have used), so the delete never fails.
+                batch.add_chain(family, tables.name(chain.table), &chain.name);
                 batch.flush_chain(family, tables.name(chain.table), &chain.name);
             }
             for chain in &ops.stale_chains {
@@ -326,6 +210,7 @@ fn write_family_text(text: &mut String, family: Family, ops: &FamilyOps, tables:
         );
     });
     for chain in &ops.stale_chains {
+        let _ = writeln!(text, "add chain {fam} {} {}", table(chain), chain.name);
         let _ = writeln!(text, "flush chain {fam} {} {}", table(chain), chain.name);
     }
     for chain in &ops.stale_chains {
@@ -389,8 +274,8 @@ fn family_partial(
 }
 
 /// Element deletes and adds: for every key a touched port claimed or claims, the value
-/// the kernel holds before (the first claimant's) and after (the first untouched
-/// claimant's, else the first new one's).
+/// the kernel holds before (the first claimant's) and after (that of the smallest name
+/// among the untouched claimants and the touched ports' new claims).
 fn element_changes(
     touched: &[&ServicePortName],
     new_ports: &[(ServicePortName, PortObjects)],
@@ -400,8 +285,10 @@ fn element_changes(
     let touched_set: HashSet<&ServicePortName> = touched.iter().copied().collect();
     let mut dirty: Vec<(MapKind, ElementKey)> = Vec::new();
     let mut seen: HashSet<(MapKind, ElementKey)> = HashSet::new();
-    let mut first_new: std::collections::HashMap<(MapKind, ElementKey), &Verdict> =
-        std::collections::HashMap::new();
+    let mut first_new: std::collections::HashMap<
+        (MapKind, ElementKey),
+        (&ServicePortName, &Verdict),
+    > = std::collections::HashMap::new();
     for name in touched {
         if let Some(old) = record.ports.get(*name) {
             for e in &old.elements {
@@ -411,9 +298,17 @@ fn element_changes(
             }
         }
     }
-    for (_, objects) in new_ports {
+    for (name, objects) in new_ports {
         for e in &objects.elements {
-            first_new.entry((e.kind, e.key)).or_insert(&e.value);
+            let new = (name, &e.value);
+            first_new
+                .entry((e.kind, e.key))
+                .and_modify(|old| {
+                    if name < old.0 {
+                        *old = new;
+                    }
+                })
+                .or_insert(new);
             if seen.insert((e.kind, e.key)) {
                 dirty.push((e.kind, e.key));
             }
@@ -422,10 +317,13 @@ fn element_changes(
     for (kind, key) in dirty {
         let claims = record.claims(kind, &key);
         let before = claims.and_then(|c| c.first()).map(|(_, v)| v);
-        let after = claims
+        let kept = claims
             .and_then(|c| c.iter().find(|(n, _)| !touched_set.contains(n.as_ref())))
-            .map(|(_, v)| v)
-            .or_else(|| first_new.get(&(kind, key)).copied());
+            .map(|(n, v)| (n.as_ref(), v));
+        let after = match (kept, first_new.get(&(kind, key)).copied()) {
+            (Some(k), Some(n)) => Some(if n.0 < k.0 { n.1 } else { k.1 }),
+            (k, n) => k.or(n).map(|(_, v)| v),
+        };
         if before == after {
             continue;
         }
