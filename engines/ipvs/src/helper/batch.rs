@@ -24,6 +24,7 @@ fn bytes(e: &Element) -> ElementBytes {
             Verdict::Reject => Some((NFT_GOTO, Some(REJECT_CHAIN.to_string()))),
             Verdict::Jump(c) => Some((NFT_JUMP, Some(c.clone()))),
         },
+        comment: None,
     }
 }
 
