@@ -406,8 +406,7 @@ impl Batch {
     /// Adds prefixes to an interval set of addresses (one type, not a concatenation):
     /// each is a start element and, unless it runs to the end of the address space, an
     /// end element (the first address after it, flagged `INTERVAL_END`), as nft sends
-    /// them. Prefixes must be sorted and must not overlap (nft's `auto-merge` merges
-    /// them before).
+    /// them. Prefixes may come in any order and overlap: they are merged first.
     pub fn add_prefixes(
         &mut self,
         family: impl Into<TableFamily>,
@@ -415,20 +414,40 @@ impl Batch {
         set: &str,
         prefixes: &[(IpAddr, u8)],
     ) {
-        let mut bounds: Vec<(Vec<u8>, bool)> = Vec::with_capacity(prefixes.len() * 2 + 1);
-        for &(addr, len) in prefixes {
-            let (start, end) = prefix_bounds(addr, len);
-            bounds.push((start, false));
+        // Intervals [start, end) in key order, adjacent or overlapping ones merged as
+        // nft's `auto-merge` does (0.0.0.0/5 and 8.0.0.0/5 are one interval); `None`:
+        // runs to the end of the address space. Keys of one family have one length, so
+        // byte order is address order.
+        let mut ranges: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            prefixes.iter().map(|&(a, l)| prefix_bounds(a, l)).collect();
+        ranges.sort();
+        let mut merged: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some((_, last_end)) if last_end.as_ref().is_none_or(|e| start <= *e) => {
+                    if last_end.is_some()
+                        && end.as_ref().is_none_or(|e| Some(e) > last_end.as_ref())
+                    {
+                        *last_end = end;
+                    }
+                }
+                _ => merged.push((start, end)),
+            }
+        }
+        // (key, flags: interval end, open: runs to the end of the address space)
+        let mut bounds: Vec<(Vec<u8>, bool, bool)> = Vec::with_capacity(merged.len() * 2 + 1);
+        for (start, end) in merged {
+            bounds.push((start, false, end.is_none()));
             if let Some(end) = end {
-                bounds.push((end, true));
+                bounds.push((end, true, false));
             }
         }
         // nft opens the set with an interval end at the zero address unless the first
         // interval starts there; so do we, so the kernel holds what nft would write.
-        if let Some((first, _)) = bounds.first() {
+        if let Some((first, _, _)) = bounds.first() {
             if first.iter().any(|b| *b != 0) {
                 let zero = vec![0; first.len()];
-                bounds.insert(0, (zero, true));
+                bounds.insert(0, (zero, true, false));
             }
         }
         self.element_messages(
@@ -437,10 +456,13 @@ impl Batch {
             NFT_MSG_NEWSETELEM,
             set,
             &bounds,
-            |a, (key, end)| {
+            |a, (key, end, open)| {
                 a.data(NFTA_SET_ELEM_KEY, key);
                 if *end {
                     a.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                }
+                if *open {
+                    a.put(NFTA_SET_ELEM_USERDATA, &INTERVAL_OPEN_USERDATA);
                 }
             },
         );
@@ -488,6 +510,12 @@ impl Batch {
         self.messages as u32 + 2
     }
 }
+
+/// nft's user data on an interval that runs to the end of the address space (no end
+/// element follows it): `NFTNL_UDATA_SET_ELEM_FLAGS` (type 1, 4 bytes) holding
+/// `NFTNL_SET_ELEM_F_INTERVAL_OPEN` (1), as `nft --debug=netlink` shows nft 1.0.6 send
+/// for `0.0.0.0/0`.
+const INTERVAL_OPEN_USERDATA: [u8; 6] = [1, 4, 1, 0, 0, 0];
 
 /// nft's comment user data (`NFTNL_UDATA_*_COMMENT`, type 0: the text and its NUL).
 pub fn comment_userdata(comment: &str) -> Vec<u8> {
