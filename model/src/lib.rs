@@ -10,7 +10,9 @@
 //! - [`plan`]: [`ServicePortPlan`] and [`FamilyPlan`], every Service semantic decided.
 //! - [`model`]: [`NodeModel`], the plans of this node and the node-wide settings.
 //! - [`changes`]: [`ChangeSet`], the difference between two models.
-//! - [`explain`]: why each endpoint serves a plan's targets or not (`switchyard explain`).
+//! - [`explain`]: why each endpoint serves a plan's targets or not (`switchyard explain`);
+//!   [`reach`]: whether traffic from a source reaches a backend; [`inspect`]: what an
+//!   engine reads back from the kernel for one service port.
 //! - [`engine`]: the [`ProxyEngine`] contract and its typed errors; [`tool`]: running an
 //!   engine's command-line tool.
 //! - [`family`], [`name`], [`mode`]: IP families and protocols, service port names, their
@@ -21,11 +23,13 @@ pub mod endpoints;
 pub mod engine;
 pub mod explain;
 pub mod facts;
+pub mod inspect;
 pub mod family;
 pub mod mode;
 pub mod model;
 pub mod name;
 pub mod plan;
+pub mod reach;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod tool;
@@ -33,6 +37,7 @@ pub mod tool;
 pub use changes::ChangeSet;
 pub use endpoints::Endpoint;
 pub use engine::{kernel_has_ipv6, Drift, EngineError, Owner, ProxyEngine, SyncReport};
+pub use inspect::{KernelObject, PortInspection};
 pub use facts::{
     Catalog, EndpointHints, ModelConfig, NodeFacts, ServiceEntry, ServiceEntryPort, ServiceKey,
     SliceEndpoint, SliceEntry, SlicePort,

@@ -26,7 +26,7 @@ use std::{collections::BTreeSet, io, net::IpAddr, time::Instant};
 use async_trait::async_trait;
 use switchyard_model::{
     ChangeSet, Drift, EngineError, Mode, NodeModel, Protocol, ProxyEngine, ServicePortName,
-    ServicePortPlan, SyncReport,
+    ServicePortPlan, SyncReport, PortInspection,
 };
 
 use crate::{
@@ -415,6 +415,17 @@ impl ProxyEngine for EbpfEngine {
             Drift::None
         } else {
             Drift::Found(found.join("; "))
+        })
+    }
+
+    async fn inspect(
+        &mut self,
+        _model: &NodeModel,
+        _port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        Err(EngineError::Unavailable {
+            mode: self.mode(),
+            reason: "reading a service port back (switchyard explain) is not built for this engine yet".into(),
         })
     }
 

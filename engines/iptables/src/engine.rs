@@ -10,8 +10,8 @@ use std::{collections::HashSet, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner, ProxyEngine,
-    SyncReport,
+    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner, PortInspection,
+    ProxyEngine, ServicePortName, SyncReport,
 };
 
 use crate::{
@@ -186,7 +186,7 @@ impl IptablesEngine {
 
     /// What the kernel holds of ours in one family, for a full sync: from `*-save`,
     /// or, with iptables-nft once the chains are known, from the builtin chains only.
-    async fn inspect(
+    async fn kernel_chains(
         &self,
         bins: &Binaries,
         family: IpFamily,
@@ -231,7 +231,7 @@ impl IptablesEngine {
         };
         let mut texts = Vec::new();
         for &family in self.families() {
-            let kernel = self.inspect(&bins, family).await?;
+            let kernel = self.kernel_chains(&bins, family).await?;
             let ctx = self.context(model, family, large, drop_invalid);
             let (text, record) = render_family_full(model, &ctx, &kernel, self.shape());
             let known = &mut self.known.get_or_insert_with(Default::default)[family.index()];
@@ -440,6 +440,17 @@ impl ProxyEngine for IptablesEngine {
             found.extend(d);
         }
         Ok(verify::drift(found))
+    }
+
+    async fn inspect(
+        &mut self,
+        _model: &NodeModel,
+        _port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        Err(EngineError::Unavailable {
+            mode: self.mode(),
+            reason: "reading a service port back (switchyard explain) is not built for this engine yet".into(),
+        })
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {

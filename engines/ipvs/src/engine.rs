@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use switchyard_model::{
     tool::apply_with_tool, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner,
-    ProxyEngine, SyncReport,
+    PortInspection, ProxyEngine, ServicePortName, SyncReport,
 };
 use switchyard_netlink::{
     ipvs::{Ipvs, ServiceId},
@@ -460,6 +460,17 @@ impl ProxyEngine for IpvsEngine {
             self.close();
         }
         result
+    }
+
+    async fn inspect(
+        &mut self,
+        _model: &NodeModel,
+        _port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        Err(EngineError::Unavailable {
+            mode: self.mode(),
+            reason: "reading a service port back (switchyard explain) is not built for this engine yet".into(),
+        })
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {
