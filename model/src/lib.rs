@@ -23,8 +23,8 @@ pub mod endpoints;
 pub mod engine;
 pub mod explain;
 pub mod facts;
-pub mod inspect;
 pub mod family;
+pub mod inspect;
 pub mod mode;
 pub mod model;
 pub mod name;
@@ -37,12 +37,12 @@ pub mod tool;
 pub use changes::ChangeSet;
 pub use endpoints::Endpoint;
 pub use engine::{kernel_has_ipv6, Drift, EngineError, Owner, ProxyEngine, SyncReport};
-pub use inspect::{KernelObject, PortInspection};
 pub use facts::{
     Catalog, EndpointHints, ModelConfig, NodeFacts, ServiceEntry, ServiceEntryPort, ServiceKey,
     SliceEndpoint, SliceEntry, SlicePort,
 };
 pub use family::{IpFamily, Protocol};
+pub use inspect::{KernelObject, PortInspection};
 pub use mode::Mode;
 pub use model::NodeModel;
 pub use name::{PortDigest, PortIds, ServicePortName};

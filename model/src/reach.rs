@@ -79,11 +79,13 @@ pub fn destinations(model: &NodeModel, plan: &ServicePortPlan) -> Vec<Destinatio
             kind: Some(v.kind),
         }));
         if let Some(node_port) = f.node_port {
-            out.extend(node_port_addresses(model, f.family).map(|addr| Destination {
-                addr,
-                port: node_port,
-                kind: None,
-            }));
+            out.extend(
+                node_port_addresses(model, f.family).map(|addr| Destination {
+                    addr,
+                    port: node_port,
+                    kind: None,
+                }),
+            );
         }
     }
     out
@@ -142,7 +144,10 @@ pub fn reach(
     dest: &Destination,
 ) -> Outcome {
     let Some(f) = plan.family(IpFamily::of(&dest.addr)) else {
-        return Outcome::Unreachable(format!("the service has no {} plan", IpFamily::of(&dest.addr)));
+        return Outcome::Unreachable(format!(
+            "the service has no {} plan",
+            IpFamily::of(&dest.addr)
+        ));
     };
     if IpFamily::of(&source) != f.family {
         return Outcome::Unreachable(format!(

@@ -119,13 +119,21 @@ fn local_internal_policy_drops_cluster_ip_traffic_without_local_endpoints() {
     s.internal_policy_local = true;
     let m = model(vec![s]);
     let o = from(&m, "10.0.0.2", Some(VipKind::ClusterIp));
-    assert!(matches!(&o, Outcome::Dropped(why) if why.contains("internalTrafficPolicy")), "{o}");
+    assert!(
+        matches!(&o, Outcome::Dropped(why) if why.contains("internalTrafficPolicy")),
+        "{o}"
+    );
     assert!(no_endpoints(only(&m)).unwrap().contains("dropped"));
 }
 
 #[test]
 fn families_must_match() {
-    let m = model(vec![service("a", &["172.30.0.1"], 80, vec![ep("10.0.0.5", 80, true)])]);
+    let m = model(vec![service(
+        "a",
+        &["172.30.0.1"],
+        80,
+        vec![ep("10.0.0.5", 80, true)],
+    )]);
     let o = from(&m, "fd00:10::2", Some(VipKind::ClusterIp));
     assert!(matches!(o, Outcome::Unreachable(_)), "{o}");
 }

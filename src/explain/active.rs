@@ -62,7 +62,10 @@ mod tests {
                     switchyard_engine_active{mode=\"iptables\"} 0\n\
                     switchyard_engine_active{mode=\"nftables\"} 1\n";
         assert_eq!(active_mode(text), Some(Mode::Nftables));
-        assert_eq!(active_mode("switchyard_engine_active{mode=\"ebpf\"} 0\n"), None);
+        assert_eq!(
+            active_mode("switchyard_engine_active{mode=\"ebpf\"} 0\n"),
+            None
+        );
         assert_eq!(active_mode(""), None);
     }
 }

@@ -157,7 +157,10 @@ pub async fn run(args: ExplainArgs) -> Result<bool> {
         failure,
     };
     match args.output.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&report::json(&explanation))?),
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&report::json(&explanation))?
+        ),
         _ => print!("{}", report::text(&explanation)),
     }
     if let Some(reason) = &explanation.failure {
@@ -328,7 +331,10 @@ async fn from_kernel(model: &NodeModel, name: &ServicePortName, why: String) -> 
             Ok(i) if !i.objects.is_empty() => {
                 return EngineReading {
                     mode: Some(engine.mode()),
-                    how: format!("the kernel: {} state holds this port (agent not asked: {why})", i.owner),
+                    how: format!(
+                        "the kernel: {} state holds this port (agent not asked: {why})",
+                        i.owner
+                    ),
                     inspection: Ok(i),
                 }
             }

@@ -6,16 +6,27 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 use switchyard_conntrack::Flow;
 use switchyard_model::{
-    explain::EndpointRole, FamilyPlan, MasqueradeSources, ServicePortPlan, Target,
+    explain::EndpointRole, FamilyPlan, MasqueradeSources, ServicePortPlan, Target, VipKind,
 };
 
 use super::Explanation;
 
+fn kind_text(kind: VipKind) -> &'static str {
+    match kind {
+        VipKind::ClusterIp => "cluster IP",
+        VipKind::ExternalIp => "external IP",
+        VipKind::LoadBalancer => "load-balancer IP",
+    }
+}
+
 fn target_json(t: &Target) -> Value {
     match t {
-        Target::Endpoints(b) => json!(b.iter().map(|b| json!({
-            "endpoint": b.to_string(), "local": b.local
-        })).collect::<Vec<_>>()),
+        Target::Endpoints(b) => json!(b
+            .iter()
+            .map(|b| json!({
+                "endpoint": b.to_string(), "local": b.local
+            }))
+            .collect::<Vec<_>>()),
         Target::Drop => json!("DROP"),
         Target::Reject => json!("REJECT"),
     }
@@ -38,7 +49,7 @@ fn masquerade_text(f: &FamilyPlan) -> String {
 fn family_json(f: &FamilyPlan) -> Value {
     json!({
         "family": f.family.to_string(),
-        "vips": f.vips().map(|v| json!({"address": v.addr, "kind": format!("{:?}", v.kind)})).collect::<Vec<_>>(),
+        "vips": f.vips().map(|v| json!({"address": v.addr, "kind": kind_text(v.kind)})).collect::<Vec<_>>(),
         "nodePort": f.node_port,
         "internal": target_json(&f.internal),
         "external": target_json(&f.external),
@@ -75,9 +86,10 @@ fn endpoint_json(e: &EndpointRole) -> Value {
 }
 
 fn flow_text(f: &Flow) -> String {
-    let proto = f
-        .protocol()
-        .map_or_else(|| f.original.protocol.to_string(), |p| p.as_str().to_string());
+    let proto = f.protocol().map_or_else(
+        || f.original.protocol.to_string(),
+        |p| p.as_str().to_string(),
+    );
     let ep = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
     format!(
         "{proto} {} -> {}, reply from {}",
@@ -137,7 +149,7 @@ fn plan_text(out: &mut String, p: &ServicePortPlan) {
     for f in &p.families {
         let mut vips: Vec<String> = f
             .vips()
-            .map(|v| format!("{} ({:?})", v.addr, v.kind))
+            .map(|v| format!("{} ({})", v.addr, kind_text(v.kind)))
             .collect();
         if let Some(np) = f.node_port {
             vips.push(format!("NodePort {np}"));
@@ -148,12 +160,20 @@ fn plan_text(out: &mut String, p: &ServicePortPlan) {
         let _ = writeln!(out, "    external target:  {}", target_text(&f.external));
         if let Some(b) = &f.short_circuit {
             let list: Vec<String> = b.iter().map(ToString::to_string).collect();
-            let _ = writeln!(out, "    short circuit:    {} (pods and node to external addresses)", list.join(", "));
+            let _ = writeln!(
+                out,
+                "    short circuit:    {} (pods and node to external addresses)",
+                list.join(", ")
+            );
         }
         let _ = writeln!(out, "    masquerade:       {}", masquerade_text(f));
         if let Some(fw) = &f.firewall {
             let list: Vec<String> = fw.allowed.iter().map(ToString::to_string).collect();
-            let _ = writeln!(out, "    firewall:         LB IPs accept only {}", list.join(", "));
+            let _ = writeln!(
+                out,
+                "    firewall:         LB IPs accept only {}",
+                list.join(", ")
+            );
         }
         match f.affinity {
             Some(s) => {
@@ -170,7 +190,11 @@ fn plan_text(out: &mut String, p: &ServicePortPlan) {
             out,
             "  health check node port {} (local ready endpoints: {})",
             h.node_port,
-            if ips.is_empty() { "none".to_string() } else { ips.join(", ") }
+            if ips.is_empty() {
+                "none".to_string()
+            } else {
+                ips.join(", ")
+            }
         );
     }
 }
@@ -179,7 +203,11 @@ fn plan_text(out: &mut String, p: &ServicePortPlan) {
 pub fn text(e: &Explanation) -> String {
     let mut out = String::new();
     let p = &e.port.plan;
-    let _ = writeln!(out, "service port {} (id {}), node {}, from {}", e.name, p.id, e.node, e.input);
+    let _ = writeln!(
+        out,
+        "service port {} (id {}), node {}, from {}",
+        e.name, p.id, e.node, e.input
+    );
     let _ = writeln!(out, "\nplan");
     plan_text(&mut out, p);
     let _ = writeln!(out, "\nendpoints");
@@ -197,7 +225,11 @@ pub fn text(e: &Explanation) -> String {
         );
     }
     let mode = e.engine.mode.map_or("?".to_string(), |m| m.to_string());
-    let _ = writeln!(out, "\nkernel: {mode} engine (active engine from {})", e.engine.how);
+    let _ = writeln!(
+        out,
+        "\nkernel: {mode} engine (active engine from {})",
+        e.engine.how
+    );
     match &e.engine.inspection {
         Err(why) => {
             let _ = writeln!(out, "  cannot read: {why}");
@@ -221,7 +253,11 @@ pub fn text(e: &Explanation) -> String {
             let _ = writeln!(out, "\nconntrack: cannot read: {why}");
         }
         Ok(flows) => {
-            let _ = writeln!(out, "\nconntrack: {} entries to the port's addresses", flows.len());
+            let _ = writeln!(
+                out,
+                "\nconntrack: {} entries to the port's addresses",
+                flows.len()
+            );
             for f in flows {
                 let _ = writeln!(out, "  {}", flow_text(f));
             }

@@ -140,7 +140,11 @@ fn resolve_address(
     port: u16,
     protocol: Protocol,
 ) -> Result<(ServicePortName, Destination)> {
-    for (name, plan) in model.services.iter().filter(|(_, p)| p.protocol == protocol) {
+    for (name, plan) in model
+        .services
+        .iter()
+        .filter(|(_, p)| p.protocol == protocol)
+    {
         for d in switchyard_model::reach::destinations(model, plan) {
             if d.addr == addr && d.port == port {
                 return Ok((name.clone(), d));
@@ -192,7 +196,13 @@ mod tests {
                 protocol: Protocol::Udp
             }
         );
-        for bad in ["web", "/web", "default/", "default/web:", "10.0.0.1:80/icmp"] {
+        for bad in [
+            "web",
+            "/web",
+            "default/",
+            "default/web:",
+            "10.0.0.1:80/icmp",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

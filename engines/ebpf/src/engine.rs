@@ -25,8 +25,8 @@ use std::{collections::BTreeSet, io, net::IpAddr, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    ChangeSet, Drift, EngineError, Mode, NodeModel, Protocol, ProxyEngine, ServicePortName,
-    ServicePortPlan, SyncReport, PortInspection,
+    ChangeSet, Drift, EngineError, Mode, NodeModel, PortInspection, Protocol, ProxyEngine,
+    ServicePortName, ServicePortPlan, SyncReport,
 };
 
 use crate::{
@@ -425,7 +425,9 @@ impl ProxyEngine for EbpfEngine {
     ) -> Result<PortInspection, EngineError> {
         Err(EngineError::Unavailable {
             mode: self.mode(),
-            reason: "reading a service port back (switchyard explain) is not built for this engine yet".into(),
+            reason:
+                "reading a service port back (switchyard explain) is not built for this engine yet"
+                    .into(),
         })
     }
 

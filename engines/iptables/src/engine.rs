@@ -10,8 +10,8 @@ use std::{collections::HashSet, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner, PortInspection,
-    ProxyEngine, ServicePortName, SyncReport,
+    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner,
+    PortInspection, ProxyEngine, ServicePortName, SyncReport,
 };
 
 use crate::{
@@ -449,7 +449,9 @@ impl ProxyEngine for IptablesEngine {
     ) -> Result<PortInspection, EngineError> {
         Err(EngineError::Unavailable {
             mode: self.mode(),
-            reason: "reading a service port back (switchyard explain) is not built for this engine yet".into(),
+            reason:
+                "reading a service port back (switchyard explain) is not built for this engine yet"
+                    .into(),
         })
     }
 

@@ -469,7 +469,9 @@ impl ProxyEngine for IpvsEngine {
     ) -> Result<PortInspection, EngineError> {
         Err(EngineError::Unavailable {
             mode: self.mode(),
-            reason: "reading a service port back (switchyard explain) is not built for this engine yet".into(),
+            reason:
+                "reading a service port back (switchyard explain) is not built for this engine yet"
+                    .into(),
         })
     }
 

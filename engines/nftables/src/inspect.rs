@@ -18,9 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use switchyard_model::{
-    EngineError, KernelObject, NodeModel, PortInspection, ServicePortName,
-};
+use switchyard_model::{EngineError, KernelObject, NodeModel, PortInspection, ServicePortName};
 
 use crate::{
     element::{Element, ElementKey},
@@ -109,7 +107,10 @@ impl Reader<'_> {
                 .map(|ip| ip.to_string())
                 .collect();
             dnat.sort();
-            let mut detail = format!("{} rules", rules.len());
+            let mut detail = match rules.len() {
+                1 => "1 rule".to_string(),
+                n => format!("{n} rules"),
+            };
             if !dnat.is_empty() {
                 detail.push_str(&format!(", DNAT to {}", dnat.join(", ")));
             }
@@ -231,9 +232,9 @@ impl Reader<'_> {
         key: &ElementKey,
     ) -> Result<Option<Option<String>>, EngineError> {
         let table = self.tables.name(t).to_string();
-        let found = self
-            .socket
-            .elements_present(self.family, &table, kind.name(), &[key.bytes()])?;
+        let found =
+            self.socket
+                .elements_present(self.family, &table, kind.name(), &[key.bytes()])?;
         Ok(found.into_iter().next())
     }
 }
