@@ -285,3 +285,23 @@ fn explain_nftables() -> Result<()> {
     }
     check("nftables", delete_nft_element)
 }
+
+/// Flushes `e2e/web`'s service chain (`SY-SVC-...`, the only one in the sandbox).
+fn flush_svc_chain(s: &Setup) -> Result<()> {
+    let saved = in_node(s, &["iptables-nft-save", "-t", "nat"])?;
+    let chain = saved
+        .lines()
+        .find_map(|l| l.strip_prefix(':').filter(|c| c.starts_with("SY-SVC-")))
+        .and_then(|c| c.split_whitespace().next())
+        .with_context(|| format!("no SY-SVC- chain in:\n{saved}"))?;
+    in_node(s, &["iptables-nft", "-t", "nat", "-F", chain])?;
+    Ok(())
+}
+
+#[test]
+fn explain_iptables() -> Result<()> {
+    if !require_root("explain_iptables") {
+        return Ok(());
+    }
+    check("iptables", flush_svc_chain)
+}

@@ -332,7 +332,7 @@ async fn from_kernel(model: &NodeModel, name: &ServicePortName, why: String) -> 
                 return EngineReading {
                     mode: Some(engine.mode()),
                     how: format!(
-                        "the kernel: {} state holds this port (agent not asked: {why})",
+                        "the kernel: {} state holds this port (no agent answered: {why})",
                         i.owner
                     ),
                     inspection: Ok(i),
@@ -348,7 +348,7 @@ async fn from_kernel(model: &NodeModel, name: &ServicePortName, why: String) -> 
     }
     EngineReading {
         mode: None,
-        how: format!("the kernel (agent not asked: {why})"),
+        how: format!("the kernel (no agent answered: {why})"),
         inspection: Err(detail),
     }
 }

@@ -444,15 +444,23 @@ impl ProxyEngine for IptablesEngine {
 
     async fn inspect(
         &mut self,
-        _model: &NodeModel,
-        _port: &ServicePortName,
+        model: &NodeModel,
+        port: &ServicePortName,
     ) -> Result<PortInspection, EngineError> {
-        Err(EngineError::Unavailable {
-            mode: self.mode(),
-            reason:
-                "reading a service port back (switchyard explain) is not built for this engine yet"
-                    .into(),
-        })
+        let bins = self.resolve_backend().await?;
+        let mut out = PortInspection::new(self.owner());
+        let Some(plan) = model.services.get(port) else {
+            out.differs(format!("{port} is not in the model"));
+            return Ok(out);
+        };
+        for f in &plan.families {
+            if f.family == IpFamily::V6 && !self.options.ipv6 {
+                continue;
+            }
+            let saved = apply::save(self.netns(), bins.save(f.family)).await?;
+            crate::inspect::compare_family(model, &self.chains, f.family, plan, &saved, &mut out);
+        }
+        Ok(out)
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {
