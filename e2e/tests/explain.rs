@@ -305,3 +305,40 @@ fn explain_iptables() -> Result<()> {
     }
     check("iptables", flush_svc_chain)
 }
+
+/// Deletes the socket-scope entry of `e2e/web`'s cluster IP from the pinned
+/// `sy_services` map (key: the IPv4-mapped address, port in network order, protocol,
+/// scope; `struct svc_key`).
+fn delete_bpf_entry(s: &Setup) -> Result<()> {
+    let paths = s.ebpf.as_ref().context("an eBPF setup")?;
+    let root = paths.bpffs.join("switchyard");
+    let layout = std::fs::read_dir(&root)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('v'))
+        })
+        .with_context(|| format!("no layout directory under {}", root.display()))?;
+    let vip: std::net::Ipv4Addr = VIP.parse()?;
+    let mut key: Vec<u8> = vec![0; 10];
+    key.extend([0xff, 0xff]);
+    key.extend(vip.octets());
+    key.extend(80u16.to_be_bytes());
+    key.extend([6, 0]);
+    let hex: Vec<String> = key.iter().map(|b| format!("{b:02x}")).collect();
+    let map = layout.join("sy_services");
+    let map = map.to_string_lossy();
+    let mut args = vec!["map", "delete", "pinned", &*map, "key", "hex"];
+    args.extend(hex.iter().map(String::as_str));
+    switchyard_e2e::netns::run_cmd(Command::new("bpftool").args(&args))?;
+    Ok(())
+}
+
+#[test]
+fn explain_ebpf() -> Result<()> {
+    if !require_root("explain_ebpf") {
+        return Ok(());
+    }
+    check("ebpf", delete_bpf_entry)
+}

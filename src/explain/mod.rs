@@ -40,7 +40,7 @@ use switchyard_model::{
     IpFamily, PortInspection, ServicePortName,
 };
 
-use crate::registry::{every_owner, BuildContext, ENGINES};
+use crate::registry::{BuildContext, ENGINES};
 
 #[derive(clap::Args)]
 pub struct ExplainArgs {
@@ -306,7 +306,7 @@ async fn read_engine(
         }
     };
     let Ok(mode) = mode else {
-        return from_kernel(model, name, how).await;
+        return from_kernel(&ctx, config, model, name, how).await;
     };
     let Some(entry) = ENGINES.iter().find(|e| e.mode == mode) else {
         return EngineReading {
@@ -323,10 +323,18 @@ async fn read_engine(
     }
 }
 
-/// No agent answered: the engine whose kernel state holds objects of the port.
-async fn from_kernel(model: &NodeModel, name: &ServicePortName, why: String) -> EngineReading {
+/// No agent answered: the engine whose kernel state holds objects of the port (each
+/// engine built as the agent builds it from this config, so it reads the same state).
+async fn from_kernel(
+    ctx: &BuildContext,
+    config: &EffectiveConfig,
+    model: &NodeModel,
+    name: &ServicePortName,
+    why: String,
+) -> EngineReading {
     let mut errors = Vec::new();
-    for mut engine in every_owner() {
+    for entry in ENGINES {
+        let mut engine = (entry.build)(ctx, config);
         match engine.inspect(model, name).await {
             Ok(i) if !i.objects.is_empty() => {
                 return EngineReading {

@@ -420,15 +420,16 @@ impl ProxyEngine for EbpfEngine {
 
     async fn inspect(
         &mut self,
-        _model: &NodeModel,
-        _port: &ServicePortName,
+        model: &NodeModel,
+        port: &ServicePortName,
     ) -> Result<PortInspection, EngineError> {
-        Err(EngineError::Unavailable {
-            mode: self.mode(),
-            reason:
-                "reading a service port back (switchyard explain) is not built for this engine yet"
-                    .into(),
-        })
+        let mut out = PortInspection::new(self.owner());
+        let Some(plan) = model.services.get(port) else {
+            out.differs(format!("{port} is not in the model"));
+            return Ok(out);
+        };
+        tokio_block(|| crate::inspect::inspect(&self.options, model, plan, &mut out))?;
+        Ok(out)
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {
