@@ -11,7 +11,8 @@
 //!   from inside the ranges 0;
 //! - conntrack entries to the VIP appear after a connection through it.
 //!
-//! Run for nftables, iptables and ebpf.
+//! Run for nftables, iptables and ebpf on the host, and for ipvs in the VM lane
+//! (`tests/vm_lane.rs`; the host kernel has no IPVS: `explain_ipvs` skips there).
 
 use std::{
     net::SocketAddr,
@@ -24,7 +25,7 @@ use serde_yaml::{Mapping, Value};
 use switchyard_e2e::{
     agent::agent_binary,
     manifests::{node_object, proxy_config, ManifestDir},
-    require_root,
+    require_ipvs, require_root,
     sandbox::{EbpfPaths, NODE_NAME},
     Outcome, Proto, Sandbox,
 };
@@ -341,4 +342,21 @@ fn explain_ebpf() -> Result<()> {
         return Ok(());
     }
     check("ebpf", delete_bpf_entry)
+}
+
+/// Deletes `e2e/web`'s real server from its cluster IP's virtual server.
+fn delete_real_server(s: &Setup) -> Result<()> {
+    in_node(
+        s,
+        &["ipvsadm", "-d", "-t", &format!("{VIP}:80"), "-r", &format!("{POD}:8080")],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn explain_ipvs() -> Result<()> {
+    if !require_root("explain_ipvs") || !require_ipvs("explain_ipvs") {
+        return Ok(());
+    }
+    check("ipvs", delete_real_server)
 }
