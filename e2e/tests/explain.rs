@@ -34,9 +34,11 @@ const T: Duration = Duration::from_millis(1500);
 const VIP: &str = "172.30.19.1";
 const LB_IP: &str = "192.168.99.21";
 const POD: &str = "10.182.0.1";
+/// An endpoint that is not ready (no pod answers there: it must never be used).
+const NOT_READY: &str = "10.182.0.9";
 
-/// `e2e/web`: a LoadBalancer with source ranges and one endpoint; `e2e/empty`: a
-/// ClusterIP with none.
+/// `e2e/web`: a LoadBalancer with source ranges, one ready endpoint and one not ready;
+/// `e2e/empty`: a ClusterIP with none.
 fn objects() -> Vec<Value> {
     let text = format!(
         r#"
@@ -63,6 +65,7 @@ fn objects() -> Vec<Value> {
   ports: [{{name: http, port: 8080, protocol: TCP}}]
   endpoints:
   - {{addresses: [{POD}], conditions: {{ready: true}}, nodeName: test-node}}
+  - {{addresses: [{NOT_READY}], conditions: {{ready: false}}, nodeName: test-node}}
 - apiVersion: v1
   kind: Service
   metadata: {{namespace: e2e, name: empty}}
@@ -193,6 +196,7 @@ fn agrees(s: &Setup, run: &Run, mode: &str, from: &str) -> Result<()> {
                 .stdout
                 .contains(&format!("kernel: {mode} engine (active engine from {from}"))
             && run.stdout.contains(&format!("{POD}:8080"))
+            && run.stdout.contains("left out: not ready")
             && run.stdout.contains("verdict: OK"),
         "explain in {mode} (active from {from}): expected agreement, got {}\nagent log:\n{}",
         run.describe(),
@@ -229,8 +233,9 @@ fn check(mode: &str, tamper: impl Fn(&Setup) -> Result<()>) -> Result<()> {
         "json: {}",
         json.describe()
     );
-    explain(&s, &["e2e/web", "--from", "203.0.113.130"])?
-        .fails_with("outside loadBalancerSourceRanges")?;
+    let blocked = explain(&s, &["e2e/web", "--from", "203.0.113.130"])?;
+    println!("{}{}", blocked.stdout, blocked.stderr);
+    blocked.fails_with("outside loadBalancerSourceRanges")?;
     let inside = explain(&s, &["e2e/web", "--from", "203.0.113.2"])?;
     ensure!(inside.ok, "from inside the ranges: {}", inside.describe());
     explain(&s, &["e2e/empty"])?.fails_with("no ready endpoint")?;
@@ -348,7 +353,14 @@ fn explain_ebpf() -> Result<()> {
 fn delete_real_server(s: &Setup) -> Result<()> {
     in_node(
         s,
-        &["ipvsadm", "-d", "-t", &format!("{VIP}:80"), "-r", &format!("{POD}:8080")],
+        &[
+            "ipvsadm",
+            "-d",
+            "-t",
+            &format!("{VIP}:80"),
+            "-r",
+            &format!("{POD}:8080"),
+        ],
     )?;
     Ok(())
 }

@@ -253,11 +253,11 @@ pub fn text(e: &Explanation) -> String {
             let _ = writeln!(out, "\nconntrack: cannot read: {why}");
         }
         Ok(flows) => {
-            let _ = writeln!(
-                out,
-                "\nconntrack: {} entries to the port's addresses",
-                flows.len()
-            );
+            let n = match flows.len() {
+                1 => "1 entry".to_string(),
+                n => format!("{n} entries"),
+            };
+            let _ = writeln!(out, "\nconntrack: {n} to the port's addresses");
             for f in flows {
                 let _ = writeln!(out, "  {}", flow_text(f));
             }
