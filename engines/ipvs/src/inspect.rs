@@ -24,13 +24,14 @@ use std::{
 use switchyard_model::{IpFamily, KernelObject, PortInspection};
 use switchyard_netlink::{
     ipvs::{Service, ServiceId},
-    nftables::{NftSocket, TableFamily},
+    nftables::NftSocket,
     NetlinkError,
 };
 
 use crate::{
     helper::{Key, SetKind, Verdict},
     servers::{same_service, service_of, Scheduler},
+    verify::table_family,
     wants::{PortWants, Shared},
 };
 
@@ -159,13 +160,6 @@ pub fn read_servers(
         out.insert(*id, read);
     }
     Ok(out)
-}
-
-fn table_family(family: IpFamily) -> TableFamily {
-    match family {
-        IpFamily::V4 => TableFamily::Ip,
-        IpFamily::V6 => TableFamily::Ip6,
-    }
 }
 
 /// The verdict chain a lookup answers for `value` (`None` for drop and plain sets).
