@@ -37,7 +37,8 @@ const POD: &str = "10.182.0.1";
 /// An endpoint that is not ready (no pod answers there: it must never be used).
 const NOT_READY: &str = "10.182.0.9";
 
-/// `e2e/web`: a LoadBalancer with source ranges, one ready endpoint and one not ready;
+/// `e2e/web`: a LoadBalancer with source ranges and ClientIP affinity, one ready endpoint
+/// and one not ready;
 /// `e2e/empty`: a ClusterIP with none.
 fn objects() -> Vec<Value> {
     let text = format!(
@@ -51,6 +52,7 @@ fn objects() -> Vec<Value> {
     clusterIPs: [{VIP}]
     ipFamilies: [IPv4]
     loadBalancerSourceRanges: [203.0.113.0/25]
+    sessionAffinity: ClientIP
     ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30919}}]
   status:
     loadBalancer:

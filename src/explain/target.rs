@@ -206,4 +206,37 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
+
+    fn two_ports() -> NodeModel {
+        use switchyard_model::test_util::{ep, model, service, spn};
+        let http = service("web", &["172.30.0.1"], 80, vec![ep("10.0.0.5", 8080, true)]);
+        let mut metrics = http.clone();
+        metrics.name = spn("default", "web", "metrics");
+        metrics.port = 9090;
+        metrics.node_port = Some(30090);
+        model(vec![http, metrics])
+    }
+
+    fn name_of(m: &NodeModel, text: &str) -> Result<String> {
+        resolve(m, &parse(text)?).map(|(n, _)| n.port)
+    }
+
+    #[test]
+    fn resolves_ports_by_name_number_and_address() {
+        let m = two_ports();
+        let several = name_of(&m, "default/web").unwrap_err().to_string();
+        assert!(
+            several.contains("several ports") && several.contains("metrics(9090/tcp)"),
+            "{several}"
+        );
+        assert_eq!(name_of(&m, "default/web:http").unwrap(), "http");
+        assert_eq!(name_of(&m, "default/web:9090").unwrap(), "metrics");
+        assert!(name_of(&m, "default/web:grpc").is_err());
+        assert!(name_of(&m, "default/nope").is_err());
+        assert_eq!(name_of(&m, "172.30.0.1:80").unwrap(), "http");
+        assert!(name_of(&m, "172.30.0.1:80/udp").is_err());
+        // The NodePort on the node's address.
+        let (name, dest) = resolve(&m, &parse("192.168.0.2:30090").unwrap()).unwrap();
+        assert_eq!((name.port.as_str(), dest.unwrap().kind), ("metrics", None));
+    }
 }

@@ -5,7 +5,8 @@
 //! of services):
 //!
 //! - the port's chains (`svc-H`, `local-H`, `alt-H`, `ext-H`, `fw-H`): present or not,
-//!   rule counts, and the addresses the backend chains DNAT to;
+//!   rule counts, and the addresses the backend chains DNAT to; its affinity sets
+//!   (`aff-E-T`, ClientIP affinity only): present;
 //! - every element the plan wants (`service-ips`, `no-endpoint-services`,
 //!   `cluster-ips`, `hairpin`, `port-digests`...) looked up with its verdict;
 //! - the port's keys (VIP . protocol . port, protocol . NodePort) looked up in the maps
@@ -59,6 +60,7 @@ pub fn inspect(
             out: &mut *out,
         };
         reader.chains(name, &expected)?;
+        reader.affinity_sets(&expected)?;
         reader.elements(&expected)?;
     }
     Ok(())
@@ -141,6 +143,28 @@ impl Reader<'_> {
                     dnat.join(", "),
                     want_dnat.join(", ")
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The port's ClientIP affinity sets (one per backend), present.
+    fn affinity_sets(&mut self, expected: &PortRules) -> Result<(), EngineError> {
+        if expected.sets.is_empty() {
+            return Ok(());
+        }
+        let table = expected.sets[0].0.table;
+        let present = self
+            .socket
+            .sets(self.family, self.tables.name(table))?
+            .unwrap_or_default();
+        for (set, timeout) in &expected.sets {
+            let place = self.place(set.table, &set.name);
+            if present.iter().any(|s| **s == *set.name) {
+                let detail = format!("affinity, timeout {timeout} s");
+                self.out.found(KernelObject::new("set", &place, detail));
+            } else {
+                self.out.differs(format!("set {place} is missing"));
             }
         }
         Ok(())
