@@ -127,23 +127,7 @@ pub async fn run(args: ExplainArgs) -> Result<bool> {
     let conntrack = conntrack_entries(&destinations, &port.plan.protocol);
     let from = args.from.map(|source| {
         let class = reach::classify(&model, &local, source);
-        let asked: Vec<Destination> = match asked_destination {
-            Some(d) => vec![d],
-            None => destinations
-                .iter()
-                .copied()
-                .filter(|d| IpFamily::of(&d.addr) == IpFamily::of(&source))
-                .collect(),
-        };
-        let outcomes = asked
-            .into_iter()
-            .map(|d| (d, reach::reach(&port.plan, class, source, &d)))
-            .collect();
-        FromReport {
-            source,
-            class,
-            outcomes,
-        }
+        from_report(&port, source, class, asked_destination, &destinations)
     });
     let failure = failure(&port, from.as_ref(), &engine);
     let explanation = Explanation {
@@ -168,6 +152,34 @@ pub async fn run(args: ExplainArgs) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+/// What happens to traffic from `source` to the destination asked about, or to every
+/// destination of the source's family when a Service was asked about.
+fn from_report(
+    port: &PortExplanation,
+    source: IpAddr,
+    class: SourceClass,
+    asked: Option<Destination>,
+    destinations: &[Destination],
+) -> FromReport {
+    let asked: Vec<Destination> = match asked {
+        Some(d) => vec![d],
+        None => destinations
+            .iter()
+            .copied()
+            .filter(|d| IpFamily::of(&d.addr) == IpFamily::of(&source))
+            .collect(),
+    };
+    let outcomes = asked
+        .into_iter()
+        .map(|d| (d, reach::reach(&port.plan, class, source, &d)))
+        .collect();
+    FromReport {
+        source,
+        class,
+        outcomes,
+    }
 }
 
 /// The one-line reason for a non-zero exit: traffic first, then the kernel.
