@@ -231,7 +231,12 @@ fn check(mode: &str, tamper: impl Fn(&Setup) -> Result<()>) -> Result<()> {
     let doc: serde_json::Value =
         serde_json::from_str(&json.stdout).with_context(|| json.describe())?;
     ensure!(
-        json.ok && doc["ok"] == true && doc["engine"]["mode"] == mode,
+        json.ok
+            && doc["ok"] == true
+            && doc["engine"]["mode"] == mode
+            && doc["engine"]["kernel"]["agrees"] == true
+            && doc["endpoints"].as_array().map(Vec::len) == Some(2)
+            && doc["plan"]["families"][0]["firewall"][0] == "203.0.113.0/25",
         "json: {}",
         json.describe()
     );
