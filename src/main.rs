@@ -22,6 +22,7 @@ use switchyard_crd::Mode;
 use switchyard_iptables::Backend as IptBackend;
 use switchyard_probe::Probe;
 
+mod explain;
 mod registry;
 
 use registry::{capabilities, every_owner, BuildContext, Registry};
@@ -115,6 +116,10 @@ enum Command {
     Cleanup,
     /// Prints the CustomResourceDefinitions.
     Crd,
+    /// Explains one service port on this node: its plan, each endpoint's part, what the
+    /// active engine's kernel state holds, its conntrack entries, and whether traffic
+    /// (from --from) reaches a backend. Exit status 1, with one line why, when not.
+    Explain(explain::ExplainArgs),
 }
 
 fn main() -> Result<()> {
@@ -153,6 +158,12 @@ fn main() -> Result<()> {
             period,
         } => runtime.block_on(run_operator(namespace, identity, period)),
         Command::Probe { output } => probe_command(&output),
+        Command::Explain(args) => {
+            if !runtime.block_on(explain::run(args))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -964,6 +964,13 @@ mod tests {
             self.1.lock().unwrap().cleanups.push(self.0);
             Ok(())
         }
+        async fn inspect(
+            &mut self,
+            _: &NodeModel,
+            _: &switchyard_model::ServicePortName,
+        ) -> Result<switchyard_model::PortInspection, EngineError> {
+            Ok(switchyard_model::PortInspection::new(self.0.to_string()))
+        }
     }
 
     fn assert_synced(pass: Pass, full: bool, service_ports: usize) {

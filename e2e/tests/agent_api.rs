@@ -412,6 +412,31 @@ fn agent_against_api_simulator() -> Result<()> {
     result
 }
 
+/// Issue 12 part 1: `switchyard explain` lists the objects once from the API server
+/// (`--kubeconfig`), asks the agent which engine runs, and finds the kernel in agreement.
+fn explain_from_the_api(sb: &Sandbox, c: &Cluster) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", sb.node_ns().name()])
+        .arg(agent_binary()?)
+        .args(["explain", "e2e/web", "--kubeconfig"])
+        .arg(&c.kubeconfig)
+        .args(["--node-name", "test-node"])
+        .env("RUST_LOG", "error")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && stdout.contains("from API server")
+            && stdout.contains("nftables engine (active engine from the agent's metrics")
+            && stdout.contains("kernel and plan agree")
+            && BACKENDS.iter().all(|b| stdout.contains(b)),
+        "switchyard explain --kubeconfig: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
     // CRDs, Node, ProxyConfig, Service, EndpointSlice: all through kubectl.
     let crds = run_cmd(Command::new(agent_binary()?).arg("crd"))?;
@@ -471,6 +496,7 @@ fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
             c.logs()
         );
     }
+    explain_from_the_api(sb, c)?;
 
     // kubectl get proxyconfig: MODE ipvs, NODES 1, FALLBACK 1.
     eventually(

@@ -14,7 +14,8 @@
 //!   cleanup, one-endpoint changes, graceful termination, `ipvsadm -Ln`) and its helper
 //!   table test, one job per test, required not to skip,
 //! - the scenario files in ipvs mode (see [`DEFAULT_IPVS_SCENARIOS`]), one job per file,
-//!   and the stale UDP flow cleanup in ipvs mode (`tests/udp_conntrack.rs`),
+//!   the stale UDP flow cleanup in ipvs mode (`tests/udp_conntrack.rs`) and `switchyard
+//!   explain` in ipvs mode (`tests/explain.rs`),
 //! - fallback both ways (`tests/ipvs_fallback.rs`): with the modules, IPVS runs and no
 //!   fallback is reported; then, after `ip_vs` is unloaded and `modprobe ip_vs` made to
 //!   fail (`install ip_vs /bin/false` in `/run/modprobe.d`), nftables runs and the
@@ -227,12 +228,18 @@ fn scenario_jobs(scenarios: &TestBinary, test: &str, defaults: &[&str]) -> Vec<J
 }
 
 /// `scenarios_ipvs` per file (see [`scenario_jobs`]), then the stale UDP flow cleanup
-/// in ipvs mode.
+/// and `switchyard explain` in ipvs mode.
 fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
     let mut jobs = scenario_jobs(scenarios, "scenarios_ipvs", &DEFAULT_IPVS_SCENARIOS);
     let udp = TestBinary::from_cargo("e2e/tests/udp_conntrack.rs").expect("udp_conntrack");
     jobs.push(
         udp.job("udp_conntrack_ipvs")
+            .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"),
+    );
+    let explain = TestBinary::from_cargo("e2e/tests/explain.rs").expect("explain");
+    jobs.push(
+        explain
+            .job("explain_ipvs")
             .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1"),
     );
     jobs

@@ -6,7 +6,10 @@ use std::{io, time::Duration};
 
 use async_trait::async_trait;
 
-use crate::{changes::ChangeSet, mode::Mode, model::NodeModel};
+use crate::{
+    changes::ChangeSet, inspect::PortInspection, mode::Mode, model::NodeModel,
+    name::ServicePortName,
+};
 
 /// What one successful sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,6 +140,17 @@ pub trait ProxyEngine: Send {
 
     /// Removes everything this engine's owner ever created on this node.
     async fn cleanup(&mut self) -> Result<(), EngineError>;
+
+    /// Reads back what the kernel holds for service port `port` of `model` and compares
+    /// it with what this engine would write for its plan (`switchyard explain`). Only
+    /// reads: it works on an engine that was never prepared nor synced, in another
+    /// process than the one that programmed the kernel. A port the model lacks
+    /// inspects as what the kernel holds for it, all of it a disagreement.
+    async fn inspect(
+        &mut self,
+        model: &NodeModel,
+        port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError>;
 }
 
 /// Whether this kernel has IPv6 at all. A kernel booted with `ipv6.disable=1` has no

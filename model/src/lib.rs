@@ -10,7 +10,9 @@
 //! - [`plan`]: [`ServicePortPlan`] and [`FamilyPlan`], every Service semantic decided.
 //! - [`model`]: [`NodeModel`], the plans of this node and the node-wide settings.
 //! - [`changes`]: [`ChangeSet`], the difference between two models.
-//! - [`explain`]: why each endpoint serves a plan's targets or not (`switchyard explain`).
+//! - [`explain`]: why each endpoint serves a plan's targets or not (`switchyard explain`);
+//!   [`reach`]: whether traffic from a source reaches a backend; [`inspect`]: what an
+//!   engine reads back from the kernel for one service port.
 //! - [`engine`]: the [`ProxyEngine`] contract and its typed errors; [`tool`]: running an
 //!   engine's command-line tool.
 //! - [`family`], [`name`], [`mode`]: IP families and protocols, service port names, their
@@ -22,10 +24,12 @@ pub mod engine;
 pub mod explain;
 pub mod facts;
 pub mod family;
+pub mod inspect;
 pub mod mode;
 pub mod model;
 pub mod name;
 pub mod plan;
+pub mod reach;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod tool;
@@ -38,6 +42,7 @@ pub use facts::{
     SliceEndpoint, SliceEntry, SlicePort,
 };
 pub use family::{IpFamily, Protocol};
+pub use inspect::{KernelObject, PortInspection};
 pub use mode::Mode;
 pub use model::NodeModel;
 pub use name::{PortDigest, PortIds, ServicePortName};

@@ -25,8 +25,8 @@ use std::{collections::BTreeSet, io, net::IpAddr, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    ChangeSet, Drift, EngineError, Mode, NodeModel, Protocol, ProxyEngine, ServicePortName,
-    ServicePortPlan, SyncReport,
+    ChangeSet, Drift, EngineError, Mode, NodeModel, PortInspection, Protocol, ProxyEngine,
+    ServicePortName, ServicePortPlan, SyncReport,
 };
 
 use crate::{
@@ -416,6 +416,20 @@ impl ProxyEngine for EbpfEngine {
         } else {
             Drift::Found(found.join("; "))
         })
+    }
+
+    async fn inspect(
+        &mut self,
+        model: &NodeModel,
+        port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        let mut out = PortInspection::new(self.owner());
+        let Some(plan) = model.services.get(port) else {
+            out.differs(format!("{port} is not in the model"));
+            return Ok(out);
+        };
+        tokio_block(|| crate::inspect::inspect(&self.options, model, plan, &mut out))?;
+        Ok(out)
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {

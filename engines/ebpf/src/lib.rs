@@ -11,7 +11,8 @@
 //! - [`service`]: the typed entries (keys, entries, backends, targets, scopes)
 //! - [`dataplane`]: [`Dataplane`]: load, attach, write (ordered, only what changed)
 //! - `record`: what the maps hold per service id, slot arrangement
-//! - [`readback`]: reading the maps back, `verify`
+//! - [`readback`]: reading the maps back, `verify`; [`inspect`]: one service port read
+//!   back from the pinned maps and compared with its plan (`switchyard explain`)
 //! - [`loader`]: objects, pins, cgroup and tc attachment, [`cleanup`]
 //! - [`mounts`]: where cgroup v2 and bpffs are mounted (`/proc/self/mountinfo`)
 //! - [`features`]: the kernel features the programs use, asked of the kernel (the probe)
@@ -29,6 +30,7 @@ pub mod encode;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod inspect;
 pub mod layout;
 pub mod loader;
 pub mod mounts;

@@ -18,7 +18,15 @@ use crate::{
 /// One difference between the maps and the record.
 pub type Drift = String;
 
-impl Dataplane {
+/// The maps a reader needs, borrowed from a loaded dataplane or opened from their
+/// pins (`inspect`).
+pub(crate) struct MapsRef<'a> {
+    pub services: &'a aya::maps::HashMap<aya::maps::MapData, SvcKey, SvcValue>,
+    pub backends: &'a aya::maps::HashMap<aya::maps::MapData, BackendKey, BackendValue>,
+    pub ranges: &'a aya::maps::LpmTrie<aya::maps::MapData, crate::layout::SrcRangeData, u8>,
+}
+
+impl MapsRef<'_> {
     /// Everything the maps hold, grouped by service id (backend slots of a set only while
     /// they are contiguous from 0; anything after a gap is drift).
     pub(crate) fn read_record(&self) -> Result<BTreeMap<u32, Applied>, EbpfError> {
@@ -71,7 +79,7 @@ impl Dataplane {
     }
 
     /// The service ports the maps hold, decoded.
-    pub fn read_back(&self) -> Result<BTreeMap<u32, ServicePort>, EbpfError> {
+    pub(crate) fn read_back(&self) -> Result<BTreeMap<u32, ServicePort>, EbpfError> {
         let mut out = BTreeMap::new();
         for (id, applied) in self.read_record()? {
             let mut sp = ServicePort {
@@ -101,6 +109,26 @@ impl Dataplane {
             out.insert(id, sp);
         }
         Ok(out)
+    }
+}
+
+impl Dataplane {
+    fn maps(&self) -> MapsRef<'_> {
+        MapsRef {
+            services: &self.services,
+            backends: &self.backends,
+            ranges: &self.ranges,
+        }
+    }
+
+    /// Everything the maps hold, grouped by service id.
+    pub(crate) fn read_record(&self) -> Result<BTreeMap<u32, Applied>, EbpfError> {
+        self.maps().read_record()
+    }
+
+    /// The service ports the maps hold, decoded.
+    pub fn read_back(&self) -> Result<BTreeMap<u32, ServicePort>, EbpfError> {
+        self.maps().read_back()
     }
 
     /// Compares the maps with what this dataplane applied; an empty list means no drift.

@@ -10,8 +10,8 @@ use std::{collections::HashSet, time::Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner, ProxyEngine,
-    SyncReport,
+    kernel_has_ipv6, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner,
+    PortInspection, ProxyEngine, ServicePortName, SyncReport,
 };
 
 use crate::{
@@ -186,7 +186,7 @@ impl IptablesEngine {
 
     /// What the kernel holds of ours in one family, for a full sync: from `*-save`,
     /// or, with iptables-nft once the chains are known, from the builtin chains only.
-    async fn inspect(
+    async fn kernel_chains(
         &self,
         bins: &Binaries,
         family: IpFamily,
@@ -231,7 +231,7 @@ impl IptablesEngine {
         };
         let mut texts = Vec::new();
         for &family in self.families() {
-            let kernel = self.inspect(&bins, family).await?;
+            let kernel = self.kernel_chains(&bins, family).await?;
             let ctx = self.context(model, family, large, drop_invalid);
             let (text, record) = render_family_full(model, &ctx, &kernel, self.shape());
             let known = &mut self.known.get_or_insert_with(Default::default)[family.index()];
@@ -440,6 +440,27 @@ impl ProxyEngine for IptablesEngine {
             found.extend(d);
         }
         Ok(verify::drift(found))
+    }
+
+    async fn inspect(
+        &mut self,
+        model: &NodeModel,
+        port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        let bins = self.resolve_backend().await?;
+        let mut out = PortInspection::new(self.owner());
+        let Some(plan) = model.services.get(port) else {
+            out.differs(format!("{port} is not in the model"));
+            return Ok(out);
+        };
+        for f in &plan.families {
+            if f.family == IpFamily::V6 && !self.options.ipv6 {
+                continue;
+            }
+            let saved = apply::save(self.netns(), bins.save(f.family)).await?;
+            crate::inspect::compare_family(model, &self.chains, f.family, plan, &saved, &mut out);
+        }
+        Ok(out)
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {

@@ -18,7 +18,8 @@
 //! - [`record`]: what the engine applied, per family and service port.
 //! - [`backend`]: nft or legacy, detection, binaries.
 //! - [`apply`]: running `*-restore`, `*-save`, `-S CHAIN` (optionally inside a netns).
-//! - [`verify`]: comparing the kernel with the record (drift).
+//! - [`verify`]: comparing the kernel with the record (drift); [`inspect`]: one service
+//!   port read back and compared with its plan (`switchyard explain`).
 //! - [`engine`]: `IptablesEngine`, the `ProxyEngine` implementation.
 
 pub mod apply;
@@ -26,6 +27,7 @@ pub mod backend;
 pub mod chains;
 pub mod engine;
 pub mod fixed;
+pub mod inspect;
 pub mod port;
 pub mod record;
 pub mod render;

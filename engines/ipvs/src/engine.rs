@@ -13,8 +13,8 @@ use std::{
 use async_trait::async_trait;
 use ipnet::IpNet;
 use switchyard_model::{
-    tool::apply_with_tool, ChangeSet, Drift, EngineError, IpFamily, Mode, NodeModel, Owner,
-    ProxyEngine, SyncReport,
+    tool::apply_with_tool, ChangeSet, Drift, EngineError, IpFamily, KernelObject, Mode, NodeModel,
+    Owner, PortInspection, ProxyEngine, ServicePortName, SyncReport,
 };
 use switchyard_netlink::{
     ipvs::{Ipvs, ServiceId},
@@ -460,6 +460,43 @@ impl ProxyEngine for IpvsEngine {
             self.close();
         }
         result
+    }
+
+    async fn inspect(
+        &mut self,
+        model: &NodeModel,
+        port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        let mut out = PortInspection::new(self.owner());
+        let Some(plan) = model.services.get(port) else {
+            out.differs(format!("{port} is not in the model"));
+            return Ok(out);
+        };
+        self.open()?;
+        let name = self.options.interface.clone();
+        let rtnl = self.rtnl.as_mut().expect("opened");
+        let index = rtnl.link_index(&name)?;
+        let node_addrs = dummy::node_port_addresses(rtnl, index, &model.node_port_addresses)?;
+        let vips = match index {
+            Some(i) => dummy::vips(rtnl, i)?,
+            None => Default::default(),
+        };
+        let wants = port_wants(plan, &node_addrs, self.options.ipv6);
+        for s in &wants.shared {
+            if let crate::wants::Shared::Address(ip) = s {
+                if vips.contains(ip) {
+                    out.found(KernelObject::new("address", format!("{name} {ip}"), ""));
+                } else {
+                    out.differs(format!("{ip} is not on interface {name}"));
+                }
+            }
+        }
+        let ipvs = self.ipvs.as_mut().expect("opened");
+        let kernel = crate::inspect::read_servers(ipvs, &wants)?;
+        crate::inspect::compare_servers(&wants, &self.options.scheduler, &kernel, &mut out);
+        let nft = self.nft.as_mut().expect("opened");
+        crate::inspect::compare_helper(nft, &self.options.table, &wants, &mut out)?;
+        Ok(out)
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {

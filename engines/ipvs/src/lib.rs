@@ -18,7 +18,8 @@
 //! - [`servers`]: writing virtual and real servers, graceful termination.
 //! - [`helper`]: the helper table (rules, sets, text and netlink encodings).
 //! - [`dummy`], [`sysctl`]: the interface, NodePort addresses, kernel settings.
-//! - [`ownership`], [`verify`], [`cleanup`], [`engine`]: `IpvsEngine`.
+//! - [`ownership`], [`verify`], [`cleanup`], [`engine`]: `IpvsEngine`; [`inspect`]: one
+//!   service port read back and compared with its plan (`switchyard explain`).
 //!
 //! # Syncs and their cost
 //!
@@ -39,6 +40,7 @@ pub mod cleanup;
 pub mod dummy;
 pub mod engine;
 pub mod helper;
+pub mod inspect;
 pub mod options;
 pub mod ownership;
 pub mod record;

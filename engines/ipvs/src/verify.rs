@@ -22,7 +22,7 @@ use crate::{
 /// Virtual servers whose real servers one `verify` reads.
 pub const SAMPLE: usize = 64;
 
-fn table_family(family: IpFamily) -> TableFamily {
+pub(crate) fn table_family(family: IpFamily) -> TableFamily {
     match family {
         IpFamily::V4 => TableFamily::Ip,
         IpFamily::V6 => TableFamily::Ip6,

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchyard_model::{
-    kernel_has_ipv6, ChangeSet, Drift, EngineError, Mode, NodeModel, Owner, ProxyEngine, SyncReport,
+    kernel_has_ipv6, ChangeSet, Drift, EngineError, Mode, NodeModel, Owner, PortInspection,
+    ProxyEngine, ServicePortName, SyncReport,
 };
 
 use crate::{
@@ -311,6 +312,26 @@ impl ProxyEngine for NftablesEngine {
             self.socket = None;
         }
         result
+    }
+
+    async fn inspect(
+        &mut self,
+        model: &NodeModel,
+        port: &ServicePortName,
+    ) -> Result<PortInspection, EngineError> {
+        // Read through netlink whatever `netlink` says: lookups by key, no listing.
+        let mut socket = NftSocket::open(self.options.netns.as_deref())?;
+        let mut out = PortInspection::new(self.owner());
+        let families = Family::programmed(self.options.ipv6);
+        crate::inspect::inspect(
+            &mut socket,
+            &self.options.tables,
+            families,
+            model,
+            port,
+            &mut out,
+        )?;
+        Ok(out)
     }
 
     async fn cleanup(&mut self) -> Result<(), EngineError> {

@@ -19,7 +19,8 @@
 //! - [`record`]: what the engine applied, per family and service port.
 //! - [`apply`]: running `nft` (optionally inside a network namespace).
 //! - [`netlink`]: the nf_tables netlink batch encoding and socket.
-//! - [`verify`]: comparing the kernel's tables with the record (drift).
+//! - [`verify`]: comparing the kernel's tables with the record (drift); [`inspect`]:
+//!   one service port read back and compared with its plan (`switchyard explain`).
 //! - [`engine`]: `NftablesEngine`, the `ProxyEngine` implementation.
 //!
 //! # Layout (per family)
@@ -90,6 +91,7 @@ pub mod element;
 pub mod engine;
 pub mod fixed;
 pub mod full;
+pub mod inspect;
 pub mod netlink;
 pub mod partial;
 pub mod port;
