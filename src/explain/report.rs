@@ -85,6 +85,14 @@ fn endpoint_json(e: &EndpointRole) -> Value {
     })
 }
 
+/// Conntrack entries printed one by one in the text report.
+const SHOWN_FLOWS: usize = 10;
+
+/// The backend that answered a flow (its reply's source).
+fn reply_source(f: &Flow) -> String {
+    std::net::SocketAddr::new(f.reply.src, f.reply.src_port).to_string()
+}
+
 fn flow_text(f: &Flow) -> String {
     let proto = f.protocol().map_or_else(
         || f.original.protocol.to_string(),
@@ -258,8 +266,26 @@ pub fn text(e: &Explanation) -> String {
                 n => format!("{n} entries"),
             };
             let _ = writeln!(out, "\nconntrack: {n} to the port's addresses");
+            // Per backend, then the first few: a busy port has thousands (`-o json`
+            // lists every one).
+            let mut per_backend: std::collections::BTreeMap<String, usize> = Default::default();
             for f in flows {
+                *per_backend.entry(reply_source(f)).or_default() += 1;
+            }
+            if flows.len() > SHOWN_FLOWS {
+                for (backend, count) in &per_backend {
+                    let _ = writeln!(out, "  {count:>6} replied by {backend}");
+                }
+            }
+            for f in flows.iter().take(SHOWN_FLOWS) {
                 let _ = writeln!(out, "  {}", flow_text(f));
+            }
+            if flows.len() > SHOWN_FLOWS {
+                let _ = writeln!(
+                    out,
+                    "  ... and {} more (-o json lists them all)",
+                    flows.len() - SHOWN_FLOWS
+                );
             }
         }
     }

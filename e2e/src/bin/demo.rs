@@ -185,6 +185,38 @@ fn print_table(columns: &[(&str, &BTreeMap<String, usize>)]) {
     }
 }
 
+/// `switchyard explain demo/web` in the node's network namespace (with the host's
+/// mounts, as the eBPF engine's pins need), printed indented.
+fn explain(sb: &Sandbox, bin: &Path, manifests: &Path, extra: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", sb.node_ns().path().display()))
+        .arg(bin)
+        .args([
+            "explain",
+            "demo/web",
+            "--node-name",
+            "test-node",
+            "--manifests",
+        ])
+        .arg(manifests)
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .output()
+        .context("running switchyard explain")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        println!("   {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "switchyard explain exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     if !is_root() {
         bail!("the demo needs root to create network namespaces: run `sudo make demo`");
@@ -247,6 +279,8 @@ fn run() -> Result<()> {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     sb.run_agent(work.path(), &args)?;
+    // explain builds the same engine as the agent (same options) to read the kernel back.
+    let explain_args = args.clone();
     sb.wait_healthy(Duration::from_secs(20))
         .context("waiting for the agent's /healthz")?;
     let logged = sb.agent().and_then(|a| a.logged_mode());
@@ -279,6 +313,11 @@ fn run() -> Result<()> {
             PODS.len()
         );
     }
+
+    println!(
+        "\n   What Switchyard decided for this Service port, and what the kernel holds\n   (switchyard explain demo/web, in the node's namespace):\n"
+    );
+    explain(&sb, &bin, work.path(), &explain_args)?;
 
     let removed = PODS[2];
     println!(
@@ -329,6 +368,8 @@ fn run() -> Result<()> {
     if after_vip.contains_key(&removed_backend) || after_np.contains_key(&removed_backend) {
         bail!("{removed} still answers after the scale-down");
     }
+    println!("\n   switchyard explain demo/web after the scale-down:\n");
+    explain(&sb, &bin, work.path(), &explain_args)?;
     drop(sb);
     println!("\nDone: agent stopped, namespaces removed.");
     Ok(())
