@@ -13,7 +13,8 @@
 //! - the IPVS engine's kernel tests (`engines/ipvs/tests/kernel.rs`: adoption, drift,
 //!   cleanup, one-endpoint changes, graceful termination, `ipvsadm -Ln`) and its helper
 //!   table test, one job per test, required not to skip,
-//! - the scenario files in ipvs mode (see [`DEFAULT_IPVS_SCENARIOS`]), one job per file,
+//! - every scenario file, shared and own, in ipvs mode, one job per file (30-80 s each
+//!   under TCG; `SWITCHYARD_VM_IPVS_SCENARIO=<substring>` narrows them),
 //!   the stale UDP flow cleanup in ipvs mode (`tests/udp_conntrack.rs`) and `switchyard
 //!   explain` in ipvs mode (`tests/explain.rs`),
 //! - fallback both ways (`tests/ipvs_fallback.rs`): with the modules, IPVS runs and no
@@ -27,9 +28,9 @@
 //!   at the job's bound plus the lane's grace, with an error naming the job.
 //!
 //! Each `#[test]` checks its part of that one boot (booting costs ~10 s under TCG; the
-//! whole lane takes about 2 minutes). Needs root; skips loudly without it, fails under
-//! `CI=true`. `SWITCHYARD_VM_SCENARIO` chooses the scenario files (see
-//! [`DEFAULT_SCENARIO`]).
+//! whole lane takes about 20 minutes, most of it the ipvs scenario files). Needs root;
+//! skips loudly without it, fails under `CI=true`. `SWITCHYARD_VM_SCENARIO` chooses the
+//! nftables scenario files (see [`DEFAULT_SCENARIO`]).
 
 use std::{
     sync::OnceLock,
@@ -46,24 +47,11 @@ use switchyard_e2e::{
 
 /// The scenario file run in the VM by default in nftables mode: the shared ClusterIP
 /// scenario. All twenty files take ~12 minutes per mode under TCG (30-60 s each; under
-/// a minute on the host), so they are opt-in: `SWITCHYARD_VM_SCENARIO=` (empty matches
-/// every file) runs every matching file in both modes, one job per file.
+/// a minute on the host, where `make test` runs them all), so they are opt-in here:
+/// `SWITCHYARD_VM_SCENARIO=` (empty matches every file) runs every matching file.
+/// In ipvs mode the lane runs every file (the host has no IPVS).
 const DEFAULT_SCENARIO: &str = "cluster-ip-general";
 
-/// The scenario files run in ipvs mode by default, one job each: each exercises a
-/// different part of the engine — virtual servers, hairpin, refusals of unallocated
-/// ports (`cluster-ip-general`); the firewall-mark short circuit and the node's own
-/// masquerading under `externalTrafficPolicy: Local`
-/// (`external-traffic-policy-local-short-circuit`); Reject, Drop and load-balancer
-/// source ranges in the helper table (`reject-and-source-ranges`); IPv6 virtual servers
-/// (`dual-stack`); NodePorts per node address (`nodeports`). About 40-80 s each.
-const DEFAULT_IPVS_SCENARIOS: [&str; 5] = [
-    "cluster-ip-general",
-    "external-traffic-policy-local-short-circuit",
-    "reject-and-source-ranges",
-    "dual-stack",
-    "nodeports",
-];
 const HANG_BOUND: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -117,7 +105,12 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         TestBinary::from_cargo("e2e/tests/sandbox_selftest.rs").expect("sandbox_selftest");
     let selftests = selftest.jobs().expect("listing sandbox_selftest");
     let scenarios = TestBinary::from_cargo("e2e/tests/scenarios.rs").expect("scenarios");
-    let nft_scenarios = scenario_jobs(&scenarios, "scenarios_nftables", &[DEFAULT_SCENARIO]);
+    let nft_scenarios = scenario_jobs(
+        &scenarios,
+        "scenarios_nftables",
+        "SWITCHYARD_VM_SCENARIO",
+        Some(&[DEFAULT_SCENARIO]),
+    );
     let (selftest_names, scenario_names) = (names(&selftests), names(&nft_scenarios));
     jobs.extend(selftests);
     jobs.extend(nft_scenarios);
@@ -197,22 +190,29 @@ fn ipvs_engine_jobs() -> Vec<Job> {
     .collect()
 }
 
-/// One job of `test` per scenario file: the `defaults`, or every file matching the
-/// host's `SWITCHYARD_VM_SCENARIO` (empty: all of them). One file per job keeps each
-/// within its bound (all the files in one job take longer than that under TCG).
-fn scenario_jobs(scenarios: &TestBinary, test: &str, defaults: &[&str]) -> Vec<Job> {
-    let filters: Vec<String> = match std::env::var("SWITCHYARD_VM_SCENARIO") {
-        Ok(filter) => {
-            let root = workspace_root();
-            let mut files = scenario_files(&root.join("../shared/scenarios")).unwrap_or_default();
-            files.extend(scenario_files(&root.join("e2e/scenarios")).unwrap_or_default());
-            files
-                .iter()
-                .filter(|f| f.to_string_lossy().contains(&filter))
-                .filter_map(|f| f.file_name().map(|n| format!("/{}", n.to_string_lossy())))
-                .collect()
-        }
-        Err(_) => defaults.iter().map(|s| s.to_string()).collect(),
+/// One job of `test` per scenario file: the `defaults` (`None`: every file), or every
+/// file matching the host's `env` variable (empty: all of them). One file per job keeps
+/// each within its bound (all the files in one job take longer than that under TCG).
+fn scenario_jobs(
+    scenarios: &TestBinary,
+    test: &str,
+    env: &str,
+    defaults: Option<&[&str]>,
+) -> Vec<Job> {
+    let all_files = |filter: &str| -> Vec<String> {
+        let root = workspace_root();
+        let mut files = scenario_files(&root.join("../shared/scenarios")).unwrap_or_default();
+        files.extend(scenario_files(&root.join("e2e/scenarios")).unwrap_or_default());
+        files
+            .iter()
+            .filter(|f| f.to_string_lossy().contains(filter))
+            .filter_map(|f| f.file_name().map(|n| format!("/{}", n.to_string_lossy())))
+            .collect()
+    };
+    let filters: Vec<String> = match (std::env::var(env), defaults) {
+        (Ok(filter), _) => all_files(&filter),
+        (Err(_), Some(defaults)) => defaults.iter().map(|s| s.to_string()).collect(),
+        (Err(_), None) => all_files(""),
     };
     filters
         .into_iter()
@@ -230,7 +230,12 @@ fn scenario_jobs(scenarios: &TestBinary, test: &str, defaults: &[&str]) -> Vec<J
 /// `scenarios_ipvs` per file (see [`scenario_jobs`]), then the stale UDP flow cleanup
 /// and `switchyard explain` in ipvs mode.
 fn ipvs_scenario_jobs(scenarios: &TestBinary) -> Vec<Job> {
-    let mut jobs = scenario_jobs(scenarios, "scenarios_ipvs", &DEFAULT_IPVS_SCENARIOS);
+    let mut jobs = scenario_jobs(
+        scenarios,
+        "scenarios_ipvs",
+        "SWITCHYARD_VM_IPVS_SCENARIO",
+        None,
+    );
     let udp = TestBinary::from_cargo("e2e/tests/udp_conntrack.rs").expect("udp_conntrack");
     jobs.push(
         udp.job("udp_conntrack_ipvs")
