@@ -431,6 +431,16 @@ impl Sandbox {
             .map_err(|_| anyhow!("cgroup client lock poisoned"))
     }
 
+    /// Another client process in the private cgroup, for load running beside the
+    /// sandbox's own client (a UDP flow during a TCP connection loop).
+    pub fn spawn_cgroup_client(&self) -> Result<CgroupClient> {
+        let cg = self
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| anyhow!("no private cgroup (call enable_cgroup first)"))?;
+        CgroupClient::spawn(cg)
+    }
+
     /// Starts the agent in the node namespace reading `manifests`; `extra_args` are appended
     /// to `switchyard run --manifests DIR --node-name test-node`.
     pub fn run_agent(&mut self, manifests: &Path, extra_args: &[&str]) -> Result<()> {
