@@ -8,13 +8,14 @@ cd "$(dirname "$0")/.."
 export SY_CHAOS_KILLS="${SY_CHAOS_KILLS:-100}"
 export SY_CHAOS_RESTARTS="${SY_CHAOS_RESTARTS:-10}"
 export SY_FUZZ_CASES="${SY_FUZZ_CASES:-20000}"
+export SY_CHAOS_API_OUTAGE_SECS="${SY_CHAOS_API_OUTAGE_SECS:-180}"
 export SWITCHYARD_BIN="${SWITCHYARD_BIN:-$PWD/target/debug/switchyard}"
 
-cargo build -p switchyard -p switchyard-e2e --bins
+cargo build -p switchyard -p switchyard-e2e -p switchyard-kube-sim --bins
 echo "== fuzzing: ${SY_FUZZ_CASES} cases per property"
 cargo test -p switchyard-core --test fuzz_manifests
 cargo test -p switchyard-netlink --test fuzz
 echo "== faults: ${SY_CHAOS_KILLS} kills and ${SY_CHAOS_RESTARTS} restarts of each kind per engine"
-for t in chaos_kill chaos_restart chaos_drift chaos_switch; do
+for t in chaos_kill chaos_restart chaos_drift chaos_switch chaos_api; do
 	cargo test -p switchyard-e2e --test "$t" -- --nocapture --test-threads=2
 done

@@ -176,15 +176,23 @@ impl FaultNode {
         self.sb.wait_healthy(Duration::from_secs(60))
     }
 
-    /// What `engine`'s dataplane holds, read back from the kernel.
-    pub fn kernel(&self, engine: EngineUnderTest) -> Result<Backends> {
-        let plane = match engine {
+    fn plane(&self, engine: EngineUnderTest) -> Dataplane<'_> {
+        match engine {
             EngineUnderTest::Nftables => Dataplane::Nftables,
             EngineUnderTest::IptablesNft => Dataplane::Iptables("nft"),
             EngineUnderTest::IptablesLegacy => Dataplane::Iptables("legacy"),
             EngineUnderTest::Ebpf => Dataplane::Ebpf(&self.paths.bpffs),
-        };
-        readback::backends(&self.sb, plane)
+        }
+    }
+
+    /// What `engine`'s dataplane holds, read back from the kernel.
+    pub fn kernel(&self, engine: EngineUnderTest) -> Result<Backends> {
+        readback::backends(&self.sb, self.plane(engine))
+    }
+
+    /// A dump of `engine`'s whole dataplane (see [`readback::dump`]).
+    pub fn dump(&self, engine: EngineUnderTest) -> Result<String> {
+        readback::dump(&self.sb, self.plane(engine))
     }
 
     /// A client process of its own in the private cgroup and the `pod` source, for load

@@ -11,6 +11,7 @@
 //! - [`cgroup`]: private cgroups and the client process running inside one
 //! - [`bpffs`]: a private bpffs directory for the eBPF engine's pins
 //! - [`agent`]: the agent process, its log and `/healthz`
+//! - [`cluster`]: the kube API simulator, operator and agent processes, and kubectl
 //! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
 //! - [`scenario`]: scenario files, playing their flows, the report
 //! - [`readback`]: the backends each service port has in the kernel, read back per engine
@@ -20,6 +21,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod cgroup;
+pub mod cluster;
 pub mod echo;
 pub mod fault;
 pub mod flow;

@@ -52,6 +52,60 @@ pub fn backends(sb: &Sandbox, plane: Dataplane<'_>) -> Result<Backends> {
     }
 }
 
+/// A dump of everything `plane` holds, without what traffic changes (counters, the
+/// save tools' timestamps): two dumps are equal when no rule, element or map entry
+/// changed in between. nftables: `nft list ruleset`; iptables: `iptables-<backend>-save`
+/// of every table; eBPF: `bpftool map dump` of `sy_services` and `sy_backends`.
+pub fn dump(sb: &Sandbox, plane: Dataplane<'_>) -> Result<String> {
+    match plane {
+        Dataplane::Nftables => Ok(without_counters(&sb.in_node(&["nft", "list", "ruleset"])?)),
+        Dataplane::Iptables(backend) => {
+            let save = sb.in_node(&[&format!("iptables-{backend}-save")])?;
+            Ok(save
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| match l.find(" [") {
+                    Some(at) if l.starts_with(':') => &l[..at],
+                    _ => l,
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        Dataplane::Ebpf(bpffs) => {
+            let Some(dir) = pin_dir(bpffs)? else {
+                return Ok(String::new());
+            };
+            let mut out = String::new();
+            for map in ["sy_services", "sy_backends"] {
+                let path = dir.join(map);
+                let path = path.to_string_lossy();
+                out.push_str(&sb.in_node(&["bpftool", "map", "dump", "pinned", &path])?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `nft list ruleset` without `packets N bytes M`.
+fn without_counters(text: &str) -> String {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = Vec::new();
+        let mut skip = 0;
+        for w in line.split_whitespace() {
+            if skip > 0 {
+                skip -= 1;
+            } else if w == "packets" || w == "bytes" {
+                skip = 1;
+            } else {
+                words.push(w);
+            }
+        }
+        out.push(words.join(" "));
+    }
+    out.join("\n")
+}
+
 // ---- nftables ----
 
 /// Per table: chain -> rule expressions, and the `service-ips` elements.

@@ -17,7 +17,7 @@
 //! `SY_CHAOS_SEED` replays a run (the seed is printed).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::SocketAddr,
     thread,
     time::{Duration, Instant},

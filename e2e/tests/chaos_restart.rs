@@ -67,8 +67,13 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
         }
         node.start_healthy(engine)?;
         let took = down.elapsed();
-        let joined = |r: thread::Result<Result<_>>| r.map_err(|_| anyhow!("load thread panicked"))?;
-        Ok((joined(looping.join())?, joined(flowing.join())?, took))
+        let tcp_stats = looping
+            .join()
+            .map_err(|_| anyhow!("TCP loop thread panicked"))??;
+        let flow = flowing
+            .join()
+            .map_err(|_| anyhow!("UDP flow thread panicked"))??;
+        Ok((tcp_stats, flow, took))
     })?;
     println!(
         "{} {how}: healthy again after {took:?}; TCP {} ok / {} failed; UDP flow {} sent / {} answered by {:?}, longest silence {} datagrams",
