@@ -79,9 +79,12 @@ fn nft_damage(node: &FaultNode, all: bool) -> Result<()> {
         .collect();
     ensure!(!ours.is_empty(), "no table of ours to damage");
     if all {
-        for (family, name) in ours {
-            node.sb.in_node(&["nft", "delete", "table", family, name])?;
-        }
+        // One transaction: the tables go together, as `nft flush ruleset` would take them.
+        let script: String = ours
+            .iter()
+            .map(|(family, name)| format!("delete table {family} {name}\n"))
+            .collect();
+        run_in_node(node, "nft", &["-f", "-"], &script)?;
         return Ok(());
     }
     let element = format!("{{ {VIP} . tcp . 80 }}");
@@ -158,9 +161,11 @@ fn ebpf_damage(node: &FaultNode, all: bool) -> Result<()> {
 
 fn drift_repairs(node: &FaultNode) -> Result<u64> {
     let m = node.sb.metrics()?;
+    // A counter: `switchyard_drift_repairs_total N`.
     m.lines()
-        .find_map(|l| l.strip_prefix("switchyard_drift_repairs "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|l| l.starts_with("switchyard_drift_repairs"))
+        .find_map(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
         .context("no switchyard_drift_repairs metric")
 }
@@ -187,7 +192,8 @@ fn repaired(node: &mut FaultNode, engine: EngineUnderTest, all: bool) -> Result<
     let before = drift_repairs(node)?;
     damage(node, engine, all)?;
     let start = Instant::now();
-    ensure!(!whole(node, engine)?, "{}: {what}, yet the read-back is whole", engine.name());
+    // No check that the damage shows before the repair: the periodic sync may repair it
+    // at once. The drift counter proves the agent saw it.
     while !(whole(node, engine)? && drift_repairs(node)? > before) {
         if start.elapsed() > SYNC_PERIOD + SLACK {
             bail!(
