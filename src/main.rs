@@ -112,7 +112,11 @@ enum Command {
         output: String,
     },
     /// Removes every table, chain, map and rule Switchyard created on this node.
-    Cleanup,
+    Cleanup {
+        /// Where the agent's `--bpffs-root` was, if it had one (its eBPF pins live there).
+        #[arg(long, value_name = "DIR")]
+        bpffs_root: Option<PathBuf>,
+    },
     /// Prints the CustomResourceDefinitions.
     Crd,
 }
@@ -141,7 +145,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Run { manifests, node } => runtime.block_on(run_standalone(manifests, node)),
-        Command::Cleanup => runtime.block_on(cleanup()),
+        Command::Cleanup { bpffs_root } => runtime.block_on(cleanup(bpffs_root)),
         Command::Crd => {
             print!("{}", switchyard_crd::crds_yaml());
             Ok(())
@@ -405,8 +409,12 @@ async fn wait_for_signal() {
     }
 }
 
-async fn cleanup() -> Result<()> {
-    let mut engines = every_owner();
+async fn cleanup(bpffs_root: Option<PathBuf>) -> Result<()> {
+    let mut engines = every_owner(&BuildContext {
+        iptables_backend: IptBackend::Detect,
+        bpffs_root,
+        cgroup_root: None,
+    });
     let mut failures = Vec::new();
     for engine in &mut engines {
         match engine.cleanup().await {

@@ -183,7 +183,12 @@ fn switch_under_load_every_pair_iptables_legacy() -> Result<()> {
 /// Half of the ordered pairs (`half` 0 or 1), so the two halves run in parallel.
 fn pairs_changed_while_down(half: usize) -> Result<()> {
     for (n, (from, to)) in EngineUnderTest::switch_pairs().into_iter().enumerate() {
-        if n % 2 == half {
+        let only = std::env::var("SY_CHAOS_PAIR").ok();
+        let name = format!("{}->{}", from.name(), to.name());
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        if n % 2 == half || only.is_some() {
             changed_while_down(from, to, (n / 2) % 2 == 1)?;
         }
     }
