@@ -43,7 +43,10 @@ fn hostile() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<i64>().prop_map(|n| n.to_string()),
         any::<u64>().prop_map(|n| format!("{n}{n}")),
-        (any::<u64>(), prop::sample::select(vec!["h", "m", "s", "ms", "us", "ns", "µs", ""]))
+        (
+            any::<u64>(),
+            prop::sample::select(vec!["h", "m", "s", "ms", "us", "ns", "µs", ""])
+        )
             .prop_map(|(n, u)| format!("\"{n}{u}\"")),
         "[0-9]{1,30}(h|m|s|ms)([0-9]{1,20}(s|ms))?".prop_map(|s| format!("\"{s}\"")),
         "[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}(/[0-9]{1,3})?"
@@ -139,4 +142,67 @@ proptest! {
         let text: String = chars[..cut.index(chars.len() + 1)].iter().collect();
         feed(&text);
     }
+}
+
+/// The ProxyConfig template with a valid value for every `@`, in order.
+const VALID_PROXY_CONFIG: [&str; 23] = [
+    "\"nftables\"",
+    "10",
+    "\"30s\"",
+    "\"1s\"",
+    "\"iptables\"",
+    "\"10.0.0.0/8\"",
+    "\"fd00::/8\"",
+    "\"192.168.0.0/24\"",
+    "false",
+    "\"0.0.0.0:10256\"",
+    "\"127.0.0.1:10249\"",
+    "32768",
+    "131072",
+    "\"24h\"",
+    "\"1h\"",
+    "\"5m\"",
+    "\"rr\"",
+    "\"15m\"",
+    "\"30s\"",
+    "\"/sys/fs/cgroup\"",
+    "65536",
+    "262144",
+    "\"b\"",
+];
+
+/// The fuzzed fields do reach validation: the template filled with valid values is a
+/// valid ProxyConfig, and an overflowing duration in it is an error naming the field.
+#[test]
+fn the_proxy_config_template_reaches_validation() {
+    let values: Vec<String> = VALID_PROXY_CONFIG.iter().map(|v| v.to_string()).collect();
+    let text = fill(TEMPLATES[0], &values);
+    let contents = parse_text(Path::new("pc.json"), &text).expect("parses");
+    assert!(
+        contents.errors.is_empty(),
+        "{:?}",
+        contents
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+    let Some(Object::ProxyConfig(pc)) = contents.objects.first() else {
+        panic!("no ProxyConfig from {text}");
+    };
+    pc.spec.effective().expect("valid");
+
+    let mut bad = values.clone();
+    bad[2] = "\"99999999999999999999h\"".into();
+    let contents = parse_text(Path::new("pc.json"), &fill(TEMPLATES[0], &bad)).expect("parses");
+    let said: Vec<String> = contents.errors.iter().map(|e| e.to_string()).collect();
+    let effective = contents.objects.iter().find_map(|o| match o {
+        Object::ProxyConfig(pc) => Some(pc.spec.effective().map(|_| ()).map_err(|e| e.to_string())),
+        _ => None,
+    });
+    let all = format!("{said:?} {effective:?}");
+    assert!(
+        all.contains("syncPeriod"),
+        "an overflowing syncPeriod was not refused by name: {all}"
+    );
 }

@@ -52,7 +52,8 @@ impl Proc {
             }
             Mounts::Host => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns_path(netns).display())).arg("--");
+                c.arg(format!("--net={}", ns_path(netns).display()))
+                    .arg("--");
                 c
             }
         };
@@ -358,4 +359,3 @@ pub fn eventually(
         thread::sleep(Duration::from_millis(250));
     }
 }
-

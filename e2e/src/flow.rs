@@ -98,8 +98,8 @@ fn connected(src: IpAddr, dst: SocketAddr) -> Result<UdpSocket> {
     } else {
         AddressFamily::Inet6
     };
-    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .context("socket()")?;
+    let fd =
+        socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).context("socket()")?;
     let local = match SocketAddr::new(src, 0) {
         SocketAddr::V4(a) => SockaddrStorage::from(a),
         SocketAddr::V6(a) => SockaddrStorage::from(a),

@@ -232,7 +232,9 @@ fn iptables_backends(save: &str) -> Backends {
         let mut found = BTreeSet::new();
         follow_chain(&chains, jump, 0, &mut found);
         let vip = dst.trim_end_matches("/32");
-        out.entry(format!("{vip}:{port}")).or_default().extend(found);
+        out.entry(format!("{vip}:{port}"))
+            .or_default()
+            .extend(found);
     }
     out
 }

@@ -46,7 +46,10 @@ fn setup(engine: EngineUnderTest) -> Result<FaultNode> {
 }
 
 fn whole(node: &FaultNode, engine: EngineUnderTest) -> Result<bool> {
-    let want: BTreeSet<String> = PODS.iter().map(|p| format!("{p}:{}", PORT.target)).collect();
+    let want: BTreeSet<String> = PODS
+        .iter()
+        .map(|p| format!("{p}:{}", PORT.target))
+        .collect();
     Ok(node.kernel(engine)?.get(&format!("{VIP}:80")) == Some(&want))
 }
 
@@ -89,7 +92,15 @@ fn nft_damage(node: &FaultNode, all: bool) -> Result<()> {
     }
     let element = format!("{{ {VIP} . tcp . 80 }}");
     for (family, name) in ours.iter().filter(|(f, _)| *f == "ip") {
-        let cmd = ["nft", "delete", "element", family, name, "service-ips", &element];
+        let cmd = [
+            "nft",
+            "delete",
+            "element",
+            family,
+            name,
+            "service-ips",
+            &element,
+        ];
         if node.sb.in_node(&cmd).is_ok() {
             return Ok(());
         }
@@ -98,7 +109,9 @@ fn nft_damage(node: &FaultNode, all: bool) -> Result<()> {
 }
 
 fn iptables_damage(node: &FaultNode, backend: &str, all: bool) -> Result<()> {
-    let save = node.sb.in_node(&[&format!("iptables-{backend}-save"), "-t", "nat"])?;
+    let save = node
+        .sb
+        .in_node(&[&format!("iptables-{backend}-save"), "-t", "nat"])?;
     let tool = format!("iptables-{backend}-restore");
     let text = if all {
         let flushes: String = save
@@ -116,7 +129,12 @@ fn iptables_damage(node: &FaultNode, backend: &str, all: bool) -> Result<()> {
             .context("no SY-SERVICES rule for the VIP")?;
         format!("-D{}\n", &rule[2..])
     };
-    run_in_node(node, &tool, &["--noflush"], &format!("*nat\n{text}COMMIT\n"))?;
+    run_in_node(
+        node,
+        &tool,
+        &["--noflush"],
+        &format!("*nat\n{text}COMMIT\n"),
+    )?;
     Ok(())
 }
 
@@ -128,7 +146,9 @@ fn ebpf_damage(node: &FaultNode, all: bool) -> Result<()> {
         .find(|p| p.join("sy_services").exists())
         .context("no pinned sy_services")?;
     let map = dir.join("sy_services").to_string_lossy().into_owned();
-    let dump = node.sb.in_node(&["bpftool", "-j", "map", "dump", "pinned", &map])?;
+    let dump = node
+        .sb
+        .in_node(&["bpftool", "-j", "map", "dump", "pinned", &map])?;
     let entries: serde_json::Value = serde_json::from_str(&dump)?;
     let vip: std::net::Ipv4Addr = VIP.parse()?;
     let vip_bytes = vip.to_ipv6_mapped().octets();
@@ -174,7 +194,10 @@ fn both_answer(node: &FaultNode) -> Result<()> {
     let dst: SocketAddr = format!("{VIP}:80").parse()?;
     let mut seen = BTreeSet::new();
     for _ in 0..24 {
-        match node.sb.probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))? {
+        match node
+            .sb
+            .probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))?
+        {
             Outcome::Answered { backend, .. } => {
                 seen.insert(backend);
             }
@@ -188,7 +211,11 @@ fn both_answer(node: &FaultNode) -> Result<()> {
 }
 
 fn repaired(node: &mut FaultNode, engine: EngineUnderTest, all: bool) -> Result<Duration> {
-    let what = if all { "everything flushed" } else { "one entry deleted" };
+    let what = if all {
+        "everything flushed"
+    } else {
+        "one entry deleted"
+    };
     let before = drift_repairs(node)?;
     damage(node, engine, all)?;
     let start = Instant::now();
@@ -208,7 +235,10 @@ fn repaired(node: &mut FaultNode, engine: EngineUnderTest, all: bool) -> Result<
     }
     let took = start.elapsed();
     both_answer(node)?;
-    println!("{}: {what}: repaired and counted after {took:?} (syncPeriod {SYNC_PERIOD:?})", engine.name());
+    println!(
+        "{}: {what}: repaired and counted after {took:?} (syncPeriod {SYNC_PERIOD:?})",
+        engine.name()
+    );
     Ok(took)
 }
 

@@ -117,11 +117,7 @@ impl Rng {
 
 /// Which versions the kernel holds: per service port `old` or `new`, else an error
 /// naming the service port. Returns (ports at old, ports at new) among those that differ.
-fn whole_versions(
-    kernel: &Backends,
-    old: &Backends,
-    new: &Backends,
-) -> Result<(usize, usize)> {
+fn whole_versions(kernel: &Backends, old: &Backends, new: &Backends) -> Result<(usize, usize)> {
     let (mut at_old, mut at_new) = (0, 0);
     for (port, want_old) in old {
         let want_new = &new[port];
@@ -140,7 +136,12 @@ fn whole_versions(
 }
 
 /// Traffic to three sampled services reaches only backends of `old` or `new`.
-fn traffic_within(node: &FaultNode, old: &Backends, new: &Backends, rng: &mut Rng) -> Result<usize> {
+fn traffic_within(
+    node: &FaultNode,
+    old: &Backends,
+    new: &Backends,
+    rng: &mut Rng,
+) -> Result<usize> {
     let mut answered = 0;
     for _ in 0..3 {
         let i = rng.below(SERVICES as u64) as usize;
@@ -148,7 +149,10 @@ fn traffic_within(node: &FaultNode, old: &Backends, new: &Backends, rng: &mut Rn
         let dst: SocketAddr = port.parse()?;
         let allowed: BTreeSet<&String> = old[&port].iter().chain(new[&port].iter()).collect();
         for _ in 0..3 {
-            match node.sb.probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))? {
+            match node
+                .sb
+                .probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))?
+            {
                 Outcome::Answered { backend, .. } if allowed.contains(&backend) => answered += 1,
                 other => bail!("{port}: {other} (allowed {allowed:?})"),
             }
@@ -229,12 +233,18 @@ fn kill_rounds(engine: EngineUnderTest) -> Result<()> {
     let t0 = Instant::now();
     while round.tally.kills < kills {
         // A partial sync killed at a random point.
-        round.node.dir.write_text("slices.yaml", &slices_yaml(v + 1))?;
+        round
+            .node
+            .dir
+            .write_text("slices.yaml", &slices_yaml(v + 1))?;
         thread::sleep(Duration::from_millis(round.rng.below(PARTIAL_WINDOW_MS)));
         round.node.sb.agent_mut()?.kill();
         let held = round.check(v, v + 1, "partial sync")?;
         // A restart's full sync towards v + 2, killed at a random point.
-        round.node.dir.write_text("slices.yaml", &slices_yaml(v + 2))?;
+        round
+            .node
+            .dir
+            .write_text("slices.yaml", &slices_yaml(v + 2))?;
         round.node.start(engine)?;
         thread::sleep(Duration::from_millis(round.rng.below(full_window)));
         round.node.sb.agent_mut()?.kill();

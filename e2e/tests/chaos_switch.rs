@@ -123,7 +123,10 @@ fn only_answers(node: &FaultNode, pod: &str) -> Result<()> {
     let dst: SocketAddr = format!("{VIP}:{}", PORT.port).parse()?;
     let want = format!("{pod}:{}", PORT.target);
     for _ in 0..16 {
-        match node.sb.probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))? {
+        match node
+            .sb
+            .probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))?
+        {
             Outcome::Answered { backend, .. } if backend == want => {}
             other => bail!("expected only {want}, got {other}"),
         }
@@ -160,6 +163,13 @@ fn changed_while_down(from: EngineUnderTest, to: EngineUnderTest, kill: bool) ->
         from.name(),
         node.kernel(from),
         context()
+    );
+    println!(
+        "{} -> {} ({}) while down: after the restart 16/16 answers from the new endpoint, {}'s state gone",
+        from.name(),
+        to.name(),
+        if kill { "SIGKILL" } else { "SIGTERM" },
+        from.name()
     );
     Ok(())
 }
