@@ -125,7 +125,10 @@ impl NftablesEngine {
         if let Some(flag) = &self.refuse_flag {
             if flag.exists() {
                 return Err(EngineError::errno(
-                    format!("nf_tables netlink batch refused ({REFUSE_ENV} = {})", flag.display()),
+                    format!(
+                        "nf_tables netlink batch refused ({REFUSE_ENV} = {})",
+                        flag.display()
+                    ),
                     1,
                 ));
             }

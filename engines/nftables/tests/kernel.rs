@@ -593,7 +593,11 @@ async fn restart_adopts_unchanged_tables_without_writing() {
     let mut new = NftablesEngine::new(ns.options());
     let report = new.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
     assert_eq!(report.service_ports_written, 0, "{report:?}");
-    assert_eq!(before, ruleset_with_handles(&ns), "an adopting engine rewrote");
+    assert_eq!(
+        before,
+        ruleset_with_handles(&ns),
+        "an adopting engine rewrote"
+    );
     assert!(!new.next_sync_is_full());
     assert_eq!(new.verify(&m1).await.unwrap(), Drift::None);
     let m2 = model(edited(&s1, "web", |web| {
@@ -611,7 +615,12 @@ async fn restart_repairs_only_the_ports_that_changed() {
     need_root!("restart_repairs_only_the_ports_that_changed");
     let (ns, reference) = (Netns::new(), Netns::new());
     let mut services = two_services();
-    services.push(service("other", &["172.16.0.12"], 53, vec![ep("10.0.3.1", 53, false)]));
+    services.push(service(
+        "other",
+        &["172.16.0.12"],
+        53,
+        vec![ep("10.0.3.1", 53, false)],
+    ));
     let m1 = model(services.clone());
     let mut old = NftablesEngine::new(ns.options());
     old.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
@@ -636,7 +645,11 @@ async fn restart_repairs_only_the_ports_that_changed() {
     let report = new.sync(&m2, &ChangeSet::full(&m2)).await.unwrap();
     // web and empty in ip, web in ip6.
     assert_eq!(report.service_ports_written, 3, "{report:?}");
-    assert_eq!(other_chain(&ns), Some(untouched), "an unchanged port was rewritten");
+    assert_eq!(
+        other_chain(&ns),
+        Some(untouched),
+        "an unchanged port was rewritten"
+    );
     assert_eq!(new.verify(&m2).await.unwrap(), Drift::None);
     let mut full = NftablesEngine::new(NftOptions {
         adopt: false,
@@ -647,7 +660,10 @@ async fn restart_repairs_only_the_ports_that_changed() {
         let mut a = switchyard_nftables::netlink::NftSocket::open(Some(&ns.name)).unwrap();
         let mut b = switchyard_nftables::netlink::NftSocket::open(Some(&reference.name)).unwrap();
         let diff = state_diff(&kernel_state(&mut a, family), &kernel_state(&mut b, family));
-        assert!(diff.is_empty(), "adopted and repaired differs from full: {diff:#?}");
+        assert!(
+            diff.is_empty(),
+            "adopted and repaired differs from full: {diff:#?}"
+        );
     }
 }
 
@@ -671,6 +687,9 @@ async fn restart_with_other_node_settings_writes_every_table() {
     assert_eq!(report.service_ports_written, m2.services.len());
     let after = ruleset_with_handles(&ns);
     assert_ne!(before, after);
-    assert!(after.contains("ip daddr @cluster-ips jump mark-for-masquerade"), "{after}");
+    assert!(
+        after.contains("ip daddr @cluster-ips jump mark-for-masquerade"),
+        "{after}"
+    );
     assert_eq!(new.verify(&m2).await.unwrap(), Drift::None);
 }
