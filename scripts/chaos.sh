@@ -11,7 +11,7 @@ export SY_FUZZ_CASES="${SY_FUZZ_CASES:-20000}"
 export SY_CHAOS_API_OUTAGE_SECS="${SY_CHAOS_API_OUTAGE_SECS:-180}"
 export SWITCHYARD_BIN="${SWITCHYARD_BIN:-$PWD/target/debug/switchyard}"
 
-cargo build -p switchyard -p switchyard-e2e -p switchyard-kube-sim --bins
+cargo build --workspace --bins
 echo "== fuzzing: ${SY_FUZZ_CASES} cases per property"
 cargo test -p switchyard-core --test fuzz_manifests
 cargo test -p switchyard-netlink --test fuzz
