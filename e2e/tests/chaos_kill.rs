@@ -2,7 +2,8 @@
 //! every engine the host runs. A node serves [`SERVICES`] ClusterIPs; every round writes
 //! a new version of all their EndpointSlices (one file, renamed into place, so the agent
 //! sees whole versions only) and kills the agent at a random moment of the partial sync
-//! that follows, then restarts it after writing yet another version and kills it at a
+//! that follows (within twice the time an unkilled partial sync takes to be logged,
+//! measured first), then restarts it after writing yet another version and kills it at a
 //! random moment of its first (full) sync. After every kill the kernel is read back
 //! (`switchyard_e2e::readback`: nft -j, iptables-save, bpftool) and must hold, for every
 //! service port, exactly the backends of the version before or the version being
@@ -30,13 +31,9 @@ use switchyard_e2e::{
     require_root, Outcome, Proto,
 };
 
-const SERVICES: usize = 24;
+const SERVICES: usize = 60;
 const PODS: [&str; 4] = ["10.182.0.1", "10.182.0.2", "10.182.0.3", "10.182.0.4"];
 const TARGET: u16 = 8080;
-/// Longest wait before a kill after a version is written (inotify, minSyncPeriod 100 ms,
-/// the sync itself): kills spread over before, during and after the partial sync.
-const PARTIAL_WINDOW_MS: u64 = 500;
-
 fn vip(i: usize) -> String {
     format!("172.30.40.{}", i + 1)
 }
@@ -172,6 +169,11 @@ struct Tally {
     /// ... some service ports at the old version and some at the new.
     mixed: usize,
     answered: usize,
+    /// Kills aimed at the measured sync interval.
+    aimed: usize,
+    /// Kills that found the kernel at the new version while the killed agent had not
+    /// logged the sync yet: inside a sync, after the kernel took it.
+    inside: usize,
 }
 
 struct Round<'a> {
@@ -179,9 +181,24 @@ struct Round<'a> {
     engine: EngineUnderTest,
     rng: Rng,
     tally: Tally,
+    /// "synced" lines the agent had logged when it was killed, and before the kill's
+    /// sync was due.
+    logged_at_kill: usize,
+    logged_before: usize,
 }
 
 impl Round<'_> {
+    /// Kills the agent at a random point around `timing` (see [`SyncTiming::kill_delay`]),
+    /// remembering how many syncs it had logged.
+    fn kill_after(&mut self, timing: SyncTiming) -> Result<()> {
+        let (delay, aimed) = timing.kill_delay(&mut self.rng);
+        self.tally.aimed += usize::from(aimed);
+        thread::sleep(delay);
+        self.node.sb.agent_mut()?.kill();
+        self.logged_at_kill = synced_lines(self.node);
+        Ok(())
+    }
+
     /// Reads the kernel back after a kill between versions `old` and `new`.
     fn check(&mut self, old: usize, new: usize, what: &str) -> Result<usize> {
         self.tally.kills += 1;
@@ -205,7 +222,12 @@ impl Round<'_> {
         }
         match (mixed, at_new > 0) {
             (true, _) => self.tally.mixed += 1,
-            (false, true) => self.tally.new += 1,
+            (false, true) => {
+                self.tally.new += 1;
+                if self.logged_at_kill == self.logged_before {
+                    self.tally.inside += 1;
+                }
+            }
             (false, false) => self.tally.old += 1,
         }
         self.tally.answered += traffic_within(self.node, &o, &n, &mut self.rng)?;
@@ -213,45 +235,96 @@ impl Round<'_> {
     }
 }
 
-fn kill_rounds(engine: EngineUnderTest) -> Result<()> {
-    let mut node = FaultNode::new("chaos-kill", engine, &PODS, &[TARGET])?;
+/// When a sync happens, measured on one that is not killed: how long after the file
+/// write (partial) or the process start (full) the agent logged "synced", and the
+/// sync's own `total_ms` from that line.
+#[derive(Clone, Copy, Debug)]
+struct SyncTiming {
+    logged: Duration,
+    sync: Duration,
+}
+
+impl SyncTiming {
+    /// Half the kills spread over `[0, 2 × logged]` (before, during, after), half aimed at
+    /// the sync itself: `[logged − 2 × sync − 5 ms, logged + 5 ms]`.
+    fn kill_delay(&self, rng: &mut Rng) -> (Duration, bool) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        if rng.below(2) == 0 {
+            return (Duration::from_millis(rng.below(2 * ms(self.logged).max(50))), false);
+        }
+        let from = ms(self.logged).saturating_sub(2 * ms(self.sync) + 5);
+        let span = ms(self.logged) + 5 - from;
+        (Duration::from_millis(from + rng.below(span)), true)
+    }
+}
+
+fn synced_lines(node: &FaultNode) -> usize {
+    node.sb.agent_log().matches(" synced ").count()
+}
+
+/// Waits for one more "synced" line than `before`; its timing from `start`.
+fn wait_synced(node: &FaultNode, before: usize, start: Instant) -> Result<SyncTiming> {
+    while synced_lines(node) == before {
+        ensure!(start.elapsed() < Duration::from_secs(60), "no sync logged within 60 s");
+        thread::sleep(Duration::from_millis(2));
+    }
+    let logged = start.elapsed();
+    let log = node.sb.agent_log();
+    let sync_ms: f64 = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(" synced "))
+        .and_then(|l| l.split("total_ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok(SyncTiming {
+        logged,
+        sync: Duration::from_micros((sync_ms * 1000.0) as u64),
+    })
+}
+
+/// Starts the agent on v0 (timing its full sync), then applies v1 (timing a partial one).
+fn calibrate(node: &mut FaultNode, engine: EngineUnderTest) -> Result<(SyncTiming, SyncTiming)> {
     node.dir.write_text("services.yaml", &services_yaml())?;
     node.dir.write_text("slices.yaml", &slices_yaml(0))?;
-    let started = Instant::now();
-    node.start_healthy(engine)?;
-    // The window of the first full sync: kills land within 1.2 times a clean start.
-    let full_window = (started.elapsed().as_millis() as u64 * 6 / 5).max(200);
-    let kills = fault_count("KILLS", 10);
+    let start = Instant::now();
+    node.start(engine)?;
+    let full = wait_synced(node, 0, start)?;
+    node.sb.wait_healthy(Duration::from_secs(60))?;
+    let before = synced_lines(node);
+    node.dir.write_text("slices.yaml", &slices_yaml(1))?;
+    let partial = wait_synced(node, before, Instant::now())?;
+    Ok((full, partial))
+}
+
+fn kill_rounds(engine: EngineUnderTest) -> Result<()> {
+    let mut node = FaultNode::new("chaos-kill", engine, &PODS, &[TARGET])?;
+    let (full, partial) = calibrate(&mut node, engine)?;
     let mut round = Round {
         node: &mut node,
         engine,
         rng: Rng::new(),
         tally: Tally::default(),
+        logged_at_kill: 0,
+        logged_before: 0,
     };
-    ensure!(whole_versions(&round.node.kernel(engine)?, &version(0), &version(0)).is_ok());
-    let mut v = 0;
+    let mut v = 1;
     let t0 = Instant::now();
-    while round.tally.kills < kills {
+    while round.tally.kills < fault_count("KILLS", 10) {
         // A partial sync killed at a random point.
-        round
-            .node
-            .dir
-            .write_text("slices.yaml", &slices_yaml(v + 1))?;
-        thread::sleep(Duration::from_millis(round.rng.below(PARTIAL_WINDOW_MS)));
-        round.node.sb.agent_mut()?.kill();
+        round.logged_before = synced_lines(round.node);
+        round.node.dir.write_text("slices.yaml", &slices_yaml(v + 1))?;
+        round.kill_after(partial)?;
         let held = round.check(v, v + 1, "partial sync")?;
         // A restart's full sync towards v + 2, killed at a random point.
-        round
-            .node
-            .dir
-            .write_text("slices.yaml", &slices_yaml(v + 2))?;
+        round.node.dir.write_text("slices.yaml", &slices_yaml(v + 2))?;
         round.node.start(engine)?;
-        thread::sleep(Duration::from_millis(round.rng.below(full_window)));
-        round.node.sb.agent_mut()?.kill();
-        let held = round.check(held, v + 2, "first full sync after a restart")?;
+        round.logged_before = 0;
+        round.kill_after(full)?;
+        round.check(held, v + 2, "first full sync after a restart")?;
         // Restart and converge on v + 2 exactly.
         round.node.start_healthy(engine)?;
-        let _ = held;
         let target = version(v + 2);
         whole_versions(&round.node.kernel(engine)?, &target, &target)
             .map_err(|e| e.context(format!("{}: healthy, but not at v{}", engine.name(), v + 2)))?;
@@ -259,13 +332,19 @@ fn kill_rounds(engine: EngineUnderTest) -> Result<()> {
     }
     let t = &round.tally;
     println!(
-        "{}: {} kills in {:?} (partial window {PARTIAL_WINDOW_MS} ms, full window {full_window} ms): kernel at old version {} times, at new {} times, mixed service ports {} times; {} probes answered by allowed backends, 0 by others",
+        "{}: {} kills in {:?} ({} aimed at the sync); {SERVICES} service ports: partial sync logged {:?} after the write ({:?} long), full sync logged {:?} after the start ({:?} long); kernel at the old version {} times, at the new {} times, mixed service ports {} times; {} kills after the kernel held the new version but before the agent logged the sync; {} probes answered by allowed backends, 0 by others",
         engine.name(),
         t.kills,
         t0.elapsed(),
+        t.aimed,
+        partial.logged,
+        partial.sync,
+        full.logged,
+        full.sync,
         t.old,
         t.new,
         t.mixed,
+        t.inside,
         t.answered
     );
     Ok(())
