@@ -19,7 +19,9 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_e2e::{
     agent::{http_get, DEFAULT_HEALTHZ},
-    manifests::{cluster_ip_service, node_object, proxy_config, ready_slice, ManifestDir, TestPort},
+    manifests::{
+        cluster_ip_service, node_object, proxy_config, ready_slice, ManifestDir, TestPort,
+    },
     require_root,
     sandbox::REQUIRE_VM_FEATURES,
     Proto, Sandbox,
@@ -74,23 +76,39 @@ fn fill_and_watch(sb: &mut Sandbox) -> Result<()> {
         // A new socket each time: a new source port, a new conntrack entry.
         let _ = sb.probe("pod", dst, Proto::Udp, Duration::from_millis(300))?;
         flows += 1;
-        ensure!(flows < 4 * TINY_MAX, "the table does not fill: {} entries", entries(sb)?);
+        ensure!(
+            flows < 4 * TINY_MAX,
+            "the table does not fill: {} entries",
+            entries(sb)?
+        );
     }
     let full = entries(sb)?;
     let start = Instant::now();
     let healthz: SocketAddr = DEFAULT_HEALTHZ.parse()?;
     while !pressure_reported(sb)? {
         let (code, body) = http_get(&sb.node_ns().path(), healthz, "/healthz")?;
-        ensure!(code == 200, "healthz {code} under conntrack pressure: {body}");
+        ensure!(
+            code == 200,
+            "healthz {code} under conntrack pressure: {body}"
+        );
         if start.elapsed() > Duration::from_secs(20) {
-            bail!("no pressure reported 20 s after the table reached {full}/{TINY_MAX}\n{}", sb.agent_log());
+            bail!(
+                "no pressure reported 20 s after the table reached {full}/{TINY_MAX}\n{}",
+                sb.agent_log()
+            );
         }
         thread::sleep(Duration::from_millis(250));
     }
     let reported = start.elapsed();
-    ensure!(sb.agent_log().contains("ConntrackPressure"), "no ConntrackPressure in the log");
+    ensure!(
+        sb.agent_log().contains("ConntrackPressure"),
+        "no ConntrackPressure in the log"
+    );
     let (code, _) = http_get(&sb.node_ns().path(), healthz, "/healthz")?;
-    ensure!(code == 200 && sb.agent_mut()?.is_running(), "the agent is not healthy under pressure");
+    ensure!(
+        code == 200 && sb.agent_mut()?.is_running(),
+        "the agent is not healthy under pressure"
+    );
     println!(
         "conntrack table {full}/{TINY_MAX} after {flows} UDP flows: pressure reported after {reported:?}, healthz 200, agent running"
     );

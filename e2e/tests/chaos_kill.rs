@@ -250,7 +250,10 @@ impl SyncTiming {
     fn kill_delay(&self, rng: &mut Rng) -> (Duration, bool) {
         let ms = |d: Duration| d.as_millis() as u64;
         if rng.below(2) == 0 {
-            return (Duration::from_millis(rng.below(2 * ms(self.logged).max(50))), false);
+            return (
+                Duration::from_millis(rng.below(2 * ms(self.logged).max(50))),
+                false,
+            );
         }
         let from = ms(self.logged).saturating_sub(2 * ms(self.sync) + 5);
         let span = ms(self.logged) + 5 - from;
@@ -265,7 +268,10 @@ fn synced_lines(node: &FaultNode) -> usize {
 /// Waits for one more "synced" line than `before`; its timing from `start`.
 fn wait_synced(node: &FaultNode, before: usize, start: Instant) -> Result<SyncTiming> {
     while synced_lines(node) == before {
-        ensure!(start.elapsed() < Duration::from_secs(60), "no sync logged within 60 s");
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "no sync logged within 60 s"
+        );
         thread::sleep(Duration::from_millis(2));
     }
     let logged = start.elapsed();
@@ -314,11 +320,17 @@ fn kill_rounds(engine: EngineUnderTest) -> Result<()> {
     while round.tally.kills < fault_count("KILLS", 10) {
         // A partial sync killed at a random point.
         round.logged_before = synced_lines(round.node);
-        round.node.dir.write_text("slices.yaml", &slices_yaml(v + 1))?;
+        round
+            .node
+            .dir
+            .write_text("slices.yaml", &slices_yaml(v + 1))?;
         round.kill_after(partial)?;
         let held = round.check(v, v + 1, "partial sync")?;
         // A restart's full sync towards v + 2, killed at a random point.
-        round.node.dir.write_text("slices.yaml", &slices_yaml(v + 2))?;
+        round
+            .node
+            .dir
+            .write_text("slices.yaml", &slices_yaml(v + 2))?;
         round.node.start(engine)?;
         round.logged_before = 0;
         round.kill_after(full)?;
