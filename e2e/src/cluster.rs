@@ -20,9 +20,9 @@ use nix::{
 };
 
 use crate::{
-    agent::{agent_binary, Mounts},
+    agent::{agent_binary, command_in, Mounts},
     manifests::ManifestDir,
-    netns::{ns_path, run_cmd},
+    netns::run_cmd,
 };
 
 /// A process started inside a namespace (`ip netns exec` execs it, so the pid is its own),
@@ -44,20 +44,7 @@ impl Proc {
         log: PathBuf,
     ) -> Result<Proc> {
         let out = File::create(&log)?;
-        let mut cmd = match mounts {
-            Mounts::Netns => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", netns]);
-                c
-            }
-            Mounts::Host => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns_path(netns).display()))
-                    .arg("--");
-                c
-            }
-        };
-        let child = cmd
+        let child = command_in(netns, mounts)
             .arg(bin)
             .args(args)
             .envs(env.iter().copied())
