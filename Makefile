@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps vm-deps build demo test lint unit kernel bench clean
+.PHONY: all deps vm-deps build demo test lint unit kernel bench chaos clean
 
 all: build
 
@@ -37,6 +37,11 @@ test: lint vm-deps
 	scripts/check-chart.sh
 	$(CARGO) build --workspace --bins
 	SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard $(CARGO) test --workspace --no-fail-fast
+
+# The long fault-injection run (RELIABILITY.md): >= 100 kill -9 per engine, repeated
+# restarts under load, 20000 fuzz cases per property. Needs root; not part of CI.
+chaos: deps
+	scripts/chaos.sh
 
 bench: deps
 	$(CARGO) build --release --workspace --bins --benches

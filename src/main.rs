@@ -113,7 +113,11 @@ enum Command {
         output: String,
     },
     /// Removes every table, chain, map and rule Switchyard created on this node.
-    Cleanup,
+    Cleanup {
+        /// Where the agent's `--bpffs-root` was, if it had one (its eBPF pins live there).
+        #[arg(long, value_name = "DIR")]
+        bpffs_root: Option<PathBuf>,
+    },
     /// Prints the CustomResourceDefinitions.
     Crd,
     /// Explains one service port on this node: its plan, each endpoint's part, what the
@@ -146,7 +150,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Run { manifests, node } => runtime.block_on(run_standalone(manifests, node)),
-        Command::Cleanup => runtime.block_on(cleanup()),
+        Command::Cleanup { bpffs_root } => runtime.block_on(cleanup(bpffs_root)),
         Command::Crd => {
             print!("{}", switchyard_crd::crds_yaml());
             Ok(())
@@ -416,8 +420,12 @@ async fn wait_for_signal() {
     }
 }
 
-async fn cleanup() -> Result<()> {
-    let mut engines = every_owner();
+async fn cleanup(bpffs_root: Option<PathBuf>) -> Result<()> {
+    let mut engines = every_owner(&BuildContext {
+        iptables_backend: IptBackend::Detect,
+        bpffs_root,
+        cgroup_root: None,
+    });
     let mut failures = Vec::new();
     for engine in &mut engines {
         match engine.cleanup().await {

@@ -37,8 +37,9 @@ pub struct EngineEntry {
     pub auto_rank: u8,
     pub build: fn(&BuildContext, &EffectiveConfig) -> Box<dyn ProxyEngine>,
     /// One engine per kind of kernel state this mode can leave on a node (their
-    /// `cleanup` removes it all).
-    pub owners: fn() -> Vec<Box<dyn ProxyEngine>>,
+    /// `cleanup` removes it all), where the command line puts it (the eBPF engine's
+    /// pins live under `--bpffs-root`).
+    pub owners: fn(&BuildContext) -> Vec<Box<dyn ProxyEngine>>,
     /// Whether the part of the ProxyConfig this engine was built from changed.
     pub settings_changed: fn(&EffectiveConfig, &EffectiveConfig) -> bool,
 }
@@ -47,7 +48,7 @@ fn nftables(_: &BuildContext, _: &EffectiveConfig) -> Box<dyn ProxyEngine> {
     Box::new(NftablesEngine::new(NftOptions::default()))
 }
 
-fn nftables_owners() -> Vec<Box<dyn ProxyEngine>> {
+fn nftables_owners(_: &BuildContext) -> Vec<Box<dyn ProxyEngine>> {
     vec![Box::new(NftablesEngine::new(NftOptions::default()))]
 }
 
@@ -59,7 +60,7 @@ fn iptables(ctx: &BuildContext, _: &EffectiveConfig) -> Box<dyn ProxyEngine> {
 }
 
 /// Each iptables backend on its own: whichever a previous run used.
-fn iptables_owners() -> Vec<Box<dyn ProxyEngine>> {
+fn iptables_owners(_: &BuildContext) -> Vec<Box<dyn ProxyEngine>> {
     [IptBackend::Nft, IptBackend::Legacy]
         .into_iter()
         .map(|backend| {
@@ -95,8 +96,15 @@ fn ebpf(ctx: &BuildContext, config: &EffectiveConfig) -> Box<dyn ProxyEngine> {
     Box::new(EbpfEngine::new(ebpf_options(ctx, config)))
 }
 
-fn ebpf_owners() -> Vec<Box<dyn ProxyEngine>> {
-    vec![Box::new(EbpfEngine::new(EbpfOptions::default()))]
+/// The pins under the command line's bpffs root: a previous process in ebpf mode left
+/// them there, not necessarily under `/sys/fs/bpf` (found by the fault-injection suite:
+/// with `--bpffs-root`, a restart into another mode left the eBPF programs attached and
+/// routing to the endpoints of before).
+fn ebpf_owners(ctx: &BuildContext) -> Vec<Box<dyn ProxyEngine>> {
+    vec![Box::new(EbpfEngine::new(ebpf_options(
+        ctx,
+        &EffectiveConfig::default(),
+    )))]
 }
 
 fn ebpf_settings_changed(old: &EffectiveConfig, new: &EffectiveConfig) -> bool {
@@ -137,7 +145,7 @@ fn ipvs(_: &BuildContext, config: &EffectiveConfig) -> Box<dyn ProxyEngine> {
     Box::new(IpvsEngine::new(ipvs_options(&config.ipvs)))
 }
 
-fn ipvs_owners() -> Vec<Box<dyn ProxyEngine>> {
+fn ipvs_owners(_: &BuildContext) -> Vec<Box<dyn ProxyEngine>> {
     vec![Box::new(IpvsEngine::new(IpvsOptions::default()))]
 }
 
@@ -210,7 +218,7 @@ impl EngineFactory for Registry {
     }
 
     fn leftover_cleaners(&self) -> Vec<Box<dyn ProxyEngine>> {
-        every_owner()
+        every_owner(&self.ctx)
     }
 
     fn auto_preference(&self) -> Vec<Mode> {
@@ -220,9 +228,10 @@ impl EngineFactory for Registry {
     }
 }
 
-/// One engine per kind of kernel state any engine of this binary can leave on a node.
-pub fn every_owner() -> Vec<Box<dyn ProxyEngine>> {
-    ENGINES.iter().flat_map(|e| (e.owners)()).collect()
+/// One engine per kind of kernel state any engine of this binary can leave on a node,
+/// where `ctx` (the command line) puts it.
+pub fn every_owner(ctx: &BuildContext) -> Vec<Box<dyn ProxyEngine>> {
+    ENGINES.iter().flat_map(|e| (e.owners)(ctx)).collect()
 }
 
 /// What each mode can do here: the kernel probe's verdict, and whether this binary has

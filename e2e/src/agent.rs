@@ -79,6 +79,27 @@ pub struct Launch {
     pub wrapper: Vec<String>,
 }
 
+/// A command prefix that runs what follows in the named network namespace, with
+/// `mounts`: `ip netns exec NS` or `nsenter --net=PATH --`.
+pub fn command_in(netns_name: &str, mounts: Mounts) -> Command {
+    match mounts {
+        Mounts::Netns => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns_name]);
+            c
+        }
+        Mounts::Host => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!(
+                "--net={}",
+                crate::netns::ns_path(netns_name).display()
+            ))
+            .arg("--");
+            c
+        }
+    }
+}
+
 impl Default for Launch {
     fn default() -> Self {
         Launch {
@@ -130,23 +151,7 @@ impl Agent {
         let bin = agent_binary()?;
         let log = File::create(log_path)
             .with_context(|| format!("creating agent log {}", log_path.display()))?;
-        let mut cmd = match launch.mounts {
-            Mounts::Netns => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", netns_name]);
-                c
-            }
-            Mounts::Host => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!(
-                    "--net={}",
-                    crate::netns::ns_path(netns_name).display()
-                ))
-                .arg("--");
-                c
-            }
-        };
-        let child = cmd
+        let child = command_in(netns_name, launch.mounts)
             .args(&launch.wrapper)
             .arg(&bin)
             .arg("run")

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     agent::workspace_root,
+    flow::FlowStats,
     probe::{Outcome, Proto, Source},
 };
 
@@ -126,6 +127,15 @@ pub enum Request {
         dst: SocketAddr,
         millis: u64,
     },
+    /// One long-lived UDP flow (see [`crate::flow`]) for `millis`, a datagram every
+    /// `interval_ms`.
+    UdpFlow {
+        netns: PathBuf,
+        src: std::net::IpAddr,
+        dst: SocketAddr,
+        millis: u64,
+        interval_ms: u64,
+    },
 }
 
 /// The client's answer.
@@ -135,6 +145,7 @@ pub enum Response {
     /// The outcome and the address recvfrom reported the answer from.
     Datagram(Outcome, Option<SocketAddr>),
     Loop(LoopStats),
+    Flow(FlowStats),
     Error(String),
 }
 
@@ -269,6 +280,26 @@ impl CgroupClient {
             millis: duration.as_millis() as u64,
         })? {
             Response::Loop(s) => Ok(s),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// One long-lived UDP flow from `src` to `dst` for `duration`.
+    pub fn udp_flow(
+        &mut self,
+        src: &Source,
+        dst: SocketAddr,
+        duration: Duration,
+        interval: Duration,
+    ) -> Result<FlowStats> {
+        match self.ask(&Request::UdpFlow {
+            netns: src.netns.clone(),
+            src: src.ip,
+            dst,
+            millis: duration.as_millis() as u64,
+            interval_ms: interval.as_millis() as u64,
+        })? {
+            Response::Flow(s) => Ok(s),
             other => bail!("unexpected answer {other:?}"),
         }
     }

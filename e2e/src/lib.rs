@@ -7,20 +7,28 @@
 //! - [`sandbox`]: the node / external / pod topology and the agent running in it
 //! - [`echo`]: echo servers naming the endpoint and the source they saw
 //! - [`probe`]: one TCP/UDP request from a source role, classified
+//! - [`flow`]: a long-lived UDP flow (one socket) and what answered it
 //! - [`cgroup`]: private cgroups and the client process running inside one
 //! - [`bpffs`]: a private bpffs directory for the eBPF engine's pins
 //! - [`agent`]: the agent process, its log and `/healthz`
+//! - [`cluster`]: the kube API simulator, operator and agent processes, and kubectl
 //! - [`manifests`]: the manifests directory and the Node / ProxyConfig objects
 //! - [`scenario`]: scenario files, playing their flows, the report
+//! - [`readback`]: the backends each service port has in the kernel, read back per engine
+//! - [`fault`]: the engines under fault injection, a node set up for them, the load
 //! - [`vm`]: the qemu VM lane, running jobs and test binaries on a kernel with IPVS
 
 pub mod agent;
 pub mod bpffs;
 pub mod cgroup;
+pub mod cluster;
 pub mod echo;
+pub mod fault;
+pub mod flow;
 pub mod manifests;
 pub mod netns;
 pub mod probe;
+pub mod readback;
 pub mod sandbox;
 pub mod scenario;
 pub mod vm;

@@ -431,6 +431,16 @@ impl Sandbox {
             .map_err(|_| anyhow!("cgroup client lock poisoned"))
     }
 
+    /// Another client process in the private cgroup, for load running beside the
+    /// sandbox's own client (a UDP flow during a TCP connection loop).
+    pub fn spawn_cgroup_client(&self) -> Result<CgroupClient> {
+        let cg = self
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| anyhow!("no private cgroup (call enable_cgroup first)"))?;
+        CgroupClient::spawn(cg)
+    }
+
     /// Starts the agent in the node namespace reading `manifests`; `extra_args` are appended
     /// to `switchyard run --manifests DIR --node-name test-node`.
     pub fn run_agent(&mut self, manifests: &Path, extra_args: &[&str]) -> Result<()> {
@@ -705,6 +715,14 @@ fn left_by_dead_process(name: &str) -> bool {
         })
 }
 
+/// Whether `name` is `sy-probe-<pid>-<n>` of a process that no longer exists.
+fn probe_namespace_of_dead_process(name: &str) -> bool {
+    name.strip_prefix("sy-probe-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Cleans up after harness processes that died without running their destructors: their
 /// temp directories, the agents they started (found by their namespace, so only processes
 /// inside our own `sye-` namespaces are killed) and the namespaces themselves.
@@ -721,6 +739,14 @@ fn remove_stale_leftovers() {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        // The probe's throwaway namespace of an agent killed mid-probe (the fault
+        // suite kills hundreds): empty, named after the dead agent's pid.
+        if probe_namespace_of_dead_process(&name) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .output();
+            continue;
+        }
         if !left_by_dead_process(&name) {
             continue;
         }

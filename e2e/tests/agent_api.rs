@@ -17,24 +17,18 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::Write,
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
+use anyhow::{bail, ensure, Result};
 use serde_yaml::Value;
 use switchyard_e2e::{
     agent::{agent_binary, http_get, DEFAULT_HEALTHZ},
-    manifests::{node_object, proxy_config, ManifestDir},
+    cluster::{eventually, Cluster},
+    manifests::{node_object, proxy_config},
     netns::run_cmd,
     require_root, Outcome, Proto, Sandbox,
 };
@@ -43,253 +37,6 @@ const API_PORT: u16 = 18080;
 const VIP: &str = "172.30.1.1:80";
 const BACKENDS: [&str; 2] = ["10.180.0.1:8080", "10.180.0.2:8080"];
 const PROBE: Duration = Duration::from_millis(500);
-
-/// A process started inside a namespace (`ip netns exec` execs it, so the pid is its own),
-/// output to a log file; SIGTERM then SIGKILL on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(
-        name: &'static str,
-        netns: &str,
-        bin: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-        log: PathBuf,
-    ) -> Result<Proc> {
-        let out = File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(bin)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Proc { name, child, log })
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill_hard(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stop(&mut self) {
-        if !self.running() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && self.running() {
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.kill_hard();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The simulator, operator and agent of one test, plus kubectl.
-struct Cluster {
-    netns: String,
-    dir: ManifestDir,
-    kubeconfig: PathBuf,
-    objects: PathBuf,
-    sim: Option<Proc>,
-    operator: Option<Proc>,
-    agent: Option<Proc>,
-}
-
-impl Cluster {
-    fn sim_binary() -> Result<PathBuf> {
-        let bin = agent_binary()?
-            .parent()
-            .ok_or_else(|| anyhow!("agent binary has no directory"))?
-            .join("kube-sim");
-        if !bin.is_file() {
-            bail!(
-                "{} missing: run `cargo build --workspace --bins` first",
-                bin.display()
-            );
-        }
-        Ok(bin)
-    }
-
-    fn new(netns: &str) -> Result<Cluster> {
-        let dir = ManifestDir::new_temp("kube")?;
-        let kubeconfig = dir.path().join("kubeconfig");
-        let objects = dir.path().join("objects.yaml");
-        std::fs::write(&objects, "")?;
-        let mut c = Cluster {
-            netns: netns.to_string(),
-            dir,
-            kubeconfig,
-            objects,
-            sim: None,
-            operator: None,
-            agent: None,
-        };
-        c.start_sim(false)?;
-        Ok(c)
-    }
-
-    /// Starts kube-sim on API_PORT (with `--load objects.yaml` when `reload`) and waits until
-    /// kubectl gets an answer.
-    fn start_sim(&mut self, reload: bool) -> Result<()> {
-        let _ = std::fs::remove_file(&self.kubeconfig);
-        let port = API_PORT.to_string();
-        let kc = self.kubeconfig.to_string_lossy().into_owned();
-        let objects = self.objects.to_string_lossy().into_owned();
-        let mut args = vec!["--port", &port, "--kubeconfig", &kc];
-        if reload {
-            args.extend(["--load", &objects]);
-        }
-        let log = self.dir.path().join(if reload {
-            "kube-sim-2.log"
-        } else {
-            "kube-sim.log"
-        });
-        self.sim = Some(Proc::start(
-            "kube-sim",
-            &self.netns,
-            &Self::sim_binary()?,
-            &args,
-            &[],
-            log,
-        )?);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.kubeconfig.is_file() && self.kubectl(&["get", "--raw", "/version"]).is_ok() {
-                return Ok(());
-            }
-            if !self.sim.as_mut().is_some_and(Proc::running) || Instant::now() > deadline {
-                bail!(
-                    "kube-sim did not come up; its log:\n{}",
-                    self.sim.as_ref().map(Proc::log).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, "kubectl", "--kubeconfig"])
-            .arg(&self.kubeconfig)
-            .args(args);
-        cmd
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Result<String> {
-        run_cmd(&mut self.kubectl_cmd(args))
-    }
-
-    /// `kubectl apply -f -` of `yaml`; also remembered for a simulator restart.
-    fn apply(&self, yaml: &str) -> Result<String> {
-        let mut child = self
-            .kubectl_cmd(&["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(yaml.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl apply failed: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                yaml
-            );
-        }
-        let mut all = std::fs::read_to_string(&self.objects)?;
-        for doc in yaml.split("\n---") {
-            if doc.trim().is_empty() {
-                continue;
-            }
-            all.push_str("---\n");
-            all.push_str(doc.trim_start_matches('\n'));
-            all.push('\n');
-        }
-        std::fs::write(&self.objects, all)?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn start_node_side(&mut self) -> Result<()> {
-        let bin = agent_binary()?;
-        let kc = self.kubeconfig.to_string_lossy().into_owned();
-        let env = [("KUBECONFIG", kc.as_str())];
-        self.operator = Some(Proc::start(
-            "operator",
-            &self.netns,
-            &bin,
-            &[
-                "operator",
-                "--namespace",
-                "kube-system",
-                "--identity",
-                "e2e-operator",
-                "--period",
-                "1s",
-            ],
-            &env,
-            self.dir.path().join("operator.log"),
-        )?);
-        self.agent = Some(Proc::start(
-            "agent",
-            &self.netns,
-            &bin,
-            &["agent", "--node-name", "test-node"],
-            &env,
-            self.dir.path().join("agent.log"),
-        )?);
-        Ok(())
-    }
-
-    fn logs(&self) -> String {
-        [&self.agent, &self.operator, &self.sim]
-            .into_iter()
-            .flatten()
-            .map(|p| format!("----- {} log -----\n{}", p.name, tail(&p.log(), 80)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn agent_running(&mut self) -> bool {
-        self.agent.as_mut().is_some_and(Proc::running)
-    }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 fn yaml(v: &Value) -> String {
     serde_yaml::to_string(v).expect("serialisable")
@@ -347,35 +94,6 @@ fn both_backends(seen: &BTreeMap<String, usize>) -> bool {
     seen.len() == 2 && BACKENDS.iter().all(|b| seen.contains_key(*b))
 }
 
-/// Polls `check` (which returns Ok(None) when satisfied or Ok(Some(last state))) until it
-/// holds or `within` passes; the error carries the last state and every log.
-fn eventually(
-    cluster: &Cluster,
-    within: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<Option<String>>,
-) -> Result<Duration> {
-    let start = Instant::now();
-    let mut last: String;
-    loop {
-        match check() {
-            Ok(None) => {
-                println!("ok: {what} (after {:?})", start.elapsed());
-                return Ok(start.elapsed());
-            }
-            Ok(Some(s)) => last = s,
-            Err(e) => last = format!("error: {e:#}"),
-        }
-        if start.elapsed() > within {
-            bail!(
-                "{what}: not true within {within:?}; last seen:\n{last}\n{}",
-                cluster.logs()
-            );
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn nft_table_exists(sb: &Sandbox) -> bool {
     run_cmd(Command::new("ip").args([
         "netns",
@@ -403,7 +121,7 @@ fn agent_against_api_simulator() -> Result<()> {
         sb.add_pod(&[p.parse::<IpAddr>()?], &[8080])?;
     }
     let netns = sb.node_ns().name().to_string();
-    let mut c = Cluster::new(&netns)?;
+    let mut c = Cluster::new(&netns, API_PORT)?;
     let result = scenario(&mut sb, &mut c);
     if result.is_err() {
         println!("{}", c.logs());
@@ -464,7 +182,7 @@ fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
         ])?
     );
 
-    c.start_node_side()?;
+    c.start_node_side(&[])?;
     let healthz: SocketAddr = DEFAULT_HEALTHZ.parse()?;
     let node_path = sb.node_ns().path();
     eventually(
@@ -677,12 +395,7 @@ fn scenario(sb: &mut Sandbox, c: &mut Cluster) -> Result<()> {
 
 fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
     let syncs_before = metric_value(&sb.metrics()?, "_syncs");
-    let list = c.kubectl(&["get", "--raw", "/apis/discovery.k8s.io/v1/endpointslices"])?;
-    let last_rv: u64 = serde_json::from_str::<serde_json::Value>(&list)?["metadata"]
-        ["resourceVersion"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .context("resourceVersion of the EndpointSlice list")?;
+    let last_rv = c.list_resource_version("/apis/discovery.k8s.io/v1/endpointslices")?;
     println!("resourceVersion before the outage: {last_rv}");
     if let Some(mut sim) = c.sim.take() {
         sim.kill_hard();
@@ -718,19 +431,9 @@ fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
     // While it was down, the slice lost 10.180.0.2 (the restarted server is loaded with that
     // version): the agent must pick it up through a fresh list, since the new server's
     // resourceVersions start over.
-    // kube-sim keeps nothing across a restart and counts resourceVersions from 1 again; a
-    // real API server never goes back. So the restarted simulator is loaded (`--load`) with
-    // the state as it stands now — the ProxyConfig as patched, and the slice as edited while
-    // the server was away (10.180.0.2 gone) — after padding (ConfigMaps) past the last
-    // resourceVersion the agent saw, so its resumed watches see these objects as newer
-    // events, as they would after a real outage.
-    let padding: String = (0..last_rv + 20)
-        .map(|i| {
-            format!(
-                "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{namespace: padding, name: pad-{i}}}\ndata: {{}}\n"
-            )
-        })
-        .collect();
+    // The restarted simulator is loaded with the state as it stands now — the ProxyConfig
+    // as patched, and the slice as edited while the server was away (10.180.0.2 gone) —
+    // past the last resourceVersion the agent saw (see `Cluster::restart_sim`).
     let second = "- addresses: [10.180.0.2]\n  conditions: {ready: true, serving: true, terminating: false}\n  nodeName: test-node\n";
     if !SLICE.contains(second) {
         bail!("SLICE lacks the second endpoint block");
@@ -738,19 +441,13 @@ fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
     let mut patched = serde_yaml::Mapping::new();
     patched.insert("fallback".into(), Value::Sequence(vec![]));
     let reload = [
-        padding,
         run_cmd(Command::new(agent_binary()?).arg("crd"))?,
         yaml(&node_object()),
         yaml(&proxy_config("iptables", &patched)),
         SERVICE.to_string(),
         SLICE.replace(second, ""),
-    ]
-    .iter()
-    .map(|d| d.trim_start_matches("---\n").to_string())
-    .collect::<Vec<_>>()
-    .join("\n---\n");
-    std::fs::write(&c.objects, reload)?;
-    c.start_sim(true)?;
+    ];
+    c.restart_sim(&reload, last_rv)?;
     let back = Instant::now();
     let mut bad = BTreeMap::new();
     let mut relisted: Option<Duration> = None;
@@ -794,7 +491,7 @@ fn api_outage(sb: &Sandbox, c: &mut Cluster) -> Result<()> {
     if !c.agent_running() {
         bail!("agent exited after the API server came back\n{}", c.logs());
     }
-    let log = c.agent.as_ref().map(Proc::log).unwrap_or_default();
+    let log = c.agent.as_ref().map(|a| a.log()).unwrap_or_default();
     println!(
         "agent log lines about the outage:\n{}",
         log.lines()

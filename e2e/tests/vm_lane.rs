@@ -21,6 +21,8 @@
 //!   fallback is reported; then, after `ip_vs` is unloaded and `modprobe ip_vs` made to
 //!   fail (`install ip_vs /bin/false` in `/run/modprobe.d`), nftables runs and the
 //!   fallback names `ip_vs`,
+//! - the conntrack table filled up under the agent (`tests/chaos_conntrack.rs`: the
+//!   VM's own global `nf_conntrack_max` shrunk), required not to skip,
 //! - `switchyard probe` in a namespace with a bridge after `modprobe -r br_netfilter`
 //!   (the probe warns), then `br_netfilter` again,
 //! - a job that outlives its 2 s bound (the runner kills it; the next job still runs),
@@ -64,6 +66,7 @@ struct TestJobs {
     ipvs_engine: Vec<String>,
     ipvs_scenarios: Vec<String>,
     fallback: [String; 2],
+    conntrack: String,
 }
 
 struct LaneRun {
@@ -126,6 +129,12 @@ fn jobs() -> (Vec<Job>, TestJobs) {
     let fallback = fallback_jobs();
     let fallback_names = [fallback[0].name.clone(), fallback[1].name.clone()];
     jobs.extend(fallback);
+    let conntrack = TestBinary::from_cargo("e2e/tests/chaos_conntrack.rs")
+        .expect("chaos_conntrack")
+        .job("conntrack_table_full_is_reported_and_the_agent_stays_healthy")
+        .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1");
+    let conntrack_name = conntrack.name.clone();
+    jobs.push(conntrack);
     jobs.push(shell_job(
         "bridge-without-br-netfilter",
         "modprobe -r br_netfilter || exit 99; ip netns add sy-brtest && \
@@ -153,6 +162,7 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         ipvs_engine: ipvs_engine_names,
         ipvs_scenarios: ipvs_scenario_names,
         fallback: fallback_names,
+        conntrack: conntrack_name,
     };
     (jobs, tests)
 }
@@ -603,4 +613,20 @@ fn ipvs_falls_back_to_nftables_only_without_ip_vs_in_the_vm() {
             job.stderr
         );
     }
+}
+
+#[test]
+fn conntrack_pressure_is_reported_in_the_vm() {
+    if !require_root("conntrack_pressure_is_reported_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    let name = &run.tests.conntrack;
+    assert_tests_pass(run, std::slice::from_ref(name));
+    let job = finished(run, name);
+    assert!(
+        !job.stderr.contains("SKIPPED"),
+        "{name} skipped in the VM:\n{}",
+        job.stderr
+    );
 }

@@ -27,6 +27,13 @@ pub struct Netns {
 
 impl Netns {
     /// Creates a fresh, empty namespace, deleted when the returned guard drops.
+    ///
+    /// A namespace of that name already there is stale: a previous process with the
+    /// same pid was killed (`kill -9`, an OOM kill) before its guard dropped. In a
+    /// container the agent always has the same pid, so without this every restart after
+    /// such a kill found no namespace to test in, judged every mode unusable and left
+    /// the node degraded (found by the fault-injection suite, `e2e/tests/chaos_kill.rs`).
+    /// It is deleted and made again.
     pub fn throwaway(timeout: Duration) -> Result<Netns, NetnsError> {
         let ip = command::find("ip").ok_or(NetnsError::NoIpCommand)?;
         let name = format!(
@@ -34,11 +41,17 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        command::run(&ip, &["netns", "add", &name], None, timeout).map_err(|source| {
-            NetnsError::Create {
-                name: name.clone(),
-                source,
+        let add = || command::run(&ip, &["netns", "add", &name], None, timeout);
+        let created = match add() {
+            Err(_) if Path::new("/run/netns").join(&name).exists() => {
+                let _ = command::run(&ip, &["netns", "delete", &name], None, timeout);
+                add()
             }
+            other => other,
+        };
+        created.map_err(|source| NetnsError::Create {
+            name: name.clone(),
+            source,
         })?;
         Ok(Netns {
             name,

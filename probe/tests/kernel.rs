@@ -224,3 +224,31 @@ fn loading_ipvs_modules_names_each_failure_and_why() {
         assert_eq!(ipvs.missing, ["ip_vs_nosuch"], "{ipvs:#?}");
     }
 }
+
+/// A namespace left by a killed process with this process's pid (as every restart of a
+/// containerised agent has) does not stop the probe from making its own.
+#[test]
+fn a_stale_probe_namespace_of_the_same_pid_is_replaced() {
+    if !have_root() {
+        return;
+    }
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let pid = std::process::id();
+    let stale: Vec<String> = (0..64)
+        .map(|n| format!("sy-probe-{pid}-{n}"))
+        .filter(|name| !std::path::Path::new("/run/netns").join(name).exists())
+        .filter(|name| ip(&["netns", "add", name]))
+        .collect();
+    let made = switchyard_probe::netns::Netns::throwaway(std::time::Duration::from_secs(10));
+    for name in &stale {
+        ip(&["netns", "delete", name]);
+    }
+    let made = made.expect("a throwaway namespace despite stale ones of the same name");
+    assert!(made.is_throwaway());
+}

@@ -9,6 +9,7 @@ use std::{
 
 use switchyard_e2e::{
     cgroup::{LoopStats, Request, Response},
+    flow::udp_flow_here,
     netns,
     probe::{probe_here, probe_udp_unconnected},
     Outcome, Proto,
@@ -43,6 +44,22 @@ fn handle(req: Request) -> Response {
             dst,
             millis,
         } => netns::run_in(&netns, move || connect_loop(src, dst, millis)).map(Response::Loop),
+        Request::UdpFlow {
+            netns,
+            src,
+            dst,
+            millis,
+            interval_ms,
+        } => netns::run_in(&netns, move || {
+            udp_flow_here(
+                src,
+                dst,
+                Duration::from_millis(millis),
+                Duration::from_millis(interval_ms),
+            )
+        })
+        .and_then(|r| r)
+        .map(Response::Flow),
     };
     result.unwrap_or_else(|e| Response::Error(format!("{e:#}")))
 }

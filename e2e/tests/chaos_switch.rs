@@ -1,0 +1,222 @@
+//! Fault injection (issue 14) on engine changes, for every pair of engines the host
+//! runs (nftables, iptables with each backend, eBPF):
+//!
+//! - a live mode switch under a TCP connection loop: one agent per iptables backend goes
+//!   nftables -> iptables -> ebpf -> nftables -> ebpf -> iptables -> nftables (every
+//!   ordered pair once) while new connections run back to back: none may fail, and after
+//!   each switch the kernel read-back shows the new engine holding the Service and the
+//!   old one holding nothing;
+//! - mode and endpoints changed while the agent is down (SIGTERM or SIGKILL, alternating):
+//!   after the restart only the new endpoint answers, and the previous engine's state is
+//!   gone (issue 14 defect 10, for every ordered pair).
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Result};
+use switchyard_e2e::{
+    fault::{EngineUnderTest, FaultNode},
+    manifests::{cluster_ip_service, ready_slice, TestPort},
+    readback::Backends,
+    require_root, Outcome, Proto,
+};
+
+const PODS: [&str; 2] = ["10.184.0.1", "10.184.0.2"];
+const VIP: &str = "172.30.42.1";
+const PORT: TestPort = TestPort {
+    name: "http",
+    port: 80,
+    protocol: "TCP",
+    target: 8080,
+};
+/// One connection loop; the loops run back to back until the switch is done.
+const CHUNK: Duration = Duration::from_millis(1000);
+
+fn setup(engine: EngineUnderTest, endpoints: &[&str]) -> Result<FaultNode> {
+    let node = FaultNode::new("chaos-switch", engine, &PODS, &[PORT.target])?;
+    node.dir.write(&cluster_ip_service("web", VIP, PORT))?;
+    node.dir.write(&ready_slice("web", PORT, endpoints))?;
+    Ok(node)
+}
+
+fn holds(kernel: &Backends, endpoints: &[&str]) -> bool {
+    let want: BTreeSet<String> = endpoints
+        .iter()
+        .map(|ip| format!("{ip}:{}", PORT.target))
+        .collect();
+    kernel.get(&format!("{VIP}:{}", PORT.port)) == Some(&want)
+}
+
+/// Whether `engine` holds nothing of ours (its read-back is empty or finds no state).
+fn empty(node: &FaultNode, engine: EngineUnderTest) -> Result<bool> {
+    Ok(node.kernel(engine)?.is_empty())
+}
+
+/// Switches `from` -> `to` under a connection loop; returns the switch time.
+fn switch_under_load(
+    node: &mut FaultNode,
+    from: EngineUnderTest,
+    to: EngineUnderTest,
+) -> Result<Duration> {
+    let (mut client, src) = node.load_client()?;
+    let dst: SocketAddr = format!("{VIP}:{}", PORT.port).parse()?;
+    let before = node.sb.agent_log().matches("switched engine").count();
+    let start = Instant::now();
+    node.set_mode(to)?;
+    let (mut ok, mut took) = (0, None);
+    while took.is_none() || start.elapsed() < took.unwrap_or_default() + CHUNK {
+        let stats = client.connect_loop(&src, dst, CHUNK)?;
+        ensure!(
+            stats.failed == 0,
+            "{} -> {}: connections failed: {stats:?}\nagent log:\n{}",
+            from.name(),
+            to.name(),
+            node.sb.agent_log()
+        );
+        ok += stats.ok;
+        if took.is_none()
+            && node.sb.agent_log().matches("switched engine").count() > before
+            && empty(node, from)?
+            && holds(&node.kernel(to)?, &PODS)
+        {
+            took = Some(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "{} -> {}: not switched within 60 s\nagent log:\n{}",
+                from.name(),
+                to.name(),
+                node.sb.agent_log()
+            );
+        }
+    }
+    let took = took.ok_or_else(|| anyhow!("no switch"))?;
+    println!(
+        "{} -> {}: switched in {took:?}, {ok} connections, 0 failed",
+        from.name(),
+        to.name()
+    );
+    Ok(took)
+}
+
+fn switch_chain(iptables: EngineUnderTest) -> Result<()> {
+    use EngineUnderTest::{Ebpf, Nftables};
+    let chain = [Nftables, iptables, Ebpf, Nftables, Ebpf, iptables, Nftables];
+    let mut node = setup(Nftables, &PODS)?;
+    // The iptables backend is a flag of the process: started as `iptables`'s.
+    let args = node.args(iptables);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dir = node.dir.path().to_path_buf();
+    node.sb.run_agent(&dir, &args)?;
+    node.sb.wait_healthy(Duration::from_secs(60))?;
+    for pair in chain.windows(2) {
+        switch_under_load(&mut node, pair[0], pair[1])?;
+    }
+    node.ensure_running("after the switches")
+}
+
+/// Only `pod` answers 16 connections.
+fn only_answers(node: &FaultNode, pod: &str) -> Result<()> {
+    let dst: SocketAddr = format!("{VIP}:{}", PORT.port).parse()?;
+    let want = format!("{pod}:{}", PORT.target);
+    for _ in 0..16 {
+        match node
+            .sb
+            .probe("pod", dst, Proto::Tcp, Duration::from_millis(1500))?
+        {
+            Outcome::Answered { backend, .. } if backend == want => {}
+            other => bail!("expected only {want}, got {other}"),
+        }
+    }
+    Ok(())
+}
+
+fn changed_while_down(from: EngineUnderTest, to: EngineUnderTest, kill: bool) -> Result<()> {
+    let mut node = setup(from, &PODS[..1])?;
+    node.start_healthy(from)?;
+    only_answers(&node, PODS[0])?;
+    if kill {
+        node.sb.agent_mut()?.kill();
+    } else {
+        node.sb.stop_agent();
+    }
+    node.set_mode(to)?;
+    node.dir.write(&ready_slice("web", PORT, &PODS[1..]))?;
+    node.start_healthy(to)?;
+    let context = || {
+        format!(
+            "{} -> {} ({}) while down\nagent log:\n{}",
+            from.name(),
+            to.name(),
+            if kill { "SIGKILL" } else { "SIGTERM" },
+            node.sb.agent_log()
+        )
+    };
+    only_answers(&node, PODS[1]).map_err(|e| e.context(context()))?;
+    ensure!(holds(&node.kernel(to)?, &PODS[1..]), "{}", context());
+    ensure!(
+        empty(&node, from)?,
+        "{}'s state survived: {:?}\n{}",
+        from.name(),
+        node.kernel(from),
+        context()
+    );
+    println!(
+        "{} -> {} ({}) while down: after the restart 16/16 answers from the new endpoint, {}'s state gone",
+        from.name(),
+        to.name(),
+        if kill { "SIGKILL" } else { "SIGTERM" },
+        from.name()
+    );
+    Ok(())
+}
+
+#[test]
+fn switch_under_load_every_pair_iptables_nft() -> Result<()> {
+    if !require_root("switch_under_load_every_pair_iptables_nft") {
+        return Ok(());
+    }
+    switch_chain(EngineUnderTest::IptablesNft)
+}
+
+#[test]
+fn switch_under_load_every_pair_iptables_legacy() -> Result<()> {
+    if !require_root("switch_under_load_every_pair_iptables_legacy") {
+        return Ok(());
+    }
+    switch_chain(EngineUnderTest::IptablesLegacy)
+}
+
+/// Half of the ordered pairs (`half` 0 or 1), so the two halves run in parallel.
+fn pairs_changed_while_down(half: usize) -> Result<()> {
+    for (n, (from, to)) in EngineUnderTest::switch_pairs().into_iter().enumerate() {
+        let only = std::env::var("SY_CHAOS_PAIR").ok();
+        let name = format!("{}->{}", from.name(), to.name());
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        if n % 2 == half || only.is_some() {
+            changed_while_down(from, to, (n / 2) % 2 == 1)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn mode_and_endpoints_changed_while_down_pairs_1() -> Result<()> {
+    if !require_root("mode_and_endpoints_changed_while_down_pairs_1") {
+        return Ok(());
+    }
+    pairs_changed_while_down(0)
+}
+
+#[test]
+fn mode_and_endpoints_changed_while_down_pairs_2() -> Result<()> {
+    if !require_root("mode_and_endpoints_changed_while_down_pairs_2") {
+        return Ok(());
+    }
+    pairs_changed_while_down(1)
+}
