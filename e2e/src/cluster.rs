@@ -99,7 +99,8 @@ pub struct Cluster {
     pub netns: String,
     api_port: u16,
     dir: ManifestDir,
-    kubeconfig: PathBuf,
+    /// The kubeconfig pointing at the simulator.
+    pub kubeconfig: PathBuf,
     /// Every object applied so far, as YAML documents (for a simulator restart).
     pub objects: PathBuf,
     pub sim: Option<Proc>,
