@@ -100,7 +100,10 @@ impl DirWatch {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match active.events.recv_timeout(left) {
-                Ok(event) if wakes(&event) => break,
+                Ok(event) if wakes(&event) => {
+                    tracing::debug!(?event, "manifests directory changed: scanning");
+                    break;
+                }
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => return Wakeup::Timer,
                 Err(RecvTimeoutError::Disconnected) => {

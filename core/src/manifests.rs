@@ -235,7 +235,9 @@ impl ManifestDir {
                 continue;
             }
             self.stamps.insert(path.clone(), stamp);
-            changed |= self.read_changed_file(&path, state);
+            let file_changed = self.read_changed_file(&path, state);
+            tracing::debug!(file = %path.display(), state_changed = file_changed, "manifest file read");
+            changed |= file_changed;
         }
         let incomplete = if let Some(problem) = problems.into_iter().next() {
             Some(problem)

@@ -636,6 +636,7 @@ impl SyncRunner {
                 self.record_programmed();
             }
             Pass::Unchanged => {
+                tracing::debug!("sync pass: the model did not change");
                 self.health.synced();
                 self.record_programmed();
             }

@@ -261,7 +261,16 @@ fn run(mode: &str, args: &[&str]) -> Result<()> {
     dir.write_object("slice-moving.yaml", &slice("moving", &[A]))?;
     dir.write_object("svc-empty.yaml", &service("empty", "172.30.4.2"))?;
     dir.write_object("slice-empty.yaml", &slice("empty", &[]))?;
-    sb.run_agent(dir.path(), args)?;
+    // Debug logs of what wakes the manifests scan and what each pass decided: a failure
+    // then says whether the change was seen at all.
+    sb.run_agent_with_env(
+        dir.path(),
+        args,
+        &[(
+            "RUST_LOG".to_string(),
+            "info,switchyard_core::manifests=debug,switchyard_core::dir_watch=debug,switchyard_core::runner=debug".to_string(),
+        )],
+    )?;
     // The probe alone takes 10-13 s in the VM lane (TCG), loading the IPVS modules more.
     let in_vm = std::env::var(switchyard_e2e::vm::IN_VM_VAR).as_deref() == Ok("1");
     sb.wait_healthy(Duration::from_secs(if in_vm { 90 } else { 20 }))?;
