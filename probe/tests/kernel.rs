@@ -10,6 +10,18 @@ use switchyard_probe::{
 };
 
 /// True when the test may go on; skips loudly (or fails under CI) without root.
+/// Held by every test of this file: the probe names its throwaway namespaces after this
+/// process's pid, and `a_stale_probe_namespace_of_the_same_pid_is_replaced` makes (and
+/// deletes) namespaces of those very names; run alongside a probe, it deleted the
+/// probe's namespace under it (every feature check then failed).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn have_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
@@ -36,6 +48,7 @@ fn netns_list() -> String {
 
 #[test]
 fn probes_this_machine() {
+    let _serial = serial();
     if !have_root() {
         return;
     }
@@ -167,6 +180,7 @@ fn assert_ipvs_fits_this_kernel(ipvs: &ModeReport) {
 /// The IPVS report on its own (the whole-machine test covers it among the others).
 #[test]
 fn ipvs_report_fits_this_kernel() {
+    let _serial = serial();
     if !have_root() {
         return;
     }
@@ -179,6 +193,7 @@ fn ipvs_report_fits_this_kernel() {
 /// in the VM lane, or where `ip_vs` cannot be loaded at all.
 #[test]
 fn loading_ipvs_modules_names_each_failure_and_why() {
+    let _serial = serial();
     if !have_root() {
         return;
     }
@@ -229,6 +244,7 @@ fn loading_ipvs_modules_names_each_failure_and_why() {
 /// containerised agent has) does not stop the probe from making its own.
 #[test]
 fn a_stale_probe_namespace_of_the_same_pid_is_replaced() {
+    let _serial = serial();
     if !have_root() {
         return;
     }
