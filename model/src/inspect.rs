@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::engine::Owner;
+use crate::{engine::Owner, model::NodeModel, name::ServicePortName, plan::ServicePortPlan};
 
 /// One kernel object of a service port, as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +63,24 @@ impl PortInspection {
         PortInspection {
             owner,
             ..PortInspection::default()
+        }
+    }
+
+    /// The start of every engine's inspection of `port`: an empty inspection and the
+    /// port's plan, or (`Err`) an inspection that already says the port is not in the
+    /// model, to return as it is.
+    pub fn of_port<'m>(
+        owner: Owner,
+        model: &'m NodeModel,
+        port: &ServicePortName,
+    ) -> Result<(PortInspection, &'m ServicePortPlan), PortInspection> {
+        let mut out = PortInspection::new(owner);
+        match model.services.get(port) {
+            Some(plan) => Ok((out, plan)),
+            None => {
+                out.differs(format!("{port} is not in the model"));
+                Err(out)
+            }
         }
     }
 

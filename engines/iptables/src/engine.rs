@@ -448,10 +448,9 @@ impl ProxyEngine for IptablesEngine {
         port: &ServicePortName,
     ) -> Result<PortInspection, EngineError> {
         let bins = self.resolve_backend().await?;
-        let mut out = PortInspection::new(self.owner());
-        let Some(plan) = model.services.get(port) else {
-            out.differs(format!("{port} is not in the model"));
-            return Ok(out);
+        let (mut out, plan) = match PortInspection::of_port(self.owner(), model, port) {
+            Ok(start) => start,
+            Err(not_in_model) => return Ok(not_in_model),
         };
         for f in &plan.families {
             if f.family == IpFamily::V6 && !self.options.ipv6 {

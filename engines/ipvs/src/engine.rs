@@ -467,10 +467,9 @@ impl ProxyEngine for IpvsEngine {
         model: &NodeModel,
         port: &ServicePortName,
     ) -> Result<PortInspection, EngineError> {
-        let mut out = PortInspection::new(self.owner());
-        let Some(plan) = model.services.get(port) else {
-            out.differs(format!("{port} is not in the model"));
-            return Ok(out);
+        let (mut out, plan) = match PortInspection::of_port(self.owner(), model, port) {
+            Ok(start) => start,
+            Err(not_in_model) => return Ok(not_in_model),
         };
         self.open()?;
         let name = self.options.interface.clone();
