@@ -9,8 +9,7 @@ export SY_CHAOS_KILLS="${SY_CHAOS_KILLS:-100}"
 export SY_CHAOS_RESTARTS="${SY_CHAOS_RESTARTS:-10}"
 export SY_FUZZ_CASES="${SY_FUZZ_CASES:-20000}"
 export SY_CHAOS_API_OUTAGE_SECS="${SY_CHAOS_API_OUTAGE_SECS:-180}"
-# The live eBPF <-> netfilter switches, quarantined from make test (RELIABILITY.md).
-export SY_CHAOS_EBPF_SWITCH="${SY_CHAOS_EBPF_SWITCH:-1}"
+export SY_CHAOS_SWITCH_ROUNDS="${SY_CHAOS_SWITCH_ROUNDS:-5}"
 export SWITCHYARD_BIN="${SWITCHYARD_BIN:-$PWD/target/debug/switchyard}"
 
 cargo build --workspace --bins

@@ -149,14 +149,27 @@ pub enum Response {
     Error(String),
 }
 
-/// What a connection loop saw.
+/// What a connection loop saw. A connection that is not answered within
+/// [`LOOP_CONNECT_TIMEOUT`] is failed (lost); one answered after more than
+/// [`LOOP_SLOW`] is slow: it needed a SYN retransmission (TCP's first retransmission
+/// timeout is 1 s).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LoopStats {
     pub ok: u64,
     pub failed: u64,
     pub first_error: Option<String>,
+    /// Answered, but after more than [`LOOP_SLOW`].
+    pub slow: u64,
+    /// The longest time an answered connection took, in milliseconds.
+    pub slowest_ms: f64,
     pub seconds: f64,
 }
+
+/// How long a connection loop waits for one connection's answer before it counts the
+/// connection as failed: long enough for two SYN retransmissions (1 s, then 2 s).
+pub const LOOP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// An answered connection slower than this needed a SYN retransmission.
+pub const LOOP_SLOW: std::time::Duration = std::time::Duration::from_millis(900);
 
 impl LoopStats {
     pub fn per_second(&self) -> f64 {

@@ -540,6 +540,64 @@ impl Sandbox {
         )
     }
 
+    /// The TCP counters that explain a slow or failed connection (the nonzero TIME_WAIT,
+    /// PAWS, SYN and reset counters of `nstat`) in the node, the client pod and every
+    /// endpoint pod, for failure reports.
+    pub fn tcp_counters(&self) -> String {
+        let mut spaces = vec![
+            ("node".to_string(), &self.node),
+            ("pod client".to_string(), &self.client.ns),
+        ];
+        spaces.extend(
+            self.pods
+                .iter()
+                .map(|p| (format!("pod {:?}", p.ips), &p.ns)),
+        );
+        let mut out = String::new();
+        for (what, ns) in spaces {
+            let shown: Vec<String> = match tcp_counters_of(ns) {
+                Ok(counters) => counters
+                    .into_iter()
+                    .filter(|(k, v)| {
+                        *v > 0
+                            && [
+                                "TW",
+                                "TimeWait",
+                                "PAWS",
+                                "Syn",
+                                "SYN",
+                                "Rst",
+                                "Reset",
+                                "Retrans",
+                                "Challenge",
+                                "AttemptFails",
+                            ]
+                            .iter()
+                            .any(|w| k.contains(w))
+                    })
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+                Err(e) => vec![format!("(nstat failed: {e:#})")],
+            };
+            out.push_str(&format!("{what}: {}\n", shown.join(" ")));
+        }
+        out
+    }
+
+    /// How many SYNs the endpoint pods' TIME_WAIT sockets refused by their timestamps
+    /// (`TcpExtPAWSTimewait`, summed over the pods): a client reusing a source port
+    /// towards an endpoint whose previous connection from that port saw other timestamps.
+    pub fn endpoint_paws_timewait(&self) -> Result<u64> {
+        let mut sum = 0;
+        for pod in &self.pods {
+            sum += tcp_counters_of(&pod.ns)?
+                .get("TcpExtPAWSTimewait")
+                .copied()
+                .unwrap_or(0);
+        }
+        Ok(sum)
+    }
+
     /// The nftables ruleset of the node namespace, and its IPVS table where the kernel
     /// has IPVS (for failure reports).
     pub fn node_ruleset(&self) -> String {
@@ -765,4 +823,26 @@ fn remove_stale_leftovers() {
             .args(["netns", "del", &name])
             .output();
     }
+}
+
+/// Every counter `nstat -az` reports in a namespace (absolute values since it was made).
+fn tcp_counters_of(ns: &NetNs) -> Result<std::collections::BTreeMap<String, u64>> {
+    let text = run_cmd(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        ns.name(),
+        "nstat",
+        "-az",
+        "--json",
+    ]))?;
+    let value: serde_json::Value = serde_json::from_str(&text).context("nstat --json output")?;
+    Ok(value
+        .get("kernel")
+        .and_then(|k| k.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -86,8 +86,8 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
         flow.longest_silence
     );
     ensure!(
-        tcp_stats.failed == 0 && tcp_stats.ok > 20,
-        "{} {how}: TCP connections failed across the restart: {tcp_stats:?}\nagent log:\n{}",
+        tcp_stats.failed == 0 && tcp_stats.slow == 0 && tcp_stats.ok > 20,
+        "{} {how}: TCP connections failed or needed a SYN retransmission across the restart: {tcp_stats:?}\nagent log:\n{}",
         engine.name(),
         node.sb.agent_log()
     );

@@ -200,7 +200,7 @@ fn chart_capabilities_serve_and_a_restart_loses_no_connection() -> Result<()> {
         agent = next;
         ensure!(stats.ok > 50, "{how}: {stats:?}");
         ensure!(
-            stats.failed == 0,
+            stats.failed == 0 && stats.slow == 0,
             "{how}: connections failed across the restart: {stats:?}"
         );
     }

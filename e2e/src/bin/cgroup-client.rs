@@ -8,7 +8,7 @@ use std::{
 };
 
 use switchyard_e2e::{
-    cgroup::{LoopStats, Request, Response},
+    cgroup::{LoopStats, Request, Response, LOOP_CONNECT_TIMEOUT, LOOP_SLOW},
     flow::udp_flow_here,
     netns,
     probe::{probe_here, probe_udp_unconnected},
@@ -69,8 +69,16 @@ fn connect_loop(src: std::net::IpAddr, dst: std::net::SocketAddr, millis: u64) -
     let start = Instant::now();
     let until = start + Duration::from_millis(millis);
     while Instant::now() < until {
-        match probe_here(src, dst, Proto::Tcp, Duration::from_secs(1)) {
-            Ok(Outcome::Answered { .. }) => stats.ok += 1,
+        let began = Instant::now();
+        match probe_here(src, dst, Proto::Tcp, LOOP_CONNECT_TIMEOUT) {
+            Ok(Outcome::Answered { .. }) => {
+                stats.ok += 1;
+                let took = began.elapsed();
+                stats.slowest_ms = stats.slowest_ms.max(took.as_secs_f64() * 1000.0);
+                if took > LOOP_SLOW {
+                    stats.slow += 1;
+                }
+            }
             other => {
                 stats.failed += 1;
                 if stats.first_error.is_none() {
