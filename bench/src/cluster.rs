@@ -104,6 +104,18 @@ impl SyntheticCluster {
         ))
     }
 
+    /// Service `i`'s slice as built, or without its last endpoint (the endpoint gone:
+    /// a pod deleted, or no longer on the slice).
+    pub fn slice_with_endpoints(&self, i: usize, without_last: bool) -> Object {
+        let mut slice = self.slice_json(i, None);
+        if without_last {
+            if let Some(eps) = slice["endpoints"].as_array_mut() {
+                eps.pop();
+            }
+        }
+        Object::EndpointSlice(Box::new(serde_json::from_value(slice).expect("slice")))
+    }
+
     /// Writes the cluster as manifests: the Node, a ProxyConfig (with `ebpf.cgroupPath`
     /// when given), and services with their slices in files of 1000 services each.
     pub fn write_manifests(&self, dir: &Path, ebpf_cgroup: Option<&Path>) -> Result<()> {

@@ -138,6 +138,13 @@ fn netfilter_engine(subject: Subject, ns: &NetNs) -> Box<dyn ProxyEngine> {
     }
 }
 
+/// The one-endpoint change the bench times.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OneEndpoint {
+    Replace,
+    RemoveRestore,
+}
+
 #[derive(Parser)]
 struct Args {
     /// Service counts to measure.
@@ -166,6 +173,10 @@ struct Args {
         default_value = "nftables,iptables-nft,iptables-legacy,ebpf"
     )]
     conn_rate_engines: Vec<Subject>,
+    /// What the one-endpoint change is: `replace` (a pod replaced: one address goes,
+    /// another comes) or `remove-restore` (one endpoint goes, comes back, goes).
+    #[arg(long, value_enum, default_value_t = OneEndpoint::Replace)]
+    one_endpoint: OneEndpoint,
     /// The switchyard binary, for the agent memory figure (skipped when absent).
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -221,7 +232,13 @@ struct Row {
     one_endpoint_pipeline: Stats,
 }
 
-async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize) -> Result<Row> {
+async fn measure(
+    mode: Subject,
+    services: usize,
+    per_service: usize,
+    runs: usize,
+    one_endpoint: OneEndpoint,
+) -> Result<Row> {
     let config = EffectiveConfig {
         cluster_cidrs: vec!["10.0.0.0/8".parse()?],
         ..EffectiveConfig::default()
@@ -263,14 +280,21 @@ async fn measure(mode: Subject, services: usize, per_service: usize, runs: usize
             bail!("{mode}: drift right after a full sync: {drift:?}");
         }
 
-        // One endpoint of one service changes address (a pod replaced).
+        // One endpoint of one service changes: a pod replaced (its address changes), or
+        // (`--one-endpoint remove-restore`) an endpoint gone, back, gone.
         state.take_changes();
         for step in 0..3 {
-            let which = (run * 7919 + step * 104729) % services;
+            let which = match one_endpoint {
+                OneEndpoint::Replace => (run * 7919 + step * 104729) % services,
+                OneEndpoint::RemoveRestore => (run * 7919) % services,
+            };
             // The agent's path: the source updates the state, the runner recomputes
             // the changed Service only and hands the difference to the engine.
             let t = Instant::now();
-            state.upsert(cluster.slice_with_replaced_endpoint(which, run * 3 + step));
+            state.upsert(match one_endpoint {
+                OneEndpoint::Replace => cluster.slice_with_replaced_endpoint(which, run * 3 + step),
+                OneEndpoint::RemoveRestore => cluster.slice_with_endpoints(which, step != 1),
+            });
             let dirty = state.take_changes();
             let changes = model.update_services(&state, &dirty.services);
             if changes.len() != 1 || dirty.global {
@@ -408,7 +432,13 @@ fn main() -> Result<()> {
                 "measuring {mode} at {size} services x {} endpoints ...",
                 args.endpoints
             );
-            let row = runtime.block_on(measure(mode, size, args.endpoints, args.runs))?;
+            let row = runtime.block_on(measure(
+                mode,
+                size,
+                args.endpoints,
+                args.runs,
+                args.one_endpoint,
+            ))?;
             rows.push(row);
         }
     }
