@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps vm-deps build demo test lint unit kernel bench chaos clean
+.PHONY: all deps vm-deps build demo test lint unit kernel bench bench-vm chaos clean
 
 all: build
 
@@ -46,6 +46,10 @@ chaos: deps
 bench: deps
 	$(CARGO) build --release --workspace --bins --benches
 	scripts/bench.sh
+
+# The IPVS benchmarks, inside the qemu VM lane (the host kernel has no IPVS). Root.
+bench-vm: deps vm-deps
+	scripts/bench-vm.sh
 
 clean:
 	$(CARGO) clean

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Needs root (qemu, the VM's networking), and the lane's packages
-//! (`scripts/install-deps.sh --vm`). The program path must be absolute or relative to the
+//! (`scripts/install-vm-lane-deps.sh` (`make vm-deps`)). The program path must be absolute or relative to the
 //! current directory, which the job keeps.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
