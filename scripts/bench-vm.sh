@@ -2,7 +2,7 @@
 # The benchmarks that need IPVS, run inside the VM lane (Debian's kernel under
 # `qemu -accel tcg`; the host kernel has no IPVS): BENCHMARKS.md "IPVS". TCG emulates
 # every instruction, so read the ratios between engines measured in the same boot, not
-# the absolute figures. Root; the lane's packages come from `scripts/install-vm-lane-deps.sh` (`make vm-deps`).
+# the absolute figures. Root; the lane's packages come from `make vm-deps`.
 # Extra arguments go to every bench run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,9 +6,9 @@
 //! target/debug/vm-run [--timeout-secs N] [--memory-mib M] -- PROGRAM ARGS...
 //! ```
 //!
-//! Needs root (qemu, the VM's networking), and the lane's packages
-//! (`scripts/install-vm-lane-deps.sh` (`make vm-deps`)). The program path must be absolute or relative to the
-//! current directory, which the job keeps.
+//! Needs root (qemu, the VM's networking) and the lane's packages (`make vm-deps`). The
+//! program path must be absolute or relative to the current directory, which the job
+//! keeps.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
