@@ -294,7 +294,13 @@ impl IpvsEngine {
     async fn apply_delta(&mut self, record: &mut Record, delta: &Delta) -> Result<(), EngineError> {
         let now = Instant::now();
         self.helper_adds(delta).await?;
-        let index = self.dummy_index()?;
+        // The interface is looked up only when addresses change (an endpoint change
+        // does not touch it).
+        let index = if delta.addresses_added.is_empty() && delta.addresses_removed.is_empty() {
+            0
+        } else {
+            self.dummy_index()?
+        };
         let rtnl = self.rtnl.as_mut().expect("opened");
         for ip in &delta.addresses_added {
             rtnl.add_address(index, dummy::vip_address(*ip))?;
@@ -326,12 +332,9 @@ impl IpvsEngine {
         }
         self.helper_stale_chains(delta).await?;
         self.last_operations = operations;
-        sweep_drained(
-            ipvs_of(&mut self.ipvs),
-            &mut record.kernel,
-            now,
-            self.options.drain_limit,
-        )?;
+        // No sweep of drained real servers here: it walks every virtual server, which
+        // at 10k services costs more than the change itself. The drift check (every
+        // syncPeriod) and full syncs sweep; upstream checks once a minute.
         Ok(())
     }
 

@@ -4,9 +4,10 @@
 //! kernel's servers back for adoption.
 //!
 //! Graceful termination, as upstream: a TCP or SCTP real server that no longer serves
-//! goes to weight 0 (no new connections) and is deleted by [`sweep_drained`] once it
-//! has no active or inactive connection, or once it has drained for the engine's
-//! bound; a UDP one is deleted at once (its conntrack flows are the runner's stale-flow
+//! goes to weight 0 (no new connections) and is deleted by [`sweep_drained`] (run by
+//! every drift check, i.e. every syncPeriod, and every full sync; not by partial syncs,
+//! which stay one operation per changed endpoint) once it has no active or inactive
+//! connection, or once it has drained for the engine's bound; a UDP one is deleted at once (its conntrack flows are the runner's stale-flow
 //! cleaner's). A draining real server that serves again gets weight 1 back.
 
 use std::{
