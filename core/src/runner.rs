@@ -626,6 +626,13 @@ impl SyncRunner {
         };
         let model = std::mem::take(&mut self.model);
         let pass = self.apply(mode, config, &model, diff, full).await;
+        // Other engines' leftovers go right after this process's first sync (make before
+        // break) and before the node reports healthy: a leftover netfilter DNAT would
+        // otherwise keep steering traffic to old endpoints ahead of the new engine (IPVS
+        // runs after prerouting) while /healthz already says synced.
+        if matches!(pass, Pass::Synced { .. } | Pass::Unchanged) && !self.leftovers_removed {
+            self.remove_leftovers().await;
+        }
         match &pass {
             Pass::Synced { .. } => {
                 let done = Finished {
@@ -644,9 +651,6 @@ impl SyncRunner {
             Pass::Degraded(_) => {}
         }
         self.model = model;
-        if matches!(pass, Pass::Synced { .. } | Pass::Unchanged) && !self.leftovers_removed {
-            self.remove_leftovers().await;
-        }
         pass
     }
 
