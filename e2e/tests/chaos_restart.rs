@@ -5,6 +5,10 @@
 //! the agent is stopped and started again: no TCP connection may fail, and every
 //! datagram of the flow must be answered (within 1 s), by the same backend all along.
 //!
+//! IPVS runs in the VM lane only (`restarts_under_load_ipvs`; the host kernel has no
+//! IPVS), with a longer load ([`IPVS_LOAD`]): under TCG the agent takes seconds to be
+//! healthy again, and the load must span the whole restart.
+//!
 //! `SY_CHAOS_RESTARTS` sets the restarts of each kind per engine (default 1).
 
 use std::{
@@ -17,7 +21,7 @@ use anyhow::{anyhow, ensure, Result};
 use switchyard_e2e::{
     fault::{fault_count, EngineUnderTest, FaultNode},
     manifests::{cluster_ip_service, ready_slice, TestPort},
-    require_root,
+    require_ipvs, require_root,
 };
 
 const PODS: [&str; 2] = ["10.183.0.1", "10.183.0.2"];
@@ -34,6 +38,8 @@ const UDP: TestPort = TestPort {
     target: 8080,
 };
 const LOAD: Duration = Duration::from_secs(5);
+/// The load for IPVS in the VM lane: the restart (seconds under TCG) and a margin.
+const IPVS_LOAD: Duration = Duration::from_secs(12);
 const INTERVAL: Duration = Duration::from_millis(50);
 
 fn setup(engine: EngineUnderTest) -> Result<FaultNode> {
@@ -55,9 +61,13 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
     let udp: SocketAddr = "172.30.41.2:81".parse()?;
     let (mut tcp_client, src) = node.load_client()?;
     let (mut udp_client, _) = node.load_client()?;
+    let load = match engine {
+        EngineUnderTest::Ipvs => IPVS_LOAD,
+        _ => LOAD,
+    };
     let (tcp_stats, flow, took) = thread::scope(|s| -> Result<_> {
-        let looping = s.spawn(|| tcp_client.connect_loop(&src, tcp, LOAD));
-        let flowing = s.spawn(|| udp_client.udp_flow(&src, udp, LOAD, INTERVAL));
+        let looping = s.spawn(|| tcp_client.connect_loop(&src, tcp, load));
+        let flowing = s.spawn(|| udp_client.udp_flow(&src, udp, load, INTERVAL));
         thread::sleep(Duration::from_millis(1000));
         let down = Instant::now();
         if kill {
@@ -67,6 +77,11 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
         }
         node.start_healthy(engine)?;
         let took = down.elapsed();
+        ensure!(
+            took + Duration::from_millis(1000) < load,
+            "{} {how}: healthy again only after {took:?}, past the load's end",
+            engine.name()
+        );
         let tcp_stats = looping
             .join()
             .map_err(|_| anyhow!("TCP loop thread panicked"))??;
@@ -140,4 +155,12 @@ fn restarts_under_load_ebpf() -> Result<()> {
         return Ok(());
     }
     run(EngineUnderTest::Ebpf)
+}
+
+#[test]
+fn restarts_under_load_ipvs() -> Result<()> {
+    if !require_root("restarts_under_load_ipvs") || !require_ipvs("restarts_under_load_ipvs") {
+        return Ok(());
+    }
+    run(EngineUnderTest::Ipvs)
 }

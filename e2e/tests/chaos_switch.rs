@@ -9,6 +9,15 @@
 //! - mode and endpoints changed while the agent is down (SIGTERM or SIGKILL, alternating):
 //!   after the restart only the new endpoint answers, and the previous engine's state is
 //!   gone (issue 14 defect 10, for every ordered pair).
+//!
+//! IPVS runs in the VM lane only (the host kernel has no IPVS), paired with nftables and
+//! iptables (nft backend), both directions: a live chain ipvs -> nftables -> ipvs ->
+//! iptables -> ipvs under the same connection loop (IPVS translates packets, as the
+//! netfilter engines do, so the client always faces the VIP and no slow connection is
+//! allowed), and the four ordered pairs changed while down. eBPF is not paired with
+//! IPVS: both are a mode of the same node only in the VM, where the eBPF engine's
+//! socket programs have not been tried, and its pairs with the netfilter engines, the
+//! client-visible part of such a switch, are covered on the host.
 
 use std::{
     collections::BTreeSet,
@@ -22,7 +31,7 @@ use switchyard_e2e::{
     fault::{EngineUnderTest, FaultNode},
     manifests::{cluster_ip_service, ready_slice, TestPort},
     readback::Backends,
-    require_root, Outcome, Proto,
+    require_ipvs, require_root, Outcome, Proto,
 };
 
 const PODS: [&str; 2] = ["10.184.0.1", "10.184.0.2"];
@@ -291,4 +300,48 @@ fn mode_and_endpoints_changed_while_down_pairs_2() -> Result<()> {
         return Ok(());
     }
     pairs_changed_while_down(1)
+}
+
+/// Live switches between IPVS and the netfilter engines, each direction, under a
+/// connection loop (VM lane).
+fn ipvs_switch_chain() -> Result<()> {
+    use EngineUnderTest::{IptablesNft, Ipvs, Nftables};
+    let chain = [Ipvs, Nftables, Ipvs, IptablesNft, Ipvs];
+    let mut node = setup(Ipvs, &PODS)?;
+    node.start_healthy(Ipvs)?;
+    let (mut total, mut slowest_ms) = (0, 0f64);
+    for pair in chain.windows(2) {
+        let load = switch_under_load(&mut node, pair[0], pair[1], false)?;
+        total += load.ok;
+        slowest_ms = slowest_ms.max(load.slowest_ms);
+    }
+    println!(
+        "{} switches with ipvs: {total} connections, 0 failed, 0 slow (slowest {slowest_ms:.0} ms)",
+        chain.len() - 1
+    );
+    node.ensure_running("after the switches")
+}
+
+#[test]
+fn switch_under_load_ipvs_pairs() -> Result<()> {
+    if !require_root("switch_under_load_ipvs_pairs")
+        || !require_ipvs("switch_under_load_ipvs_pairs")
+    {
+        return Ok(());
+    }
+    ipvs_switch_chain()
+}
+
+/// Mode and endpoints changed while down, for every pair with IPVS the VM lane runs
+/// (SIGTERM and SIGKILL alternating).
+#[test]
+fn mode_and_endpoints_changed_while_down_ipvs_pairs() -> Result<()> {
+    let test = "mode_and_endpoints_changed_while_down_ipvs_pairs";
+    if !require_root(test) || !require_ipvs(test) {
+        return Ok(());
+    }
+    for (n, (from, to)) in EngineUnderTest::ipvs_switch_pairs().into_iter().enumerate() {
+        changed_while_down(from, to, n % 2 == 1)?;
+    }
+    Ok(())
 }
