@@ -88,7 +88,8 @@ impl EngineUnderTest {
     }
 
     /// The ordered pairs with IPVS that the VM lane runs: to and from nftables and
-    /// iptables (nft backend). eBPF is left out there: see `e2e/tests/chaos_switch.rs`.
+    /// iptables (nft backend), each pair starting where the previous one ended (a
+    /// chain). eBPF is left out there: see `e2e/tests/chaos_switch.rs`.
     pub fn ipvs_switch_pairs() -> Vec<(EngineUnderTest, EngineUnderTest)> {
         use EngineUnderTest::*;
         vec![

@@ -24,7 +24,7 @@
 //! that caught a sync half way is followed by a sync that starts from that state.
 //!
 //! `SY_CHAOS_KILLS` sets the number of kills per engine (default 10, `make chaos` 100;
-//! IPVS under TCG: 6); `SY_CHAOS_SEED` replays a run (the seed is printed).
+//! IPVS under TCG: 4); `SY_CHAOS_SEED` replays a run (the seed is printed).
 
 use std::{
     collections::BTreeSet,
@@ -452,12 +452,12 @@ fn kill_9_during_syncs_ebpf() -> Result<()> {
     kill_rounds(EngineUnderTest::Ebpf, 10)
 }
 
-/// VM lane only (the host kernel has no IPVS): 6 kills by default, a TCG round costing
+/// VM lane only (the host kernel has no IPVS): 4 kills by default, a TCG round costing
 /// about ten times the host's.
 #[test]
 fn kill_9_during_syncs_ipvs() -> Result<()> {
     if !require_root("kill_9_during_syncs_ipvs") || !require_ipvs("kill_9_during_syncs_ipvs") {
         return Ok(());
     }
-    kill_rounds(EngineUnderTest::Ipvs, 6)
+    kill_rounds(EngineUnderTest::Ipvs, 4)
 }

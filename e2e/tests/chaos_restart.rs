@@ -5,9 +5,10 @@
 //! the agent is stopped and started again: no TCP connection may fail, and every
 //! datagram of the flow must be answered (within 1 s), by the same backend all along.
 //!
-//! IPVS runs in the VM lane only (`restarts_under_load_ipvs`; the host kernel has no
-//! IPVS), with a longer load ([`IPVS_LOAD`]): under TCG the agent takes seconds to be
-//! healthy again, and the load must span the whole restart.
+//! The load lasts [`LOAD`], or longer where the agent's start is slow, so that it spans
+//! the whole restart: 1 s before the stop, then twice the first start's time and 3 s
+//! (IPVS in the VM lane, `restarts_under_load_ipvs`: under TCG the agent takes seconds
+//! to be healthy).
 //!
 //! `SY_CHAOS_RESTARTS` sets the restarts of each kind per engine (default 1).
 
@@ -38,11 +39,10 @@ const UDP: TestPort = TestPort {
     target: 8080,
 };
 const LOAD: Duration = Duration::from_secs(5);
-/// The load for IPVS in the VM lane: the restart (seconds under TCG) and a margin.
-const IPVS_LOAD: Duration = Duration::from_secs(12);
 const INTERVAL: Duration = Duration::from_millis(50);
 
-fn setup(engine: EngineUnderTest) -> Result<FaultNode> {
+/// The node, and how long the load runs (see the module doc).
+fn setup(engine: EngineUnderTest) -> Result<(FaultNode, Duration)> {
     let mut node = FaultNode::new("chaos-restart", engine, &PODS, &[TCP.target])?;
     node.dir
         .write(&cluster_ip_service("tcp-svc", "172.30.41.1", TCP))?;
@@ -50,21 +50,24 @@ fn setup(engine: EngineUnderTest) -> Result<FaultNode> {
     node.dir
         .write(&cluster_ip_service("udp-svc", "172.30.41.2", UDP))?;
     node.dir.write(&ready_slice("udp-svc", UDP, &PODS))?;
+    let start = Instant::now();
     node.start_healthy(engine)?;
-    Ok(node)
+    let load = LOAD.max(2 * start.elapsed() + Duration::from_secs(4));
+    Ok((node, load))
 }
 
 /// One restart (`kill`: SIGKILL, else SIGTERM) under the load.
-fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool) -> Result<()> {
+fn restart_under_load(
+    node: &mut FaultNode,
+    engine: EngineUnderTest,
+    kill: bool,
+    load: Duration,
+) -> Result<()> {
     let how = if kill { "SIGKILL" } else { "SIGTERM" };
     let tcp: SocketAddr = "172.30.41.1:80".parse()?;
     let udp: SocketAddr = "172.30.41.2:81".parse()?;
     let (mut tcp_client, src) = node.load_client()?;
     let (mut udp_client, _) = node.load_client()?;
-    let load = match engine {
-        EngineUnderTest::Ipvs => IPVS_LOAD,
-        _ => LOAD,
-    };
     let (tcp_stats, flow, took) = thread::scope(|s| -> Result<_> {
         let looping = s.spawn(|| tcp_client.connect_loop(&src, tcp, load));
         let flowing = s.spawn(|| udp_client.udp_flow(&src, udp, load, INTERVAL));
@@ -91,7 +94,7 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
         Ok((tcp_stats, flow, took))
     })?;
     println!(
-        "{} {how}: healthy again after {took:?}; TCP {} ok / {} failed; UDP flow {} sent / {} answered by {:?}, longest silence {} datagrams",
+        "{} {how}: healthy again after {took:?} (load {load:?}); TCP {} ok / {} failed; UDP flow {} sent / {} answered by {:?}, longest silence {} datagrams",
         engine.name(),
         tcp_stats.ok,
         tcp_stats.failed,
@@ -116,10 +119,10 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
 }
 
 fn run(engine: EngineUnderTest) -> Result<()> {
-    let mut node = setup(engine)?;
+    let (mut node, load) = setup(engine)?;
     for _ in 0..fault_count("RESTARTS", 1) {
         for kill in [false, true] {
-            restart_under_load(&mut node, engine, kill)?;
+            restart_under_load(&mut node, engine, kill, load)?;
         }
     }
     node.ensure_running("after the restarts")

@@ -40,10 +40,12 @@
 //! skips loudly without it, fails under `CI=true`. `SWITCHYARD_VM_SCENARIO` chooses the
 //! nftables scenario files (see [`DEFAULT_SCENARIO`]).
 //!
-//! To iterate on one part, `SWITCHYARD_VM_ONLY=<substring>` plans only the jobs whose
-//! names contain it, and every test reading a job left out fails saying so; pair it with
-//! cargo's test filter, e.g. the IPVS fault rows alone (about 4 minutes under TCG):
-//! `SWITCHYARD_VM_ONLY=_ipvs cargo test -p switchyard-e2e --test vm_lane ipvs_fault -- --nocapture`.
+//! To iterate on one part, `SWITCHYARD_VM_ONLY=<substring>[,<substring>...]` plans only
+//! the jobs whose names contain one of them, and every test reading a job left out fails
+//! saying so; pair it with
+//! cargo's test filter, e.g. the fault-injection jobs alone:
+//! `SWITCHYARD_VM_ONLY=chaos_ cargo test -p switchyard-e2e --test vm_lane -- ipvs_fault conntrack --nocapture`
+//! (the IPVS fault rows and the conntrack row: `chaos_` names both).
 
 use std::{
     sync::OnceLock,
@@ -196,7 +198,7 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         ipvs_faults: ipvs_fault_names,
     };
     let only = std::env::var("SWITCHYARD_VM_ONLY").unwrap_or_default();
-    jobs.retain(|j| j.name.contains(&only));
+    jobs.retain(|j| only.split(',').any(|part| j.name.contains(part)));
     (jobs, tests)
 }
 
@@ -707,6 +709,15 @@ fn ipvs_fault_injection_passes_in_the_vm() {
             "{name} skipped in the VM:\n{}",
             job.stderr
         );
+        if !job.success() {
+            // The error and the agent's log come first; the summary's tail is the trace.
+            let error: Vec<&str> = job
+                .stderr
+                .lines()
+                .take_while(|l| !l.starts_with("Stack backtrace:"))
+                .collect();
+            eprintln!("{name} failed:\n{}", error.join("\n"));
+        }
     }
     assert_tests_pass(run, names);
 }
