@@ -224,18 +224,26 @@ fn changed_while_down(from: EngineUnderTest, to: EngineUnderTest, kill: bool) ->
     let mut node = setup(from, &PODS[..1])?;
     node.start_healthy(from)?;
     only_answers(&node, PODS[0])?;
-    restart_changed(&mut node, from, to, kill, PODS[1])
+    restart_changed(&mut node, from, to, kill, PODS[1], Duration::ZERO)
 }
 
 /// The agent, running `from`, is stopped (`kill`: SIGKILL, else SIGTERM); the
 /// ProxyConfig moves to `to` and the only endpoint to `pod`; after the restart only
 /// `pod` answers, `to` holds it and `from` holds nothing.
+///
+/// The agent removes other engines' leftovers after its first sync, and `/healthz`
+/// turns 200 at that sync: until the removal is done, a netfilter leftover still
+/// routes (its DNAT comes before IPVS). On the host that window is shorter than the
+/// first probe (`settle` zero: checked at once); under TCG it lasts seconds, so the VM
+/// lane waits up to `settle` for `from` to hold nothing, prints how long that took, and
+/// checks from then on.
 fn restart_changed(
     node: &mut FaultNode,
     from: EngineUnderTest,
     to: EngineUnderTest,
     kill: bool,
     pod: &str,
+    settle: Duration,
 ) -> Result<()> {
     if kill {
         node.sb.agent_mut()?.kill();
@@ -245,6 +253,11 @@ fn restart_changed(
     node.set_mode(to)?;
     node.dir.write(&ready_slice("web", PORT, &[pod]))?;
     node.start_healthy(to)?;
+    let healthy = Instant::now();
+    while !settle.is_zero() && !empty(node, from)? && healthy.elapsed() < settle {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let settled = (!settle.is_zero()).then(|| healthy.elapsed());
     let context = || {
         format!(
             "{} -> {} ({}) while down\nagent log:\n{}",
@@ -263,8 +276,11 @@ fn restart_changed(
         node.kernel(from),
         context()
     );
+    let window = settled
+        .map(|t| format!(" ({t:.1?} after /healthz turned 200)"))
+        .unwrap_or_default();
     println!(
-        "{} -> {} ({}) while down: after the restart 16/16 answers from the new endpoint, {}'s state gone",
+        "{} -> {} ({}) while down: after the restart 16/16 answers from the new endpoint, {}'s state gone{window}",
         from.name(),
         to.name(),
         if kill { "SIGKILL" } else { "SIGTERM" },
@@ -320,12 +336,27 @@ fn mode_and_endpoints_changed_while_down_pairs_2() -> Result<()> {
     pairs_changed_while_down(1)
 }
 
+/// How long the VM lane waits for a previous engine's leftovers to go after a restart
+/// (see [`restart_changed`]).
+const IPVS_SETTLE: Duration = Duration::from_secs(60);
+
+/// The node of the IPVS tests (VM lane), starting in ipvs mode with `endpoints`, with
+/// a 10 minute `syncPeriod`: under TCG the iptables-nft engine's drift check (one
+/// `iptables -S CHAIN` per chain and family) takes over a minute, and the runner takes
+/// a ProxyConfig change only after it; drift is `chaos_drift.rs`'s subject, not this.
+fn ipvs_setup(endpoints: &[&str]) -> Result<FaultNode> {
+    let mut node = setup(EngineUnderTest::Ipvs, endpoints)?;
+    node.overrides.insert("syncPeriod".into(), "10m".into());
+    node.set_mode(EngineUnderTest::Ipvs)?;
+    Ok(node)
+}
+
 /// Live switches between IPVS and the netfilter engines, each direction, under a
 /// connection loop (VM lane).
 fn ipvs_switch_chain() -> Result<()> {
     use EngineUnderTest::{IptablesNft, Ipvs, Nftables};
     let chain = [Ipvs, Nftables, Ipvs, IptablesNft, Ipvs];
-    let mut node = setup(Ipvs, &PODS)?;
+    let mut node = ipvs_setup(&PODS)?;
     node.start_healthy(Ipvs)?;
     let (mut total, mut slowest_ms) = (0, 0f64);
     for pair in chain.windows(2) {
@@ -363,11 +394,12 @@ fn mode_and_endpoints_changed_while_down_ipvs_pairs() -> Result<()> {
     }
     let pairs = EngineUnderTest::ipvs_switch_pairs();
     let first = pairs[0].0;
-    let mut node = setup(first, &PODS[..1])?;
+    let mut node = ipvs_setup(&PODS[..1])?;
     node.start_healthy(first)?;
     only_answers(&node, PODS[0])?;
     for (n, (from, to)) in pairs.into_iter().enumerate() {
-        restart_changed(&mut node, from, to, n % 2 == 1, PODS[(n + 1) % 2])?;
+        let pod = PODS[(n + 1) % 2];
+        restart_changed(&mut node, from, to, n % 2 == 1, pod, IPVS_SETTLE)?;
     }
     node.ensure_running("after the restarts")
 }
