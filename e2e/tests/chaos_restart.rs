@@ -6,7 +6,7 @@
 //! datagram of the flow must be answered (within 1 s), by the same backend all along.
 //!
 //! The load lasts [`LOAD`], or longer where the agent's start is slow, so that it spans
-//! the whole restart: 1 s before the stop, then three times the first start's time and 3 s
+//! the whole restart: 1 s before the stop, then 2.5 times the first start's time and 3 s
 //! (IPVS in the VM lane, `restarts_under_load_ipvs`: under TCG the agent takes seconds
 //! to be healthy).
 //!
@@ -52,7 +52,7 @@ fn setup(engine: EngineUnderTest) -> Result<(FaultNode, Duration)> {
     node.dir.write(&ready_slice("udp-svc", UDP, &PODS))?;
     let start = Instant::now();
     node.start_healthy(engine)?;
-    let load = LOAD.max(3 * start.elapsed() + Duration::from_secs(4));
+    let load = LOAD.max(start.elapsed() * 5 / 2 + Duration::from_secs(4));
     Ok((node, load))
 }
 

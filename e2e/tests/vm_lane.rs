@@ -79,8 +79,9 @@ const IPVS_FAULT_TESTS: [(&str, &str); 6] = [
         "mode_and_endpoints_changed_while_down_ipvs_pairs",
     ),
 ];
-/// A bound for each of them (they take 20-60 s under TCG).
-const IPVS_FAULT_BOUND: Duration = Duration::from_secs(240);
+/// A bound for each of them, against hangs: under TCG they take 20 s (drift) to
+/// 150-240 s (the kills: each restart of the agent costs 10-30 s there).
+const IPVS_FAULT_BOUND: Duration = Duration::from_secs(480);
 
 const HANG_BOUND: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(5);
