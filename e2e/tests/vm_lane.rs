@@ -701,8 +701,12 @@ fn ipvs_fault_injection_passes_in_the_vm() {
     for name in names {
         let job = finished(run, name);
         // The measured figures (RELIABILITY.md): each test's summary lines.
-        let measured = |l: &&str| l.contains("ipvs") && !l.starts_with("test ");
-        for line in job.stdout.lines().filter(measured) {
+        // libtest prints the first line after `test NAME ... `.
+        let lines = job.stdout.lines().map(|l| match l.split_once(" ... ") {
+            Some((test, rest)) if test.starts_with("test ") => rest,
+            _ => l,
+        });
+        for line in lines.filter(|l| l.contains("ipvs")) {
             eprintln!("{name}: {line}");
         }
         assert!(
