@@ -1,8 +1,11 @@
-//! The fault-injection suite's common ground (issue 14): the engines this host can run
-//! ([`EngineUnderTest`]), a sandboxed node set up the same way for every one of them
+//! The fault-injection suite's common ground (issue 14): the engines under test
+//! ([`EngineUnderTest`]: the host runs four, the qemu VM lane adds IPVS, which the host
+//! kernel lacks), a sandboxed node set up the same way for every one of them
 //! ([`FaultNode`]: a private cgroup and bpffs always, so every engine is driven by the
-//! same client process and a switch to eBPF is possible at any time), and how many
-//! faults a run injects ([`fault_count`]: short in `make test`, long under `make chaos`).
+//! same client process and a switch to eBPF is possible at any time; in the VM the lane's
+//! runner mounts cgroup2 and bpffs before the first job, so the same node works there),
+//! and how many faults a run injects ([`fault_count`]: short in `make test`, long under
+//! `make chaos`).
 
 use std::time::Duration;
 
@@ -24,6 +27,8 @@ pub enum EngineUnderTest {
     IptablesNft,
     IptablesLegacy,
     Ebpf,
+    /// Only in the VM lane (`require_ipvs`): the host kernel has no `ip_vs`.
+    Ipvs,
 }
 
 impl EngineUnderTest {
@@ -41,6 +46,7 @@ impl EngineUnderTest {
             EngineUnderTest::Nftables => "nftables",
             EngineUnderTest::IptablesNft | EngineUnderTest::IptablesLegacy => "iptables",
             EngineUnderTest::Ebpf => "ebpf",
+            EngineUnderTest::Ipvs => "ipvs",
         }
     }
 
@@ -52,13 +58,14 @@ impl EngineUnderTest {
         }
     }
 
-    /// A name for reports: `nftables`, `iptables-nft`, `iptables-legacy`, `ebpf`.
+    /// A name for reports: `nftables`, `iptables-nft`, `iptables-legacy`, `ebpf`, `ipvs`.
     pub fn name(self) -> &'static str {
         match self {
             EngineUnderTest::Nftables => "nftables",
             EngineUnderTest::IptablesNft => "iptables-nft",
             EngineUnderTest::IptablesLegacy => "iptables-legacy",
             EngineUnderTest::Ebpf => "ebpf",
+            EngineUnderTest::Ipvs => "ipvs",
         }
     }
 
@@ -77,6 +84,19 @@ impl EngineUnderTest {
             (IptablesLegacy, Nftables),
             (IptablesNft, Ebpf),
             (Ebpf, IptablesNft),
+        ]
+    }
+
+    /// The ordered pairs with IPVS that the VM lane runs: to and from nftables and
+    /// iptables (nft backend), each pair starting where the previous one ended (a
+    /// chain). eBPF is left out there: see `e2e/tests/chaos_switch.rs`.
+    pub fn ipvs_switch_pairs() -> Vec<(EngineUnderTest, EngineUnderTest)> {
+        use EngineUnderTest::*;
+        vec![
+            (Ipvs, Nftables),
+            (Nftables, Ipvs),
+            (Ipvs, IptablesNft),
+            (IptablesNft, Ipvs),
         ]
     }
 }
@@ -182,6 +202,7 @@ impl FaultNode {
             EngineUnderTest::IptablesNft => Dataplane::Iptables("nft"),
             EngineUnderTest::IptablesLegacy => Dataplane::Iptables("legacy"),
             EngineUnderTest::Ebpf => Dataplane::Ebpf(&self.paths.bpffs),
+            EngineUnderTest::Ipvs => Dataplane::Ipvs,
         }
     }
 

@@ -9,7 +9,15 @@
 //!   destination and port, their `-j SY-*` chains followed to `--to-destination`;
 //! - eBPF: `bpftool map dump` of the pinned `sy_services` (scope node, the entry's
 //!   target set and backend count) and `sy_backends` (slots `0..count`), decoded by the
-//!   byte layout of `engines/ebpf/bpf/maps.h` (what the socket programs read).
+//!   byte layout of `engines/ebpf/bpf/maps.h` (what the socket programs read);
+//! - IPVS (VM lane only): `ipvsadm -Sn`, the operator's tool: every TCP and UDP virtual
+//!   server (`-A -t|-u VIP:PORT`) with its masqueraded real servers (`-a ... -r IP:PORT
+//!   -w WEIGHT`). A real server of **weight 0** is not a backend here: it is draining
+//!   (graceful termination, the endpoint is gone from the model) and IPVS schedules no
+//!   new connection to it; only its established connections still reach it, as they
+//!   still reach a removed endpoint under the other engines through conntrack. So the
+//!   IPVS read-back means what the others mean, where new traffic goes, and a version's
+//!   removed endpoints are not counted as if still served.
 //!
 //! Only the IPv4 ClusterIP entry points are read: the suite's services are of that kind.
 
@@ -35,6 +43,9 @@ pub enum Dataplane<'a> {
     Iptables(&'a str),
     /// The bpffs directory given to the agent as `--bpffs-root`.
     Ebpf(&'a Path),
+    /// The node namespace's IPVS table (and, in [`dump`], the engine's helper table and
+    /// dummy interface).
+    Ipvs,
 }
 
 /// The backends of every IPv4 ClusterIP service port in the node namespace's `plane`.
@@ -49,13 +60,16 @@ pub fn backends(sb: &Sandbox, plane: Dataplane<'_>) -> Result<Backends> {
             Ok(iptables_backends(&sb.in_node(&[&tool, "-t", "nat"])?))
         }
         Dataplane::Ebpf(bpffs) => ebpf_backends(sb, bpffs),
+        Dataplane::Ipvs => Ok(ipvs_backends(&sb.in_node(&["ipvsadm", "-Sn"])?)),
     }
 }
 
 /// A dump of everything `plane` holds, without what traffic changes (counters, the
 /// save tools' timestamps): two dumps are equal when no rule, element or map entry
 /// changed in between. nftables: `nft list ruleset`; iptables: `iptables-<backend>-save`
-/// of every table; eBPF: `bpftool map dump` of `sy_services` and `sy_backends`.
+/// of every table; eBPF: `bpftool map dump` of `sy_services` and `sy_backends`; IPVS:
+/// `ipvsadm -Sn` (no counters in it), the helper table (`nft list ruleset` without
+/// counters) and the addresses of the engine's dummy interface.
 pub fn dump(sb: &Sandbox, plane: Dataplane<'_>) -> Result<String> {
     match plane {
         Dataplane::Nftables => Ok(without_counters(&sb.in_node(&["nft", "list", "ruleset"])?)),
@@ -83,8 +97,19 @@ pub fn dump(sb: &Sandbox, plane: Dataplane<'_>) -> Result<String> {
             }
             Ok(out)
         }
+        Dataplane::Ipvs => {
+            let servers = sb.in_node(&["ipvsadm", "-Sn"])?;
+            let helper = without_counters(&sb.in_node(&["nft", "list", "ruleset"])?);
+            let vips = sb
+                .in_node(&["ip", "-o", "addr", "show", "dev", IPVS_INTERFACE])
+                .unwrap_or_else(|e| format!("no {IPVS_INTERFACE}: {e:#}"));
+            Ok(format!("{servers}\n{helper}\n{vips}"))
+        }
     }
 }
+
+/// The IPVS engine's dummy interface (`engines/ipvs/src/dummy.rs`).
+const IPVS_INTERFACE: &str = "switchyard-ipvs";
 
 /// `nft list ruleset` without `packets N bytes M`.
 fn without_counters(text: &str) -> String {
@@ -281,6 +306,38 @@ fn flag<'a>(words: &[&'a str], name: &str) -> Option<&'a str> {
         .and_then(|i| words.get(i + 1).copied())
 }
 
+// ---- IPVS ----
+
+/// `ipvsadm -Sn`: every IPv4 TCP/UDP virtual server (even without a live real server),
+/// with its real servers of weight > 0 (see the module doc for weight 0).
+fn ipvs_backends(save: &str) -> Backends {
+    let mut out = Backends::new();
+    for line in save.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(vip) = flag(&words, "-t").or_else(|| flag(&words, "-u")) else {
+            continue; // firewall-mark virtual servers (-f) have no VIP:port
+        };
+        if vip.starts_with('[') {
+            continue; // IPv6
+        }
+        match words.first() {
+            Some(&"-A") => {
+                out.entry(vip.to_string()).or_default();
+            }
+            Some(&"-a") => {
+                let weight: u32 = flag(&words, "-w").and_then(|w| w.parse().ok()).unwrap_or(1);
+                if let (Some(real), true) = (flag(&words, "-r"), weight > 0) {
+                    out.entry(vip.to_string())
+                        .or_default()
+                        .insert(real.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 // ---- eBPF ----
 
 /// The pin directory of the current layout under `<bpffs>/switchyard` (`None`: the
@@ -385,6 +442,28 @@ COMMIT
             got["172.30.20.1:80"],
             BTreeSet::from(["10.1.0.1:8080".into(), "10.1.0.2:8080".into()])
         );
+    }
+
+    #[test]
+    fn ipvsadm_save_counts_live_real_servers_only() {
+        let save = "-A -t 172.30.40.1:80 -s rr
+-a -t 172.30.40.1:80 -r 10.182.0.1:8080 -m -w 1
+-a -t 172.30.40.1:80 -r 10.182.0.2:8080 -m -w 0
+-A -u 172.30.41.2:81 -s rr -p 10800
+-a -u 172.30.41.2:81 -r 10.183.0.1:8080 -m -w 1
+-A -t 172.30.40.9:80 -s rr
+-A -t [fd00:30::1]:80 -s rr
+-a -t [fd00:30::1]:80 -r [fd00:10::5]:8080 -m -w 1
+-A -f 7 -s rr
+-a -f 7 -r 10.182.0.3:0 -m -w 1
+";
+        let got = ipvs_backends(save);
+        let set =
+            |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got["172.30.40.1:80"], set(&["10.182.0.1:8080"]));
+        assert_eq!(got["172.30.41.2:81"], set(&["10.183.0.1:8080"]));
+        assert!(got["172.30.40.9:80"].is_empty());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! only that edit — the kernel read-back, sampled every 100 ms from the restart on, must
 //! never lose the remaining endpoint (no flush, no empty ruleset between), and no probe
 //! may fail.
+//!
+//! IPVS runs in the VM lane only (`api_outage_ipvs`, the host kernel has no IPVS), with
+//! a 10 s outage by default (TCG); its dump is `ipvsadm -Sn`, the helper table and the
+//! dummy interface's addresses (`switchyard_e2e::readback::dump`).
 
 use std::{
     collections::BTreeSet,
@@ -24,7 +28,7 @@ use switchyard_e2e::{
     fault::{fault_count, EngineUnderTest, FaultNode},
     manifests::{cluster_ip_service, node_object, ready_slice, TestPort},
     netns::run_cmd,
-    require_root, Outcome, Proto,
+    require_ipvs, require_root, Outcome, Proto,
 };
 
 const API_PORT: u16 = 18081;
@@ -107,7 +111,8 @@ fn start(engine: EngineUnderTest) -> Result<(FaultNode, Cluster)> {
     Ok((node, c))
 }
 
-fn outage(engine: EngineUnderTest) -> Result<()> {
+/// An outage of `SY_CHAOS_API_OUTAGE_SECS`, else `short_secs`.
+fn outage(engine: EngineUnderTest, short_secs: usize) -> Result<()> {
     let (node, mut c) = start(engine)?;
     let before = node.dump(engine)?;
     ensure!(!before.trim().is_empty(), "empty dump before the outage");
@@ -115,7 +120,7 @@ fn outage(engine: EngineUnderTest) -> Result<()> {
     if let Some(mut sim) = c.sim.take() {
         sim.kill_hard();
     }
-    let length = Duration::from_secs(fault_count("API_OUTAGE_SECS", 20) as u64);
+    let length = Duration::from_secs(fault_count("API_OUTAGE_SECS", short_secs) as u64);
     let gone = Instant::now();
     let (mut dumps, mut answered) = (0, 0);
     while gone.elapsed() < length {
@@ -181,7 +186,7 @@ fn api_outage_nftables() -> Result<()> {
     if !require_root("api_outage_nftables") {
         return Ok(());
     }
-    outage(EngineUnderTest::Nftables)
+    outage(EngineUnderTest::Nftables, 20)
 }
 
 #[test]
@@ -189,7 +194,7 @@ fn api_outage_iptables_nft() -> Result<()> {
     if !require_root("api_outage_iptables_nft") {
         return Ok(());
     }
-    outage(EngineUnderTest::IptablesNft)
+    outage(EngineUnderTest::IptablesNft, 20)
 }
 
 #[test]
@@ -197,7 +202,7 @@ fn api_outage_iptables_legacy() -> Result<()> {
     if !require_root("api_outage_iptables_legacy") {
         return Ok(());
     }
-    outage(EngineUnderTest::IptablesLegacy)
+    outage(EngineUnderTest::IptablesLegacy, 20)
 }
 
 #[test]
@@ -205,5 +210,13 @@ fn api_outage_ebpf() -> Result<()> {
     if !require_root("api_outage_ebpf") {
         return Ok(());
     }
-    outage(EngineUnderTest::Ebpf)
+    outage(EngineUnderTest::Ebpf, 20)
+}
+
+#[test]
+fn api_outage_ipvs() -> Result<()> {
+    if !require_root("api_outage_ipvs") || !require_ipvs("api_outage_ipvs") {
+        return Ok(());
+    }
+    outage(EngineUnderTest::Ipvs, 10)
 }

@@ -7,6 +7,10 @@
 //! Service's backends again, traffic reaches both) within the sync period plus a slack
 //! for a loaded machine, and counted in `switchyard_drift_repairs`; the repair times are
 //! printed.
+//!
+//! IPVS (VM lane only, `drift_repaired_ipvs`), with the operator's tool: the Service's
+//! virtual server deleted (`ipvsadm -D`: with one Service, everything of ours in the
+//! IPVS table), then one of its real servers (`ipvsadm -d`).
 
 use std::{
     collections::BTreeSet,
@@ -20,7 +24,7 @@ use switchyard_e2e::{
     fault::{EngineUnderTest, FaultNode},
     manifests::{cluster_ip_service, ready_slice, TestPort},
     netns::exec,
-    require_root, Outcome, Proto,
+    require_ipvs, require_root, Outcome, Proto,
 };
 
 const PODS: [&str; 2] = ["10.185.0.1", "10.185.0.2"];
@@ -67,7 +71,22 @@ fn damage(node: &FaultNode, engine: EngineUnderTest, all: bool) -> Result<()> {
             iptables_damage(node, engine.iptables_backend(), all)
         }
         EngineUnderTest::Ebpf => ebpf_damage(node, all),
+        EngineUnderTest::Ipvs => ipvs_damage(node, all),
     }
+}
+
+/// `ipvsadm -D` of the Service's virtual server (`all`), else `ipvsadm -d` of one of
+/// its real servers.
+fn ipvs_damage(node: &FaultNode, all: bool) -> Result<()> {
+    let service = format!("{VIP}:{}", PORT.port);
+    let real = format!("{}:{}", PODS[1], PORT.target);
+    if all {
+        node.sb.in_node(&["ipvsadm", "-D", "-t", &service])?;
+    } else {
+        node.sb
+            .in_node(&["ipvsadm", "-d", "-t", &service, "-r", &real])?;
+    }
+    Ok(())
 }
 
 fn nft_damage(node: &FaultNode, all: bool) -> Result<()> {
@@ -211,10 +230,11 @@ fn both_answer(node: &FaultNode) -> Result<()> {
 }
 
 fn repaired(node: &mut FaultNode, engine: EngineUnderTest, all: bool) -> Result<Duration> {
-    let what = if all {
-        "everything flushed"
-    } else {
-        "one entry deleted"
+    let what = match (engine, all) {
+        (EngineUnderTest::Ipvs, true) => "the virtual server deleted",
+        (EngineUnderTest::Ipvs, false) => "one real server deleted",
+        (_, true) => "everything flushed",
+        (_, false) => "one entry deleted",
     };
     let before = drift_repairs(node)?;
     damage(node, engine, all)?;
@@ -279,4 +299,12 @@ fn drift_repaired_ebpf() -> Result<()> {
         return Ok(());
     }
     run(EngineUnderTest::Ebpf)
+}
+
+#[test]
+fn drift_repaired_ipvs() -> Result<()> {
+    if !require_root("drift_repaired_ipvs") || !require_ipvs("drift_repaired_ipvs") {
+        return Ok(());
+    }
+    run(EngineUnderTest::Ipvs)
 }

@@ -5,6 +5,11 @@
 //! the agent is stopped and started again: no TCP connection may fail, and every
 //! datagram of the flow must be answered (within 1 s), by the same backend all along.
 //!
+//! The load lasts [`LOAD`], or longer where the agent's start is slow, so that it spans
+//! the whole restart: 1 s before the stop, then 2.5 times the first start's time and 3 s
+//! (IPVS in the VM lane, `restarts_under_load_ipvs`: under TCG the agent takes seconds
+//! to be healthy).
+//!
 //! `SY_CHAOS_RESTARTS` sets the restarts of each kind per engine (default 1).
 
 use std::{
@@ -17,7 +22,7 @@ use anyhow::{anyhow, ensure, Result};
 use switchyard_e2e::{
     fault::{fault_count, EngineUnderTest, FaultNode},
     manifests::{cluster_ip_service, ready_slice, TestPort},
-    require_root,
+    require_ipvs, require_root,
 };
 
 const PODS: [&str; 2] = ["10.183.0.1", "10.183.0.2"];
@@ -36,7 +41,8 @@ const UDP: TestPort = TestPort {
 const LOAD: Duration = Duration::from_secs(5);
 const INTERVAL: Duration = Duration::from_millis(50);
 
-fn setup(engine: EngineUnderTest) -> Result<FaultNode> {
+/// The node, and how long the load runs (see the module doc).
+fn setup(engine: EngineUnderTest) -> Result<(FaultNode, Duration)> {
     let mut node = FaultNode::new("chaos-restart", engine, &PODS, &[TCP.target])?;
     node.dir
         .write(&cluster_ip_service("tcp-svc", "172.30.41.1", TCP))?;
@@ -44,20 +50,27 @@ fn setup(engine: EngineUnderTest) -> Result<FaultNode> {
     node.dir
         .write(&cluster_ip_service("udp-svc", "172.30.41.2", UDP))?;
     node.dir.write(&ready_slice("udp-svc", UDP, &PODS))?;
+    let start = Instant::now();
     node.start_healthy(engine)?;
-    Ok(node)
+    let load = LOAD.max(start.elapsed() * 5 / 2 + Duration::from_secs(4));
+    Ok((node, load))
 }
 
 /// One restart (`kill`: SIGKILL, else SIGTERM) under the load.
-fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool) -> Result<()> {
+fn restart_under_load(
+    node: &mut FaultNode,
+    engine: EngineUnderTest,
+    kill: bool,
+    load: Duration,
+) -> Result<()> {
     let how = if kill { "SIGKILL" } else { "SIGTERM" };
     let tcp: SocketAddr = "172.30.41.1:80".parse()?;
     let udp: SocketAddr = "172.30.41.2:81".parse()?;
     let (mut tcp_client, src) = node.load_client()?;
     let (mut udp_client, _) = node.load_client()?;
     let (tcp_stats, flow, took) = thread::scope(|s| -> Result<_> {
-        let looping = s.spawn(|| tcp_client.connect_loop(&src, tcp, LOAD));
-        let flowing = s.spawn(|| udp_client.udp_flow(&src, udp, LOAD, INTERVAL));
+        let looping = s.spawn(|| tcp_client.connect_loop(&src, tcp, load));
+        let flowing = s.spawn(|| udp_client.udp_flow(&src, udp, load, INTERVAL));
         thread::sleep(Duration::from_millis(1000));
         let down = Instant::now();
         if kill {
@@ -67,6 +80,11 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
         }
         node.start_healthy(engine)?;
         let took = down.elapsed();
+        ensure!(
+            took + Duration::from_millis(1000) < load,
+            "{} {how}: healthy again only after {took:?}, past the load's end",
+            engine.name()
+        );
         let tcp_stats = looping
             .join()
             .map_err(|_| anyhow!("TCP loop thread panicked"))??;
@@ -76,7 +94,7 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
         Ok((tcp_stats, flow, took))
     })?;
     println!(
-        "{} {how}: healthy again after {took:?}; TCP {} ok / {} failed; UDP flow {} sent / {} answered by {:?}, longest silence {} datagrams",
+        "{} {how}: healthy again after {took:?} (load {load:?}); TCP {} ok / {} failed; UDP flow {} sent / {} answered by {:?}, longest silence {} datagrams",
         engine.name(),
         tcp_stats.ok,
         tcp_stats.failed,
@@ -101,10 +119,10 @@ fn restart_under_load(node: &mut FaultNode, engine: EngineUnderTest, kill: bool)
 }
 
 fn run(engine: EngineUnderTest) -> Result<()> {
-    let mut node = setup(engine)?;
+    let (mut node, load) = setup(engine)?;
     for _ in 0..fault_count("RESTARTS", 1) {
         for kill in [false, true] {
-            restart_under_load(&mut node, engine, kill)?;
+            restart_under_load(&mut node, engine, kill, load)?;
         }
     }
     node.ensure_running("after the restarts")
@@ -140,4 +158,12 @@ fn restarts_under_load_ebpf() -> Result<()> {
         return Ok(());
     }
     run(EngineUnderTest::Ebpf)
+}
+
+#[test]
+fn restarts_under_load_ipvs() -> Result<()> {
+    if !require_root("restarts_under_load_ipvs") || !require_ipvs("restarts_under_load_ipvs") {
+        return Ok(());
+    }
+    run(EngineUnderTest::Ipvs)
 }

@@ -23,6 +23,12 @@
 //!   fallback names `ip_vs`,
 //! - the conntrack table filled up under the agent (`tests/chaos_conntrack.rs`: the
 //!   VM's own global `nf_conntrack_max` shrunk), required not to skip,
+//! - the fault-injection rows of issue 14 for the IPVS engine (RELIABILITY.md), short:
+//!   `kill -9` during syncs (`chaos_kill.rs`), restarts under TCP and UDP load
+//!   (`chaos_restart.rs`), an API server outage (`chaos_api.rs`), drift made with
+//!   `ipvsadm` (`chaos_drift.rs`), live switches and changes while down between IPVS and
+//!   nftables / iptables (`chaos_switch.rs`), one job per test, required not to skip
+//!   (see [`IPVS_FAULT_TESTS`]),
 //! - `switchyard probe` in a namespace with a bridge after `modprobe -r br_netfilter`
 //!   (the probe warns), then `br_netfilter` again,
 //! - a job that outlives its 2 s bound (the runner kills it; the next job still runs),
@@ -33,6 +39,13 @@
 //! whole lane takes about 20 minutes, most of it the ipvs scenario files). Needs root;
 //! skips loudly without it, fails under `CI=true`. `SWITCHYARD_VM_SCENARIO` chooses the
 //! nftables scenario files (see [`DEFAULT_SCENARIO`]).
+//!
+//! To iterate on one part, `SWITCHYARD_VM_ONLY=<substring>[,<substring>...]` plans only
+//! the jobs whose names contain one of them, and every test reading a job left out fails
+//! saying so; pair it with
+//! cargo's test filter, e.g. the fault-injection jobs alone:
+//! `SWITCHYARD_VM_ONLY=chaos_ cargo test -p switchyard-e2e --test vm_lane -- ipvs_fault conntrack --nocapture`
+//! (the IPVS fault rows and the conntrack row: `chaos_` names both).
 
 use std::{
     sync::OnceLock,
@@ -54,6 +67,22 @@ use switchyard_e2e::{
 /// In ipvs mode the lane runs every file (the host has no IPVS).
 const DEFAULT_SCENARIO: &str = "cluster-ip-general";
 
+/// The IPVS variants of the fault-injection suite (issue 14): (test source, test).
+const IPVS_FAULT_TESTS: [(&str, &str); 6] = [
+    ("e2e/tests/chaos_kill.rs", "kill_9_during_syncs_ipvs"),
+    ("e2e/tests/chaos_restart.rs", "restarts_under_load_ipvs"),
+    ("e2e/tests/chaos_api.rs", "api_outage_ipvs"),
+    ("e2e/tests/chaos_drift.rs", "drift_repaired_ipvs"),
+    ("e2e/tests/chaos_switch.rs", "switch_under_load_ipvs_pairs"),
+    (
+        "e2e/tests/chaos_switch.rs",
+        "mode_and_endpoints_changed_while_down_ipvs_pairs",
+    ),
+];
+/// A bound for each of them, against hangs: under TCG they take 20 s (drift) to
+/// 150-240 s (the kills: each restart of the agent costs 10-30 s there).
+const IPVS_FAULT_BOUND: Duration = Duration::from_secs(480);
+
 const HANG_BOUND: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -67,6 +96,7 @@ struct TestJobs {
     ipvs_scenarios: Vec<String>,
     fallback: [String; 2],
     conntrack: String,
+    ipvs_faults: Vec<String>,
 }
 
 struct LaneRun {
@@ -135,6 +165,9 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1");
     let conntrack_name = conntrack.name.clone();
     jobs.push(conntrack);
+    let ipvs_faults = ipvs_fault_jobs();
+    let ipvs_fault_names = names(&ipvs_faults);
+    jobs.extend(ipvs_faults);
     jobs.push(shell_job(
         "bridge-without-br-netfilter",
         "modprobe -r br_netfilter || exit 99; ip netns add sy-brtest && \
@@ -163,8 +196,25 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         ipvs_scenarios: ipvs_scenario_names,
         fallback: fallback_names,
         conntrack: conntrack_name,
+        ipvs_faults: ipvs_fault_names,
     };
+    let only = std::env::var("SWITCHYARD_VM_ONLY").unwrap_or_default();
+    jobs.retain(|j| only.split(',').any(|part| j.name.contains(part)));
     (jobs, tests)
+}
+
+/// The IPVS fault-injection tests ([`IPVS_FAULT_TESTS`]), required not to skip.
+fn ipvs_fault_jobs() -> Vec<Job> {
+    IPVS_FAULT_TESTS
+        .iter()
+        .map(|(source, test)| {
+            TestBinary::from_cargo(source)
+                .unwrap_or_else(|e| panic!("{source}: {e}"))
+                .job(test)
+                .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1")
+                .timeout(IPVS_FAULT_BOUND)
+        })
+        .collect()
 }
 
 /// The netlink layer's kernel tests that need what only the VM has (IPVS, the dummy
@@ -326,7 +376,16 @@ fn lane() -> &'static LaneRun {
 
 /// The job's outcome; panics with the VM's status and console when it never finished.
 fn finished(run: &LaneRun, name: &str) -> switchyard_e2e::vm::JobOutcome {
-    let job = run.report.job(name).expect("job in the plan").clone();
+    let job = run
+        .report
+        .job(name)
+        .unwrap_or_else(|| {
+            panic!(
+                "job {name} is not in the plan (SWITCHYARD_VM_ONLY={:?} left it out)",
+                std::env::var("SWITCHYARD_VM_ONLY").unwrap_or_default()
+            )
+        })
+        .clone();
     assert!(
         job.exit.is_some(),
         "{name} did not finish: {:?}\n{}",
@@ -629,4 +688,41 @@ fn conntrack_pressure_is_reported_in_the_vm() {
         "{name} skipped in the VM:\n{}",
         job.stderr
     );
+}
+
+#[test]
+fn ipvs_fault_injection_passes_in_the_vm() {
+    if !require_root("ipvs_fault_injection_passes_in_the_vm") {
+        return;
+    }
+    let run = lane();
+    let names = &run.tests.ipvs_faults;
+    assert_eq!(names.len(), IPVS_FAULT_TESTS.len());
+    for name in names {
+        let job = finished(run, name);
+        // The measured figures (RELIABILITY.md): each test's summary lines.
+        // libtest prints the first line after `test NAME ... `.
+        let lines = job.stdout.lines().map(|l| match l.split_once(" ... ") {
+            Some((test, rest)) if test.starts_with("test ") => rest,
+            _ => l,
+        });
+        for line in lines.filter(|l| l.contains("ipvs")) {
+            eprintln!("{name}: {line}");
+        }
+        assert!(
+            !job.stderr.contains("SKIPPED"),
+            "{name} skipped in the VM:\n{}",
+            job.stderr
+        );
+        if !job.success() {
+            // The error and the agent's log come first; the summary's tail is the trace.
+            let error: Vec<&str> = job
+                .stderr
+                .lines()
+                .take_while(|l| !l.starts_with("Stack backtrace:"))
+                .collect();
+            eprintln!("{name} failed:\n{}", error.join("\n"));
+        }
+    }
+    assert_tests_pass(run, names);
 }
