@@ -240,7 +240,7 @@ impl KubeSim {
         let docs: Vec<Value> = match serde_json::from_str::<Value>(yaml) {
             Ok(v) => vec![v],
             Err(_) => serde_yaml::Deserializer::from_str(yaml)
-                .map(|doc| serde::Deserialize::deserialize(doc))
+                .map(serde::Deserialize::deserialize)
                 .collect::<Result<_, _>>()?,
         };
         for mut v in docs {
