@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Cold start of the release agent (nftables) through its two sources, alternating, in one
-# private network namespace: `switchyard run --manifests DIR` and `switchyard agent`
-# listing the same objects from the kube API simulator (kube-sim, loaded once with the
-# CRDs and every file of DIR). Before each start the namespace's ruleset is flushed, so
-# every start is cold (empty kernel). Prints each run, then the medians.
-#   scripts/agent-start-api.sh MANIFESTS_DIR [RUNS] [NODE_NAME]
+# Cold start of the release agent (nftables, or MODE=ebpf) through its two sources,
+# alternating, in one private network namespace: `switchyard run --manifests DIR` and
+# `switchyard agent` listing the same objects from the kube API simulator (kube-sim, loaded
+# once with the CRDs and every file of DIR). Before each start the namespace's ruleset is
+# flushed (and, for eBPF, `switchyard cleanup` empties the private bpffs), so every start is
+# cold. eBPF runs attach to a private cgroup (--cgroup-root), never the host's.
+# Prints each run, then the medians.
+#   [MODE=ebpf] scripts/agent-start-api.sh MANIFESTS_DIR [RUNS] [NODE_NAME]
 # (root; release builds of `switchyard` and `kube-sim`: cargo build --release --bin
 # switchyard --bin kube-sim. The directory holds Services, EndpointSlices and the Node.)
 set -euo pipefail
@@ -16,10 +18,16 @@ sim_bin=${KUBE_SIM_BIN:-$(dirname "$bin")/kube-sim}
 port=18080
 ns=sy-start-api-$$
 work=$(mktemp -d)
-pid='' sim=''
+mode=${MODE:-nftables}
+pid='' sim='' cgroup=''
 cleanup() {
   if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
   if [ -n "$sim" ]; then kill -9 "$sim" 2>/dev/null || true; fi
+  if [ "$mode" = ebpf ]; then
+    nsenter --net="/run/netns/$ns" -- "$bin" cleanup --bpffs-root "$work/bpffs" >/dev/null 2>&1 || true
+    umount "$work/bpffs" 2>/dev/null || true
+  fi
+  if [ -n "$cgroup" ]; then rmdir "$cgroup" 2>/dev/null || true; fi
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -30,6 +38,17 @@ ip -n "$ns" link add eth0 type veth peer name eth0p
 ip -n "$ns" addr add 192.168.0.2/24 dev eth0
 ip -n "$ns" link set eth0 up
 ip -n "$ns" route add default via 192.168.0.1
+# How the agent is started: `ip netns exec` (nftables) or, for eBPF, nsenter (ip netns
+# exec remounts /sys, hiding the cgroup v2 mount) with a private cgroup and bpffs.
+launch=(ip netns exec "$ns") mode_args=(--mode "$mode")
+if [ "$mode" = ebpf ]; then
+  cgroup="$(findmnt -n -t cgroup2 -o TARGET | head -1)/sy-start-api-$$"
+  mkdir "$cgroup"
+  mkdir "$work/bpffs"
+  mount -t bpf bpf "$work/bpffs"
+  launch=(nsenter --net="/run/netns/$ns" --)
+  mode_args+=(--bpffs-root "$work/bpffs" --cgroup-root "$cgroup")
+fi
 
 "$bin" crd >"$work/crds.yaml"
 loads=(--load "$work/crds.yaml")
@@ -55,15 +74,18 @@ echo "kube-sim: one LIST of every Service and every EndpointSlice (curl): $(echo
 # One cold start through `what` (manifests | api); appends "seconds rss peak" to $work/what.
 start() {
   local what=$1 run=$2 t0 t1 secs rss peak
+  if [ "$mode" = ebpf ]; then
+    "${launch[@]}" "$bin" cleanup --bpffs-root "$work/bpffs" >/dev/null 2>&1
+  fi
   ip netns exec "$ns" nft flush ruleset
   local log="$work/$what-$run.log"
   t0=$(date +%s.%N)
   if [ "$what" = manifests ]; then
-    ip netns exec "$ns" "$bin" run --manifests "$dir" --node-name "$node" --mode nftables \
+    "${launch[@]}" "$bin" run --manifests "$dir" --node-name "$node" "${mode_args[@]}" \
       >"$log" 2>&1 &
   else
-    KUBECONFIG="$work/kubeconfig" ip netns exec "$ns" "$bin" agent --node-name "$node" \
-      --mode nftables >"$log" 2>&1 &
+    KUBECONFIG="$work/kubeconfig" "${launch[@]}" "$bin" agent --node-name "$node" \
+      "${mode_args[@]}" >"$log" 2>&1 &
   fi
   pid=$!
   until ip netns exec "$ns" curl -sf -o /dev/null http://127.0.0.1:10256/healthz; do
