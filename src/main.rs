@@ -34,8 +34,8 @@ use tokio::sync::{watch, Notify};
 /// Built without transparent huge pages (the `no_thp` feature: mimalloc does not
 /// `madvise(MADV_HUGEPAGE)` its arenas): each first touch zeroed 2 MiB, so a 50k cold
 /// start spent ≈ 2 s of CPU clearing pages it partly never used. Measured (three
-/// alternating cold starts each, medians): CPU 12.9 → 10.9 s (system 9.5 → 7.6 s), peak
-/// RSS 651 → 567 MiB, RSS after the first sync 375 → 356 MiB.
+/// alternating cold starts each, medians, quiet machine): to `/healthz` 200 11.5 → 9.5 s,
+/// CPU 9.5 → 7.7 s, peak RSS 661 → 583 MiB, RSS after the first sync 385 → 358 MiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
