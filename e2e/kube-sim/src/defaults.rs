@@ -13,6 +13,27 @@ pub struct Allocators {
 }
 
 impl Allocators {
+    /// Whether defaulting `svc` allocates anything (a cluster IP, a node port): only
+    /// then are the addresses and ports in use collected, a walk of every Service
+    /// (loading 50k Services otherwise takes time quadratic in their number).
+    pub fn allocates(svc: &Value) -> bool {
+        let spec = &svc["spec"];
+        let type_ = spec["type"].as_str().unwrap_or("ClusterIP");
+        if type_ == "ExternalName" {
+            return false;
+        }
+        let has_ip = spec["clusterIP"].as_str().is_some_and(|s| !s.is_empty())
+            || spec["clusterIPs"].get(0).and_then(Value::as_str).is_some();
+        let wants_node_port = matches!(type_, "NodePort" | "LoadBalancer");
+        !has_ip
+            || (wants_node_port
+                && spec["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.is_object() && p.get("nodePort").is_none()))
+    }
+
     /// Fills in the defaults of a Service being created. `used_ips`/`used_ports` are the
     /// cluster IPs and node ports held by existing Services.
     pub fn default_service(

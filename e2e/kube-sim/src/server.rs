@@ -224,6 +224,16 @@ async fn handle(
     }
 }
 
+/// A LIST response, serialized straight from borrowed objects.
+#[derive(serde::Serialize)]
+struct ListBody<'a> {
+    kind: String,
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    metadata: Value,
+    items: Vec<std::borrow::Cow<'a, Value>>,
+}
+
 enum Answer {
     Json(u16, Value),
     Watch(Box<WatchRequest>),
@@ -446,22 +456,22 @@ fn serve(
                     table,
                 })));
             }
-            let (items, rv) = store.list(&rt, ns, &sel);
             if let Some(inc) = table {
+                let (items, rv) = store.list(&rt, ns, &sel);
                 return Ok(Answer::Json(
                     200,
                     table::to_table(&rt, &items, &rv.to_string(), inc),
                 ));
             }
-            Ok(Answer::Json(
-                200,
-                json!({
-                    "kind": format!("{}List", rt.kind),
-                    "apiVersion": rt.api_version(),
-                    "metadata": {"resourceVersion": rv.to_string()},
-                    "items": items,
-                }),
-            ))
+            let (items, rv) = store.list_borrowed(&rt, ns, &sel);
+            let list = ListBody {
+                kind: format!("{}List", rt.kind),
+                api_version: rt.api_version(),
+                metadata: json!({"resourceVersion": rv.to_string()}),
+                items,
+            };
+            let body = serde_json::to_vec(&list).expect("JSON values always serialize");
+            Ok(Answer::Raw(200, "application/json", body))
         }
         (Method::GET, Some(name)) => {
             let obj = store.get(&rt, ns.unwrap_or(""), name)?;

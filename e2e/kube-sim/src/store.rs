@@ -331,6 +331,42 @@ impl Store {
         (items, self.rv)
     }
 
+    /// [`Store::list`] without copies where possible: an object stored as it is
+    /// presented (its `apiVersion` and `kind` those of `rt`, no conversion) is borrowed.
+    /// A LIST of 50k Services is then serialized straight from the store (copying each
+    /// object first took most of the 3.5 s two such LISTs took).
+    pub fn list_borrowed(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        sel: &Selectors,
+    ) -> (Vec<std::borrow::Cow<'_, Value>>, u64) {
+        use std::borrow::Cow;
+        let api_version = rt.api_version();
+        let events_v1 = events::is_events_v1(&rt.group, &rt.plural);
+        let items = self
+            .objects
+            .get(&rt.store_key())
+            .map(|m| {
+                m.iter()
+                    .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
+                    .map(|(_, o)| {
+                        let as_is = !events_v1
+                            && o["apiVersion"].as_str() == Some(api_version.as_str())
+                            && o["kind"].as_str() == Some(rt.kind.as_str());
+                        if as_is {
+                            Cow::Borrowed(o)
+                        } else {
+                            Cow::Owned(Self::present(rt, o))
+                        }
+                    })
+                    .filter(|o| sel.matches(o))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (items, self.rv)
+    }
+
     fn get_raw(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<&Value> {
         self.objects
             .get(&rt.store_key())?
@@ -469,7 +505,11 @@ impl Store {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
         if rt.group.is_empty() && rt.plural == "services" {
-            let (ips, ports) = self.service_allocations();
+            let (ips, ports) = if Allocators::allocates(&obj) {
+                self.service_allocations()
+            } else {
+                Default::default()
+            };
             self.alloc.default_service(&mut obj, &ips, &ports);
         }
         if rt.plural == "customresourcedefinitions" {
