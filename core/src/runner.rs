@@ -933,6 +933,9 @@ mod tests {
         /// Syncs to refuse from now on.
         fail_next: usize,
         drift_next: bool,
+        /// When set, each cleanup records whether the node was reported healthy then.
+        health: Option<Health>,
+        healthy_at_cleanup: Vec<bool>,
     }
 
     struct Recording(Mode, Arc<Mutex<Calls>>);
@@ -966,7 +969,11 @@ mod tests {
             Ok(Drift::None)
         }
         async fn cleanup(&mut self) -> Result<(), EngineError> {
-            self.1.lock().unwrap().cleanups.push(self.0);
+            let mut calls = self.1.lock().unwrap();
+            calls.cleanups.push(self.0);
+            if let Some(healthy) = calls.health.as_ref().map(|h| h.verdict().healthy) {
+                calls.healthy_at_cleanup.push(healthy);
+            }
             Ok(())
         }
         async fn inspect(
@@ -1252,6 +1259,26 @@ mod tests {
             vec![Mode::Nftables],
             "once per process"
         );
+    }
+
+    /// After a restart into another mode the node is reported healthy only once the
+    /// previous mode's leftovers are gone: a leftover netfilter DNAT runs ahead of IPVS
+    /// and would keep answering from old endpoints (found by the IPVS while-down row).
+    #[tokio::test]
+    async fn leftovers_go_before_the_node_reports_healthy() {
+        let Fixture {
+            mut runner,
+            calls,
+            health,
+            ..
+        } = fixture("mode: iptables");
+        calls.lock().unwrap().health = Some(health.clone());
+        assert!(!health.verdict().healthy);
+        assert!(matches!(runner.sync_once(false).await, Pass::Synced { .. }));
+        let c = calls.lock().unwrap();
+        assert_eq!(c.cleanups, vec![Mode::Nftables]);
+        assert_eq!(c.healthy_at_cleanup, vec![false], "removed before healthy");
+        assert!(health.verdict().healthy, "healthy after the pass");
     }
 
     /// A live switch whose new engine fails keeps the old engine serving and removes what
