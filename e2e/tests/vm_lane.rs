@@ -156,6 +156,11 @@ fn jobs() -> (Vec<Job>, TestJobs) {
     let ipvs_scenarios = ipvs_scenario_jobs(&scenarios);
     let ipvs_scenario_names = names(&ipvs_scenarios);
     jobs.extend(ipvs_scenarios);
+    let ipvs_faults = ipvs_fault_jobs();
+    let ipvs_fault_names = names(&ipvs_faults);
+    jobs.extend(ipvs_faults);
+    // The fallback jobs come after every job that needs IPVS: the second one unloads
+    // `ip_vs` and makes `modprobe ip_vs` fail for the rest of the boot.
     let fallback = fallback_jobs();
     let fallback_names = [fallback[0].name.clone(), fallback[1].name.clone()];
     jobs.extend(fallback);
@@ -165,9 +170,6 @@ fn jobs() -> (Vec<Job>, TestJobs) {
         .env("SWITCHYARD_REQUIRE_VM_FEATURES", "1");
     let conntrack_name = conntrack.name.clone();
     jobs.push(conntrack);
-    let ipvs_faults = ipvs_fault_jobs();
-    let ipvs_fault_names = names(&ipvs_faults);
-    jobs.extend(ipvs_faults);
     jobs.push(shell_job(
         "bridge-without-br-netfilter",
         "modprobe -r br_netfilter || exit 99; ip netns add sy-brtest && \
