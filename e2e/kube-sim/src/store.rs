@@ -317,18 +317,14 @@ impl Store {
 
     /// Lists objects (namespace `None` = all namespaces) and the list's resourceVersion.
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>, sel: &Selectors) -> (Vec<Value>, u64) {
-        let items = self
-            .objects
-            .get(&rt.store_key())
-            .map(|m| {
-                m.iter()
-                    .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
-                    .map(|(_, o)| Self::present(rt, o))
-                    .filter(|o| sel.matches(o))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (items, self.rv)
+        let (items, rv) = self.list_borrowed(rt, ns, sel);
+        (
+            items
+                .into_iter()
+                .map(std::borrow::Cow::into_owned)
+                .collect(),
+            rv,
+        )
     }
 
     /// [`Store::list`] without copies where possible: an object stored as it is
