@@ -297,13 +297,15 @@ impl IpvsEngine {
         // The interface is looked up only when addresses change (an endpoint change
         // does not touch it).
         let index = if delta.addresses_added.is_empty() && delta.addresses_removed.is_empty() {
-            0
+            None
         } else {
-            self.dummy_index()?
+            Some(self.dummy_index()?)
         };
         let rtnl = self.rtnl.as_mut().expect("opened");
-        for ip in &delta.addresses_added {
-            rtnl.add_address(index, dummy::vip_address(*ip))?;
+        if let Some(index) = index {
+            for ip in &delta.addresses_added {
+                rtnl.add_address(index, dummy::vip_address(*ip))?;
+            }
         }
         let mut w = Writer {
             ipvs: self.ipvs.as_mut().expect("opened"),
@@ -327,8 +329,10 @@ impl IpvsEngine {
         }
         operations = w.operations;
         let rtnl = self.rtnl.as_mut().expect("opened");
-        for ip in &delta.addresses_removed {
-            rtnl.delete_address(index, dummy::vip_address(*ip))?;
+        if let Some(index) = index {
+            for ip in &delta.addresses_removed {
+                rtnl.delete_address(index, dummy::vip_address(*ip))?;
+            }
         }
         self.helper_stale_chains(delta).await?;
         self.last_operations = operations;
