@@ -30,6 +30,7 @@ pub mod manifest_docs;
 pub mod manifests;
 pub mod metrics;
 pub mod programming_latency;
+pub mod retiring;
 pub mod runner;
 pub mod selection;
 pub mod service_health;

@@ -9,7 +9,8 @@
 //! - the engine follows the ProxyConfig: requested mode, else the first available
 //!   fallback (reported), else degraded (rules kept, healthz 503). A mode change switches
 //!   engines make-before-break: the new one is programmed and verified, then the old one
-//!   is cleaned up.
+//!   is retired (removed, or kept draining while connections it translates end: see
+//!   [`crate::retiring`]).
 
 use std::{
     sync::{Arc, Mutex},
@@ -23,8 +24,8 @@ use tokio::{
 };
 
 use switchyard_model::{
-    ChangeSet, Drift, EngineError, FamilyPlan, NodeModel, ProxyEngine, ServicePortPlan, SyncReport,
-    Target,
+    ChangeSet, Drift, EngineError, FamilyPlan, NodeModel, ProxyEngine, Retirement, ServicePortPlan,
+    SyncReport, Target,
 };
 
 use crate::{
@@ -32,6 +33,7 @@ use crate::{
     health::Health,
     metrics::{FallbackLabels, Metrics, ModeLabel, TableLabel, TrafficPolicyLabel},
     programming_latency::{LatencySummary, ProgrammingLatency},
+    retiring::{RetiringEngines, RETIRE_CHECK},
     selection,
     service_health::ServiceHealthServers,
     state::{model_config, ClusterState},
@@ -220,6 +222,8 @@ pub struct SyncRunner {
     stale_flows: Option<Box<dyn StaleFlowCleaner>>,
     /// Other engines' leftovers were removed after this process's first sync.
     leftovers_removed: bool,
+    /// Engines retired by a switch (or leftovers) that still drain their connections.
+    retiring: RetiringEngines,
     /// What the last successful engine call applied, and its report (`None` after a
     /// switch, whose sync is the new engine's start).
     last_applied: ChangeSet,
@@ -380,6 +384,7 @@ impl SyncRunner {
             reported: None,
             stale_flows: None,
             leftovers_removed: false,
+            retiring: RetiringEngines::default(),
             last_applied: ChangeSet::default(),
             last_report: None,
             programming: ProgrammingLatency::default(),
@@ -512,11 +517,13 @@ impl SyncRunner {
                 return Err(e);
             }
         };
+        // A draining engine of the new one's owner was just taken over by it.
+        self.retiring.adopt(&engine.owner());
         let from = self.engine.take();
-        if let Some(mut old) = from {
+        if let Some(old) = from {
             let old_mode = old.engine.mode();
             if old.engine.owner() != engine.owner() {
-                if let Err(e) = old.engine.cleanup().await {
+                if let Err(e) = self.retiring.retire(old.engine).await {
                     tracing::warn!(mode = %old_mode, error = %e, "cleaning up the previous engine's rules failed; they may linger until `switchyard cleanup`");
                 }
                 tracing::info!(from = %old_mode, to = %mode, "switched engine (make-before-break)");
@@ -536,26 +543,31 @@ impl SyncRunner {
     /// Removes what other engines left on the node (a previous process in another mode
     /// or iptables backend): nobody owns those rules any more, and they would keep
     /// routing to whatever endpoints they knew. Runs once, after the active engine's
-    /// first successful sync (make-before-break, as a live switch does).
+    /// first successful sync (make-before-break, as a live switch does). An engine
+    /// whose connections in flight need its state keeps it draining (see
+    /// [`crate::retiring`]): it takes no new connection, so that counts as removed.
     async fn remove_leftovers(&mut self) {
         let Some(active) = self.engine.as_ref() else {
             return;
         };
         let keep = active.engine.owner();
         let mut done = true;
-        for mut other in self.factory.leftover_cleaners() {
+        for other in self.factory.leftover_cleaners() {
             if other.owner() == keep {
                 continue;
             }
-            match other.cleanup().await {
-                Ok(()) => {
-                    tracing::debug!(owner = %other.owner(), "no leftovers of another engine remain")
+            let owner = other.owner();
+            match self.retiring.retire(other).await {
+                Ok(Retirement::Done) => {
+                    tracing::debug!(%owner, "no leftovers of another engine remain")
                 }
+                // Kept for the connections in flight it carries; no new one goes there.
+                Ok(Retirement::Draining { .. }) => {}
                 // Its tools are not installed: it cannot have left anything.
                 Err(EngineError::Spawn { .. }) => {}
                 Err(e) => {
                     done = false;
-                    tracing::warn!(owner = %other.owner(), error = %e, "removing another engine's leftover rules failed; retrying after the next sync")
+                    tracing::warn!(%owner, error = %e, "removing another engine's leftover rules failed; retrying after the next sync")
                 }
             }
         }
@@ -855,11 +867,22 @@ impl SyncRunner {
         let mut backoff = Duration::from_secs(1);
         let mut next_periodic = TokioInstant::now() + self.selected().config.sync_period;
         let mut last_full: Option<TokioInstant> = None;
+        let mut next_drain_check = TokioInstant::now() + RETIRE_CHECK;
         self.health.queued();
         loop {
             let config = self.selected().config;
             let now = TokioInstant::now();
             let mut wake = next_periodic;
+            if !self.retiring.is_empty() {
+                if now >= next_drain_check {
+                    self.retiring.check().await;
+                    next_drain_check = TokioInstant::now() + RETIRE_CHECK;
+                    continue;
+                }
+                wake = wake.min(next_drain_check);
+            } else {
+                next_drain_check = now + RETIRE_CHECK;
+            }
             if now >= next_periodic {
                 // Every syncPeriod: a sync, and a drift check whose findings (logged and
                 // counted by check_drift) are repaired by a full rewrite at once. Without

@@ -4,6 +4,10 @@
 //! engine" in the agent log, the old engine's rules gone, the new one's present) the SAME
 //! connection keeps answering from the SAME backend, and new connections work too.
 //! Runs once per iptables backend (nft, legacy).
+//!
+//! Away from IPVS (VM lane: the host kernel has no IPVS) the open connection is carried
+//! by IPVS's own connection table, which dies with its virtual server: the switch keeps
+//! that server (and its VIP) until the connection ends, and removes it then.
 
 use std::{
     collections::BTreeSet,
@@ -19,7 +23,8 @@ use switchyard_e2e::{
     manifests::{node_object, proxy_config, ManifestDir},
     netns::run_cmd,
     probe::LineStream,
-    require_root, Outcome, Proto, Sandbox,
+    readback::{self, Dataplane},
+    require_ipvs, require_root, Outcome, Proto, Sandbox,
 };
 
 const VIP: &str = "172.30.3.1";
@@ -169,22 +174,25 @@ fn switch(
     }
 }
 
-fn run(backend: &str) -> Result<()> {
+/// A node with both stream backends and the agent in `mode`, healthy.
+fn start(mode: &str, backend: &str) -> Result<(Sandbox, ManifestDir)> {
     let mut sb = Sandbox::new()?;
     for ip in BACKENDS {
         sb.add_pod_with_streams(&[ip.parse::<IpAddr>()?], &[8080], &[9000])?;
     }
     let dir = ManifestDir::new_temp("switch")?;
     dir.write(&node_object())?;
-    dir.write(&proxy_config("nftables", &Default::default()))?;
+    dir.write(&proxy_config(mode, &Default::default()))?;
     for o in objects() {
         dir.write(&o)?;
     }
     sb.run_agent(dir.path(), &["--iptables-backend", backend])?;
-    sb.wait_healthy(Duration::from_secs(20))?;
-    ensure!(nft_table(&sb), "nftables mode but no switchyard table");
-    new_connections_work(&sb)?;
+    sb.wait_healthy(Duration::from_secs(60))?;
+    Ok((sb, dir))
+}
 
+/// A connection to the stream port from the `pod` client, and the endpoint answering it.
+fn open_stream(sb: &Sandbox) -> Result<(LineStream, String)> {
     let stream_dst: SocketAddr = format!("{VIP}:90").parse()?;
     let mut conn = LineStream::connect(&sb.source("pod")?, stream_dst, T)?;
     let (pinned, seen) = conn.ask(T)?;
@@ -193,6 +201,14 @@ fn run(backend: &str) -> Result<()> {
         conn.local_addr()?
     );
     ensure!(pinned.ends_with(":9000"), "unexpected backend {pinned}");
+    Ok((conn, pinned))
+}
+
+fn run(backend: &str) -> Result<()> {
+    let (mut sb, dir) = start("nftables", backend)?;
+    ensure!(nft_table(&sb), "nftables mode but no switchyard table");
+    new_connections_work(&sb)?;
+    let (mut conn, pinned) = open_stream(&sb)?;
 
     let there = switch(
         &mut sb, &dir, &mut conn, backend, "nftables", "iptables", &pinned,
@@ -223,6 +239,91 @@ fn run(backend: &str) -> Result<()> {
         sb.agent_log()
     );
     println!("switch times ({backend}): nftables->iptables {there:?}, iptables->nftables {back:?}");
+    Ok(())
+}
+
+/// The VIP ports IPVS holds virtual servers for.
+fn ipvs_ports(sb: &Sandbox) -> Result<BTreeSet<String>> {
+    Ok(readback::backends(sb, Dataplane::Ipvs)?
+        .into_keys()
+        .collect())
+}
+
+#[test]
+fn switch_from_ipvs_keeps_connections_until_they_end() -> Result<()> {
+    let test = "switch_from_ipvs_keeps_connections_until_they_end";
+    if !require_root(test) || !require_ipvs(test) {
+        return Ok(());
+    }
+    let (mut sb, dir) = start("ipvs", "nft")?;
+    new_connections_work(&sb)?;
+    let (mut conn, pinned) = open_stream(&sb)?;
+    let (idle, open) = (format!("{VIP}:80"), format!("{VIP}:90"));
+    let before = switches(&sb);
+    let start = Instant::now();
+    dir.write(&proxy_config("nftables", &Default::default()))?;
+    loop {
+        let (ep, _) = conn
+            .ask(Duration::from_secs(2))
+            .context("established connection broke during ipvs -> nftables")?;
+        ensure!(ep == pinned, "the connection moved from {pinned} to {ep}");
+        let ports = ipvs_ports(&sb)?;
+        if switches(&sb) > before && nft_table(&sb) && !ports.contains(&idle) {
+            ensure!(
+                ports.contains(&open),
+                "the virtual server of the open connection went with the switch: {ports:?}"
+            );
+            println!(
+                "ipvs -> nftables: switched {:?} after the file write; IPVS keeps only {ports:?}",
+                start.elapsed()
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "no switch ipvs -> nftables within 60 s (IPVS holds {ports:?})\nagent log:\n{}",
+                sb.agent_log()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..5 {
+        let (ep, _) = conn.ask(T)?;
+        ensure!(
+            ep == pinned,
+            "after the switch the connection answers from {ep}, not {pinned}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    new_connections_work(&sb)?;
+    ensure!(
+        ipvs_ports(&sb)?.contains(&open),
+        "the open connection's virtual server went while it was open"
+    );
+    drop(conn);
+    let closed = Instant::now();
+    while !ipvs_ports(&sb)?.is_empty()
+        || in_node(&sb, &["ip", "link", "show", "switchyard-ipvs"]).is_ok()
+    {
+        if closed.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "IPVS state still there 20 s after the last connection closed: {:?}\nagent log:\n{}",
+                ipvs_ports(&sb)?,
+                sb.agent_log()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "the drained virtual server and the interface went {:?} after the connection closed",
+        closed.elapsed()
+    );
+    new_connections_work(&sb)?;
+    ensure!(
+        sb.agent_mut()?.is_running(),
+        "agent exited; log:\n{}",
+        sb.agent_log()
+    );
     Ok(())
 }
 

@@ -27,8 +27,9 @@
 //!   `kill -9` during syncs (`chaos_kill.rs`), restarts under TCP and UDP load
 //!   (`chaos_restart.rs`), an API server outage (`chaos_api.rs`), drift made with
 //!   `ipvsadm` (`chaos_drift.rs`), live switches and changes while down between IPVS and
-//!   nftables / iptables (`chaos_switch.rs`), one job per test, required not to skip
-//!   (see [`IPVS_FAULT_TESTS`]),
+//!   nftables / iptables (`chaos_switch.rs`), an open connection kept across the switch
+//!   away from IPVS until it ends (`mode_switch.rs`), one job per test, required not to
+//!   skip (see [`IPVS_FAULT_TESTS`]),
 //! - `switchyard probe` in a namespace with a bridge after `modprobe -r br_netfilter`
 //!   (the probe warns), then `br_netfilter` again,
 //! - a job that outlives its 2 s bound (the runner kills it; the next job still runs),
@@ -68,7 +69,7 @@ use switchyard_e2e::{
 const DEFAULT_SCENARIO: &str = "cluster-ip-general";
 
 /// The IPVS variants of the fault-injection suite (issue 14): (test source, test).
-const IPVS_FAULT_TESTS: [(&str, &str); 6] = [
+const IPVS_FAULT_TESTS: [(&str, &str); 7] = [
     ("e2e/tests/chaos_kill.rs", "kill_9_during_syncs_ipvs"),
     ("e2e/tests/chaos_restart.rs", "restarts_under_load_ipvs"),
     ("e2e/tests/chaos_api.rs", "api_outage_ipvs"),
@@ -77,6 +78,10 @@ const IPVS_FAULT_TESTS: [(&str, &str); 6] = [
     (
         "e2e/tests/chaos_switch.rs",
         "mode_and_endpoints_changed_while_down_ipvs_pairs",
+    ),
+    (
+        "e2e/tests/mode_switch.rs",
+        "switch_from_ipvs_keeps_connections_until_they_end",
     ),
 ];
 /// A bound for each of them, against hangs: under TCG they take 20 s (drift) to
@@ -206,28 +211,8 @@ fn jobs() -> (Vec<Job>, TestJobs) {
 }
 
 /// The IPVS fault-injection tests ([`IPVS_FAULT_TESTS`]), required not to skip.
-/// The live switch away from IPVS under load: quarantined (known defect, RELIABILITY.md
-/// "IPVS"): in one lane run in two, one in-flight connection of ipvs -> nftables was
-/// reset when the old engine's virtual servers went. `SY_CHAOS_IPVS_SWITCH=1` runs it.
-const IPVS_LIVE_SWITCH: &str = "switch_under_load_ipvs_pairs";
-
-/// [`IPVS_FAULT_TESTS`] without the quarantined live switch unless it is asked for.
-fn ipvs_fault_tests() -> Vec<(&'static str, &'static str)> {
-    let switch = std::env::var("SY_CHAOS_IPVS_SWITCH").as_deref() == Ok("1");
-    if !switch {
-        eprintln!(
-            "\n*** QUARANTINED: {IPVS_LIVE_SWITCH} (known defect: a live switch away from ipvs can reset one in-flight connection; RELIABILITY.md); SY_CHAOS_IPVS_SWITCH=1 runs it ***\n"
-        );
-    }
-    IPVS_FAULT_TESTS
-        .iter()
-        .copied()
-        .filter(|(_, test)| switch || *test != IPVS_LIVE_SWITCH)
-        .collect()
-}
-
 fn ipvs_fault_jobs() -> Vec<Job> {
-    ipvs_fault_tests()
+    IPVS_FAULT_TESTS
         .into_iter()
         .map(|(source, test)| {
             TestBinary::from_cargo(source)
@@ -719,7 +704,7 @@ fn ipvs_fault_injection_passes_in_the_vm() {
     }
     let run = lane();
     let names = &run.tests.ipvs_faults;
-    assert_eq!(names.len(), ipvs_fault_tests().len());
+    assert_eq!(names.len(), IPVS_FAULT_TESTS.len());
     for name in names {
         let job = finished(run, name);
         // The measured figures (RELIABILITY.md): each test's summary lines.

@@ -36,6 +36,16 @@ pub enum Drift {
     Found(String),
 }
 
+/// What [`ProxyEngine::retire`] left on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// Nothing of this engine's owner is left.
+    Done,
+    /// Some state stays because connections still in flight depend on it; `connections`
+    /// counts them. The runner asks again later.
+    Draining { connections: u64 },
+}
+
 /// Why an engine could not do what it was asked. Each variant keeps its source, so
 /// callers branch on what happened, never on message text.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +150,18 @@ pub trait ProxyEngine: Send {
 
     /// Removes everything this engine's owner ever created on this node.
     async fn cleanup(&mut self) -> Result<(), EngineError>;
+
+    /// Takes this engine out of service once another engine serves the node (a live
+    /// switch, or a previous mode's leftovers at start). By default `cleanup`: where
+    /// conntrack holds the NAT of established connections (netfilter), or the client's
+    /// socket does (eBPF), they outlive the rules. An engine whose connections are
+    /// translated by its own state instead (IPVS: its connection table, which dies with
+    /// the virtual server) removes what no connection uses and keeps the rest, reporting
+    /// [`Retirement::Draining`]; the runner calls again until `Done`, and calls
+    /// `cleanup` once its drain bound has passed.
+    async fn retire(&mut self) -> Result<Retirement, EngineError> {
+        self.cleanup().await.map(|()| Retirement::Done)
+    }
 
     /// Reads back what the kernel holds for service port `port` of `model` and compares
     /// it with what this engine would write for its plan (`switchyard explain`). Only

@@ -36,7 +36,7 @@ pub mod tool;
 
 pub use changes::ChangeSet;
 pub use endpoints::Endpoint;
-pub use engine::{kernel_has_ipv6, Drift, EngineError, Owner, ProxyEngine, SyncReport};
+pub use engine::{kernel_has_ipv6, Drift, EngineError, Owner, ProxyEngine, Retirement, SyncReport};
 pub use facts::{
     Catalog, EndpointHints, ModelConfig, NodeFacts, ServiceEntry, ServiceEntryPort, ServiceKey,
     SliceEndpoint, SliceEntry, SlicePort,

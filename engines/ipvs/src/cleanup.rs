@@ -2,23 +2,46 @@
 //! the dummy interface and the helper table, and nothing else. On a node where
 //! nothing of ours is left (no interface, no table) IPVS is not even opened, so a
 //! node running another engine never gets `ip_vs` loaded by a leftover check.
+//!
+//! `retire`: the same once another engine serves the node (a live switch, or leftovers
+//! at start), except for what connections in flight still need (see
+//! [`crate::connections`]): a virtual server carrying one stays, with its VIP on the
+//! interface, until they end; everything else goes at once. The helper table's hooks
+//! are emptied (the serving engine decides masquerading and filtering of new
+//! connections; the in-flight ones keep their conntrack NAT), its sets stay, as they
+//! record which servers are ours.
 
-use switchyard_model::{EngineError, IpFamily};
+use std::{collections::BTreeSet, net::IpAddr};
+
+use switchyard_model::{EngineError, IpFamily, Retirement};
 use switchyard_netlink::{
-    ipvs::Ipvs,
+    ipvs::{Ipvs, ServiceId},
     nftables::{NftSocket, TableFamily},
     rtnetlink::Rtnl,
     Netns,
 };
 
 use crate::{
-    dummy,
+    connections, dummy,
     engine::{excluded, IpvsEngine},
+    helper::BASE_CHAINS,
+    options::IpvsOptions,
     ownership::Owned,
 };
 
-pub async fn cleanup(engine: &mut IpvsEngine) -> Result<(), EngineError> {
-    let options = engine.options.clone();
+/// What of ours the kernel holds.
+struct Found {
+    rtnl: Rtnl,
+    nft: NftSocket,
+    /// The dummy interface's index.
+    index: Option<u32>,
+    owned: Owned,
+    /// The families with our helper table.
+    tables: Vec<IpFamily>,
+}
+
+/// What of ours the kernel holds; `None` when there is nothing (no interface, no table).
+fn find(options: &IpvsOptions) -> Result<Option<Found>, EngineError> {
     let netns = Netns::from_name(options.netns.as_deref());
     let mut rtnl = Rtnl::open(&netns)?;
     let mut nft = NftSocket::open(options.netns.as_deref())?;
@@ -27,38 +50,129 @@ pub async fn cleanup(engine: &mut IpvsEngine) -> Result<(), EngineError> {
     if let Some(index) = index {
         owned.vips = dummy::vips(&mut rtnl, index)?;
     }
-    let table_present = IpFamily::ALL
-        .iter()
-        .map(|&f| nft.tables(family(f)))
-        .collect::<Result<Vec<_>, _>>()?
-        .iter()
-        .any(|names| names.contains(&options.table));
-    if index.is_none() && !table_present {
-        return Ok(());
-    }
-    if !owned.is_empty() {
-        match Ipvs::open(&netns) {
-            Ok(mut ipvs) => {
-                for s in ipvs.services()? {
-                    if owned.owns(&s.id) && !excluded(&options.exclude_cidrs, &s.id) {
-                        ipvs.delete_service(&s.id)?;
-                    }
-                }
-            }
-            // No IPVS here: no virtual server of ours either.
-            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT as i32) => {}
-            Err(e) => return Err(e.into()),
+    let mut tables = Vec::new();
+    for f in IpFamily::ALL {
+        if nft.tables(family(f))?.contains(&options.table) {
+            tables.push(f);
         }
     }
-    if index.is_some() {
-        rtnl.delete_link(&options.interface)?;
+    if index.is_none() && tables.is_empty() {
+        return Ok(None);
     }
-    let mut batch = nft.batch();
+    Ok(Some(Found {
+        rtnl,
+        nft,
+        index,
+        owned,
+        tables,
+    }))
+}
+
+/// IPVS in `options`' namespace, when the kernel has it (without, nothing of ours is
+/// in it either).
+fn open_ipvs(options: &IpvsOptions) -> Result<Option<Ipvs>, EngineError> {
+    match Ipvs::open(&Netns::from_name(options.netns.as_deref())) {
+        Ok(ipvs) => Ok(Some(ipvs)),
+        Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT as i32) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Our virtual servers, as `found` proves them ours.
+fn our_services(
+    ipvs: &mut Ipvs,
+    found: &Found,
+    options: &IpvsOptions,
+) -> Result<Vec<ServiceId>, EngineError> {
+    Ok(ipvs
+        .services()?
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| found.owned.owns(id) && !excluded(&options.exclude_cidrs, id))
+        .collect())
+}
+
+pub async fn cleanup(engine: &mut IpvsEngine) -> Result<(), EngineError> {
+    let options = engine.options.clone();
+    let Some(mut found) = find(&options)? else {
+        return Ok(());
+    };
+    if !found.owned.is_empty() {
+        if let Some(mut ipvs) = open_ipvs(&options)? {
+            for id in our_services(&mut ipvs, &found, &options)? {
+                ipvs.delete_service(&id)?;
+            }
+        }
+    }
+    remove_interface_and_table(&mut found, &options)
+}
+
+pub async fn retire(engine: &mut IpvsEngine) -> Result<Retirement, EngineError> {
+    let options = engine.options.clone();
+    let Some(mut found) = find(&options)? else {
+        return Ok(Retirement::Done);
+    };
+    let mut kept = BTreeSet::new();
+    let mut carried = 0;
+    if !found.owned.is_empty() {
+        if let Some(mut ipvs) = open_ipvs(&options)? {
+            let in_flight = connections::in_flight(options.netns.as_deref())?;
+            let ours = our_services(&mut ipvs, &found, &options)?;
+            // A connection of a firewall-mark server names its packets' address, not
+            // the mark: one matching no address server of ours keeps those servers.
+            let unmatched = in_flight.keys().any(|id| !ours.contains(id));
+            for id in ours {
+                let n = match id {
+                    ServiceId::Addr { .. } => in_flight.get(&id).copied().unwrap_or(0),
+                    ServiceId::Fwmark { .. } => u64::from(unmatched),
+                };
+                if n == 0 {
+                    ipvs.delete_service(&id)?;
+                } else {
+                    kept.insert(id);
+                    carried += n;
+                }
+            }
+        }
+    }
+    if kept.is_empty() {
+        remove_interface_and_table(&mut found, &options)?;
+        return Ok(Retirement::Done);
+    }
+    if let Some(index) = found.index {
+        let needed: BTreeSet<IpAddr> = kept
+            .iter()
+            .filter_map(|id| match id {
+                ServiceId::Addr { addr, .. } => Some(*addr),
+                ServiceId::Fwmark { .. } => None,
+            })
+            .collect();
+        for vip in found.owned.vips.difference(&needed) {
+            found.rtnl.delete_address(index, dummy::vip_address(*vip))?;
+        }
+    }
+    let mut batch = found.nft.batch();
+    for &f in &found.tables {
+        for chain in BASE_CHAINS {
+            batch.flush_chain(family(f), &options.table, chain);
+        }
+    }
+    found.nft.commit(batch)?;
+    Ok(Retirement::Draining {
+        connections: carried,
+    })
+}
+
+fn remove_interface_and_table(found: &mut Found, options: &IpvsOptions) -> Result<(), EngineError> {
+    if found.index.is_some() {
+        found.rtnl.delete_link(&options.interface)?;
+    }
+    let mut batch = found.nft.batch();
     for f in IpFamily::ALL {
         batch.add_table(family(f), &options.table);
         batch.delete_table(family(f), &options.table);
     }
-    nft.commit(batch)?;
+    found.nft.commit(batch)?;
     Ok(())
 }
 

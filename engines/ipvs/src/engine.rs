@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use switchyard_model::{
     tool::apply_with_tool, ChangeSet, Drift, EngineError, IpFamily, KernelObject, Mode, NodeModel,
-    Owner, PortInspection, ProxyEngine, ServicePortName, SyncReport,
+    Owner, PortInspection, ProxyEngine, Retirement, ServicePortName, SyncReport,
 };
 use switchyard_netlink::{
     ipvs::{Ipvs, ServiceId},
@@ -509,5 +509,11 @@ impl ProxyEngine for IpvsEngine {
         self.record = None;
         self.close();
         crate::cleanup::cleanup(self).await
+    }
+
+    async fn retire(&mut self) -> Result<Retirement, EngineError> {
+        self.record = None;
+        self.close();
+        crate::cleanup::retire(self).await
     }
 }

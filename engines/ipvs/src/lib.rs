@@ -17,7 +17,9 @@
 //!   ports ask for, what was applied, and the difference a change makes.
 //! - [`servers`]: writing virtual and real servers, graceful termination.
 //! - [`helper`]: the helper table (rules, sets, text and netlink encodings).
-//! - [`dummy`], [`sysctl`]: the interface, NodePort addresses, kernel settings.
+//! - [`dummy`], [`sysctl`], [`procfs`]: the interface, NodePort addresses, kernel
+//!   settings, `/proc` as a namespace sees it.
+//! - [`connections`]: the connections in flight a retired engine keeps servers for.
 //! - [`ownership`], [`verify`], [`cleanup`], [`engine`]: `IpvsEngine`; [`inspect`]: one
 //!   service port read back and compared with its plan (`switchyard explain`).
 //!
@@ -37,12 +39,14 @@
 
 pub mod claims;
 pub mod cleanup;
+pub mod connections;
 pub mod dummy;
 pub mod engine;
 pub mod helper;
 pub mod inspect;
 pub mod options;
 pub mod ownership;
+pub mod procfs;
 pub mod record;
 pub mod servers;
 pub mod sysctl;

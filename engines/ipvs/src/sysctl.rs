@@ -8,12 +8,11 @@
 //! `conn_reuse_mode` is set to 0 only on kernels 4.1 to 5.8, as upstream: 5.9 fixed
 //! the slow reuse that made kube-proxy turn it off (kubernetes#93297).
 //!
-//! `/proc/sys/net` shows the namespace of the thread that opens it: for a named
-//! namespace a short-lived thread enters it first.
+//! `/proc/sys/net` shows the namespace of the thread that opens it (see
+//! [`crate::procfs`]).
 
-use std::{fs, io, path::PathBuf};
+use std::{fs, path::PathBuf};
 
-use nix::sched::{setns, CloneFlags};
 use switchyard_model::EngineError;
 
 /// One setting: path under `/proc/sys`, value.
@@ -73,34 +72,7 @@ fn write_all(settings: &[Setting]) -> Result<(), EngineError> {
 
 /// Applies `settings` in `netns` (a name under `/run/netns`, or the caller's own).
 pub fn apply(netns: Option<&str>, settings: &[Setting]) -> Result<(), EngineError> {
-    let Some(name) = netns else {
-        return write_all(settings);
-    };
-    let path = if name.starts_with('/') {
-        PathBuf::from(name)
-    } else {
-        PathBuf::from("/run/netns").join(name)
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = fs::File::open(&path).map_err(|source| EngineError::Kernel {
-                operation: format!("opening {}", path.display()),
-                source,
-            })?;
-            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| EngineError::Kernel {
-                operation: format!("entering {}", path.display()),
-                source: io::Error::from(e),
-            })?;
-            write_all(settings)
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(EngineError::Kernel {
-                operation: "setting sysctls".into(),
-                source: io::Error::other("the namespace thread panicked"),
-            })
-        })
-    })
+    crate::procfs::in_netns(netns, "setting sysctls", || write_all(settings))
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ use switchyard_model::{IpFamily, Protocol};
 /// Default name of the helper table in both families.
 pub const TABLE: &str = "switchyard-ipvs";
 
+/// The helper table's base chains (its hooks, see [`text::fixed_chains`]): emptied,
+/// they leave the table inert, its sets readable.
+pub const BASE_CHAINS: [&str; 4] = ["prerouting", "output", "input", "postrouting"];
+
 pub const REJECT_CHAIN: &str = "reject-chain";
 pub const CHECKS_CHAIN: &str = "checks";
 

@@ -335,6 +335,21 @@ mod tests {
     }
 
     #[test]
+    fn base_chains_are_the_hooked_ones() {
+        let node = NodeRules {
+            family: IpFamily::V4,
+            cluster_cidrs: vec![],
+            masquerade: MasqueradeSources::All,
+        };
+        let hooked: Vec<&str> = fixed_chains(&node)
+            .iter()
+            .filter(|c| c.base.is_some())
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(hooked, crate::helper::BASE_CHAINS);
+    }
+
+    #[test]
     fn elements_land_in_their_sets() {
         let node = NodeRules {
             family: IpFamily::V4,
