@@ -4,14 +4,22 @@
 //! with closed connections waiting out TIME_WAIT (2 minutes); only the connection
 //! table tells them apart.
 //!
-//! In flight: a TCP or SCTP connection in any state but closed (`TIME_WAIT`, `CLOSE`,
-//! `CLOSED`, `REJECTED`) and not a persistence template (`NONE`). IPVS translates every
-//! packet of such a connection from its own table, and that entry dies with its virtual
-//! server: the next packet of the connection is dropped (`expire_nodest_conn`) or, once
-//! the VIP is gone, routed away, and the endpoint's replies reach the client
-//! untranslated (it answers them with a reset). UDP flows are not waited for, as
-//! upstream's graceful termination does not wait for them: a client's next datagram
-//! starts a new flow through the engine now serving.
+//! In flight: a TCP or SCTP connection IPVS scheduled and still carries, from the
+//! client's SYN (`SYN_RECV`) through `ESTABLISHED` to the last FIN's ACK (`FIN_WAIT`,
+//! `CLOSE_WAIT`, `LAST_ACK`); for SCTP from `INIT` to the shutdown. IPVS translates
+//! every packet of such a connection from its own table; a packet that finds its
+//! virtual server deleted is dropped and the entry expired (`expire_nodest_conn`), and
+//! what happens to the connection's next packets then depends on timing (seen once in
+//! three lane runs of the switch under load: one connection of ≈ 90 reset).
+//!
+//! Not in flight: closed connections (`TIME_WAIT`, `CLOSE`; SCTP `CLOSED`,
+//! `REJECTED`), persistence templates (`NONE`), and `SYN_SENT`: IPVS records a SYN it
+//! saw only in the server's direction, never scheduled, in that state for 2 minutes.
+//! Measured in the VM lane: while iptables (nft) served after a switch, every new
+//! connection through it left such an entry at the retired engine's VIP (6,091 seen in
+//! 60 s, none ever leaving `SYN_SENT`), which kept the old servers draining forever.
+//! UDP flows are not waited for, as upstream's graceful termination does not wait for
+//! them: a client's next datagram starts a new flow through the engine now serving.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +31,30 @@ use switchyard_netlink::ipvs::ServiceId;
 
 /// Where the kernel lists IPVS connections (both families).
 const CONNECTION_TABLE: &str = "/proc/net/ip_vs_conn";
+
+/// The TCP states (`tcp_state_name_table`) of a connection IPVS carries.
+const TCP_IN_FLIGHT: [&str; 6] = [
+    "SYN_RECV",
+    "SYNACK",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+];
+
+/// The SCTP states (`sctp_state_name_table`) of a connection IPVS carries.
+const SCTP_IN_FLIGHT: [&str; 10] = [
+    "INIT1",
+    "INIT",
+    "COOKIE_SENT",
+    "COOKIE_REPLIED",
+    "COOKIE_WAIT",
+    "COOKIE_ECHOED",
+    "ESTABLISHED",
+    "SHUTDOWN_SENT",
+    "SHUTDOWN_RECEIVED",
+    "SHUTDOWN_ACK_SENT",
+];
 
 /// The connections in flight per virtual server (address services only: a connection
 /// names the address and port it was sent to, not a firewall mark).
@@ -55,12 +87,12 @@ fn in_flight_service(line: &str) -> Option<ServiceId> {
     let [proto, _, _, to, to_port, _, _, state, ..] = fields.as_slice() else {
         return None;
     };
-    let (protocol, closed): (Protocol, &[&str]) = match *proto {
-        "TCP" => (Protocol::Tcp, &["NONE", "TIME_WAIT", "CLOSE"]),
-        "SCTP" => (Protocol::Sctp, &["NONE", "CLOSED", "REJECTED"]),
+    let (protocol, carried): (Protocol, &[&str]) = match *proto {
+        "TCP" => (Protocol::Tcp, &TCP_IN_FLIGHT),
+        "SCTP" => (Protocol::Sctp, &SCTP_IN_FLIGHT),
         _ => return None,
     };
-    if closed.contains(state) {
+    if !carried.contains(state) {
         return None;
     }
     let port = u16::from_str_radix(to_port, 16).ok()?;
@@ -87,6 +119,7 @@ Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
 TCP 0A000001 A1B2 0A60000A 0050 0A010001 1F90 ESTABLISHED     899
 TCP 0A000001 A1B3 0A60000A 0050 0A010002 1F90 TIME_WAIT       119
 TCP 0A000001 A1B4 0A60000A 0050 0A010002 1F90 SYN_RECV         59
+TCP 0A000002 BDF5 0A60000A 0050 0A010002 1F90 SYN_SENT        119
 TCP 0A000002 A1B5 0A60000B 01BB 0A010003 1F90 FIN_WAIT        119
 TCP 0A000003 0000 0A60000B 0000 0A010003 0000 NONE          10799
 UDP 0A000001 C350 0A60000C 0035 0A010004 0035 UDP             299
