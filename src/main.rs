@@ -353,12 +353,6 @@ async fn release_memory_after_syncs(health: Health) {
         if last != seen {
             seen = last;
             switchyard_allocator::release_free_memory();
-            let (resident, committed) = switchyard_allocator::process_memory();
-            tracing::debug!(
-                resident_mib = resident >> 20,
-                committed_mib = committed >> 20,
-                "freed memory handed back after a sync"
-            );
         }
     }
 }

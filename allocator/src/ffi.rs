@@ -20,24 +20,3 @@ pub(crate) fn collect() {
     // purges the arenas, all under mimalloc's own synchronisation.
     unsafe { sys::mi_collect(true) }
 }
-
-pub(crate) fn process_info() -> (usize, usize) {
-    let (mut elapsed, mut user, mut system) = (0usize, 0usize, 0usize);
-    let (mut rss, mut peak_rss, mut commit, mut peak_commit, mut faults) =
-        (0usize, 0usize, 0usize, 0usize, 0usize);
-    // SAFETY: every argument points to a local of the type mimalloc writes (size_t); none
-    // is kept after the call.
-    unsafe {
-        sys::mi_process_info(
-            &mut elapsed,
-            &mut user,
-            &mut system,
-            &mut rss,
-            &mut peak_rss,
-            &mut commit,
-            &mut peak_commit,
-            &mut faults,
-        )
-    }
-    (rss, commit)
-}

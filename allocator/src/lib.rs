@@ -36,8 +36,3 @@ pub fn tune_for_agent() {
 pub fn release_free_memory() {
     ffi::collect();
 }
-
-/// What the allocator reports for the process: (resident, committed) bytes.
-pub fn process_memory() -> (usize, usize) {
-    ffi::process_info()
-}
