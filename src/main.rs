@@ -352,7 +352,9 @@ async fn release_memory_after_syncs(health: Health) {
         let last = health.verdict().last_updated;
         if last != seen {
             seen = last;
+            let started = std::time::Instant::now();
             switchyard_allocator::release_free_memory();
+            tracing::debug!(took = ?started.elapsed(), "freed memory handed back after a sync");
         }
     }
 }

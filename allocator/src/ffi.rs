@@ -1,4 +1,4 @@
-//! The only calls into mimalloc's C API (options, collection, process info). Each is a
+//! The only calls into mimalloc's C API (an option, the collection). Each is a
 //! plain function of mimalloc's stable API taking values, no pointers the caller keeps.
 #![allow(unsafe_code)]
 

@@ -16,14 +16,12 @@ fn resident_mib() -> usize {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .expect("resident pages in /proc/self/statm");
-    pages * 4096 >> 20
+    (pages * 4096) >> 20
 }
 
-/// Allocates and touches `BYTES` in `BLOCK`-byte boxes, returns them.
-fn fill() -> Vec<Box<[u8; BLOCK]>> {
-    (0..BYTES / BLOCK)
-        .map(|i| Box::new([i as u8; BLOCK]))
-        .collect()
+/// Allocates and touches `BYTES` in `BLOCK`-byte vectors, returns them.
+fn fill() -> Vec<Vec<u8>> {
+    (0..BYTES / BLOCK).map(|i| vec![i as u8; BLOCK]).collect()
 }
 
 /// One test (the options are process-wide): first mimalloc's default purge delay (1 s),
