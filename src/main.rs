@@ -36,8 +36,9 @@ use tokio::sync::{watch, Notify};
 /// start spent ≈ 2 s of CPU clearing pages it partly never used. Measured (three
 /// alternating cold starts each, medians, quiet machine): to `/healthz` 200 11.5 → 9.5 s,
 /// CPU 9.5 → 7.7 s, peak RSS 661 → 583 MiB, RSS after the first sync 385 → 358 MiB.
+/// Its options and the release of freed memory after syncs: `switchyard-allocator`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: switchyard_allocator::MiMalloc = switchyard_allocator::ALLOCATOR;
 
 #[derive(Parser)]
 #[command(
@@ -132,6 +133,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    switchyard_allocator::tune_for_agent();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -276,6 +278,7 @@ impl NodeSide {
             "switchyard running"
         );
         let health = self.health.clone();
+        tokio::spawn(release_memory_after_syncs(health.clone()));
         spawn_server(
             "healthz",
             serve_healthz(config.healthz_bind_address, health.clone()),
@@ -334,6 +337,26 @@ impl NodeSide {
         }
         runner.run(stop_rx).await;
         Ok(())
+    }
+}
+
+/// Hands the memory a sync freed back to the system once the sync is over (at most once
+/// a second, so a burst of small syncs costs one collection): a full sync's transient
+/// peak (the render, the netlink batch, the old record) would otherwise stay resident
+/// while the agent sits idle, since mimalloc only purges when asked or when allocating.
+/// At 50k services a collection takes 0.1-18 ms (BENCHMARKS.md, "Agent memory at 50k").
+async fn release_memory_after_syncs(health: Health) {
+    let mut seen = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let last = health.verdict().last_updated;
+        if last != seen {
+            seen = last;
+            let started = std::time::Instant::now();
+            switchyard_allocator::release_free_memory();
+            tracing::debug!(took = ?started.elapsed(), "freed memory handed back after a sync");
+        }
     }
 }
 
