@@ -79,6 +79,28 @@ impl Netns {
             PathBuf::from("/run/netns").join(name)
         }
     }
+
+    /// Runs `f` in this namespace: right here for `Current`, else on a short-lived
+    /// thread that enters it first (`setns` changes only the calling thread). For what
+    /// the calling thread's namespace decides: a new socket, `/proc/sys/net`, `/proc/net`.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetlinkError> {
+        let Netns::Named(name) = self else {
+            return Ok(f());
+        };
+        let path = Netns::path(name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path)
+                    .map_err(|e| NetlinkError::io(format!("opening {}", path.display()), e))?;
+                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    NetlinkError::io(format!("entering {}", path.display()), e.into())
+                })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
 }
 
 /// A netlink socket and its sequence numbers.
@@ -98,36 +120,12 @@ fn open_socket(protocol: Protocol) -> io::Result<Socket> {
 }
 
 impl NetlinkSocket {
-    /// Opens a socket in `netns`. A named namespace is entered by a short-lived thread
-    /// (`setns` changes only the calling thread); the socket stays in it for good.
+    /// Opens a socket in `netns` (see [`Netns::run`]); the socket stays in it for good.
     pub fn open(protocol: Protocol, netns: &Netns) -> Result<NetlinkSocket, NetlinkError> {
         let operation = || format!("opening a {protocol:?} netlink socket");
-        let socket = match netns {
-            Netns::Current => {
-                open_socket(protocol).map_err(|e| NetlinkError::io(operation(), e))?
-            }
-            Netns::Named(name) => {
-                let path = Netns::path(name);
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        let ns = std::fs::File::open(&path).map_err(|e| {
-                            NetlinkError::io(format!("opening {}", path.display()), e)
-                        })?;
-                        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                            NetlinkError::io(format!("entering {}", path.display()), e.into())
-                        })?;
-                        open_socket(protocol).map_err(|e| NetlinkError::io(operation(), e))
-                    })
-                    .join()
-                    .unwrap_or_else(|_| {
-                        Err(NetlinkError::io(
-                            operation(),
-                            io::Error::other("the namespace thread panicked"),
-                        ))
-                    })
-                })?
-            }
-        };
+        let socket = netns
+            .run(|| open_socket(protocol))?
+            .map_err(|e| NetlinkError::io(operation(), e))?;
         // Best effort: the larger buffer needs CAP_NET_ADMIN, the default one works too.
         if setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_RCVBUF).is_err() {
             let _ = setsockopt(&socket, sockopt::RcvBuf, &SOCKET_RCVBUF);

@@ -27,7 +27,7 @@ use std::{
 };
 
 use switchyard_model::{EngineError, Protocol};
-use switchyard_netlink::ipvs::ServiceId;
+use switchyard_netlink::{ipvs::ServiceId, Netns};
 
 /// Where the kernel lists IPVS connections (both families).
 const CONNECTION_TABLE: &str = "/proc/net/ip_vs_conn";
@@ -59,12 +59,13 @@ const SCTP_IN_FLIGHT: [&str; 10] = [
 /// The connections in flight per virtual server (address services only: a connection
 /// names the address and port it was sent to, not a firewall mark).
 pub fn in_flight(netns: Option<&str>) -> Result<BTreeMap<ServiceId, u64>, EngineError> {
-    let text = crate::procfs::in_netns(netns, "reading the IPVS connection table", || {
-        std::fs::read_to_string(CONNECTION_TABLE).map_err(|source| EngineError::Kernel {
+    // `/proc/net` shows the namespace of the thread that opens it.
+    let text = Netns::from_name(netns)
+        .run(|| std::fs::read_to_string(CONNECTION_TABLE))?
+        .map_err(|source| EngineError::Kernel {
             operation: format!("reading {CONNECTION_TABLE}"),
             source,
-        })
-    })?;
+        })?;
     Ok(parse(&text))
 }
 

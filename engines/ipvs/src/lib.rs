@@ -17,8 +17,7 @@
 //!   ports ask for, what was applied, and the difference a change makes.
 //! - [`servers`]: writing virtual and real servers, graceful termination.
 //! - [`helper`]: the helper table (rules, sets, text and netlink encodings).
-//! - [`dummy`], [`sysctl`], [`procfs`]: the interface, NodePort addresses, kernel
-//!   settings, `/proc` as a namespace sees it.
+//! - [`dummy`], [`sysctl`]: the interface, NodePort addresses, kernel settings.
 //! - [`connections`]: the connections in flight a retired engine keeps servers for.
 //! - [`ownership`], [`verify`], [`cleanup`], [`engine`]: `IpvsEngine`; [`inspect`]: one
 //!   service port read back and compared with its plan (`switchyard explain`).
@@ -46,7 +45,6 @@ pub mod helper;
 pub mod inspect;
 pub mod options;
 pub mod ownership;
-pub mod procfs;
 pub mod record;
 pub mod servers;
 pub mod sysctl;

@@ -8,12 +8,13 @@
 //! `conn_reuse_mode` is set to 0 only on kernels 4.1 to 5.8, as upstream: 5.9 fixed
 //! the slow reuse that made kube-proxy turn it off (kubernetes#93297).
 //!
-//! `/proc/sys/net` shows the namespace of the thread that opens it (see
-//! [`crate::procfs`]).
+//! `/proc/sys/net` shows the namespace of the thread that opens it: written through
+//! [`Netns::run`].
 
 use std::{fs, path::PathBuf};
 
 use switchyard_model::EngineError;
+use switchyard_netlink::Netns;
 
 /// One setting: path under `/proc/sys`, value.
 pub type Setting = (&'static str, &'static str);
@@ -72,7 +73,7 @@ fn write_all(settings: &[Setting]) -> Result<(), EngineError> {
 
 /// Applies `settings` in `netns` (a name under `/run/netns`, or the caller's own).
 pub fn apply(netns: Option<&str>, settings: &[Setting]) -> Result<(), EngineError> {
-    crate::procfs::in_netns(netns, "setting sysctls", || write_all(settings))
+    Netns::from_name(netns).run(|| write_all(settings))?
 }
 
 #[cfg(test)]
