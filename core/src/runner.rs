@@ -884,7 +884,8 @@ impl SyncRunner {
         let mut backoff = Duration::from_secs(1);
         let mut next_periodic = TokioInstant::now() + self.selected().config.sync_period;
         let mut last_full: Option<TokioInstant> = None;
-        let mut next_drain_check = TokioInstant::now() + RETIRE_CHECK;
+        // In the past when an engine starts draining: its first check comes at once.
+        let mut next_drain_check = TokioInstant::now();
         self.health.queued();
         loop {
             let config = self.selected().config;
@@ -897,8 +898,6 @@ impl SyncRunner {
                     continue;
                 }
                 wake = wake.min(next_drain_check);
-            } else {
-                next_drain_check = now + RETIRE_CHECK;
             }
             if now >= next_periodic {
                 // Every syncPeriod: a sync, and a drift check whose findings (logged and

@@ -119,20 +119,26 @@ pub async fn retire(engine: &mut IpvsEngine) -> Result<Retirement, EngineError> 
             let in_flight = connections::in_flight(options.netns.as_deref())?;
             let ours = our_services(&mut ipvs, &found, &options)?;
             // A connection of a firewall-mark server names its packets' address, not
-            // the mark: one matching no address server of ours keeps those servers.
-            let unmatched = in_flight.keys().any(|id| !ours.contains(id));
+            // the mark: those matching no address server of ours keep such servers.
+            let unmatched: u64 = in_flight
+                .iter()
+                .filter(|(id, _)| !ours.contains(id))
+                .map(|(_, n)| n)
+                .sum();
             for id in ours {
                 let n = match id {
                     ServiceId::Addr { .. } => in_flight.get(&id).copied().unwrap_or(0),
-                    ServiceId::Fwmark { .. } => u64::from(unmatched),
+                    ServiceId::Fwmark { .. } => unmatched,
                 };
                 if n == 0 {
                     ipvs.delete_service(&id)?;
                 } else {
                     kept.insert(id);
-                    carried += n;
                 }
             }
+            let marks_kept = kept.iter().any(|id| matches!(id, ServiceId::Fwmark { .. }));
+            let at_addresses: u64 = kept.iter().filter_map(|id| in_flight.get(id)).sum();
+            carried = at_addresses + if marks_kept { unmatched } else { 0 };
         }
     }
     if kept.is_empty() {
