@@ -17,12 +17,9 @@ cleanup() {
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" link add eth0 type veth peer name eth0p
-ip -n "$ns" addr add 192.168.0.2/24 dev eth0
-ip -n "$ns" link set eth0 up
-ip -n "$ns" route add default via 192.168.0.1
+# shellcheck source=scripts/node-netns.sh disable=SC1091
+. "$(dirname "$0")/node-netns.sh"
+make_node_netns "$ns"
 
 start() {
   local what=$1 t0 t1

@@ -32,12 +32,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" link add eth0 type veth peer name eth0p
-ip -n "$ns" addr add 192.168.0.2/24 dev eth0
-ip -n "$ns" link set eth0 up
-ip -n "$ns" route add default via 192.168.0.1
+# shellcheck source=scripts/node-netns.sh disable=SC1091
+. "$(dirname "$0")/node-netns.sh"
+make_node_netns "$ns"
 # How the agent is started: `ip netns exec` (nftables) or, for eBPF, nsenter (ip netns
 # exec remounts /sys, hiding the cgroup v2 mount) with a private cgroup and bpffs.
 launch=(ip netns exec "$ns") mode_args=(--mode "$mode")
