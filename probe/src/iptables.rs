@@ -1,7 +1,8 @@
 //! The iptables engine's needs: the restore tools, the backend in use (nft or legacy,
 //! chosen by kube-proxy's rule: whichever `*-save` shows more rules in this namespace,
 //! read-only; a tie means nft), and a `nat` table with the `statistic`, `recent`,
-//! `comment`, `addrtype` and `mark` extensions — tested for real by restoring a tiny
+//! `comment`, `addrtype`, `mark` and `bpf` (with `conntrack`: the hairpin check)
+//! extensions — tested for real by restoring a tiny
 //! ruleset in the probe's namespace (`--noflush`, one private chain, removed afterwards).
 
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ const REQUIRED: [&str; 2] = ["iptables-restore", "ip6tables-restore"];
 const VARIANTS: [&str; 2] = ["iptables-nft-restore", "iptables-legacy-restore"];
 
 /// The extensions tested, the rules exercising them, and the module named when missing.
-const EXTENSIONS: [(&str, &[&str], &str); 5] = [
+const EXTENSIONS: [(&str, &[&str], &str); 6] = [
     (
         "statistic",
         &["-m statistic --mode random --probability 0.5000000000 -j RETURN"],
@@ -54,6 +55,13 @@ const EXTENSIONS: [(&str, &[&str], &str); 5] = [
             "-j MARK --or-mark 0x4000",
         ],
         "xt_mark",
+    ),
+    (
+        // The hairpin check: source equals destination, in classic BPF (the engine's
+        // `fixed::hairpin_bytecode` for IPv4).
+        "bpf",
+        &["-m conntrack --ctstate DNAT -m bpf --bytecode \"6,32 0 0 12,7 0 0 0,32 0 0 16,29 0 1 0,6 0 0 1,6 0 0 0\" -j RETURN"],
+        "xt_bpf",
     ),
 ];
 

@@ -126,7 +126,9 @@ pub enum PortChain {
     External,
     /// loadBalancerSourceRanges (`FW-`): in `nat` with endpoints, in `filter` without.
     Firewall,
-    /// One endpoint (`SEP-`): hairpin mark, affinity, DNAT.
+    /// Upstream's endpoint chain (`SEP-`). This engine makes none (the service chain
+    /// DNATs itself); the name is an endpoint's affinity list, and chains of this kind
+    /// that an earlier version left are still recognised as ours, so they go.
     Endpoint,
 }
 
@@ -339,7 +341,8 @@ impl Chains {
         self.hashed(kind, &digest.0)
     }
 
-    /// The endpoint chain (`SEP-`) of the backend `ip:port` of a service port.
+    /// The name of the backend `ip:port` of a service port as upstream's endpoint chain
+    /// (`SEP-`): the name of its affinity list (`-m recent --name`).
     pub fn endpoint(&self, digest: &PortDigest, ip: IpAddr, port: u16) -> String {
         self.hashed(PortChain::Endpoint, &digest.with_endpoint(ip, port))
     }

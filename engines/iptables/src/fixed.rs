@@ -1,6 +1,6 @@
 //! The rules of the engine's fixed chains in one family, from node-wide settings only:
-//! forwarding accepts (and the INVALID drop), mark-then-masquerade, and the NodePort
-//! destinations.
+//! forwarding accepts (and the INVALID drop), mark-then-masquerade (with the hairpin
+//! check, [`hairpin_bytecode`]), and the NodePort destinations.
 //!
 //! NodePorts are accepted on the local addresses within `nodePortAddresses` and never
 //! on loopback (upstream nftables' rule; upstream iptables also serves 127.0.0.1 by
@@ -90,6 +90,14 @@ fn nat_rules(ctx: &FamilyContext<'_>) -> FixedRules {
     let mark = MASQUERADE_MARK;
     out.rule(
         &c.postrouting,
+        format_args!(
+            "-m comment --comment \"switchyard hairpin: a service connection sent back to its source\" -m conntrack --ctstate DNAT -m bpf --bytecode \"{}\" -j {}",
+            hairpin_bytecode(ctx.family),
+            c.mark_masq
+        ),
+    );
+    out.rule(
+        &c.postrouting,
         format_args!("-m mark ! --mark {mark}/{mark} -j RETURN"),
     );
     out.rule(&c.postrouting, format_args!("-j MARK --xor-mark {mark}"));
@@ -116,6 +124,30 @@ fn nat_rules(ctx: &FamilyContext<'_>) -> FixedRules {
         );
     }
     out
+}
+
+/// A classic BPF program (`xt_bpf`'s `--bytecode`: the instruction count, then
+/// `code jt jf k` per instruction) matching a packet whose source address equals its
+/// destination address; it reads the network header, where netfilter's hooks start.
+///
+/// This is the hairpin check upstream writes into each endpoint chain (`-s POD -j
+/// KUBE-MARK-MASQ` before the DNAT to that pod): in `POSTROUTING` a connection this
+/// engine DNATed (`--ctstate DNAT`) already carries its endpoint as destination, so
+/// "the endpoint is the client" is one rule per family instead of one per endpoint.
+pub fn hairpin_bytecode(family: IpFamily) -> &'static str {
+    // ld [s]; tax; ld [d]; jeq x, next, fail ... ret #1; fail: ret #0.
+    match family {
+        // Source at 12, destination at 16.
+        IpFamily::V4 => "6,32 0 0 12,7 0 0 0,32 0 0 16,29 0 1 0,6 0 0 1,6 0 0 0",
+        // Source at 8..24, destination at 24..40, compared a word at a time.
+        IpFamily::V6 => concat!(
+            "18,32 0 0 8,7 0 0 0,32 0 0 24,29 0 13 0,",
+            "32 0 0 12,7 0 0 0,32 0 0 28,29 0 9 0,",
+            "32 0 0 16,7 0 0 0,32 0 0 32,29 0 5 0,",
+            "32 0 0 20,7 0 0 0,32 0 0 36,29 0 1 0,",
+            "6 0 0 1,6 0 0 0"
+        ),
+    }
 }
 
 /// The loopback network of a family.

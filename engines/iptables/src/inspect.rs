@@ -2,8 +2,8 @@
 //! per family of the port's plan, compared with what the engine would write for the
 //! plan (`port::encode_port`):
 //!
-//! - the chains the port owns (`SVC-`, `SVL-`, `EXT-`, `FW-`, `SEP-`): present, with
-//!   the plan's number of rules, and the `SEP-` chains DNAT to the plan's endpoints;
+//! - the chains the port owns (`SVC-`, `SVL-`, `EXT-`, `FW-`): present, with the
+//!   plan's number of rules, and the service chains DNAT to the plan's endpoints;
 //! - its rules in the shared dispatch chains (`SERVICES`, `NODEPORTS`, the filter
 //!   checks), found by the port's comment and compared by what decides where a packet
 //!   goes: destination address, destination port and jump target.

@@ -1,6 +1,8 @@
 //! The iptables dataplane engine: kube-proxy's iptables proxier layout (services
-//! dispatch chain, per-service-port and per-endpoint chains, external and firewall
-//! chains, NodePorts, mark-then-masquerade, REJECT/DROP in `filter`) under the engine's
+//! dispatch chain, per-service-port chains, external and firewall chains, NodePorts,
+//! mark-then-masquerade, REJECT/DROP in `filter`) — minus upstream's chain per endpoint:
+//! the service chain DNATs itself and one rule per family masquerades hairpin traffic
+//! (`port.rs`, `fixed.rs`) — under the engine's
 //! own chains (prefix `SY-` by default), programmed with one
 //! `iptables-restore --noflush` transaction per family and sync, on the nft or legacy
 //! backend.

@@ -13,8 +13,9 @@
 //!   internal, external and short-circuit targets with the same backends share it. It
 //!   masquerades cluster IP traffic (only in the internal target's chain, matched on
 //!   the cluster IP since the chain is shared), checks ClientIP affinity
-//!   (`-m recent --rcheck`), and picks an endpoint chain with `-m statistic`.
-//! - `SEP-` per backend: hairpin mark, affinity `--set`, DNAT.
+//!   (`-m recent --rcheck`), and picks an endpoint with `-m statistic`, each pick a
+//!   DNAT. Upstream has a chain per endpoint (`SEP-`) here; see [`backend_chains`] for
+//!   why there is none, and `fixed.rs` for the hairpin masquerade that was in it.
 //! - `EXT-` when the port handles outside traffic (reachable from outside, with
 //!   endpoints somewhere): masquerade mark, or under a Local policy the short circuit
 //!   (pods by cluster CIDR, the node by `addrtype --src-type LOCAL`, masqueraded), then
@@ -110,7 +111,6 @@ pub fn encode_port(ctx: &FamilyContext<'_>, plan: &ServicePortPlan) -> Option<Po
     firewall_chain(&mut w, f, &layout);
     external_chain(&mut w, f, &layout);
     backend_chains(&mut w, f, &layout);
-    endpoint_chains(&mut w, f, &layout);
     Some(w.finish())
 }
 
@@ -432,9 +432,23 @@ fn external_chain(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
 }
 
 /// The chains choosing among each set of backends: masquerade of cluster IP traffic
-/// (the internal target's chain only), affinity, the random choice.
+/// (the internal target's chain only), affinity, the random choice, each choice a DNAT
+/// in the chain itself.
+///
+/// Upstream sends each choice to a chain of its endpoint (`SEP-`: hairpin mark,
+/// affinity `--set`, DNAT). Here the DNAT is the choosing rule itself: a chain per
+/// endpoint made a 50k-service node carry 350k chains, and both iptables tools walk
+/// their chain tables in buckets of a fixed count (libiptc's sorted index, libxtables'
+/// 512-bucket non-target table, iptables-nft's 512-bucket chain cache), so a full
+/// restore grew with rules × chains (69 s legacy, 155 s nft at 50k; 5.4 s and 15 s
+/// without them). The hairpin mark moved to one rule per family in `POSTROUTING`
+/// (`fixed.rs`), affinity's `--set` into the rule that picks (after the `--rcheck`
+/// where affinity holds, as upstream's endpoint chain sets after its service chain
+/// checked). An endpoint's affinity list keeps the name upstream gives its endpoint
+/// chain and its list ([`Chains::endpoint`]).
 fn backend_chains(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
     let internal = f.internal.backends();
+    let p = w.proto();
     for (backends, chain) in &layout.backend_chains {
         w.own(Table::Nat, chain);
         if internal == Some(backends) {
@@ -442,33 +456,40 @@ fn backend_chains(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
         }
         let label = w.label.clone();
         let chains = w.chains();
-        let sep = |b: &Backend| chains.endpoint(&layout.digest, b.ip, b.port);
+        let list = |b: &Backend| chains.endpoint(&layout.digest, b.ip, b.port);
         if let Some(seconds) = f.affinity {
             for b in backends {
-                let target = sep(b);
+                let list = list(b);
                 w.endpoint_rule(
                     chain,
                     &format!("{label} -> {b}"),
                     format_args!(
-                        "-m recent --name {target} --rcheck --seconds {seconds} --reap -j {target}"
+                        "-m recent --name {list} --rcheck --seconds {seconds} --reap -m recent --name {list} --set -m {p} -p {p} -j DNAT --to-destination {b}"
                     ),
                 );
             }
         }
         let n = backends.len();
         for (i, b) in backends.iter().enumerate() {
-            let target = sep(b);
             let c = format!("{label} -> {b}");
-            if i + 1 < n {
-                let p = 1.0 / (n - i) as f64;
-                w.endpoint_rule(
-                    chain,
-                    &c,
-                    format_args!("-m statistic --mode random --probability {p:.10} -j {target}"),
-                );
+            let pick = if i + 1 < n {
+                format!(
+                    "-m statistic --mode random --probability {:.10} ",
+                    1.0 / (n - i) as f64
+                )
             } else {
-                w.endpoint_rule(chain, &c, format_args!("-j {target}"));
-            }
+                String::new()
+            };
+            let remember = if f.affinity.is_some() {
+                format!("-m recent --name {} --set ", list(b))
+            } else {
+                String::new()
+            };
+            w.endpoint_rule(
+                chain,
+                &c,
+                format_args!("{pick}{remember}-m {p} -p {p} -j DNAT --to-destination {b}"),
+            );
         }
     }
 }
@@ -496,28 +517,6 @@ fn masquerade_cluster_ips(w: &mut Writer<'_>, f: &FamilyPlan, chain: &str) {
             chain,
             Some(&comment),
             format_args!("-m {p} -p {p} -d {ip} --dport {port} {action}"),
-        );
-    }
-}
-
-/// `SEP-` per backend: hairpin mark, affinity `--set`, DNAT.
-fn endpoint_chains(w: &mut Writer<'_>, f: &FamilyPlan, layout: &Layout) {
-    let p = w.proto();
-    let label = w.label.clone();
-    let mark = &w.chains().mark_masq;
-    for b in f.backends() {
-        let chain = w.chains().endpoint(&layout.digest, b.ip, b.port);
-        w.own(Table::Nat, &chain);
-        w.endpoint_rule(&chain, &label, format_args!("-s {} -j {mark}", b.ip));
-        let affinity = if f.affinity.is_some() {
-            format!("-m recent --name {chain} --set ")
-        } else {
-            String::new()
-        };
-        w.endpoint_rule(
-            &chain,
-            &label,
-            format_args!("{affinity}-m {p} -p {p} -j DNAT --to-destination {b}"),
         );
     }
 }

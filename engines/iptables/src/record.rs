@@ -95,7 +95,7 @@ impl Dispatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortRecord {
     /// Chains this port owns, per table (`Table::index`): nat `SVC-`, `SVL-`, `EXT-`,
-    /// `FW-`, `SEP-`; filter `FW-` (source ranges of a port without endpoints).
+    /// `FW-`; filter `FW-` (source ranges of a port without endpoints).
     pub chains: [Vec<String>; 2],
     /// Rules inside those chains, per table.
     pub body_rules: [usize; 2],

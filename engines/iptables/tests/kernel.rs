@@ -89,12 +89,15 @@ async fn sync_partial_and_removal() {
         let v4 = save(&ns, backend, false);
         let web = spn("default", "web", "http");
         let svc = port_chain(PortChain::Service, &web);
+        // The service chain DNATs itself (no chain per endpoint).
         let gone = endpoint_chain(&web, "10.0.1.5", 8080);
+        assert!(!v4.contains(&format!(":{gone} ")), "{backend:?}\n{v4}");
         assert!(
-            v4.contains(&format!(":{gone} - [0:0]")),
+            chain_rules(&v4, &svc)
+                .iter()
+                .any(|l| l.ends_with("-j DNAT --to-destination 10.0.1.5:8080")),
             "{backend:?}\n{v4}"
         );
-        assert!(v4.contains("--to-destination 10.0.1.5:8080"));
         assert!(
             v4.contains(
                 "-A PREROUTING -m comment --comment \"switchyard service portals\" -j SY-SERVICES"
@@ -120,7 +123,8 @@ async fn sync_partial_and_removal() {
         let other_before = chain_rules(&v4, &other);
         assert_eq!(other_before.len(), 2, "{v4}");
 
-        // Remove one endpoint: a partial sync deletes its chain, leaves others alone.
+        // Remove one endpoint: a partial sync rewrites its service's chain, leaves others
+        // alone.
         let s2 = without_endpoint(two_services(), "10.0.1.5");
         let m2 = model(s2.clone());
         let changes = ChangeSet::between(&m1, &m2);
@@ -133,7 +137,7 @@ async fn sync_partial_and_removal() {
         assert_eq!(
             chain_rules(&v4, &svc)
                 .iter()
-                .filter(|l| l.contains("-j SY-SEP-"))
+                .filter(|l| l.contains("-j DNAT"))
                 .count(),
             2,
             "{v4}"
@@ -306,14 +310,17 @@ async fn failed_restore_keeps_rules_and_next_sync_is_full() {
         let mut engine = IptablesEngine::new(ns.options(backend));
         let m1 = model(two_services());
         engine.sync(&m1, &ChangeSet::full(&m1)).await.unwrap();
-        let web = spn("default", "web", "http");
-        let gone = endpoint_chain(&web, "10.0.1.5", 8080);
-        // A foreign rule referencing the endpoint chain: deleting it must fail.
+        // A foreign rule referencing the service chain of `other`: deleting it (the
+        // service goes; a change of nat alone) must fail.
+        let other = spn("default", "other", "http");
+        let gone = port_chain(PortChain::Service, &other);
         let pin = format!("*nat\n:PIN - [0:0]\n-A PIN -j {gone}\nCOMMIT\n");
         let (ok, out) = ns.run(&tool(backend, false, "restore"), &["--noflush"], &pin);
         assert!(ok, "{out}");
         let before = save(&ns, backend, false);
-        let m2 = model(without_endpoint(two_services(), "10.0.1.5"));
+        let mut without_other = two_services();
+        without_other.retain(|s| s.name != other);
+        let m2 = model(without_other);
         let err = engine
             .sync(&m2, &ChangeSet::between(&m1, &m2))
             .await

@@ -24,8 +24,6 @@ fn cluster_ip_service() {
         vec![ep("10.0.0.5", 8080, true), ep("10.0.1.5", 8080, false)],
     );
     let svc = port_chain(PortChain::Service, &sp.name);
-    let sep0 = endpoint_chain(&sp.name, "10.0.0.5", 8080);
-    let sep1 = endpoint_chain(&sp.name, "10.0.1.5", 8080);
     let text = v4(&model(vec![sp]));
     let has = |s: &str| assert_has(&text, s);
     has("*nat");
@@ -33,14 +31,21 @@ fn cluster_ip_service() {
     has(":SY-CANARY - [0:0]");
     has(&format!("-A SY-SERVICES -m comment --comment \"default/web:http/tcp cluster IP\" -m tcp -p tcp -d 172.16.0.10 --dport 80 -j {svc}"));
     has(&format!("-A {svc} -m comment --comment \"default/web:http/tcp cluster IP\" -m tcp -p tcp -d 172.16.0.10 --dport 80 ! -s 10.0.0.0/8 -j SY-MARK-MASQ"));
-    has(&format!("-A {svc} -m comment --comment \"default/web:http/tcp -> 10.0.0.5:8080\" -m statistic --mode random --probability 0.5000000000 -j {sep0}"));
+    // The service chain picks and DNATs itself: no chain per endpoint.
+    has(&format!("-A {svc} -m comment --comment \"default/web:http/tcp -> 10.0.0.5:8080\" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.0.0.5:8080"));
     has(&format!(
-        "-A {svc} -m comment --comment \"default/web:http/tcp -> 10.0.1.5:8080\" -j {sep1}"
+        "-A {svc} -m comment --comment \"default/web:http/tcp -> 10.0.1.5:8080\" -m tcp -p tcp -j DNAT --to-destination 10.0.1.5:8080"
     ));
-    has(&format!(
-        "-A {sep0} -m comment --comment \"default/web:http/tcp\" -s 10.0.0.5 -j SY-MARK-MASQ"
-    ));
-    has(&format!("-A {sep0} -m comment --comment \"default/web:http/tcp\" -m tcp -p tcp -j DNAT --to-destination 10.0.0.5:8080"));
+    assert!(!text.contains("SY-SEP-"), "{text}");
+    // Hairpin: one rule per family, ahead of the mark check.
+    let postrouting: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A SY-POSTROUTING "))
+        .collect();
+    assert!(
+        postrouting[0].ends_with("-m conntrack --ctstate DNAT -m bpf --bytecode \"6,32 0 0 12,7 0 0 0,32 0 0 16,29 0 1 0,6 0 0 1,6 0 0 0\" -j SY-MARK-MASQ"),
+        "{text}"
+    );
     has("-A SY-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN");
     has("-A SY-MARK-MASQ -j MARK --or-mark 0x4000");
     has("-A SY-FORWARD -m conntrack --ctstate INVALID -j DROP");
@@ -83,7 +88,7 @@ fn no_endpoints_rejects_tcp_with_a_reset_and_affinity() {
             vec![ep("10.0.0.7", 80, false)],
         )
     };
-    let sep = endpoint_chain(&sticky.name, "10.0.0.7", 80);
+    let list = endpoint_chain(&sticky.name, "10.0.0.7", 80);
     let text = v4(&model(vec![empty, sticky, dns]));
     let has = |s: &str| assert_has(&text, s);
     has("-A SY-SERVICES -m comment --comment \"default/empty:http/tcp has no endpoints\" -m tcp -p tcp -d 172.16.0.11 --dport 443 -j REJECT --reject-with tcp-reset");
@@ -95,12 +100,15 @@ fn no_endpoints_rejects_tcp_with_a_reset_and_affinity() {
         PortChain::Service,
         &spn("default", "empty", "http")
     )));
+    // Affinity: the endpoint's list (named as upstream's endpoint chain) is checked, then
+    // set by the rule that DNATs.
     assert!(text.contains(&format!(
-        "-m recent --name {sep} --rcheck --seconds 300 --reap -j {sep}"
+        "-m recent --name {list} --rcheck --seconds 300 --reap -m recent --name {list} --set -m tcp -p tcp -j DNAT --to-destination 10.0.0.7:80"
     )));
     assert!(text.contains(&format!(
-        "-m recent --name {sep} --set -m tcp -p tcp -j DNAT --to-destination 10.0.0.7:80"
+        "-m recent --name {list} --set -m tcp -p tcp -j DNAT --to-destination 10.0.0.7:80"
     )));
+    assert!(!text.contains(&format!(":{list} ")), "{text}");
 }
 
 fn load_balancer() -> TestService {

@@ -17,7 +17,8 @@ pub fn port_chain(kind: PortChain, name: &ServicePortName) -> String {
     Chains::default().port(kind, &name.digest())
 }
 
-/// The endpoint chain of `ip:port` in a service port, with the default prefix.
+/// Upstream's endpoint chain name of `ip:port` in a service port, with the default
+/// prefix: the name of the endpoint's affinity list (no such chain is made).
 pub fn endpoint_chain(name: &ServicePortName, ip: &str, port: u16) -> String {
     let ip: IpAddr = ip.parse().unwrap();
     Chains::default().endpoint(&name.digest(), ip, port)
