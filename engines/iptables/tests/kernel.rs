@@ -613,3 +613,36 @@ async fn tcp_be_liberal_skips_the_invalid_drop() {
         assert!(save(&other, backend, false).contains(INVALID));
     }
 }
+
+/// An earlier version made a chain per endpoint (`SEP-`, upstream's layout): the first
+/// sync of this one removes them, and the service is served by its own chain.
+#[tokio::test]
+async fn endpoint_chains_an_earlier_version_left_are_removed() {
+    need_root!("endpoint_chains_an_earlier_version_left_are_removed");
+    for backend in BACKENDS {
+        let ns = Netns::new();
+        let web = spn("default", "web", "http");
+        let svc = port_chain(PortChain::Service, &web);
+        let old = endpoint_chain(&web, "10.0.1.5", 8080);
+        let left = format!(
+            "*nat\n:{svc} - [0:0]\n:{old} - [0:0]\n-A {svc} -j {old}\n\
+             -A {old} -s 10.0.1.5/32 -j MARK --set-xmark 0x4000/0x4000\n\
+             -A {old} -p tcp -j DNAT --to-destination 10.0.1.5:8080\nCOMMIT\n"
+        );
+        let (ok, out) = ns.run(&tool(backend, false, "restore"), &["--noflush"], &left);
+        assert!(ok, "{out}");
+        let mut engine = IptablesEngine::new(ns.options(backend));
+        let m = model(two_services());
+        engine.sync(&m, &ChangeSet::full(&m)).await.unwrap();
+        let v4 = save(&ns, backend, false);
+        assert!(!v4.contains(&format!(":{old} ")), "{backend:?}\n{v4}");
+        assert!(!v4.contains("-j SY-SEP-"), "{backend:?}\n{v4}");
+        assert!(
+            chain_rules(&v4, &svc)
+                .iter()
+                .any(|l| l.ends_with("-j DNAT --to-destination 10.0.1.5:8080")),
+            "{backend:?}\n{v4}"
+        );
+        assert_eq!(engine.verify(&m).await.unwrap(), Drift::None, "{backend:?}");
+    }
+}
