@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks behind BENCHMARKS.md (root: they program a kernel inside private
 # network namespaces) and prints their markdown tables. Extra arguments go to every run.
-# iptables-nft at 50k services takes about 3 minutes more: set BENCH_IPTABLES_NFT_50K=1
-# to include it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "bench: run as root" >&2; exit 1; fi
@@ -10,14 +8,11 @@ bench=target/release/switchyard-bench
 "$bench" --engines nftables --sizes 1000,10000,50000 --runs 3 --conn-rate-services 0 \
   --agent target/release/switchyard "$@"
 "$bench" --engines iptables-legacy,iptables-nft --sizes 1000,10000 --runs 3 --conn-rate-services 0 "$@"
-"$bench" --engines iptables-legacy --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
+"$bench" --engines iptables-legacy,iptables-nft --sizes 50000 --runs 3 --conn-rate-services 0 "$@"
 "$bench" --engines ebpf --sizes 1000,10000,50000 --runs 3 --conn-rate-services 0 \
   --agent target/release/switchyard --agent-mode ebpf "$@"
 "$bench" --engines ebpf --sizes 10 --runs 3 --conn-rate-services 10000,50000 \
   --conn-rate-engines ebpf,nftables,iptables-legacy,iptables-nft "$@"
-if [ -n "${BENCH_IPTABLES_NFT_50K:-}" ]; then
-  "$bench" --engines iptables-nft --sizes 50000 --runs 1 --conn-rate-services 0 "$@"
-fi
 # Standalone mode, file write to traffic on the new backend (inotify), 10k services: the
 # e2e test measures it with the release binary and prints the table row.
 echo
