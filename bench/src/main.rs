@@ -183,6 +183,12 @@ struct Args {
     /// The engine the agent runs for the memory figure: nftables or ebpf.
     #[arg(long, default_value = "nftables")]
     agent_mode: Subject,
+    /// Write the synthetic cluster of the first of `--sizes` (× `--endpoints`) as a
+    /// manifests directory (one JSON `List` of Services and EndpointSlices, the Node, a
+    /// ProxyConfig) into this directory and exit: the input of
+    /// `scripts/agent-start-api.sh` and `switchyard run --manifests`.
+    #[arg(long)]
+    write_manifests: Option<PathBuf>,
     /// Internal: run as a connection-rate client in this namespace (see `ebpf`).
     #[arg(long, hide = true, requires = "client_target")]
     client_netns: Option<PathBuf>,
@@ -417,6 +423,17 @@ fn main() -> Result<()> {
     if let (Some(netns), Some(target)) = (&args.client_netns, args.client_target) {
         switchyard_e2e::netns::enter(netns)?;
         println!("{}", conn_rate::client_loop(target)?);
+        return Ok(());
+    }
+    if let Some(dir) = &args.write_manifests {
+        let size = args.sizes.first().copied().unwrap_or(1000);
+        std::fs::create_dir_all(dir)?;
+        SyntheticCluster::new(size, args.endpoints).write_manifests(dir, None)?;
+        eprintln!(
+            "wrote {size} services x {} endpoints to {}",
+            args.endpoints,
+            dir.display()
+        );
         return Ok(());
     }
     if !is_root() {
