@@ -54,7 +54,7 @@ fn model(services: usize) -> NodeModel {
                 80,
                 vec![ep(&ENDPOINT.to_string(), 8080, true)],
             );
-            s.name.namespace = format!("ns-{}", i % 100);
+            s.name.namespace = format!("ns-{}", i % 100).into();
             s
         })
         .collect();

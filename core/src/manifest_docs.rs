@@ -204,11 +204,11 @@ impl Names<'_> {
         Some(ObjectKey {
             kind,
             namespace: if namespaced && namespace.is_empty() {
-                "default".to_string()
+                "default".into()
             } else {
-                namespace.to_string()
+                namespace.into()
             },
-            name: name.to_string(),
+            name: name.into(),
         })
     }
 }

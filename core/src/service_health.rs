@@ -189,8 +189,8 @@ fn wanted_ports(model: &NodeModel) -> BTreeMap<u16, ServiceStatus> {
         };
         let (status, ips) = wanted.entry(hc.node_port).or_insert_with(|| {
             let status = ServiceStatus {
-                namespace: plan.name.namespace.clone(),
-                name: plan.name.name.clone(),
+                namespace: plan.name.namespace.to_string(),
+                name: plan.name.name.to_string(),
                 local_endpoints: 0,
             };
             (status, BTreeSet::new())

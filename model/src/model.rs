@@ -8,6 +8,7 @@ use std::{
     net::IpAddr,
 };
 
+use compact_str::CompactString;
 use ipnet::IpNet;
 
 use crate::{
@@ -111,9 +112,9 @@ impl NodeModel {
     /// Removes and returns the plans of one Service's ports.
     fn take_service(&mut self, ns: &str, name: &str) -> BTreeMap<ServicePortName, ServicePortPlan> {
         let first = ServicePortName {
-            namespace: ns.to_string(),
-            name: name.to_string(),
-            port: String::new(),
+            namespace: ns.into(),
+            name: name.into(),
+            port: CompactString::default(),
             protocol: Protocol::Tcp,
         };
         let names: Vec<ServicePortName> = self
@@ -151,9 +152,9 @@ impl NodeModel {
         };
         for port in &svc.ports {
             let port_name = ServicePortName {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                port: port.name.clone(),
+                namespace: ns.into(),
+                name: name.into(),
+                port: port.name.as_str().into(),
                 protocol: port.protocol,
             };
             let id = match previous.get(&port_name) {

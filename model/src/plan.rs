@@ -330,10 +330,13 @@ pub(crate) struct PortFacts<'a> {
 
 /// The plan of one service port.
 pub(crate) fn plan_port(node: &NodeContext<'_>, facts: &PortFacts<'_>, id: u32) -> ServicePortPlan {
-    let families: Vec<FamilyPlan> = IpFamily::ALL
+    let mut families: Vec<FamilyPlan> = IpFamily::ALL
         .into_iter()
         .filter_map(|family| plan_family(node, facts, family))
         .collect();
+    // A filtered collect starts at capacity 4: three unused family plans (≈ 500 bytes)
+    // per port, 26 MiB of a 50k-service model, held for the agent's life.
+    families.shrink_to_fit();
     let health_check = health_check(facts);
     ServicePortPlan {
         name: facts.name.clone(),

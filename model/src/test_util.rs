@@ -91,7 +91,7 @@ impl TestCatalog {
         let node: Arc<str> = Arc::from(NODE_NAME);
         let other: Arc<str> = Arc::from("other-node");
         for s in services {
-            let key = (s.name.namespace.clone(), s.name.name.clone());
+            let key = (s.name.namespace.to_string(), s.name.name.to_string());
             let (entry, slices) = catalog.services.entry(key).or_insert_with(|| {
                 let mut entry = ServiceEntry {
                     proxied: true,
@@ -109,7 +109,7 @@ impl TestCatalog {
                 (entry, vec![])
             });
             entry.ports.push(ServiceEntryPort {
-                name: s.name.port.clone(),
+                name: s.name.port.to_string(),
                 protocol: s.name.protocol,
                 port: s.port,
                 node_port: s.node_port,
@@ -134,9 +134,9 @@ impl TestCatalog {
             }
             for (target, endpoints) in by_target {
                 slices.push(SliceEntry {
-                    service: Some(s.name.name.clone()),
+                    service: Some(s.name.name.to_string()),
                     ports: vec![SlicePort {
-                        name: s.name.port.clone(),
+                        name: s.name.port.to_string(),
                         protocol: Some(s.name.protocol),
                         port: Some(target),
                     }],

@@ -218,7 +218,7 @@ mod tests {
     }
 
     fn name_of(m: &NodeModel, text: &str) -> Result<String> {
-        resolve(m, &parse(text)?).map(|(n, _)| n.port)
+        resolve(m, &parse(text)?).map(|(n, _)| n.port.to_string())
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub(crate) fn arrange(old: &[BackendValue], new: &[BackendValue]) -> Vec<Backend
         }
         i += 1;
     }
-    slots.into_iter().flatten().collect()
+    let mut arranged: Vec<BackendValue> = slots.into_iter().flatten().collect();
+    arranged.shrink_to_fit();
+    arranged
 }
 
 /// Checks a service port and turns it into map content, its slots arranged against `old`.
@@ -137,6 +139,11 @@ pub(crate) fn encode(sp: &ServicePort, old: &Applied) -> Result<Applied, EbpfErr
     }
     out.ranges.sort();
     out.ranges.dedup();
+    // Exact capacities: one record per service port lives as long as the agent, and
+    // vectors grown by `push` keep up to twice their length (≈ 10 MiB at 50k).
+    out.sets.shrink_to_fit();
+    out.entries.shrink_to_fit();
+    out.ranges.shrink_to_fit();
     Ok(out)
 }
 

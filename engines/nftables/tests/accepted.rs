@@ -41,7 +41,7 @@ prop_compose! {
         endpoints in prop::collection::vec(any_endpoint(), 0..5),
     ) -> TestService {
         TestService {
-            name: ServicePortName { namespace, name, port: port_name, protocol },
+            name: ServicePortName { namespace: namespace.into(), name: name.into(), port: port_name.into(), protocol },
             port,
             cluster_ips,
             node_port,
