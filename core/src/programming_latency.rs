@@ -67,14 +67,17 @@ impl ProgrammingLatency {
         }
         let now = SystemTime::now();
         let at = Instant::now();
-        for t in self.pending.drain(..) {
+        // Taken, not drained: a first sync at 50k leaves 50k pending times, whose
+        // capacity would stay for the agent's life; so would the samples' if they were
+        // all pushed before trimming.
+        for t in std::mem::take(&mut self.pending) {
             // A trigger time in the future (clock skew with the control plane) is 0.
             let latency = now.duration_since(t).unwrap_or_default();
             histogram.observe(latency.as_secs_f64());
+            if self.recent.len() == MAX_SAMPLES {
+                self.recent.pop_front();
+            }
             self.recent.push_back((at, latency));
-        }
-        while self.recent.len() > MAX_SAMPLES {
-            self.recent.pop_front();
         }
         self.summary()
     }

@@ -251,7 +251,7 @@ fn slice_entry(slice: &EndpointSlice, node_names: &mut NodeNames) -> SliceEntry 
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .cloned();
+        .map(|s| CompactString::from(s.as_str()));
     if slice.address_type == "FQDN" {
         return SliceEntry {
             service,
@@ -263,7 +263,7 @@ fn slice_entry(slice: &EndpointSlice, node_names: &mut NodeNames) -> SliceEntry 
         .iter()
         .flatten()
         .map(|p| SlicePort {
-            name: p.name.clone().unwrap_or_default(),
+            name: p.name.as_deref().unwrap_or_default().into(),
             protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")),
             port: p
                 .port
@@ -432,7 +432,7 @@ impl ClusterState {
                     {
                         self.changes
                             .trigger_times
-                            .entry((key.namespace.to_string(), svc.clone()))
+                            .entry((key.namespace.to_string(), svc.to_string()))
                             .or_default()
                             .push(t);
                     }
@@ -480,7 +480,7 @@ impl ClusterState {
                     if let Some(svc) = &old.service {
                         self.changes
                             .trigger_times
-                            .remove(&(key.namespace.to_string(), svc.clone()));
+                            .remove(&(key.namespace.to_string(), svc.to_string()));
                     }
                     self.reindex_slice(key, old.service, None);
                     true
@@ -505,26 +505,25 @@ impl ClusterState {
 
     /// Moves slice `key` from Service `old` to Service `new` (same namespace) in the
     /// index, marking both changed.
-    fn reindex_slice(&mut self, key: &ObjectKey, old: Option<String>, new: Option<String>) {
+    fn reindex_slice(
+        &mut self,
+        key: &ObjectKey,
+        old: Option<CompactString>,
+        new: Option<CompactString>,
+    ) {
         if let Some(svc) = old {
-            self.slices_by_service.remove(&(
-                key.namespace.clone(),
-                CompactString::from(svc.as_str()),
-                key.name.clone(),
-            ));
             self.changes
                 .services
-                .insert((key.namespace.to_string(), svc));
+                .insert((key.namespace.to_string(), svc.to_string()));
+            self.slices_by_service
+                .remove(&(key.namespace.clone(), svc, key.name.clone()));
         }
         if let Some(svc) = new {
-            self.slices_by_service.insert((
-                key.namespace.clone(),
-                CompactString::from(svc.as_str()),
-                key.name.clone(),
-            ));
             self.changes
                 .services
-                .insert((key.namespace.to_string(), svc));
+                .insert((key.namespace.to_string(), svc.to_string()));
+            self.slices_by_service
+                .insert((key.namespace.clone(), svc, key.name.clone()));
         }
     }
 

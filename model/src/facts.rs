@@ -5,6 +5,7 @@
 
 use std::{net::IpAddr, sync::Arc};
 
+use compact_str::CompactString;
 use ipnet::IpNet;
 
 use crate::family::Protocol;
@@ -57,7 +58,7 @@ pub struct ServiceEntryPort {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SliceEntry {
     /// The Service its `kubernetes.io/service-name` label names (same namespace).
-    pub service: Option<String>,
+    pub service: Option<CompactString>,
     /// The ports, in the slice's order.
     pub ports: Vec<SlicePort>,
     /// The endpoints whose first address parses, in the slice's order.
@@ -68,7 +69,7 @@ pub struct SliceEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePort {
     /// The port's `name` (empty when unnamed).
-    pub name: String,
+    pub name: CompactString,
     /// `None`: a protocol the proxy does not know.
     pub protocol: Option<Protocol>,
     /// `None`: no port number, or one out of range or zero.

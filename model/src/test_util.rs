@@ -134,9 +134,9 @@ impl TestCatalog {
             }
             for (target, endpoints) in by_target {
                 slices.push(SliceEntry {
-                    service: Some(s.name.name.to_string()),
+                    service: Some(s.name.name.clone()),
                     ports: vec![SlicePort {
-                        name: s.name.port.to_string(),
+                        name: s.name.port.clone(),
                         protocol: Some(s.name.protocol),
                         port: Some(target),
                     }],
