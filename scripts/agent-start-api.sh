@@ -7,8 +7,9 @@
 # cold. eBPF runs attach to a private cgroup (--cgroup-root), never the host's.
 # Prints each run, then the medians.
 #   [MODE=ebpf] scripts/agent-start-api.sh MANIFESTS_DIR [RUNS] [NODE_NAME]
-# (root; release builds of `switchyard` and `kube-sim`: cargo build --release --bin
-# switchyard --bin kube-sim. The directory holds Services, EndpointSlices and the Node.)
+# (root; release builds of `switchyard` and `kube-sim`: cargo build --release -p switchyard
+# -p switchyard-kube-sim. The directory holds Services, EndpointSlices and the Node:
+# target/release/switchyard-bench --sizes 50000 --write-manifests DIR writes the 50k one.)
 set -euo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 MANIFESTS_DIR [RUNS] [NODE_NAME]" >&2; exit 2; fi
 if [ "$(id -u)" != 0 ]; then echo "agent-start-api: run as root" >&2; exit 1; fi
