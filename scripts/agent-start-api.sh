@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold start of the release agent (nftables, or MODE=ebpf) through its two sources,
+# Cold start of the release agent (nftables, or MODE=ebpf / MODE=iptables) through its two sources,
 # alternating, in one private network namespace: `switchyard run --manifests DIR` and
 # `switchyard agent` listing the same objects from the kube API simulator (kube-sim, loaded
 # once with the CRDs and every file of DIR). Before each start the namespace's ruleset is
