@@ -198,10 +198,10 @@ pub fn service_entry(svc: &Service) -> ServiceEntry {
     ports.shrink_to_fit();
     ServiceEntry {
         proxied: true,
-        cluster_ips,
-        external_ips,
-        load_balancer_ips,
-        load_balancer_source_ranges,
+        cluster_ips: cluster_ips.into(),
+        external_ips: external_ips.into(),
+        load_balancer_ips: load_balancer_ips.into(),
+        load_balancer_source_ranges: load_balancer_source_ranges.into(),
         external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         affinity_timeout,

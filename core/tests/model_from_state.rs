@@ -155,7 +155,7 @@ fn load_balancer_inputs_as_upstream() {
     let plan = m.services.values().next().unwrap();
     let f = v4(plan);
     assert_eq!(
-        f.load_balancer_ips,
+        f.load_balancer_ips.to_vec(),
         vec![
             "1.2.3.4".parse::<IpAddr>().unwrap(),
             "5.6.7.9".parse().unwrap()

@@ -20,13 +20,15 @@ pub struct ServiceEntry {
     /// Not headless and not ExternalName: kube-proxy programs it. When false, every
     /// other field is empty.
     pub proxied: bool,
-    /// `clusterIPs` (or `clusterIP`), parsed, sorted, deduplicated.
-    pub cluster_ips: Vec<IpAddr>,
-    pub external_ips: Vec<IpAddr>,
+    /// `clusterIPs` (or `clusterIP`), parsed, sorted, deduplicated. The lists are boxed
+    /// slices: an entry per Service lives as long as the agent, and a slice is a third
+    /// smaller than a `Vec` (no capacity).
+    pub cluster_ips: Box<[IpAddr]>,
+    pub external_ips: Box<[IpAddr]>,
     /// Load-balancer ingress IPs (not `ipMode: Proxy`), for `type: LoadBalancer` only.
-    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Box<[IpAddr]>,
     /// `loadBalancerSourceRanges`, truncated to their prefix; empty without LB IPs.
-    pub load_balancer_source_ranges: Vec<IpNet>,
+    pub load_balancer_source_ranges: Box<[IpNet]>,
     /// `externalTrafficPolicy: Local`.
     pub external_policy_local: bool,
     /// `internalTrafficPolicy: Local`.

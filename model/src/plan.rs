@@ -195,10 +195,12 @@ pub struct Vip {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilyPlan {
     pub family: IpFamily,
-    /// Cluster IPs of this family (at least one).
-    pub cluster_ips: Vec<IpAddr>,
-    pub external_ips: Vec<IpAddr>,
-    pub load_balancer_ips: Vec<IpAddr>,
+    /// Cluster IPs of this family (at least one). The address lists are boxed slices:
+    /// a plan per port family lives as long as the model, and a slice is a third
+    /// smaller than a `Vec` (no capacity).
+    pub cluster_ips: Box<[IpAddr]>,
+    pub external_ips: Box<[IpAddr]>,
+    pub load_balancer_ips: Box<[IpAddr]>,
     /// The NodePort, on the node's addresses within `nodePortAddresses` (node-wide:
     /// [`crate::NodeModel::node_port_addresses`]), never on loopback.
     pub node_port: Option<u16>,
@@ -214,8 +216,8 @@ pub struct FamilyPlan {
     pub short_circuit: Option<Backends>,
     pub masquerade: Masquerade,
     /// Only when the port has load-balancer IPs of this family and the Service source
-    /// ranges.
-    pub firewall: Option<Firewall>,
+    /// ranges (rare: boxed, one pointer in every other plan).
+    pub firewall: Option<Box<Firewall>>,
     /// `sessionAffinity: ClientIP`: the timeout in seconds.
     pub affinity: Option<u32>,
 }
@@ -396,9 +398,9 @@ fn plan_family(
     let firewall = firewall(node, svc, family, &load_balancer_ips);
     Some(FamilyPlan {
         family,
-        cluster_ips,
-        external_ips,
-        load_balancer_ips,
+        cluster_ips: cluster_ips.into(),
+        external_ips: external_ips.into(),
+        load_balancer_ips: load_balancer_ips.into(),
         node_port,
         internal,
         external,
@@ -441,7 +443,7 @@ fn firewall(
     svc: &ServiceEntry,
     family: IpFamily,
     load_balancer_ips: &[IpAddr],
-) -> Option<Firewall> {
+) -> Option<Box<Firewall>> {
     if load_balancer_ips.is_empty() || svc.load_balancer_source_ranges.is_empty() {
         return None;
     }
@@ -455,5 +457,5 @@ fn firewall(
     }
     allowed.sort();
     allowed.dedup();
-    Some(Firewall { allowed })
+    Some(Box::new(Firewall { allowed }))
 }

@@ -95,10 +95,10 @@ impl TestCatalog {
             let (entry, slices) = catalog.services.entry(key).or_insert_with(|| {
                 let mut entry = ServiceEntry {
                     proxied: true,
-                    cluster_ips: s.cluster_ips.clone(),
-                    external_ips: s.external_ips.clone(),
-                    load_balancer_ips: s.load_balancer_ips.clone(),
-                    load_balancer_source_ranges: s.load_balancer_source_ranges.clone(),
+                    cluster_ips: s.cluster_ips.clone().into(),
+                    external_ips: s.external_ips.clone().into(),
+                    load_balancer_ips: s.load_balancer_ips.clone().into(),
+                    load_balancer_source_ranges: s.load_balancer_source_ranges.clone().into(),
                     external_policy_local: s.external_policy_local,
                     internal_policy_local: s.internal_policy_local,
                     affinity_timeout: s.affinity_timeout,
