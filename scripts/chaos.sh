@@ -10,6 +10,8 @@ export SY_CHAOS_RESTARTS="${SY_CHAOS_RESTARTS:-10}"
 export SY_FUZZ_CASES="${SY_FUZZ_CASES:-20000}"
 export SY_CHAOS_API_OUTAGE_SECS="${SY_CHAOS_API_OUTAGE_SECS:-180}"
 export SY_CHAOS_SWITCH_ROUNDS="${SY_CHAOS_SWITCH_ROUNDS:-5}"
+# The eBPF <-> netfilter live switches, quarantined from make test (RELIABILITY.md).
+export SY_CHAOS_EBPF_SWITCH="${SY_CHAOS_EBPF_SWITCH:-1}"
 export SWITCHYARD_BIN="${SWITCHYARD_BIN:-$PWD/target/debug/switchyard}"
 
 cargo build --workspace --bins
