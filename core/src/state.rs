@@ -124,7 +124,6 @@ fn parse_ips<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
         .collect();
     ips.sort();
     ips.dedup();
-    ips.shrink_to_fit();
     ips
 }
 
@@ -166,7 +165,6 @@ pub fn service_entry(svc: &Service) -> ServiceEntry {
     };
     load_balancer_source_ranges.sort();
     load_balancer_source_ranges.dedup();
-    load_balancer_source_ranges.shrink_to_fit();
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()

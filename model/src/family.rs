@@ -37,11 +37,7 @@ impl IpFamily {
 
     /// The addresses of `ips` in this family, in order.
     pub fn filter(self, ips: &[IpAddr]) -> Vec<IpAddr> {
-        // Exact capacity: plans hold these for the agent's life (a filtered collect
-        // starts at 4).
-        let mut out: Vec<IpAddr> = ips.iter().filter(|ip| self.has(ip)).copied().collect();
-        out.shrink_to_fit();
-        out
+        ips.iter().filter(|ip| self.has(ip)).copied().collect()
     }
 
     /// The networks of `nets` in this family, in order.
