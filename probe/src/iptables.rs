@@ -24,7 +24,7 @@ const REQUIRED: [&str; 2] = ["iptables-restore", "ip6tables-restore"];
 const VARIANTS: [&str; 2] = ["iptables-nft-restore", "iptables-legacy-restore"];
 
 /// The extensions tested, the rules exercising them, and the module named when missing.
-const EXTENSIONS: [(&str, &[&str], &str); 6] = [
+const EXTENSIONS: [(&str, &[&str], &str); 5] = [
     (
         "statistic",
         &["-m statistic --mode random --probability 0.5000000000 -j RETURN"],
@@ -56,14 +56,27 @@ const EXTENSIONS: [(&str, &[&str], &str); 6] = [
         ],
         "xt_mark",
     ),
-    (
-        // The hairpin check: source equals destination, in classic BPF (the engine's
-        // `fixed::hairpin_bytecode` for IPv4).
-        "bpf",
-        &["-m conntrack --ctstate DNAT -m bpf --bytecode \"6,32 0 0 12,7 0 0 0,32 0 0 16,29 0 1 0,6 0 0 1,6 0 0 0\" -j RETURN"],
-        "xt_bpf",
-    ),
 ];
+
+/// The extensions tested: [`EXTENSIONS`], then the engine's hairpin check (the `bpf`
+/// match with the engine's own IPv4 program, after `conntrack`).
+fn extensions() -> Vec<(&'static str, Vec<String>, &'static str)> {
+    let hairpin = format!(
+        "-m conntrack --ctstate DNAT -m bpf --bytecode \"{}\" -j RETURN",
+        switchyard_iptables::fixed::hairpin_bytecode(switchyard_model::IpFamily::V4)
+    );
+    EXTENSIONS
+        .iter()
+        .map(|(name, rules, module)| {
+            (
+                *name,
+                rules.iter().map(|r| r.to_string()).collect(),
+                *module,
+            )
+        })
+        .chain(std::iter::once(("bpf", vec![hairpin], "xt_bpf")))
+        .collect()
+}
 
 /// An iptables backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,10 +139,10 @@ fn restore_tool(family: &str, backend: Backend, ctx: &Context) -> Option<PathBuf
     version.stdout.contains(tag).then_some(plain)
 }
 
-fn ruleset(table: &str, rules: &[&str]) -> String {
+fn ruleset(table: &str, rules: &[impl AsRef<str>]) -> String {
     let mut s = format!("*{table}\n:{CHAIN} - [0:0]\n");
     for r in rules {
-        s.push_str(&format!("-A {CHAIN} {r}\n"));
+        s.push_str(&format!("-A {CHAIN} {}\n", r.as_ref()));
     }
     s.push_str("COMMIT\n");
     s
@@ -215,7 +228,7 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
     let cleanup = format!("*nat\n:{CHAIN} - [0:0]\n-X {CHAIN}\nCOMMIT\n");
     let restore = |tool: &PathBuf, input: &str| netns.run(tool, &["--noflush"], Some(input));
 
-    let nat_ok = match restore(&v4, &ruleset("nat", &[])) {
+    let nat_ok = match restore(&v4, &ruleset("nat", &[] as &[&str])) {
         Ok(_) => {
             f.pass(
                 "nat table",
@@ -228,19 +241,19 @@ pub(crate) fn probe(ctx: &Context) -> ModeReport {
             false
         }
     };
-    for (name, rules, module) in EXTENSIONS {
+    for (name, rules, module) in extensions() {
         let check = format!("{name} match");
         if !nat_ok {
             f.fail(&check, "not checked: nat table unusable", [module]);
             continue;
         }
-        match restore(&v4, &ruleset("nat", rules)) {
+        match restore(&v4, &ruleset("nat", &rules)) {
             Ok(_) => f.pass(&check, format!("accepted: {}", rules.join("; "))),
             Err(e) => f.fail(&check, e.to_string(), [module]),
         }
     }
     match &v6 {
-        Some(v6) => match restore(v6, &ruleset("nat", &[])) {
+        Some(v6) => match restore(v6, &ruleset("nat", &[] as &[&str])) {
             Ok(_) => {
                 f.pass("ip6 nat table", "chain created");
                 let _ = restore(v6, &cleanup);
