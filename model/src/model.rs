@@ -8,7 +8,6 @@ use std::{
     net::IpAddr,
 };
 
-use compact_str::CompactString;
 use ipnet::IpNet;
 
 use crate::{
@@ -111,12 +110,7 @@ impl NodeModel {
 
     /// Removes and returns the plans of one Service's ports.
     fn take_service(&mut self, ns: &str, name: &str) -> BTreeMap<ServicePortName, ServicePortPlan> {
-        let first = ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port: CompactString::default(),
-            protocol: Protocol::Tcp,
-        };
+        let first = ServicePortName::new(ns, name, "", Protocol::Tcp);
         let names: Vec<ServicePortName> = self
             .services
             .range(first..)
@@ -151,12 +145,7 @@ impl NodeModel {
             masquerade_all: self.masquerade_all,
         };
         for port in &svc.ports {
-            let port_name = ServicePortName {
-                namespace: ns.into(),
-                name: name.into(),
-                port: port.name.as_str().into(),
-                protocol: port.protocol,
-            };
+            let port_name = ServicePortName::new(ns, name, &port.name, port.protocol);
             let id = match previous.get(&port_name) {
                 Some(p) => p.id,
                 None => self.ids.allocate(&port_name.digest()),

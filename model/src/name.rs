@@ -34,6 +34,15 @@ impl fmt::Display for ServicePortName {
 }
 
 impl ServicePortName {
+    pub fn new(namespace: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
+        ServicePortName {
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+            protocol,
+        }
+    }
+
     /// SHA-256 of the name's fields, each length-prefixed (no two names hash the same
     /// input). Stable across versions: engines name chains and sets after it.
     pub fn digest(&self) -> PortDigest {
@@ -123,27 +132,13 @@ mod tests {
     use super::*;
 
     fn spn(name: &str) -> ServicePortName {
-        ServicePortName {
-            namespace: "ns".into(),
-            name: name.into(),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
-        }
+        ServicePortName::new("ns", name, "http", Protocol::Tcp)
     }
 
     #[test]
     fn digests_separate_fields() {
-        let a = ServicePortName {
-            namespace: "ab".into(),
-            name: "c".into(),
-            port: CompactString::default(),
-            protocol: Protocol::Tcp,
-        };
-        let b = ServicePortName {
-            namespace: "a".into(),
-            name: "bc".into(),
-            ..a.clone()
-        };
+        let a = ServicePortName::new("ab", "c", "", Protocol::Tcp);
+        let b = ServicePortName::new("a", "bc", "", Protocol::Tcp);
         assert_ne!(a.digest(), b.digest());
     }
 

@@ -16,12 +16,7 @@ use crate::{
 pub const NODE_NAME: &str = "test-node";
 
 pub fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
-    ServicePortName {
-        namespace: ns.into(),
-        name: name.into(),
-        port: port.into(),
-        protocol: Protocol::Tcp,
-    }
+    ServicePortName::new(ns, name, port, Protocol::Tcp)
 }
 
 /// A ready endpoint; `local`: on this node.

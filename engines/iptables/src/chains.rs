@@ -429,15 +429,10 @@ pub fn comment(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_model::{Protocol, ServicePortName};
+    use switchyard_model::ServicePortName;
 
     fn spn(ns: &str, name: &str) -> ServicePortName {
-        ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
-        }
+        switchyard_model::test_util::spn(ns, name, "http")
     }
 
     #[test]

@@ -29,7 +29,7 @@ prop_compose! {
         endpoints in prop::collection::vec(any_endpoint(), 0..5),
     ) -> TestService {
         TestService {
-            name: ServicePortName { namespace: ns.into(), name: name.into(), port: port_name.into(), protocol },
+            name: ServicePortName::new(&ns, &name, &port_name, protocol),
             port,
             cluster_ips,
             node_port,

@@ -590,16 +590,8 @@ pub fn collapse(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_model::Protocol;
 
-    fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
-        ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port: port.into(),
-            protocol: Protocol::Tcp,
-        }
-    }
+    use switchyard_model::test_util::spn;
 
     #[test]
     fn names_are_stable_and_safe() {
