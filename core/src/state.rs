@@ -549,13 +549,8 @@ impl ClusterState {
         namespace: &str,
         name: &str,
     ) -> impl Iterator<Item = &'a SliceEntry> + 'a {
-        let first = (
-            CompactString::from(namespace),
-            CompactString::from(name),
-            CompactString::default(),
-        );
-        let namespace = namespace.to_string();
-        let name = name.to_string();
+        let (namespace, name) = (CompactString::from(namespace), CompactString::from(name));
+        let first = (namespace.clone(), name.clone(), CompactString::default());
         self.slices_by_service
             .range(first..)
             .take_while(move |(ns, svc, _)| *ns == namespace && *svc == name)
