@@ -168,6 +168,7 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
             data: Some(DataType::Verdict),
             flags: SetFlags::default(),
             timeout_ms: None,
+            userdata: None,
         },
     );
     batch.add_set(
@@ -179,6 +180,7 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
             data: None,
             flags: SetFlags::default(),
             timeout_ms: None,
+            userdata: None,
         },
     );
     batch.add_set(
@@ -190,6 +192,7 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
             data: None,
             flags: SetFlags::default(),
             timeout_ms: None,
+            userdata: None,
         },
     );
     batch.add_set(
@@ -204,6 +207,7 @@ fn full_ruleset(batch: &mut switchyard_netlink::nftables::Batch, c: &FamilyCase)
                 ..SetFlags::default()
             },
             timeout_ms: None,
+            userdata: None,
         },
     );
     batch.add_affinity_set(f, TABLE, "aff-a", 10800);

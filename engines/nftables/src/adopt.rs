@@ -39,10 +39,13 @@ use crate::{
     netlink::userdata_comment,
     netlink::NftSocket,
     partial::{FamilyOps, Partial},
-    port::encode_port,
-    record::{Applied, FamilyRecord},
-    rule::dnat_address,
-    ruleset::{shard_table, Family, MapKind, PortChains, TableNames, TABLES},
+    port::{encode_port, mapped_address, SlotBook},
+    record::{Applied, FamilyRecord, MappedRange},
+    rule::{dnat_address, dnat_map},
+    ruleset::{
+        backend_map_chunk, backend_map_name, shard_table, Family, MapKind, PortChains, TableNames,
+        TABLES,
+    },
 };
 
 /// What adopting the kernel's tables takes.
@@ -234,7 +237,7 @@ impl Repair<'_> {
         let mut pending: BTreeSet<usize> = dirty.iter().map(|d| shard_table(d.id[0])).collect();
         pending.insert(0);
         pending.extend(self.claimant_shards(dirty));
-        let old_backends = self.old_chains(dirty)?;
+        let (mut old_backends, old_maps) = self.old_chains(dirty)?;
         let mut done = BTreeSet::new();
         while let Some(t) = pending.pop_first() {
             done.insert(t);
@@ -249,7 +252,7 @@ impl Repair<'_> {
             let Some(plan) = model.services.get(&**name) else {
                 continue;
             };
-            let port = encode_port(&ctx, plan);
+            let port = encode_port(&ctx, plan, &mut SlotBook::new(Some(self.record)));
             for (set, timeout) in port.sets {
                 let present = self.kernel_sets.get(&set.table);
                 if !present.is_some_and(|s| s.contains(&*set.name)) {
@@ -257,6 +260,7 @@ impl Repair<'_> {
                 }
             }
             self.ops.chains.extend(port.chains);
+            self.ops.backend_adds.extend(port.mapped);
             hairpin.extend(
                 port.elements
                     .into_iter()
@@ -265,6 +269,7 @@ impl Repair<'_> {
         }
         let mut seen = HashSet::new();
         hairpin.retain(|e| seen.insert(e.key));
+        old_backends.extend(self.backend_maps(dirty, old_maps)?);
         self.stale_hairpin(old_backends)?;
         self.ops.adds.extend(hairpin);
         Ok(Some(self.ops))
@@ -297,9 +302,15 @@ impl Repair<'_> {
     }
 
     /// The chains dirty ports may have (every name their base gives): those the model
-    /// does not want are deleted; returns the addresses their backend chains DNAT to.
-    fn old_chains(&mut self, dirty: &[Dirty]) -> Result<HashSet<IpAddr>, EngineError> {
+    /// does not want are deleted; returns the addresses their backend chains DNAT to,
+    /// and the backend maps (table, chunk) they pick from.
+    #[allow(clippy::type_complexity)]
+    fn old_chains(
+        &mut self,
+        dirty: &[Dirty],
+    ) -> Result<(HashSet<IpAddr>, BTreeSet<(usize, u8)>), EngineError> {
         let mut backends = HashSet::new();
+        let mut maps = BTreeSet::new();
         for d in dirty {
             for chain in PortChains::all_chains(shard_table(d.id[0]), &d.base) {
                 let table = self.tables.name(chain.table);
@@ -310,6 +321,9 @@ impl Repair<'_> {
                     let rules = self.socket.rule_exprs(self.family, table, &chain.name)?;
                     for rule in rules.unwrap_or_default() {
                         backends.extend(dnat_address(&rule));
+                        if let Some(chunk) = dnat_map(&rule).and_then(|m| backend_map_chunk(&m)) {
+                            maps.insert((chain.table, chunk));
+                        }
                     }
                 }
                 if !self.record.tables[chain.table]
@@ -320,7 +334,75 @@ impl Repair<'_> {
                 }
             }
         }
-        Ok(backends)
+        Ok((backends, maps))
+    }
+
+    /// The backend maps dirty ports used (`old`, read from their old rules) or use now
+    /// (the record's): each is read back (they are small) and every key no clean port
+    /// holds is deleted — the dirty ports' new elements are added by `run`; maps the
+    /// record needs and the kernel lacks are created. Returns the addresses the deleted
+    /// elements pointed at (hairpin candidates).
+    fn backend_maps(
+        &mut self,
+        dirty: &[Dirty],
+        mut maps: BTreeSet<(usize, u8)>,
+    ) -> Result<HashSet<IpAddr>, EngineError> {
+        let dirty_names: HashSet<&ServicePortName> =
+            dirty.iter().filter_map(|d| d.name.as_deref()).collect();
+        for name in &dirty_names {
+            if let Some(objects) = self.record.ports.get(*name) {
+                maps.extend(objects.mapped.iter().map(|r| (r.table(), r.chunk)));
+            }
+        }
+        let mut clean: HashMap<(usize, u8), Vec<MappedRange>> = HashMap::new();
+        for (name, objects) in &self.record.ports {
+            if dirty_names.contains(&**name) {
+                continue;
+            }
+            for r in &objects.mapped {
+                if maps.contains(&(r.table(), r.chunk)) {
+                    clean.entry((r.table(), r.chunk)).or_default().push(*r);
+                }
+            }
+        }
+        let mut old_targets = HashSet::new();
+        for (t, chunk) in maps {
+            let name = backend_map_name(chunk);
+            let table = self.tables.name(t);
+            let Some(found) = self.socket.element_infos(self.family, table, &name)? else {
+                if self.record.tables[t].has_backend_map(chunk) {
+                    self.ops.new_backend_maps.push((t, chunk));
+                }
+                continue;
+            };
+            let kept = clean
+                .get(&(t, chunk))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let wanted = self.record.tables[t].has_backend_map(chunk);
+            if !wanted {
+                self.ops.stale_sets.push(ObjectRef::new(t, name.as_str()));
+            }
+            for e in found {
+                if kept.iter().any(|r| r.holds(&e.key)) {
+                    continue;
+                }
+                let Ok(key) = <[u8; 4]>::try_from(&e.key[..]) else {
+                    continue;
+                };
+                if wanted {
+                    self.ops
+                        .backend_deletes
+                        .push((t, chunk, u32::from_ne_bytes(key)));
+                }
+                old_targets.extend(
+                    e.value
+                        .as_deref()
+                        .and_then(|v| mapped_address(self.family, v)),
+                );
+            }
+        }
+        Ok(old_targets)
     }
 
     /// Shards holding claims, by other ports, of the sharded keys dirty ports claim.
@@ -354,8 +436,9 @@ impl Repair<'_> {
                 crate::ruleset::CLUSTER_CIDRS_SET,
             ];
             for set in &sets {
-                let ours =
-                    MapKind::ALL.iter().any(|k| k.name() == set) || fixed.contains(&set.as_str());
+                let ours = MapKind::ALL.iter().any(|k| k.name() == set)
+                    || fixed.contains(&set.as_str())
+                    || backend_map_chunk(set).is_some();
                 if !ours && !expected.sets.contains(set.as_str()) {
                     self.ops.stale_sets.push(ObjectRef::new(t, set.as_str()));
                 }

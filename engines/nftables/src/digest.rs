@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Bumped when the layout changes in a way the digested data does not show.
-const FORMAT: &[u8] = b"switchyard-nftables layout 1";
+const FORMAT: &[u8] = b"switchyard-nftables layout 2";
 
 /// The port id of a table's fixed part in `port-digests`.
 pub const FIXED_ID: [u8; 8] = [0; 8];
@@ -109,6 +109,15 @@ pub fn port(family: Family, port: &PortRules) -> [u8; 8] {
         .filter(|e| e.kind != MapKind::PortDigests)
     {
         d.element(e);
+    }
+    for m in &port.mapped {
+        let r = &m.range;
+        d.hash.update([r.table, r.chunk]);
+        d.hash.update(r.offset.to_be_bytes());
+        for (key, value) in m.elements() {
+            d.bytes(&key);
+            d.bytes(&value);
+        }
     }
     d.finish()
 }

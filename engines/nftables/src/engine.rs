@@ -328,6 +328,7 @@ impl ProxyEngine for NftablesEngine {
             &self.options.tables,
             families,
             model,
+            self.applied.as_ref(),
             port,
             &mut out,
         )?;

@@ -21,10 +21,12 @@ use crate::{
     element::Element,
     fixed::{FixedTable, NodeCtx},
     netlink::{Batch, ElementBytes, SetFlags, SetSpec},
-    port::{encode_port, FamilyCtx, PortRules},
+    port::{encode_port, FamilyCtx, PortRules, SlotBook},
     record::{Applied, FamilyRecord},
     rule::Rule,
-    ruleset::{Family, MapKind, TableNames, TABLES},
+    ruleset::{
+        backend_map_decl, backend_map_name, backend_map_spec, Family, MapKind, TableNames, TABLES,
+    },
 };
 
 /// Where one family's full rendering goes, table by table.
@@ -58,7 +60,7 @@ fn render_family(model: &NodeModel, family: Family, sink: &mut dyn Sink) -> Fami
     }
     drop(fixed);
     for plan in model.services.values() {
-        let port = encode_port(&ctx, plan);
+        let port = encode_port(&ctx, plan, &mut SlotBook::new(Some(&record)));
         sink.port(&port);
         record.insert_port(&plan.name, port.objects());
     }
@@ -175,6 +177,8 @@ struct BatchSink<'a> {
     tables: &'a TableNames,
     /// Per table: declarations, elements, rules.
     parts: Vec<[Batch; 3]>,
+    /// Per table: the backend maps declared so far (bit `chunk`).
+    backend_maps: Vec<u64>,
 }
 
 impl<'a> BatchSink<'a> {
@@ -185,6 +189,7 @@ impl<'a> BatchSink<'a> {
             parts: (0..TABLES)
                 .map(|_| [Batch::new(0), Batch::new(0), Batch::new(0)])
                 .collect(),
+            backend_maps: vec![0; TABLES],
         }
     }
 
@@ -239,6 +244,16 @@ impl Sink for BatchSink<'_> {
             let table = self.tables.name(set.table);
             self.parts[set.table][0].add_affinity_set(family, table, &set.name, *timeout);
         }
+        for m in &port.mapped {
+            let (t, chunk) = (m.range.table(), m.range.chunk);
+            let table = self.tables.name(t);
+            let map = backend_map_name(chunk);
+            if self.backend_maps[t] & (1 << chunk) == 0 {
+                self.backend_maps[t] |= 1 << chunk;
+                self.parts[t][0].add_set(family, table, &backend_map_spec(family, &map));
+            }
+            self.parts[t][1].add_value_elements(family, table, &map, &m.elements());
+        }
         for (chain, rules) in &port.chains {
             let table = self.tables.name(chain.table);
             self.parts[chain.table][0].add_chain(family, table, &chain.name);
@@ -264,6 +279,8 @@ struct TextSink<'a> {
     family: Family,
     tables: &'a TableNames,
     bodies: Vec<String>,
+    /// Per table and backend map: its elements' text.
+    backend_maps: Vec<std::collections::BTreeMap<u8, Vec<String>>>,
     out: Vec<String>,
 }
 
@@ -273,6 +290,7 @@ impl<'a> TextSink<'a> {
             family,
             tables,
             bodies: vec![String::new(); TABLES],
+            backend_maps: vec![Default::default(); TABLES],
             out: Vec::new(),
         }
     }
@@ -336,6 +354,12 @@ impl Sink for TextSink<'_> {
                 family.addr_type()
             );
         }
+        for m in &port.mapped {
+            self.backend_maps[m.range.table()]
+                .entry(m.range.chunk)
+                .or_default()
+                .extend(m.texts());
+        }
         for (chain, rules) in &port.chains {
             chain_block(
                 &mut self.bodies[chain.table],
@@ -368,6 +392,15 @@ impl Sink for TextSink<'_> {
                 let _ = writeln!(tail, "\t\telements = {items}");
             }
             tail.push_str("\t}\n");
+        }
+        for (chunk, items) in std::mem::take(&mut self.backend_maps[t]) {
+            let _ = writeln!(
+                tail,
+                "\tmap {} {{\n\t\t{}\n\t\telements = {}\n\t}}",
+                backend_map_name(chunk),
+                backend_map_decl(self.family),
+                set_literal(items.iter())
+            );
         }
         tail.push_str("}\n");
         self.out.push(tail);

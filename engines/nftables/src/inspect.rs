@@ -25,9 +25,10 @@ use crate::{
     element::{Element, ElementKey},
     full::family_ctx,
     netlink::NftSocket,
-    port::{encode_port, PortRules},
-    rule::{dnat_address, Action},
-    ruleset::{Family, MapKind, PortChains, TableNames, TABLES},
+    port::{encode_port, mapped_address, PortRules, SlotBook},
+    record::Applied,
+    rule::{dnat_address, dnat_keys, dnat_map, Action},
+    ruleset::{backend_map_name, Family, MapKind, PortChains, TableNames, TABLES},
 };
 
 /// Maps a `Vip` key can be an element of, and maps a `NodePort` key can.
@@ -44,14 +45,16 @@ pub fn inspect(
     tables: &TableNames,
     families: &[Family],
     model: &NodeModel,
+    applied: Option<&Applied>,
     name: &ServicePortName,
     out: &mut PortInspection,
 ) -> Result<(), EngineError> {
     for &family in families {
+        let record = applied.map(|a| &a.families[family.index()]);
         let expected = model
             .services
             .get(name)
-            .map(|plan| encode_port(&family_ctx(model, family), plan))
+            .map(|plan| encode_port(&family_ctx(model, family), plan, &mut SlotBook::new(record)))
             .unwrap_or_default();
         let mut reader = Reader {
             socket: &mut *socket,
@@ -108,6 +111,24 @@ impl Reader<'_> {
                 .filter_map(|r| dnat_address(r))
                 .map(|ip| ip.to_string())
                 .collect();
+            for rule in &rules {
+                if let (Some(map), Some(keys)) = (dnat_map(rule), dnat_keys(rule)) {
+                    let found = self
+                        .socket
+                        .element_infos(self.family, &table, &map)?
+                        .unwrap_or_default();
+                    dnat.extend(
+                        found
+                            .iter()
+                            .filter(|e| {
+                                <[u8; 4]>::try_from(&e.key[..])
+                                    .is_ok_and(|k| keys.contains(&u32::from_ne_bytes(k)))
+                            })
+                            .filter_map(|e| mapped_address(self.family, e.value.as_deref()?))
+                            .map(|ip| ip.to_string()),
+                    );
+                }
+            }
             dnat.sort();
             let mut detail = match rules.len() {
                 1 => "1 rule".to_string(),
@@ -129,13 +150,22 @@ impl Reader<'_> {
                     want.len()
                 ));
             }
-            let mut want_dnat: Vec<String> = want
-                .iter()
-                .filter_map(|r| match &r.action {
-                    Action::Dnat { ip, .. } => Some(ip.to_string()),
-                    _ => None,
-                })
-                .collect();
+            let mut want_dnat: Vec<String> = Vec::new();
+            for r in want.iter() {
+                match &r.action {
+                    Action::Dnat { ip, .. } => want_dnat.push(ip.to_string()),
+                    Action::DnatMapped { map, offset, .. } => want_dnat.extend(
+                        expected
+                            .mapped
+                            .iter()
+                            .filter(|m| {
+                                m.range.offset == *offset && backend_map_name(m.range.chunk) == *map
+                            })
+                            .flat_map(|m| m.targets.iter().map(|(ip, _)| ip.to_string())),
+                    ),
+                    _ => {}
+                }
+            }
             want_dnat.sort();
             if dnat != want_dnat {
                 self.out.differs(format!(

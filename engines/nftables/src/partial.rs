@@ -6,7 +6,10 @@
 //! [`crate::port::encode_port`]. An engine adopting a previous process's tables builds
 //! a `Partial` of its repairs with [`Partial::from_ops`] (see `adopt`).
 
-use std::{collections::HashSet, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt::Write as _,
+};
 
 use switchyard_model::{ChangeSet, NodeModel, ServicePortName};
 
@@ -14,10 +17,12 @@ use crate::{
     element::{Element, ElementKey, ObjectRef, Verdict},
     full::family_ctx,
     netlink::Batch,
-    port::{encode_port, PortRules},
-    record::{Applied, FamilyRecord, PortObjects},
+    port::{encode_port, Mapped, PortRules, SlotBook},
+    record::{Applied, FamilyRecord, MappedRange, PortObjects},
     rule::Rule,
-    ruleset::{Family, MapKind, TableNames, TABLES},
+    ruleset::{
+        backend_map_decl, backend_map_name, backend_map_spec, Family, MapKind, TableNames, TABLES,
+    },
 };
 
 /// What a partial sync writes in one family's tables, as data.
@@ -35,6 +40,24 @@ pub struct FamilyOps {
     pub stale_chains: Vec<ObjectRef>,
     /// Affinity sets deleted, last.
     pub stale_sets: Vec<ObjectRef>,
+    /// Backend maps created (table, chunk), before any rule uses them; those left
+    /// without elements are deleted with `stale_sets`.
+    pub new_backend_maps: Vec<(usize, u8)>,
+    /// Backend-map keys deleted (table, chunk, key).
+    pub backend_deletes: Vec<(usize, u8, u32)>,
+    /// Backend-map elements added.
+    pub backend_adds: Vec<Mapped>,
+}
+
+impl FamilyOps {
+    /// The backend-map deletes grouped per (table, chunk), as key bytes.
+    fn backend_deletes_per_map(&self) -> BTreeMap<(usize, u8), Vec<u32>> {
+        let mut out: BTreeMap<(usize, u8), Vec<u32>> = BTreeMap::new();
+        for &(t, chunk, key) in &self.backend_deletes {
+            out.entry((t, chunk)).or_default().push(key);
+        }
+        out
+    }
 }
 
 /// The touched service ports of one family and what each now owns.
@@ -78,6 +101,9 @@ impl Partial {
                 && o.adds.is_empty()
                 && o.stale_chains.is_empty()
                 && o.stale_sets.is_empty()
+                && o.new_backend_maps.is_empty()
+                && o.backend_deletes.is_empty()
+                && o.backend_adds.is_empty()
         })
     }
 
@@ -102,6 +128,10 @@ impl Partial {
             for (set, timeout) in &ops.new_sets {
                 batch.add_affinity_set(family, tables.name(set.table), &set.name, *timeout);
             }
+            for &(t, chunk) in &ops.new_backend_maps {
+                let map = backend_map_name(chunk);
+                batch.add_set(family, tables.name(t), &backend_map_spec(family, &map));
+            }
             for (chain, _) in &ops.chains {
                 batch.add_chain(family, tables.name(chain.table), &chain.name);
                 batch.flush_chain(family, tables.name(chain.table), &chain.name);
@@ -110,6 +140,10 @@ impl Partial {
                 let keys: Vec<_> = elements.iter().map(|e| e.bytes()).collect();
                 batch.delete_elements(family, tables.name(table), kind.name(), &keys);
             });
+            for ((t, chunk), keys) in ops.backend_deletes_per_map() {
+                let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_ne_bytes().to_vec()).collect();
+                batch.delete_keys(family, tables.name(t), &backend_map_name(chunk), &keys);
+            }
             for (chain, rules) in &ops.chains {
                 for rule in rules {
                     batch.add_rule(family, tables.name(chain.table), &chain.name, |a| {
@@ -121,6 +155,10 @@ impl Partial {
                 let items: Vec<_> = elements.iter().map(|e| e.bytes()).collect();
                 batch.add_elements(family, tables.name(table), kind.name(), &items);
             });
+            for m in &ops.backend_adds {
+                let (t, map) = (m.range.table(), backend_map_name(m.range.chunk));
+                batch.add_value_elements(family, tables.name(t), &map, &m.elements());
+            }
             for chain in &ops.stale_chains {
                 // Created if missing (an adopting engine deletes every name a port it
                 // no longer knows may have used), so the delete never fails.
@@ -174,9 +212,28 @@ fn write_family_text(text: &mut String, family: Family, ops: &FamilyOps, tables:
             family.addr_type()
         );
     }
+    for &(t, chunk) in &ops.new_backend_maps {
+        let _ = writeln!(
+            text,
+            "add map {fam} {} {} {{ {}; }}",
+            tables.name(t),
+            backend_map_name(chunk),
+            backend_map_decl(family)
+        );
+    }
     for (chain, _) in &ops.chains {
         let _ = writeln!(text, "add chain {fam} {} {}", table(chain), chain.name);
         let _ = writeln!(text, "flush chain {fam} {} {}", table(chain), chain.name);
+    }
+    for ((t, chunk), keys) in ops.backend_deletes_per_map() {
+        let keys: Vec<String> = keys.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            text,
+            "delete element {fam} {} {} {{ {} }}",
+            tables.name(t),
+            backend_map_name(chunk),
+            keys.join(", ")
+        );
     }
     for_each_map(&ops.deletes, |t, kind, elements| {
         let keys: Vec<String> = elements.iter().map(|e| e.key.to_string()).collect();
@@ -209,6 +266,16 @@ fn write_family_text(text: &mut String, family: Family, ops: &FamilyOps, tables:
             items.join(", ")
         );
     });
+    for m in &ops.backend_adds {
+        let items: Vec<String> = m.texts().collect();
+        let _ = writeln!(
+            text,
+            "add element {fam} {} {} {{ {} }}",
+            tables.name(m.range.table()),
+            backend_map_name(m.range.chunk),
+            items.join(", ")
+        );
+    }
     for chain in &ops.stale_chains {
         let _ = writeln!(text, "add chain {fam} {} {}", table(chain), chain.name);
         let _ = writeln!(text, "flush chain {fam} {} {}", table(chain), chain.name);
@@ -229,13 +296,16 @@ pub fn render_partial(model: &NodeModel, changes: &ChangeSet, applied: &Applied)
     for &family in applied.programmed() {
         let record = &applied.families[family.index()];
         let ctx = family_ctx(model, family);
+        let rewritten: HashSet<&ServicePortName> = touched.iter().copied().collect();
+        let released = |n: &ServicePortName| rewritten.contains(n);
+        let mut slots = SlotBook::releasing(Some(record), &released);
         let ports: Vec<(ServicePortName, PortRules)> = touched
             .iter()
             .map(|name| {
                 let rules = model
                     .services
                     .get(*name)
-                    .map(|plan| encode_port(&ctx, plan))
+                    .map(|plan| encode_port(&ctx, plan, &mut slots))
                     .unwrap_or_default();
                 ((*name).clone(), rules)
             })
@@ -253,7 +323,43 @@ fn family_partial(
     record: &FamilyRecord,
 ) -> FamilyPartial {
     let mut ops = FamilyOps::default();
+    // Elements per backend map after the transaction, for the maps it touches.
+    let mut counts: BTreeMap<(usize, u8), (u32, u32)> = BTreeMap::new();
+    fn count<'c>(
+        counts: &'c mut BTreeMap<(usize, u8), (u32, u32)>,
+        record: &FamilyRecord,
+        r: &MappedRange,
+    ) -> &'c mut (u32, u32) {
+        let before = record.tables[r.table()].backend_counts[usize::from(r.chunk)];
+        counts
+            .entry((r.table(), r.chunk))
+            .or_insert((before, before))
+    }
+    for name in touched {
+        if let Some(old) = record.ports.get(*name) {
+            for r in &old.mapped {
+                count(&mut counts, record, r).1 -= r.count;
+                let keys = r.offset..r.offset + r.count;
+                ops.backend_deletes
+                    .extend(keys.map(|k| (r.table(), r.chunk, k)));
+            }
+        }
+    }
     for (_, rules) in &ports {
+        for m in &rules.mapped {
+            count(&mut counts, record, &m.range).1 += m.range.count;
+        }
+    }
+    for ((t, chunk), (before, after)) in counts {
+        if before == 0 && after > 0 {
+            ops.new_backend_maps.push((t, chunk));
+        } else if before > 0 && after == 0 {
+            ops.stale_sets
+                .push(ObjectRef::new(t, backend_map_name(chunk)));
+        }
+    }
+    for (_, rules) in &ports {
+        ops.backend_adds.extend(rules.mapped.iter().cloned());
         ops.chains.extend(rules.chains.iter().cloned());
         for (set, timeout) in &rules.sets {
             if !record.has_set(set) && !ops.new_sets.iter().any(|(s, _)| s == set) {

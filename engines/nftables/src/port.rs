@@ -15,22 +15,125 @@
 //!   `port-digests` element (the digest of all of the above, see `digest`);
 //! - `aff-E-T`: one dynamic set per backend (ClientIP affinity only).
 //!
-//! The random choice is a cascade, rule `i` of `N` being
-//! `numgen random mod (N - i) == 0 meta l4proto P dnat to EP-i` (uniform, like
-//! iptables' `statistic`), not upstream's `numgen random mod N vmap { ... }`: the kernel
-//! creates anonymous maps, and binds rules to a shared named map, in quadratic time
-//! (8000 anonymous maps: 12 s). No rule uses an anonymous set for the same reason.
+//! The random choice is one rule, `meta l4proto P dnat to numgen random mod N offset O
+//! map @backends-C`: the chain's endpoints are the keys `O .. O + N` of one of the
+//! shard's backend maps (`ruleset::BACKEND_MAPS`; the slot `O` and the map `C` come from
+//! the chain name's digest). Not upstream's `numgen random mod N vmap { ... }` with a
+//! chain per endpoint: the kernel creates anonymous maps, and binds rules to a shared
+//! named map, in quadratic time (8000 anonymous maps: 12 s), and each rule expression
+//! costs a lookup of its type by name. A chain falls back to a cascade, rule `i` of `N`
+//! being `numgen random mod (N - i) == 0 meta l4proto P dnat to EP-i` (uniform, like
+//! iptables' `statistic`), under ClientIP affinity (each endpoint's rule also updates its
+//! affinity set), above [`MAPPED_BACKENDS_MAX`] endpoints, or when another chain holds
+//! its slot (a 30-bit hash collision; the [`SlotBook`] says). One endpoint is one DNAT.
+
+use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::IpNet;
-use switchyard_model::{Backend, Backends, FamilyPlan, ServicePortPlan, Target};
+use switchyard_model::{Backend, Backends, FamilyPlan, ServicePortName, ServicePortPlan, Target};
 
 use crate::{
     digest,
     element::{Element, ElementKey, ObjectRef, Verdict},
-    record::PortObjects,
+    record::{FamilyRecord, MappedRange, PortObjects},
     rule::{Action, Match, Rule},
-    ruleset::{collapse, Family, MapKind, PortChains, CLUSTER_CIDRS_SET},
+    ruleset::{
+        backend_map_name, collapse, BackendSlot, Family, MapKind, PortChains, CLUSTER_CIDRS_SET,
+        MAPPED_BACKENDS_MAX,
+    },
 };
+
+/// Who holds the backend-map slots, asked before a chain takes one: the record of what
+/// the kernel holds (if known), minus the ports a transaction rewrites, plus what this
+/// transaction's ports took already.
+pub struct SlotBook<'a> {
+    record: Option<&'a FamilyRecord>,
+    released: &'a dyn Fn(&ServicePortName) -> bool,
+    taken: HashMap<(usize, BackendSlot), [u8; 8]>,
+}
+
+impl<'a> SlotBook<'a> {
+    /// Slots as `record` holds them (a port keeps its own).
+    pub fn new(record: Option<&'a FamilyRecord>) -> SlotBook<'a> {
+        SlotBook::releasing(record, &|_| false)
+    }
+
+    /// Slots as `record` holds them, but those of the ports `released` names.
+    pub fn releasing(
+        record: Option<&'a FamilyRecord>,
+        released: &'a dyn Fn(&ServicePortName) -> bool,
+    ) -> SlotBook<'a> {
+        SlotBook {
+            record,
+            released,
+            taken: HashMap::new(),
+        }
+    }
+
+    /// Takes `slot` of `table` for the port `name` (whose id is `id`), unless someone
+    /// else holds it.
+    fn claim(
+        &mut self,
+        table: usize,
+        slot: BackendSlot,
+        name: &ServicePortName,
+        id: [u8; 8],
+    ) -> bool {
+        if self.taken.contains_key(&(table, slot)) {
+            return false;
+        }
+        let held = self
+            .record
+            .and_then(|r| r.slot_holder(table, slot))
+            .is_some_and(|holder| holder != name && !(self.released)(holder));
+        if held {
+            return false;
+        }
+        self.taken.insert((table, slot), id);
+        true
+    }
+}
+
+/// The address of a backend-map value (`addr . port`, as [`Mapped::elements`] writes it).
+pub fn mapped_address(family: Family, value: &[u8]) -> Option<IpAddr> {
+    match family {
+        Family::Ip => <[u8; 4]>::try_from(value.get(..4)?).ok().map(IpAddr::from),
+        Family::Ip6 => <[u8; 16]>::try_from(value.get(..16)?)
+            .ok()
+            .map(IpAddr::from),
+    }
+}
+
+/// The endpoints of a backend chain in a backend map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapped {
+    pub range: MappedRange,
+    /// Address and port per key, from the range's offset on.
+    pub targets: Vec<(IpAddr, u16)>,
+}
+
+impl Mapped {
+    /// The elements as the map holds them: key and value bytes.
+    pub fn elements(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.range
+            .keys()
+            .zip(&self.targets)
+            .map(|(key, (ip, port))| {
+                let mut value = crate::rule::ip_bytes(ip);
+                let [a, b] = port.to_be_bytes();
+                value.extend_from_slice(&[a, b, 0, 0]);
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// The elements as nft text (`KEY : ADDR . PORT`).
+    pub fn texts(&self) -> impl Iterator<Item = String> + '_ {
+        (self.range.offset..)
+            .zip(&self.targets)
+            .map(|(key, (ip, port))| format!("{key} : {ip} . {port}"))
+    }
+}
 
 /// The node-wide facts of one family the per-port encoding needs.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +151,8 @@ pub struct PortRules {
     /// Affinity sets with their timeouts.
     pub sets: Vec<(ObjectRef, u32)>,
     pub elements: Vec<Element>,
+    /// Backend chains' endpoints in backend maps.
+    pub mapped: Vec<Mapped>,
 }
 
 impl PortRules {
@@ -61,6 +166,7 @@ impl PortRules {
                 .collect(),
             sets: self.sets.iter().map(|(s, _)| s.clone()).collect(),
             elements: self.elements.clone(),
+            mapped: self.mapped.iter().map(|m| m.range).collect(),
         }
     }
 
@@ -118,7 +224,7 @@ impl BackendChains {
 }
 
 /// Encodes `plan` for `ctx.family`; empty when the port has no plan in this family.
-pub fn encode_port(ctx: &FamilyCtx, plan: &ServicePortPlan) -> PortRules {
+pub fn encode_port(ctx: &FamilyCtx, plan: &ServicePortPlan, slots: &mut SlotBook) -> PortRules {
     let mut out = PortRules::default();
     let Some(f) = plan.family(ctx.family.ip_family()) else {
         return out;
@@ -131,7 +237,7 @@ pub fn encode_port(ctx: &FamilyCtx, plan: &ServicePortPlan) -> PortRules {
     if let Some(fw) = &f.firewall {
         firewall(ctx, plan, f, &names, &fw.allowed, &mut out);
     }
-    backend_chains(plan, f, &names, &chains, &mut out);
+    backend_chains(plan, f, &names, &chains, slots, &mut out);
     let digest = digest::port(ctx.family, &out);
     out.elements
         .push(digest::element(names.id(), digest, Some(names.base())));
@@ -270,6 +376,7 @@ fn backend_chains(
     f: &FamilyPlan,
     names: &PortChains,
     chains: &BackendChains,
+    slots: &mut SlotBook,
     out: &mut PortRules,
 ) {
     for b in f.backends() {
@@ -294,7 +401,7 @@ fn backend_chains(
             }
         }
     }
-    for (backends, chain) in &chains.sets {
+    for (index, (backends, chain)) in chains.sets.iter().enumerate() {
         let dnat = |b: &Backend| Action::Dnat {
             affinity: affinity_set(b).map(|(s, _)| s.name.to_string()),
             protocol: plan.protocol,
@@ -314,6 +421,33 @@ fn backend_chains(
             }
         }
         let n = backends.len();
+        let table = names.table();
+        let slot = names.backend_slot(index);
+        if f.affinity.is_none()
+            && (2..=MAPPED_BACKENDS_MAX).contains(&n)
+            && slots.claim(table, slot, &plan.name, names.id())
+        {
+            rules.push(Rule::new(
+                vec![],
+                Action::DnatMapped {
+                    protocol: plan.protocol,
+                    map: backend_map_name(slot.chunk),
+                    modulus: n as u32,
+                    offset: slot.offset,
+                },
+            ));
+            out.mapped.push(Mapped {
+                range: MappedRange {
+                    table: table as u8,
+                    chunk: slot.chunk,
+                    offset: slot.offset,
+                    count: n as u32,
+                },
+                targets: backends.iter().map(|b| (b.ip, b.port)).collect(),
+            });
+            out.chains.push((chain.clone(), rules));
+            continue;
+        }
         for (i, b) in backends.iter().enumerate() {
             let matches = if i + 1 < n {
                 vec![Match::Random((n - i) as u32)]

@@ -10,8 +10,43 @@ use switchyard_model::ServicePortName;
 
 use crate::{
     element::{table_of, Element, ElementKey, ObjectRef, Verdict},
-    ruleset::{Family, MapKind, TABLES},
+    ruleset::{BackendSlot, Family, MapKind, BACKEND_MAPS, TABLES},
 };
+
+/// A backend chain's keys in a backend map: `offset .. offset + count` of map `chunk`
+/// in table `table` (see `ruleset::BACKEND_MAPS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MappedRange {
+    pub table: u8,
+    pub chunk: u8,
+    pub offset: u32,
+    pub count: u32,
+}
+
+impl MappedRange {
+    pub fn table(&self) -> usize {
+        usize::from(self.table)
+    }
+
+    pub fn slot(&self) -> BackendSlot {
+        BackendSlot {
+            chunk: self.chunk,
+            offset: self.offset,
+        }
+    }
+
+    /// The keys, as the map holds them (host-endian `numgen` results).
+    pub fn keys(&self) -> impl Iterator<Item = Vec<u8>> {
+        (self.offset..self.offset + self.count).map(|k| k.to_ne_bytes().to_vec())
+    }
+
+    /// Whether the map key `key` (its bytes) is one of this range's.
+    pub fn holds(&self, key: &[u8]) -> bool {
+        <[u8; 4]>::try_from(key)
+            .map(u32::from_ne_bytes)
+            .is_ok_and(|k| k >= self.offset && k - self.offset < self.count)
+    }
+}
 
 /// Everything one service port owns in one family's tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,11 +56,16 @@ pub struct PortObjects {
     /// Affinity sets.
     pub sets: Vec<ObjectRef>,
     pub elements: Vec<Element>,
+    /// The backend-map keys of its backend chains.
+    pub mapped: Vec<MappedRange>,
 }
 
 impl PortObjects {
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.sets.is_empty() && self.elements.is_empty()
+        self.chains.is_empty()
+            && self.sets.is_empty()
+            && self.elements.is_empty()
+            && self.mapped.is_empty()
     }
 }
 
@@ -39,7 +79,7 @@ impl PortObjects {
 pub type Claims = Vec<(Arc<ServicePortName>, Verdict)>;
 
 /// What one table (main or shard) holds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TableRecord {
     /// Every chain in the table (fixed ones included) and its rule count.
     pub chains: HashMap<Arc<str>, usize>,
@@ -48,9 +88,30 @@ pub struct TableRecord {
     /// Elements in the kernel per map (indexed by `MapKind::index`); only the maps the
     /// table has (see `MapKind::is_sharded`) count.
     pub map_counts: [usize; MapKind::ALL.len()],
+    /// Elements per backend map: a map exists while it has some.
+    pub backend_counts: [u32; BACKEND_MAPS],
+    /// Who holds each backend-map slot.
+    pub backend_slots: HashMap<BackendSlot, Arc<ServicePortName>>,
+}
+
+impl Default for TableRecord {
+    fn default() -> Self {
+        TableRecord {
+            chains: HashMap::default(),
+            sets: HashSet::default(),
+            map_counts: Default::default(),
+            backend_counts: [0; BACKEND_MAPS],
+            backend_slots: HashMap::default(),
+        }
+    }
 }
 
 impl TableRecord {
+    /// Whether backend map `chunk` exists (has elements).
+    pub fn has_backend_map(&self, chunk: u8) -> bool {
+        self.backend_counts[usize::from(chunk)] > 0
+    }
+
     pub fn rule_count(&self) -> usize {
         self.chains.values().sum()
     }
@@ -106,6 +167,11 @@ impl FamilyRecord {
             return;
         }
         let owner = Arc::new(name.clone());
+        for r in &objects.mapped {
+            let table = &mut self.tables[r.table()];
+            table.backend_counts[usize::from(r.chunk)] += r.count;
+            table.backend_slots.insert(r.slot(), owner.clone());
+        }
         for e in &objects.elements {
             let kind = e.kind;
             let claims = self.claims[kind.index()].entry(e.key).or_default();
@@ -137,6 +203,17 @@ impl FamilyRecord {
         for set in &objects.sets {
             self.tables[set.table].sets.remove(&set.name);
         }
+        for r in &objects.mapped {
+            let table = &mut self.tables[r.table()];
+            table.backend_counts[usize::from(r.chunk)] -= r.count;
+            if table
+                .backend_slots
+                .get(&r.slot())
+                .is_some_and(|holder| **holder == *name)
+            {
+                table.backend_slots.remove(&r.slot());
+            }
+        }
         for e in objects.elements {
             let kind = e.kind;
             let map = &mut self.claims[kind.index()];
@@ -163,6 +240,11 @@ impl FamilyRecord {
     /// Rules in the family's tables.
     pub fn rule_count(&self) -> usize {
         self.tables.iter().map(TableRecord::rule_count).sum()
+    }
+
+    /// Who holds backend-map slot `slot` of table `table`.
+    pub fn slot_holder(&self, table: usize, slot: BackendSlot) -> Option<&ServicePortName> {
+        self.tables[table].backend_slots.get(&slot).map(|h| &**h)
     }
 
     /// Whether an affinity set exists.

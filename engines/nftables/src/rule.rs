@@ -67,6 +67,14 @@ pub enum Action {
         ip: IpAddr,
         port: u16,
     },
+    /// `meta l4proto P dnat ip to numgen random mod N offset O map @MAP`: one of `N`
+    /// endpoints at random, from keys `O .. O + N` of a backend map.
+    DnatMapped {
+        protocol: Protocol,
+        map: String,
+        modulus: u32,
+        offset: u32,
+    },
     /// `ip daddr . meta l4proto . th dport vmap @MAP`.
     VipVmap(String),
     /// `meta l4proto . th dport vmap @MAP`.
@@ -150,6 +158,33 @@ pub fn dnat_address(exprs: &[RuleExpr]) -> Option<IpAddr> {
     })
 }
 
+/// The backend map a dumped rule picks its endpoint from (`... dnat to numgen ... map
+/// @MAP`), as [`Rule::encode`] writes it.
+pub fn dnat_map(exprs: &[RuleExpr]) -> Option<String> {
+    exprs.iter().filter(|e| e.name == "lookup").find_map(|e| {
+        attrs(&e.data)
+            .flatten()
+            .find(|a| a.kind == NFTA_LOOKUP_SET)
+            .and_then(|a| std::str::from_utf8(a.value).ok())
+            .map(|s| s.trim_end_matches('\0').to_string())
+            .filter(|name| crate::ruleset::backend_map_chunk(name).is_some())
+    })
+}
+
+/// The keys a dumped rule picks among (`numgen random mod N offset O`): `O .. O + N`.
+pub fn dnat_keys(exprs: &[RuleExpr]) -> Option<std::ops::Range<u32>> {
+    let e = exprs.iter().find(|e| e.name == "numgen")?;
+    let (mut modulus, mut offset) = (None, 0);
+    for a in attrs(&e.data).flatten() {
+        match a.kind {
+            NFTA_NG_MODULUS => modulus = a.be32().ok(),
+            NFTA_NG_OFFSET => offset = a.be32().ok()?,
+            _ => {}
+        }
+    }
+    Some(offset..offset.checked_add(modulus?)?)
+}
+
 /// Displays a rule as nft text.
 pub struct Text<'a>(&'a Rule, Family);
 
@@ -207,6 +242,16 @@ impl fmt::Display for Text<'_> {
                 }
                 write!(f, "meta l4proto {} dnat to {to}", protocol.as_str())
             }
+            Action::DnatMapped {
+                protocol,
+                map,
+                modulus,
+                offset,
+            } => write!(
+                f,
+                "meta l4proto {} dnat {ipx} to numgen random mod {modulus} offset {offset} map @{map}",
+                protocol.as_str()
+            ),
             Action::VipVmap(map) => write!(f, "{ipx} daddr . meta l4proto . th dport vmap @{map}"),
             Action::PortVmap(map) => write!(f, "meta l4proto . th dport vmap @{map}"),
             Action::MarkOr(m) => write!(f, "meta mark set meta mark or {m:#x}"),
@@ -250,6 +295,7 @@ const NFTA_NG_DREG: u16 = 1;
 const NFTA_NG_MODULUS: u16 = 2;
 const NFTA_NG_TYPE: u16 = 3;
 const NFT_NG_RANDOM: u32 = 1;
+const NFTA_NG_OFFSET: u16 = 4;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -372,6 +418,26 @@ fn encode_action(action: &Action, family: Family, a: &mut Attrs<'_>) {
             ip,
             port,
         } => dnat(a, family, affinity.as_deref(), *protocol, ip, *port),
+        Action::DnatMapped {
+            protocol,
+            map,
+            modulus,
+            offset,
+        } => {
+            l4proto(a, *protocol);
+            a.expr("numgen", |a| {
+                a.u32(NFTA_NG_DREG, REG_1);
+                a.u32(NFTA_NG_MODULUS, *modulus);
+                a.u32(NFTA_NG_TYPE, NFT_NG_RANDOM);
+                a.u32(NFTA_NG_OFFSET, *offset);
+            });
+            a.expr("lookup", |a| {
+                a.str(NFTA_LOOKUP_SET, map);
+                a.u32(NFTA_LOOKUP_SREG, REG_1);
+                a.u32(NFTA_LOOKUP_DREG, REG_1);
+            });
+            nat_dnat(a, family, slot_register(addr_len(family) / 4));
+        }
         Action::VipVmap(map) => {
             let len = addr_len(family);
             payload(a, NETWORK, daddr_offset(family), len);
@@ -419,6 +485,11 @@ fn dnat(
     l4proto(a, protocol);
     immediate_data(a, REG_1, &ip_bytes(ip));
     immediate_data(a, REG_2, &port.to_be_bytes());
+    nat_dnat(a, family, REG_2);
+}
+
+/// `dnat` to the address in register 1 and the port in `port_reg`.
+fn nat_dnat(a: &mut Attrs<'_>, family: Family, port_reg: u32) {
     a.expr("nat", |a| {
         a.u32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
         a.u32(
@@ -429,7 +500,7 @@ fn dnat(
             },
         );
         a.u32(NFTA_NAT_REG_ADDR_MIN, REG_1);
-        a.u32(NFTA_NAT_REG_PROTO_MIN, REG_2);
+        a.u32(NFTA_NAT_REG_PROTO_MIN, port_reg);
         a.u32(NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
     });
 }

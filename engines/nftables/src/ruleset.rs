@@ -363,6 +363,7 @@ impl MapKind {
             data: self.is_map().then_some(DataType::Verdict),
             flags: SetFlags::default(),
             timeout_ms: None,
+            userdata: None,
         }
     }
 
@@ -381,6 +382,90 @@ impl MapKind {
             MapKind::PortDigests => "type ipv6_addr".to_string(),
         }
     }
+}
+
+/// Backend maps per shard table (`backends-0` ... `backends-63`): `numgen key : addr .
+/// port`. A backend chain picks its endpoint with one rule, `meta l4proto P dnat to
+/// numgen random mod N offset O map @backends-C`, over its own range of keys `O ..
+/// O + N` in one of these maps, instead of a cascade of N rules. Several maps, not one:
+/// the kernel checks every element added to a map against every rule bound to it, so a
+/// map shared by 3000 chains costs quadratic time; 64 per shard keep ≈ 50 chains per
+/// map at 50k service ports. A map exists once a chain used it (never deleted by a
+/// partial sync; a full sync declares those in use).
+pub const BACKEND_MAPS: usize = 64;
+
+/// Bits of a backend-map key that index the endpoint: a chain maps at most 4096
+/// endpoints (more fall back to the cascade); the other 20 bits are the chain's slot.
+pub const BACKEND_INDEX_BITS: u32 = 12;
+
+/// Most endpoints one chain picks among through a backend map.
+pub const MAPPED_BACKENDS_MAX: usize = 1 << BACKEND_INDEX_BITS;
+
+const BACKEND_MAP_PREFIX: &str = "backends-";
+
+/// The name of backend map `chunk`.
+pub fn backend_map_name(chunk: u8) -> String {
+    format!("{BACKEND_MAP_PREFIX}{chunk}")
+}
+
+/// The chunk of a backend map's name (`backends-7`: 7).
+pub fn backend_map_chunk(name: &str) -> Option<u8> {
+    let n: u8 = name.strip_prefix(BACKEND_MAP_PREFIX)?.parse().ok()?;
+    (usize::from(n) < BACKEND_MAPS && backend_map_name(n) == name).then_some(n)
+}
+
+/// Where a backend chain's keys live: map `chunk` of its shard, keys `offset ..`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendSlot {
+    pub chunk: u8,
+    pub offset: u32,
+}
+
+/// A backend map's key and value types (`numgen` results to `addr . port`).
+const BACKEND_VALUE_V4: [KeyType; 2] = [KeyType::Ipv4Addr, KeyType::InetService];
+const BACKEND_VALUE_V6: [KeyType; 2] = [KeyType::Ipv6Addr, KeyType::InetService];
+
+/// nft 1.0.6's user data for `typeof numgen random mod 2 : ip daddr . th dport` (the
+/// records name nft expressions: numgen, a concatenation of two payloads); bytes 62 and
+/// 68 describe the address payload, and differ for `ip6 daddr`.
+const BACKEND_MAP_UDATA: [u8; 100] = [
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00,
+    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
+];
+const BACKEND_MAP_UDATA_V6: [u8; 100] = {
+    let mut u = BACKEND_MAP_UDATA;
+    u[62] = 0x0d;
+    u[68] = 0x09;
+    u
+};
+
+/// A backend map's netlink declaration.
+pub fn backend_map_spec(family: Family, name: &str) -> SetSpec<'_> {
+    let (value, udata): (&'static [KeyType], &'static [u8]) = match family {
+        Family::Ip => (&BACKEND_VALUE_V4, &BACKEND_MAP_UDATA),
+        Family::Ip6 => (&BACKEND_VALUE_V6, &BACKEND_MAP_UDATA_V6),
+    };
+    SetSpec {
+        name,
+        key: &[KeyType::Integer],
+        data: Some(DataType::Values(value)),
+        flags: SetFlags::default(),
+        timeout_ms: None,
+        userdata: Some(udata),
+    }
+}
+
+/// A backend map's nft type declaration.
+pub fn backend_map_decl(family: Family) -> String {
+    format!(
+        "typeof numgen random mod 2 : {} daddr . th dport",
+        family.nft()
+    )
 }
 
 /// One of the two families.
@@ -520,6 +605,18 @@ impl PortChains {
     /// External traffic (NodePort, external IPs, LB IPs) entry chain.
     pub fn external(&self) -> ObjectRef {
         self.chain("ext-")
+    }
+
+    /// Where backend chain `index` (0: [`Self::service`], 1: [`Self::local`], 2:
+    /// [`Self::alternate`]) keeps its keys in a backend map: four more bytes of the
+    /// name's digest, the top 6 the map, the low 20 the slot.
+    pub fn backend_slot(&self, index: usize) -> BackendSlot {
+        let at = 8 + 4 * index.min(2);
+        let v = u32::from_be_bytes(self.digest.0[at..at + 4].try_into().expect("4 bytes"));
+        BackendSlot {
+            chunk: (v >> 26) as u8,
+            offset: (v & ((1 << (32 - BACKEND_INDEX_BITS)) - 1)) << BACKEND_INDEX_BITS,
+        }
     }
 
     /// LoadBalancerSourceRanges chain, in the main table with the other filter checks

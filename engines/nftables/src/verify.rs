@@ -22,7 +22,7 @@ use crate::{
     apply,
     netlink::NftSocket,
     record::{Applied, TableRecord},
-    ruleset::{Family, MapKind, TableNames},
+    ruleset::{backend_map_chunk, backend_map_name, Family, MapKind, TableNames, BACKEND_MAPS},
     NftOptions,
 };
 
@@ -208,6 +208,17 @@ pub fn compare_maps(
     {
         out.push(format!("set {fam} {table} {set} is missing"));
     }
+    for chunk in 0..BACKEND_MAPS as u8 {
+        let expected = record.backend_counts[usize::from(chunk)] as usize;
+        let name = backend_map_name(chunk);
+        match listing.maps.get(&name) {
+            None if expected > 0 => out.push(format!("{fam} {table} {name} is missing")),
+            Some(n) if *n != expected => out.push(format!(
+                "{fam} {table} {name} has {n} elements, expected {expected}"
+            )),
+            _ => {}
+        }
+    }
     out
 }
 
@@ -374,6 +385,9 @@ pub fn verify_netlink(
                         record.map_counts[kind.index()]
                     }
                     Some(_) => socket.element_count(family, table, &set)?.unwrap_or(0),
+                    None if backend_map_chunk(&set).is_some() => {
+                        socket.element_count(family, table, &set)?.unwrap_or(0)
+                    }
                     None => 0,
                 };
                 listing.maps.insert(set, n);

@@ -96,7 +96,8 @@ async fn sync_programs_maps_and_partial_removes_endpoint_chain() {
         "{v4}"
     );
     assert!(v4.contains("tcp . 30080 : goto ext-"), "{v4}");
-    assert!(v4.contains("dnat to 10.0.1.5:8080"));
+    // ClientIP affinity: a rule per endpoint (each updates the endpoint's set).
+    assert!(v4.contains("dnat to 10.0.1.5:8080"), "{v4}");
     let (ok, v6) = ns.nft(&["list", "ruleset", "ip6"], "");
     assert!(ok, "{v6}");
     assert!(v6.contains("dnat to [fd00:10::5]:8080"), "{v6}");
@@ -528,7 +529,7 @@ async fn failed_netlink_partial_changes_nothing_and_next_sync_is_full() {
     assert!(!report.full);
     assert_eq!(engine.verify(&m3).await.unwrap(), Drift::None);
     let (_, v4) = ns.nft(&["list", "ruleset", "ip"], "");
-    assert!(v4.contains("dnat to 10.0.1.5:8080"), "{v4}");
+    assert!(v4.contains(": 10.0.1.5 . 8080"), "{v4}");
 }
 
 /// On a kernel without IPv6 (`ipv6.disable=1`: no IPv6 nat hooks, so an `ip6` nat chain

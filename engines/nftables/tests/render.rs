@@ -30,9 +30,17 @@ fn cluster_ip_service() {
     assert!(
         l.contains(&"ip daddr @cluster-ips ip saddr != @cluster-cidrs jump mark-for-masquerade")
     );
-    // No per-endpoint chains: the choice and the DNAT are inline.
-    assert!(l.contains(&"numgen random mod 2 == 0 meta l4proto tcp dnat to 10.0.0.5:8080"));
-    assert!(l.contains(&"meta l4proto tcp dnat to 10.0.1.5:8080"));
+    // No per-endpoint chains: one rule picks among the port's keys of a backend map.
+    assert!(
+        l.iter().any(
+            |l| l.starts_with("meta l4proto tcp dnat ip to numgen random mod 2 offset ")
+                && l.contains(" map @backends-")
+        ),
+        "{text}"
+    );
+    assert!(text.contains(" : 10.0.0.5 . 8080"), "{text}");
+    assert!(text.contains(" : 10.0.1.5 . 8080"), "{text}");
+    assert!(text.contains("typeof numgen random mod 2 : ip daddr . th dport"));
     assert!(!text.contains("ep-"));
     // Hairpin: one set of endpoint pairs, checked in nat-postrouting.
     assert!(l.contains(&"ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade"));

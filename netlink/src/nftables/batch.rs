@@ -310,6 +310,7 @@ impl Batch {
                 ..Default::default()
             },
             timeout_ms: Some(u64::from(timeout_secs) * 1000),
+            userdata: None,
         };
         self.add_set(family, table, &spec);
     }
@@ -382,6 +383,45 @@ impl Batch {
                     a.put(NFTA_SET_ELEM_USERDATA, &comment_userdata(comment));
                 }
             },
+        );
+    }
+
+    /// Adds elements of a map whose data are values (`KEY : VALUE`), as raw bytes.
+    pub fn add_value_elements(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+        set: &str,
+        elements: &[(Vec<u8>, Vec<u8>)],
+    ) {
+        self.element_messages(
+            family.into(),
+            table,
+            NFT_MSG_NEWSETELEM,
+            set,
+            elements,
+            |a, (key, value)| {
+                a.data(NFTA_SET_ELEM_KEY, key);
+                a.data(NFTA_SET_ELEM_DATA, value);
+            },
+        );
+    }
+
+    /// Deletes elements given by their keys' bytes.
+    pub fn delete_keys(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+        set: &str,
+        keys: &[Vec<u8>],
+    ) {
+        self.element_messages(
+            family.into(),
+            table,
+            NFT_MSG_DELSETELEM,
+            set,
+            keys,
+            |a, key| a.data(NFTA_SET_ELEM_KEY, key),
         );
     }
 

@@ -9,8 +9,8 @@ use nix::errno::Errno;
 
 use super::{
     nfgenmsg, Attrs, Batch, TableFamily, MAX_BATCH_BYTES, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_NAME,
-    NFTA_CHAIN_TABLE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM,
-    NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_SET_ELEM_DATA,
+    NFTA_CHAIN_TABLE, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME,
+    NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_SET_ELEM_DATA,
     NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_TABLE_NAME, NFTA_VERDICT_CHAIN,
     NFTA_VERDICT_CODE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
@@ -466,6 +466,8 @@ pub struct ElementInfo {
     pub key: Vec<u8>,
     /// For verdict maps: the verdict code and chain.
     pub verdict: Option<(i32, Option<String>)>,
+    /// For maps of values: the value's bytes.
+    pub value: Option<Vec<u8>>,
     /// `NFT_SET_ELEM_*` flags (`INTERVAL_END`).
     pub flags: u32,
     /// The user data (nft's element comment), if any.
@@ -607,6 +609,7 @@ fn element_info(elem: &Attr<'_>) -> Result<ElementInfo, NetlinkError> {
     let mut info = ElementInfo {
         key: Vec::new(),
         verdict: None,
+        value: None,
         flags: 0,
         userdata: None,
     };
@@ -621,6 +624,9 @@ fn element_info(elem: &Attr<'_>) -> Result<ElementInfo, NetlinkError> {
             NFTA_SET_ELEM_DATA => {
                 for d in a.nested() {
                     let d = d.map_err(malformed(WHAT))?;
+                    if d.kind == NFTA_DATA_VALUE {
+                        info.value = Some(d.value.to_vec());
+                    }
                     if d.kind != NFTA_DATA_VERDICT {
                         continue;
                     }

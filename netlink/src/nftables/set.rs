@@ -15,6 +15,8 @@ pub enum KeyType {
     InetService,
     /// A packet mark (4 bytes).
     Mark,
+    /// A plain 32-bit integer, host-endian (`numgen` results).
+    Integer,
 }
 
 impl KeyType {
@@ -26,13 +28,14 @@ impl KeyType {
             KeyType::InetProto => 12,
             KeyType::InetService => 13,
             KeyType::Mark => 19,
+            KeyType::Integer => 4,
         }
     }
 
     /// Bytes of one value.
     pub fn bytes(self) -> u32 {
         match self {
-            KeyType::Ipv4Addr | KeyType::Mark => 4,
+            KeyType::Ipv4Addr | KeyType::Mark | KeyType::Integer => 4,
             KeyType::Ipv6Addr => 16,
             KeyType::InetProto => 1,
             KeyType::InetService => 2,
@@ -69,6 +72,8 @@ pub enum DataType {
     /// A verdict map (`: verdict`).
     Verdict,
     Value(KeyType),
+    /// A concatenation of values (`: ipv4_addr . inet_service`).
+    Values(&'static [KeyType]),
 }
 
 /// Set flags (`NFT_SET_*`).
@@ -143,6 +148,9 @@ pub struct SetSpec<'a> {
     pub flags: SetFlags,
     /// Default element timeout (`timeout 3h`), in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// User data written as given instead of the one derived from the types (a
+    /// `typeof` declaration, whose records name nft expressions).
+    pub userdata: Option<&'a [u8]>,
 }
 
 impl SetSpec<'_> {
@@ -186,6 +194,7 @@ impl SetSpec<'_> {
                 DataType::Verdict => 0,
                 DataType::Value(t) if t.big_endian() => BYTEORDER_BIG_ENDIAN,
                 DataType::Value(_) => BYTEORDER_HOST_ENDIAN,
+                DataType::Values(_) => 0,
             };
             udata_u32(&mut out, UDATA_DATABYTEORDER, order);
         }
@@ -218,6 +227,10 @@ impl SetSpec<'_> {
                 a.be32(NFTA_SET_DATA_TYPE, t.id());
                 a.be32(NFTA_SET_DATA_LEN, t.bytes());
             }
+            Some(DataType::Values(parts)) => {
+                a.be32(NFTA_SET_DATA_TYPE, KeyType::concat_id(parts));
+                a.be32(NFTA_SET_DATA_LEN, KeyType::concat_len(parts));
+            }
             None => {}
         }
         a.be32(NFTA_SET_ID, id);
@@ -233,7 +246,10 @@ impl SetSpec<'_> {
                 });
             });
         }
-        a.put(NFTA_SET_USERDATA, &self.userdata());
+        match self.userdata {
+            Some(raw) => a.put(NFTA_SET_USERDATA, raw),
+            None => a.put(NFTA_SET_USERDATA, &self.userdata()),
+        }
     }
 }
 
