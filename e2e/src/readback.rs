@@ -133,11 +133,13 @@ fn without_counters(text: &str) -> String {
 
 // ---- nftables ----
 
-/// Per table: chain -> rule expressions, and the `service-ips` elements.
+/// Per table: chain -> rule expressions, the `service-ips` elements, and the backend
+/// maps (`backends-N`: numgen key -> `addr:port`).
 #[derive(Default)]
 struct NftTable<'a> {
     chains: HashMap<&'a str, Vec<&'a Value>>,
     entries: Vec<(String, &'a str)>,
+    maps: HashMap<&'a str, HashMap<u32, String>>,
 }
 
 fn nft_backends(doc: &Value) -> Result<Backends> {
@@ -161,6 +163,21 @@ fn nft_backends(doc: &Value) -> Result<Backends> {
                 for elem in map["elem"].as_array().into_iter().flatten() {
                     if let Some(entry) = nft_entry(elem) {
                         table.entries.push(entry);
+                    }
+                }
+            }
+            let name = map["name"].as_str().unwrap_or_default();
+            if map["family"] == "ip" && name.starts_with("backends-") {
+                let t = map["table"].as_str().unwrap_or_default();
+                let elements = tables.entry(t).or_default().maps.entry(name).or_default();
+                for elem in map["elem"].as_array().into_iter().flatten() {
+                    let pair = elem.as_array();
+                    let key = pair.and_then(|p| p.first()).and_then(Value::as_i64);
+                    let value = pair.and_then(|p| p.get(1)).map(|v| &v["concat"]);
+                    if let (Some(key), Some(value)) = (key, value) {
+                        if let (Some(a), Some(p)) = (value[0].as_str(), value[1].as_u64()) {
+                            elements.insert(key as u32, format!("{a}:{p}"));
+                        }
                     }
                 }
             }
@@ -202,16 +219,21 @@ fn collect_dnat(table: &NftTable<'_>, chain: &str, depth: usize, out: &mut BTree
     }
     for expr in table.chains.get(chain).into_iter().flatten() {
         let mut jumps = Vec::new();
-        walk_expr(expr, out, &mut jumps);
+        walk_expr(table, expr, out, &mut jumps);
         for next in jumps {
             collect_dnat(table, next, depth + 1, out);
         }
     }
 }
 
-fn walk_expr<'a>(v: &'a Value, out: &mut BTreeSet<String>, jumps: &mut Vec<&'a str>) {
+fn walk_expr<'a>(
+    table: &NftTable<'_>,
+    v: &'a Value,
+    out: &mut BTreeSet<String>,
+    jumps: &mut Vec<&'a str>,
+) {
     match v {
-        Value::Array(items) => items.iter().for_each(|i| walk_expr(i, out, jumps)),
+        Value::Array(items) => items.iter().for_each(|i| walk_expr(table, i, out, jumps)),
         Value::Object(map) => {
             for (k, val) in map {
                 match k.as_str() {
@@ -219,13 +241,29 @@ fn walk_expr<'a>(v: &'a Value, out: &mut BTreeSet<String>, jumps: &mut Vec<&'a s
                         if let (Some(a), Some(p)) = (val["addr"].as_str(), val["port"].as_u64()) {
                             out.insert(format!("{a}:{p}"));
                         }
+                        // `dnat to numgen random mod N offset O map @backends-C`: keys
+                        // O .. O + N of the map (nft -j prints the offset signed).
+                        let lookup = &val["addr"]["map"];
+                        let numgen = &lookup["key"]["numgen"];
+                        let map = lookup["data"].as_str().and_then(|d| d.strip_prefix('@'));
+                        if let (Some(map), Some(n), Some(offset)) =
+                            (map, numgen["mod"].as_u64(), numgen["offset"].as_i64())
+                        {
+                            let elements = table.maps.get(map);
+                            for i in 0..n as u32 {
+                                let key = (offset as u32).wrapping_add(i);
+                                if let Some(target) = elements.and_then(|e| e.get(&key)) {
+                                    out.insert(target.clone());
+                                }
+                            }
+                        }
                     }
                     "goto" | "jump" => {
                         if let Some(t) = val["target"].as_str() {
                             jumps.push(t);
                         }
                     }
-                    _ => walk_expr(val, out, jumps),
+                    _ => walk_expr(table, val, out, jumps),
                 }
             }
         }
@@ -483,5 +521,31 @@ COMMIT
         let got = nft_backends(&doc).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got["172.30.20.1:80"].len(), 2);
+    }
+
+    #[test]
+    fn nft_backend_map_keys_in_the_rule_range_are_its_dnats() {
+        // As nft 1.0.6 prints it: the offset signed, keys unsigned; key 3 is another
+        // chain's.
+        let doc: Value = serde_json::from_str(
+            r#"{"nftables": [
+              {"map": {"family": "ip", "table": "switchyard-3", "name": "service-ips",
+                "elem": [[{"concat": ["172.30.20.1", "tcp", 80]}, {"goto": {"target": "svc-x"}}]]}},
+              {"map": {"family": "ip", "table": "switchyard-3", "name": "backends-7",
+                "type": "integer", "map": "ipv4_addr . inet_service",
+                "elem": [[4294967294, {"concat": ["10.1.0.1", 8080]}],
+                         [4294967295, {"concat": ["10.1.0.2", 8080]}],
+                         [3, {"concat": ["10.1.0.3", 8080]}]]}},
+              {"rule": {"family": "ip", "table": "switchyard-3", "chain": "svc-x", "expr": [
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                {"dnat": {"family": "ip", "addr": {"map": {
+                  "key": {"numgen": {"mode": "random", "mod": 2, "offset": -2}},
+                  "data": "@backends-7"}}}}]}}
+            ]}"#,
+        )
+        .unwrap();
+        let got = nft_backends(&doc).unwrap();
+        let want: BTreeSet<String> = ["10.1.0.1:8080", "10.1.0.2:8080"].map(String::from).into();
+        assert_eq!(got["172.30.20.1:80"], want);
     }
 }

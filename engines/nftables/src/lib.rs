@@ -46,10 +46,12 @@
 //! `service-ips` verdict map) and `nat-prerouting|output-nodeports` (-99, jump
 //! `nodeports`: the `service-nodeports` map), so every shard's service IPs are looked up
 //! before any shard's NodePorts (upstream's precedence); copies of
-//! `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`, and per service port:
-//! `svc-H` / `local-H` (endpoint choice and DNAT inline: `numgen random mod (N-i) == 0
-//! meta l4proto P dnat to EP`), `ext-H`; `H` is a hash of the service port name, so
-//! names are stable and safe, and its first byte picks the shard. A key claimed by
+//! `mark-for-masquerade`, `nodeport-ips` and `cluster-cidrs`; backend maps
+//! `backends-0` ... `backends-63` (`numgen key : addr . port`, those in use), and per
+//! service port: `svc-H` / `local-H` (endpoint choice and DNAT in one rule: `meta
+//! l4proto P dnat to numgen random mod N offset O map @backends-C`, the chain's
+//! endpoints being keys `O .. O + N`; see `port`), `ext-H`; `H` is a hash of the
+//! service port name, so names are stable and safe, and its first byte picks the shard. A key claimed by
 //! several service ports lives in the shard of its first claimant (the one whose chain
 //! it points to). The kernel's nat hook runs nat chains in priority order until one
 //! maps the connection: the main table's masquerade mark first (it needs the original
@@ -62,8 +64,9 @@
 //!
 //! ClientIP affinity keeps one dynamic set per endpoint (`aff-E-T`) for the service
 //! ports that ask for it (rare): `ip saddr @aff-E update @aff-E { ip saddr } ... dnat to
-//! EP` before the random choice, whose rules also `update` the chosen endpoint's set
-//! (a sliding timeout, as upstream). The kernel finds sets by name in a list, so
+//! EP` before the random choice, a cascade of rules (`numgen random mod (N-i) == 0 ...
+//! dnat to EP-i`) that also `update` the chosen endpoint's set (a sliding timeout, as
+//! upstream). The kernel finds sets by name in a list, so
 //! per-endpoint sets exist only for service ports with affinity (rare). One global
 //! dynamic map `port-id . client : endpoint` updated from the packet path would avoid
 //! them; it was not tried.
