@@ -236,6 +236,9 @@ struct Row {
     verify: Stats,
     one_endpoint_engine: Stats,
     one_endpoint_pipeline: Stats,
+    /// 1 % of the services each get a pod replaced at once (one sync).
+    churn_engine: Stats,
+    churn_pipeline: Stats,
 }
 
 async fn measure(
@@ -266,6 +269,8 @@ async fn measure(
     let mut verify = Vec::new();
     let mut engine_one = Vec::new();
     let mut pipeline_one = Vec::new();
+    let mut engine_churn = Vec::new();
+    let mut pipeline_churn = Vec::new();
     for run in 0..runs {
         let ns = netns(&format!("sync-{run}"))?;
         let Programmed {
@@ -314,6 +319,33 @@ async fn measure(
             engine_one.push(te.elapsed());
             pipeline_one.push(t.elapsed());
         }
+
+        // 1 % churn: a pod replaced in each of services / 100 services, in one sync.
+        let churned = (services / 100).max(1);
+        let t = Instant::now();
+        for i in 0..churned {
+            let which = (run * 31 + i * 100 + 3) % services;
+            state.upsert(cluster.slice_with_replaced_endpoint(which, 1000 + run));
+        }
+        let dirty = state.take_changes();
+        let changes = model.update_services(&state, &dirty.services);
+        if changes.len() != churned || dirty.global {
+            bail!(
+                "expected {churned} changed service ports, got {}",
+                changes.len()
+            );
+        }
+        let te = Instant::now();
+        engine
+            .sync(&model, &changes)
+            .await
+            .context("1% churn sync")?;
+        engine_churn.push(te.elapsed());
+        pipeline_churn.push(t.elapsed());
+        let drift = engine.verify(&model).await.context("verify after churn")?;
+        if drift != switchyard_model::Drift::None {
+            bail!("{mode}: drift after the 1% churn: {drift:?}");
+        }
         engine.cleanup().await.context("cleanup")?;
     }
     Ok(Row {
@@ -325,6 +357,8 @@ async fn measure(
         verify: Stats::of(verify),
         one_endpoint_engine: Stats::of(engine_one),
         one_endpoint_pipeline: Stats::of(pipeline_one),
+        churn_engine: Stats::of(engine_churn),
+        churn_pipeline: Stats::of(pipeline_churn),
     })
 }
 
@@ -459,11 +493,11 @@ fn main() -> Result<()> {
             rows.push(row);
         }
     }
-    println!("| engine | services | endpoints | model build ms | full sync from empty ms | verify ms | one-endpoint change: engine ms | one-endpoint change: whole pipeline ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| engine | services | endpoints | model build ms | full sync from empty ms | verify ms | one-endpoint change: engine ms | one-endpoint change: whole pipeline ms | 1% churn (services / 100 at once): engine ms | 1% churn: whole pipeline ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             r.services,
             r.endpoints,
@@ -471,7 +505,9 @@ fn main() -> Result<()> {
             r.full_sync.cell(),
             r.verify.cell(),
             r.one_endpoint_engine.cell(),
-            r.one_endpoint_pipeline.cell()
+            r.one_endpoint_pipeline.cell(),
+            r.churn_engine.cell(),
+            r.churn_pipeline.cell()
         );
     }
     let rate_sizes: Vec<usize> = args

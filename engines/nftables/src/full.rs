@@ -8,7 +8,8 @@
 //! every service port in name order (its chains, rules and affinity sets), then each
 //! table's map elements, taken from the record's claims (so a key several ports claim
 //! holds the first claimant's value). The batch follows nft's order within a table:
-//! chains and sets (interval sets with their prefixes), map elements, then rules.
+//! chains and sets (interval sets with their prefixes), map elements, then rules — but
+//! for the backend maps' elements, which come last (see `BatchSink`).
 //! Ports are encoded one at a time and dropped, so only the encoded batch and the
 //! record grow with the model.
 
@@ -170,13 +171,15 @@ impl Sink for NoSink {
     fn table_end(&mut self, _: usize, _: &[Vec<Element>]) {}
 }
 
-/// Writes netlink messages: per table, declarations (table, chains, sets), elements
-/// and rules, appended in that order at the end.
+/// Writes netlink messages: per table, declarations (table, chains, sets), elements,
+/// rules and backend-map elements, appended in that order at the end.
 struct BatchSink<'a> {
     family: Family,
     tables: &'a TableNames,
-    /// Per table: declarations, elements, rules.
-    parts: Vec<[Batch; 3]>,
+    /// Per table: declarations, elements, rules, backend-map elements (after the
+    /// rules: a rule bound to a map that has elements makes the kernel walk them all,
+    /// while an element added to a bound map is checked against its few rules).
+    parts: Vec<[Batch; 4]>,
     /// Per table: the backend maps declared so far (bit `chunk`).
     backend_maps: Vec<u64>,
 }
@@ -187,7 +190,7 @@ impl<'a> BatchSink<'a> {
             family,
             tables,
             parts: (0..TABLES)
-                .map(|_| [Batch::new(0), Batch::new(0), Batch::new(0)])
+                .map(|_| [Batch::new(0), Batch::new(0), Batch::new(0), Batch::new(0)])
                 .collect(),
             backend_maps: vec![0; TABLES],
         }
@@ -201,10 +204,11 @@ impl<'a> BatchSink<'a> {
     }
 
     fn finish(self, batch: &mut Batch) {
-        for [decl, elements, rules] in self.parts {
+        for [decl, elements, rules, backends] in self.parts {
             batch.append(decl);
             batch.append(elements);
             batch.append(rules);
+            batch.append(backends);
         }
     }
 }
@@ -252,7 +256,7 @@ impl Sink for BatchSink<'_> {
                 self.backend_maps[t] |= 1 << chunk;
                 self.parts[t][0].add_set(family, table, &backend_map_spec(family, &map));
             }
-            self.parts[t][1].add_value_elements(family, table, &map, &m.elements());
+            self.parts[t][3].add_value_elements(family, table, &map, &m.elements());
         }
         for (chain, rules) in &port.chains {
             let table = self.tables.name(chain.table);
