@@ -459,3 +459,121 @@ fn backend_chains(
         out.chains.push((chain.clone(), rules));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use switchyard_model::test_util::{ep, model, service};
+
+    use super::*;
+    use crate::ruleset::backend_map_name;
+
+    fn plan(affinity: Option<u32>) -> ServicePortPlan {
+        let mut s = service(
+            "web",
+            &["172.16.0.10"],
+            80,
+            vec![
+                ep("10.0.0.1", 8080, true),
+                ep("10.0.0.2", 8080, false),
+                ep("10.0.0.3", 8080, false),
+            ],
+        );
+        s.affinity_timeout = affinity;
+        let m = model(vec![s]);
+        m.services.values().next().expect("one port").clone()
+    }
+
+    const CTX: FamilyCtx = FamilyCtx {
+        family: Family::Ip,
+        pod_detector: true,
+    };
+
+    fn backend_rules(rules: &PortRules) -> &[Rule] {
+        &rules
+            .chains
+            .iter()
+            .find(|(c, _)| c.name.starts_with("svc-"))
+            .expect("a service chain")
+            .1
+    }
+
+    #[test]
+    fn a_chain_picks_among_its_keys_of_a_backend_map() {
+        let plan = plan(None);
+        let rules = encode_port(&CTX, &plan, &mut SlotBook::new(None));
+        let slot = PortChains::new(&plan.name).backend_slot(0);
+        assert_eq!(
+            backend_rules(&rules),
+            &[Rule::new(
+                vec![],
+                Action::DnatMapped {
+                    protocol: plan.protocol,
+                    map: backend_map_name(slot.chunk),
+                    modulus: 3,
+                    offset: slot.offset,
+                }
+            )]
+        );
+        let [m] = &rules.mapped[..] else {
+            panic!("one mapped chain: {:?}", rules.mapped)
+        };
+        assert_eq!((m.range.offset, m.range.count), (slot.offset, 3));
+        let keys: Vec<Vec<u8>> = m.elements().into_iter().map(|(k, _)| k).collect();
+        let want: Vec<Vec<u8>> = (0..3)
+            .map(|i| (slot.offset + i).to_ne_bytes().to_vec())
+            .collect();
+        assert_eq!(keys, want);
+        let (_, value) = &m.elements()[0];
+        assert_eq!(mapped_address(Family::Ip, value), Some(m.targets[0].0));
+        assert_eq!(value[4..], [0x1f, 0x90, 0, 0], "port 8080, padded");
+    }
+
+    #[test]
+    fn a_slot_another_port_holds_falls_back_to_the_cascade() {
+        let plan = plan(None);
+        let names = PortChains::new(&plan.name);
+        let slot = names.backend_slot(0);
+        let mut record = FamilyRecord::default();
+        let other = switchyard_model::test_util::spn("default", "other", "http");
+        record.insert_port(
+            &other,
+            PortObjects {
+                mapped: vec![MappedRange {
+                    table: names.table() as u8,
+                    chunk: slot.chunk,
+                    offset: slot.offset,
+                    count: 2,
+                }],
+                ..PortObjects::default()
+            },
+        );
+        let held = encode_port(&CTX, &plan, &mut SlotBook::new(Some(&record)));
+        assert!(held.mapped.is_empty());
+        let rules = backend_rules(&held);
+        assert_eq!(rules.len(), 3);
+        assert!(rules
+            .iter()
+            .all(|r| matches!(r.action, Action::Dnat { .. })));
+        // The holder is rewritten in the same transaction: the slot is free.
+        let released = |n: &ServicePortName| *n == other;
+        let freed = encode_port(
+            &CTX,
+            &plan,
+            &mut SlotBook::releasing(Some(&record), &released),
+        );
+        assert_eq!(freed.mapped.len(), 1);
+        // The port's own slot in the record is its own.
+        let mut own = FamilyRecord::default();
+        own.insert_port(&plan.name, freed.objects());
+        let again = encode_port(&CTX, &plan, &mut SlotBook::new(Some(&own)));
+        assert_eq!(again, freed);
+    }
+
+    #[test]
+    fn affinity_keeps_a_rule_per_endpoint() {
+        let rules = encode_port(&CTX, &plan(Some(300)), &mut SlotBook::new(None));
+        assert!(rules.mapped.is_empty());
+        // Three affinity checks, then the three-rule cascade.
+        assert_eq!(backend_rules(&rules).len(), 6);
+    }
+}
